@@ -1,0 +1,448 @@
+"""The append-only SQLite event log.
+
+One writer task owns the only writing connection. ``append`` is synchronous and never blocks the
+event loop: it encodes the event, chains its hash and queues the row. The writer drains the queue in
+batched transactions on aiosqlite's thread, so a burst of events costs one commit. Readers open
+their own read-only connections and see committed prefixes only (WAL).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from types import TracebackType
+from typing import Literal, NamedTuple, Self
+
+import aiosqlite
+import anyio
+from anyio.abc import TaskGroup
+
+from ._codec import decode, encode
+from ._errors import (
+    EventLogError,
+    LogClosedError,
+    NotALogError,
+    SchemaVersionError,
+    SequenceError,
+    UnknownRunError,
+)
+from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted, StepEvent, event_tag
+
+APPLICATION_ID = 0x4D414B52  # "MAKR": marks a SQLite file as a maker log
+"""``PRAGMA application_id`` of every maker log."""
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step INTEGER,
+    ts REAL NOT NULL,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) STRICT, WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_by_step ON events (run_id, step);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, run_id);
+CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = {SCHEMA_VERSION};
+"""
+
+_INSERT = "INSERT INTO events (run_id, seq, type, step, ts, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+
+_Row = tuple[str, int, str, int | None, float, bytes, bytes]
+
+
+def chain_hash(previous: bytes, body: bytes) -> bytes:
+    """The hash stored with an event: BLAKE2b-128 over its predecessor's hash and its body.
+
+    The first event of a run chains to the empty string, so a run's last hash seals all of it.
+    """
+    return hashlib.blake2b(previous + body, digest_size=16).digest()
+
+
+class LogStatistics(NamedTuple):
+    """Counters of one open log."""
+
+    appended: int
+    written: int
+    pending: int
+    batches: int
+
+
+class RunInfo(NamedTuple):
+    """One run in a log: how it started and, if it has, how it finished."""
+
+    run_id: str
+    started: RunStarted
+    finished: RunFinished | None
+    last_seq: int
+
+
+class EventLog:
+    """An append-only log of many runs' events in one SQLite file.
+
+    Use it as an async context manager; leaving it flushes every appended event::
+
+        async with EventLog("runs/demo.db") as log:
+            log.append(event)
+            async for ev in log.read(run_id):
+                ...
+
+    ``mode="r"`` opens an existing log for reading only and never creates a file.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        mode: Literal["w", "r"] = "w",
+        batch_size: int = 4096,
+        poll_interval: float = 0.05,
+    ) -> None:
+        if mode not in ("w", "r"):
+            raise ValueError(f"mode must be 'w' or 'r', got {mode!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+        self.path = os.fspath(path)
+        self.mode = mode
+        self._batch_size = batch_size
+        self._poll_interval = poll_interval
+        self._conn: aiosqlite.Connection | None = None
+        self._tg: TaskGroup | None = None
+        self._pending: list[_Row] = []
+        self._heads: dict[str, tuple[int, bytes]] = {}
+        self._wake = anyio.Event()
+        self._progress = anyio.Event()
+        self._appended = 0
+        self._written = 0
+        self._batches = 0
+        self._closing = False
+        self._failure: BaseException | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self.mode == "r":
+            await self._check_readable()
+            return self
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        conn = await self._connect(self.path)
+        try:
+            await _prepare_for_writing(conn, self.path)
+        except BaseException:
+            await conn.close()
+            raise
+        self._conn = conn
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._writer)
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._tg is None:
+            return None
+        # Whatever happens to the body, what was appended is written: shield the final flush.
+        with anyio.CancelScope(shield=True):
+            self._closing = True
+            self._wake.set()
+            try:
+                return await self._tg.__aexit__(exc_type, exc, tb)
+            finally:
+                self._tg = None
+                if self._conn is not None:
+                    await self._conn.close()
+                    self._conn = None
+
+    async def _connect(self, path: str, *, readonly: bool = False) -> aiosqlite.Connection:
+        try:
+            if readonly:
+                uri = "file:" + _quote_path(path) + "?mode=ro"
+                conn = await aiosqlite.connect(uri, uri=True)
+            else:
+                conn = await aiosqlite.connect(path)
+        except sqlite3.Error as exc:
+            raise EventLogError(f"cannot open {path}: {exc}") from exc
+        return conn
+
+    async def _check_readable(self) -> None:
+        if not os.path.exists(self.path):
+            raise EventLogError(f"{self.path}: no such file")
+        if os.path.isdir(self.path):
+            raise NotALogError(self.path, "it is a directory")
+        conn = await self._connect(self.path, readonly=True)
+        try:
+            await _check_identity(conn, self.path, allow_new=False)
+        finally:
+            await conn.close()
+
+    # -- writing ---------------------------------------------------------------------------
+
+    def append(self, event: Event) -> None:
+        """Queue an event for the writer. Never blocks; raises if the seq does not follow on."""
+        if self.mode != "w" or self._tg is None:
+            raise LogClosedError(f"{self.path} is not open for appending")
+        if self._failure is not None:
+            raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
+        head = self._heads.get(event.run_id)
+        expected = 0 if head is None else head[0] + 1
+        if event.seq != expected:
+            raise SequenceError(event.run_id, expected, event.seq)
+        body = encode(event)
+        digest = chain_hash(b"" if head is None else head[1], body)
+        self._heads[event.run_id] = (event.seq, digest)
+        step = event.step if isinstance(event, StepEvent) else None
+        self._pending.append(
+            (event.run_id, event.seq, event_tag(type(event)), step, event.ts, body, digest)
+        )
+        self._appended += 1
+        if not self._wake.is_set():
+            self._wake.set()
+
+    async def attach(self, run_id: str) -> int:
+        """Continue an existing run: load its chain head. Returns the next seq to append."""
+        if self._tg is None:
+            raise LogClosedError(f"{self.path} is not open for appending")
+        head = self._heads.get(run_id)
+        if head is None:
+            await self.flush()
+            assert self._conn is not None
+            async with self._conn.execute(
+                "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
+                (run_id,),
+            ) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise UnknownRunError(run_id)
+            head = (int(row[0]), bytes(row[1]))
+            self._heads[run_id] = head
+        return head[0] + 1
+
+    async def flush(self) -> None:
+        """Wait until every event appended so far is committed."""
+        target = self._appended
+        while self._written < target:
+            if self._failure is not None:
+                raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
+            if self._tg is None:
+                raise LogClosedError(f"{self.path} is closed with events unwritten")
+            await self._progress.wait()
+
+    async def _writer(self) -> None:
+        assert self._conn is not None
+        conn = self._conn
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            while self._pending:
+                rows = self._pending[: self._batch_size]
+                del self._pending[: self._batch_size]
+                try:
+                    # A cancelled writer must still finish the transaction it started, or the
+                    # rows it took from the queue would be lost.
+                    with anyio.CancelScope(shield=True):
+                        await conn.executemany(_INSERT, rows)
+                        await conn.commit()
+                except sqlite3.Error as exc:
+                    self._failure = exc
+                    self._progress.set()
+                    raise EventLogError(f"writing {self.path} failed: {exc}") from exc
+                self._written += len(rows)
+                self._batches += 1
+                progress, self._progress = self._progress, anyio.Event()
+                progress.set()
+            if self._closing:
+                return
+
+    def statistics(self) -> LogStatistics:
+        """Counters: appended, written (committed), pending, and batches committed."""
+        return LogStatistics(
+            appended=self._appended,
+            written=self._written,
+            pending=self._appended - self._written,
+            batches=self._batches,
+        )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read(
+        self,
+        run_id: str,
+        *,
+        after_seq: int = -1,
+        steps: tuple[int, int] | None = None,
+    ) -> AsyncIterator[AnyEvent]:
+        """Yield a run's committed events in seq order.
+
+        ``after_seq`` skips what a reader has seen; ``steps=(first, last)`` keeps only the step
+        events of that inclusive range.
+        """
+        sql = "SELECT body FROM events WHERE run_id = ? AND seq > ?"
+        args: list[object] = [run_id, after_seq]
+        if steps is not None:
+            sql += " AND step BETWEEN ? AND ?"
+            args += [steps[0], steps[1]]
+        sql += " ORDER BY seq"
+        async with self._reader() as conn:
+            found = False
+            async with conn.execute(sql, args) as cur:
+                while rows := await cur.fetchmany(1024):
+                    found = True
+                    for (body,) in rows:
+                        yield decode(body)
+            if not found and not await _run_exists(conn, run_id):
+                raise UnknownRunError(run_id)
+
+    async def tail(self, run_id: str, *, after_seq: int = -1) -> AsyncIterator[AnyEvent]:
+        """Follow a run as it is written, until its ``run_finished`` event.
+
+        Works across processes: it polls, and wakes early when this log object commits.
+        """
+        last = after_seq
+        while True:
+            async for event in self.read(run_id, after_seq=last):
+                last = event.seq
+                yield event
+                if isinstance(event, RunFinished):
+                    return
+            with anyio.move_on_after(self._poll_interval):
+                await self._progress.wait()
+
+    async def runs(self) -> list[RunInfo]:
+        """Every run in the log, in the order they started."""
+        async with self._reader() as conn:
+            started: dict[str, RunStarted] = {}
+            async with conn.execute(
+                "SELECT body FROM events WHERE seq = 0 ORDER BY ts, run_id"
+            ) as cur:
+                for (body,) in await cur.fetchall():
+                    event = decode(body)
+                    if isinstance(event, RunStarted):
+                        started[event.run_id] = event
+            finished: dict[str, RunFinished] = {}
+            async with conn.execute(
+                "SELECT body FROM events WHERE type = 'run_finished' ORDER BY run_id, seq"
+            ) as cur:
+                for (body,) in await cur.fetchall():
+                    event = decode(body)
+                    if isinstance(event, RunFinished):
+                        finished[event.run_id] = event
+            last: dict[str, int] = {}
+            async with conn.execute("SELECT run_id, MAX(seq) FROM events GROUP BY run_id") as cur:
+                for run_id, seq in await cur.fetchall():
+                    last[str(run_id)] = int(seq)
+        return [
+            RunInfo(run_id, start, finished.get(run_id), last.get(run_id, 0))
+            for run_id, start in started.items()
+        ]
+
+    async def run(self, run_id: str | None = None) -> RunInfo:
+        """One run: the one named, or the only run in the log."""
+        runs = await self.runs()
+        if run_id is None:
+            if len(runs) != 1:
+                ids = ", ".join(r.run_id for r in runs[:5]) or "none"
+                raise UnknownRunError(
+                    f"<unspecified>: the log holds {len(runs)} runs ({ids}); name one with --run"
+                )
+            return runs[0]
+        for info in runs:
+            if info.run_id == run_id:
+                return info
+        matches = [info for info in runs if info.run_id.startswith(run_id)]
+        if len(matches) == 1:
+            return matches[0]
+        raise UnknownRunError(run_id)
+
+    def _reader(self) -> _Reader:
+        return _Reader(self)
+
+
+class _Reader:
+    """A short-lived read-only connection."""
+
+    def __init__(self, log: EventLog) -> None:
+        self._log = log
+        self._conn: aiosqlite.Connection | None = None
+
+    async def __aenter__(self) -> aiosqlite.Connection:
+        if not os.path.exists(self._log.path):
+            raise EventLogError(f"{self._log.path}: no such file")
+        self._conn = await self._log._connect(self._log.path, readonly=True)
+        return self._conn
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._conn is not None
+        with anyio.CancelScope(shield=True):
+            await self._conn.close()
+
+
+async def _run_exists(conn: aiosqlite.Connection, run_id: str) -> bool:
+    async with conn.execute("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (run_id,)) as cur:
+        return await cur.fetchone() is not None
+
+
+async def _check_identity(conn: aiosqlite.Connection, path: str, *, allow_new: bool) -> bool:
+    """Check that ``conn`` is a maker log of our version. Returns True for an empty new file."""
+    try:
+        async with conn.execute("PRAGMA application_id") as cur:
+            row = await cur.fetchone()
+        app_id = int(row[0]) if row else 0
+        async with conn.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = int(row[0]) if row else 0
+        async with conn.execute("SELECT count(*) FROM sqlite_master") as cur:
+            row = await cur.fetchone()
+        objects = int(row[0]) if row else 0
+    except sqlite3.DatabaseError as exc:
+        raise NotALogError(path, str(exc)) from exc
+    if app_id == 0 and objects == 0:
+        if allow_new:
+            return True
+        raise NotALogError(path, "the file is empty")
+    if app_id != APPLICATION_ID:
+        raise NotALogError(path, "a SQLite database of another application")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(path, version, SCHEMA_VERSION)
+    return False
+
+
+async def _prepare_for_writing(conn: aiosqlite.Connection, path: str) -> None:
+    new = await _check_identity(conn, path, allow_new=True)
+    try:
+        # WAL lets readers run beside the one writer; NORMAL syncs at checkpoints, so a commit
+        # survives a process crash, and power loss can cost only the last transactions.
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA busy_timeout=5000")
+        if new:
+            await conn.executescript(_SCHEMA)
+            await conn.commit()
+    except sqlite3.Error as exc:
+        raise EventLogError(f"cannot prepare {path}: {exc}") from exc
+
+
+def _quote_path(path: str) -> str:
+    from urllib.parse import quote
+
+    return quote(os.path.abspath(path))

@@ -1,0 +1,164 @@
+"""The event types of a run: one msgspec tagged union, tag field ``type``.
+
+Released tags and field types never change; new fields get defaults (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import msgspec
+
+SCHEMA_VERSION = 1
+"""Version of the event schema and of the log file layout."""
+
+RunStatus = Literal["succeeded", "failed", "cancelled"]
+
+
+class Event(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    """Base of every event: which run, its position in the run, and when."""
+
+    run_id: str
+    seq: int
+    ts: float
+
+
+class StepEvent(Event, frozen=True, kw_only=True):
+    """Base of the events that belong to one step (0-based)."""
+
+    step: int
+
+
+class RunStarted(Event, frozen=True, kw_only=True, tag="run_started"):
+    """A run began. Holds everything needed to rebuild its task, policy and models."""
+
+    task: str
+    task_params: dict[str, Any]
+    policy: dict[str, Any]
+    models: list[str]
+    model_params: dict[str, Any]
+    seed: int
+    version: str
+    initial_state: Any = None
+
+
+class StepStarted(StepEvent, frozen=True, kw_only=True, tag="step_started"):
+    """Voting on a step begins from ``state``."""
+
+    state: Any
+
+
+class SampleRequested(StepEvent, frozen=True, kw_only=True, tag="sample_requested"):
+    """A sample was asked of a model. ``sample_id`` is ``"{step}:{ordinal}"``."""
+
+    sample_id: str
+    model: str
+    temperature: float
+    max_tokens: int = 0
+
+
+class SampleReceived(StepEvent, frozen=True, kw_only=True, tag="sample_received"):
+    """A model answered a sample."""
+
+    sample_id: str
+    text: str
+    model: str
+    latency_s: float
+    input_tokens: int
+    output_tokens: int
+    finish_reason: str
+
+
+class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):
+    """An attempt at a sample failed in transport; it is neither a vote nor a red flag."""
+
+    sample_id: str
+    error_kind: str
+    message: str
+    attempt: int
+    retryable: bool = False
+
+
+class SampleCancelled(StepEvent, frozen=True, kw_only=True, tag="sample_cancelled"):
+    """A sample in flight was abandoned because its step no longer needed it."""
+
+    sample_id: str
+
+
+class RedFlagged(StepEvent, frozen=True, kw_only=True, tag="red_flagged"):
+    """A received sample was discarded before voting."""
+
+    sample_id: str
+    reason: str
+    detail: str = ""
+
+
+class VoteCounted(StepEvent, frozen=True, kw_only=True, tag="vote_counted"):
+    """A valid sample voted for ``candidate`` (canonical JSON); ``tally`` is after this vote."""
+
+    sample_id: str
+    candidate: str
+    tally: dict[str, int]
+
+
+class StepDecided(StepEvent, frozen=True, kw_only=True, tag="step_decided"):
+    """``winner`` (canonical JSON) led every rival by k votes."""
+
+    winner: str
+    votes: dict[str, int]
+    samples: int
+    red_flags: int = 0
+
+
+class StateChanged(StepEvent, frozen=True, kw_only=True, tag="state_changed"):
+    """The winner was applied; ``state`` is the state the next step starts from."""
+
+    state: Any
+
+
+class RunFinished(Event, frozen=True, kw_only=True, tag="run_finished"):
+    """The run ended. ``reason`` says why when it did not succeed."""
+
+    status: RunStatus
+    steps: int
+    samples: int
+    red_flags: int = 0
+    reason: str = ""
+    wall_s: float = 0.0
+
+
+AnyEvent = (
+    RunStarted
+    | StepStarted
+    | SampleRequested
+    | SampleReceived
+    | SampleFailed
+    | SampleCancelled
+    | RedFlagged
+    | VoteCounted
+    | StepDecided
+    | StateChanged
+    | RunFinished
+)
+"""The union of every event type; decode into this."""
+
+EVENT_TYPES: tuple[type[Event], ...] = (
+    RunStarted,
+    StepStarted,
+    SampleRequested,
+    SampleReceived,
+    SampleFailed,
+    SampleCancelled,
+    RedFlagged,
+    VoteCounted,
+    StepDecided,
+    StateChanged,
+    RunFinished,
+)
+
+
+def event_tag(cls: type[Event]) -> str:
+    """The ``type`` tag an event class is encoded with."""
+    tag = cls.__struct_config__.tag
+    assert isinstance(tag, str)
+    return tag

@@ -1,0 +1,55 @@
+"""The one small async interface every model client implements."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import msgspec
+
+
+class SampleRequest(msgspec.Struct, frozen=True, kw_only=True):
+    """One request for one sample of one step.
+
+    ``seed`` is derived from the run's seed and the sample id, so a client that can honour it
+    (the simulated model, OpenAI's ``seed``) answers reproducibly.
+    """
+
+    sample_id: str
+    step: int
+    model: str
+    system: str
+    user: str
+    temperature: float
+    max_tokens: int
+    seed: int
+
+
+class Completion(msgspec.Struct, frozen=True, kw_only=True):
+    """What a model returned for one request."""
+
+    text: str
+    finish_reason: str
+    input_tokens: int
+    output_tokens: int
+    model: str
+
+
+@runtime_checkable
+class Client(Protocol):
+    """A model behind one async call. Raise :class:`maker.ClientError` on transport failure."""
+
+    @property
+    def model(self) -> str:
+        """The model name recorded in events, e.g. ``"sim"`` or ``"openai:gpt-4.1-mini"``."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters that identify the model's configuration (recorded in ``run_started``).
+
+        Never include secrets.
+        """
+        ...
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        """Answer one request."""
+        ...

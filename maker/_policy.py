@@ -1,0 +1,84 @@
+"""The voting policy of a run: frozen, keyword-only, validated on construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._errors import ConfigError
+from ._redflags import RedFlagRules
+from ._tally import VoteRule
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """How each step is voted.
+
+    - ``k``: the vote margin;
+    - ``rule``: ``"ahead"`` (first-to-ahead-by-k, the paper's default) or ``"first"`` (first-to-k);
+    - ``first_temperature``: temperature of a step's first sample (the paper: 0);
+    - ``temperature``: temperature of every later sample (the paper: 0.1);
+    - ``max_tokens``: the output cap sent to the model; it sits above the red-flag threshold so
+      that an overlong answer is seen, and flagged, rather than silently cut;
+    - ``max_samples_per_step``: a step that has requested this many samples without a decision
+      ends the run as failed;
+    - ``max_attempts``: transport attempts per sample before the run fails;
+    - ``red_flags``: which responses are discarded.
+
+    >>> Policy(k=0)
+    Traceback (most recent call last):
+    ...
+    maker._errors.ConfigError: k: must be at least 1, got 0
+    """
+
+    k: int = 3
+    rule: VoteRule = "ahead"
+    first_temperature: float = 0.0
+    temperature: float = 0.1
+    max_tokens: int = 1000
+    max_samples_per_step: int = 100
+    max_attempts: int = 5
+    red_flags: RedFlagRules = field(default_factory=RedFlagRules)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.k, int) or self.k < 1:
+            raise ConfigError("k", f"must be at least 1, got {self.k}")
+        if self.rule not in ("ahead", "first"):
+            raise ConfigError("rule", f"must be 'ahead' or 'first', got {self.rule!r}")
+        for name in ("first_temperature", "temperature"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0.0 <= value <= 2.0):
+                raise ConfigError(name, f"must be between 0 and 2, got {value}")
+        if self.max_tokens < 1:
+            raise ConfigError("max_tokens", f"must be positive, got {self.max_tokens}")
+        limit = self.red_flags.max_output_tokens
+        if limit is not None and self.max_tokens <= limit:
+            raise ConfigError(
+                "max_tokens",
+                f"must exceed red_flags.max_output_tokens ({limit}) so overlong answers are seen",
+            )
+        if self.max_samples_per_step < self.k:
+            raise ConfigError(
+                "max_samples_per_step",
+                f"must be at least k ({self.k}), got {self.max_samples_per_step}",
+            )
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts", f"must be at least 1, got {self.max_attempts}")
+
+    def describe(self) -> dict[str, Any]:
+        """The policy as JSON, for ``run_started``."""
+        return {
+            "k": self.k,
+            "rule": self.rule,
+            "first_temperature": self.first_temperature,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens,
+            "max_samples_per_step": self.max_samples_per_step,
+            "max_attempts": self.max_attempts,
+            "red_flags": self.red_flags.describe(),
+        }
+
+    def temperature_for(self, ordinal: int) -> float:
+        """The temperature of a step's sample number ``ordinal`` (0-based)."""
+        return self.first_temperature if ordinal == 0 else self.temperature
