@@ -11,7 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
 
@@ -54,12 +55,18 @@ CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
 BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
 BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
+-- REPLACE deletes the old row without firing delete triggers: refuse to insert over one.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE run_id = NEW.run_id AND seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
 PRAGMA application_id = {APPLICATION_ID};
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 
-_INSERT = "INSERT INTO events (run_id, seq, type, step, ts, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_INSERT = (
+    "INSERT INTO events (run_id, seq, type, step, ts, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
 
 _Row = tuple[str, int, str, int | None, float, bytes, bytes]
 
@@ -101,6 +108,11 @@ class EventLog:
                 ...
 
     ``mode="r"`` opens an existing log for reading only and never creates a file.
+
+    Appended events are committed in batches: at the latest ``commit_interval`` seconds after
+    they were appended, at once when ``batch_size`` rows are waiting, and on :meth:`flush` and
+    close. A crash of the process loses at most the events not yet committed; what is in the
+    file is always a gap-free prefix of every run.
     """
 
     def __init__(
@@ -109,23 +121,28 @@ class EventLog:
         *,
         mode: Literal["w", "r"] = "w",
         batch_size: int = 4096,
+        commit_interval: float = 0.05,
         poll_interval: float = 0.05,
     ) -> None:
         if mode not in ("w", "r"):
             raise ValueError(f"mode must be 'w' or 'r', got {mode!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not commit_interval >= 0:
+            raise ValueError(f"commit_interval must be >= 0, got {commit_interval}")
         if not poll_interval > 0:
             raise ValueError(f"poll_interval must be positive, got {poll_interval}")
         self.path = os.fspath(path)
         self.mode = mode
         self._batch_size = batch_size
+        self._commit_interval = commit_interval
         self._poll_interval = poll_interval
         self._conn: aiosqlite.Connection | None = None
         self._tg: TaskGroup | None = None
         self._pending: list[_Row] = []
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._wake = anyio.Event()
+        self._urgent = anyio.Event()
         self._progress = anyio.Event()
         self._appended = 0
         self._written = 0
@@ -162,17 +179,22 @@ class EventLog:
     ) -> bool | None:
         if self._tg is None:
             return None
-        # Whatever happens to the body, what was appended is written: shield the final flush.
-        with anyio.CancelScope(shield=True):
-            self._closing = True
-            self._wake.set()
-            try:
-                return await self._tg.__aexit__(exc_type, exc, tb)
-            finally:
-                self._tg = None
-                if self._conn is not None:
+        # Whatever happens to the body, what was appended is written. The writer is shielded and
+        # drains the queue before it returns, so the task group's exit is the final flush. The
+        # group's own scope must be exited directly (not inside another scope), and it is not
+        # handed the body's exception: that would only wrap it in an ExceptionGroup.
+        self._closing = True
+        self._wake.set()
+        self._urgent.set()
+        try:
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._tg = None
+            if self._conn is not None:
+                with anyio.CancelScope(shield=True):
                     await self._conn.close()
-                    self._conn = None
+                self._conn = None
+        return None
 
     async def _connect(self, path: str, *, readonly: bool = False) -> aiosqlite.Connection:
         try:
@@ -186,10 +208,7 @@ class EventLog:
         return conn
 
     async def _check_readable(self) -> None:
-        if not os.path.exists(self.path):
-            raise EventLogError(f"{self.path}: no such file")
-        if os.path.isdir(self.path):
-            raise NotALogError(self.path, "it is a directory")
+        _check_exists(self.path)
         conn = await self._connect(self.path, readonly=True)
         try:
             await _check_identity(conn, self.path, allow_new=False)
@@ -200,7 +219,7 @@ class EventLog:
 
     def append(self, event: Event) -> None:
         """Queue an event for the writer. Never blocks; raises if the seq does not follow on."""
-        if self.mode != "w" or self._tg is None:
+        if self.mode != "w" or self._tg is None or self._closing:
             raise LogClosedError(f"{self.path} is not open for appending")
         if self._failure is not None:
             raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
@@ -241,6 +260,8 @@ class EventLog:
     async def flush(self) -> None:
         """Wait until every event appended so far is committed."""
         target = self._appended
+        if self._written < target:
+            self._urgent.set()
         while self._written < target:
             if self._failure is not None:
                 raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
@@ -251,28 +272,37 @@ class EventLog:
     async def _writer(self) -> None:
         assert self._conn is not None
         conn = self._conn
-        while True:
-            await self._wake.wait()
-            self._wake = anyio.Event()
-            while self._pending:
-                rows = self._pending[: self._batch_size]
-                del self._pending[: self._batch_size]
-                try:
-                    # A cancelled writer must still finish the transaction it started, or the
-                    # rows it took from the queue would be lost.
-                    with anyio.CancelScope(shield=True):
+        # Shielded for its whole life: a cancelled writer would lose the queued rows. It stops
+        # only when the log closes, after draining the queue.
+        with anyio.CancelScope(shield=True):
+            while True:
+                await self._wake.wait()
+                if len(self._pending) < self._batch_size and self._commit_interval > 0:
+                    # Let a burst gather into one transaction: a commit costs more than a row.
+                    with anyio.move_on_after(self._commit_interval):
+                        await self._urgent.wait()
+                self._wake = anyio.Event()
+                if self._urgent.is_set():
+                    self._urgent = anyio.Event()
+                # Write what is queued now; rows appended meanwhile wait for the next round.
+                todo = len(self._pending)
+                while todo > 0:
+                    rows = self._pending[: min(todo, self._batch_size)]
+                    del self._pending[: len(rows)]
+                    todo -= len(rows)
+                    try:
                         await conn.executemany(_INSERT, rows)
                         await conn.commit()
-                except sqlite3.Error as exc:
-                    self._failure = exc
-                    self._progress.set()
-                    raise EventLogError(f"writing {self.path} failed: {exc}") from exc
-                self._written += len(rows)
-                self._batches += 1
-                progress, self._progress = self._progress, anyio.Event()
-                progress.set()
-            if self._closing:
-                return
+                    except sqlite3.Error as exc:
+                        self._failure = exc
+                        self._progress.set()
+                        raise EventLogError(f"writing {self.path} failed: {exc}") from exc
+                    self._written += len(rows)
+                    self._batches += 1
+                    progress, self._progress = self._progress, anyio.Event()
+                    progress.set()
+                if self._closing and not self._pending:
+                    return
 
     def statistics(self) -> LogStatistics:
         """Counters: appended, written (committed), pending, and batches committed."""
@@ -291,7 +321,7 @@ class EventLog:
         *,
         after_seq: int = -1,
         steps: tuple[int, int] | None = None,
-    ) -> AsyncIterator[AnyEvent]:
+    ) -> AsyncGenerator[AnyEvent, None]:
         """Yield a run's committed events in seq order.
 
         ``after_seq`` skips what a reader has seen; ``steps=(first, last)`` keeps only the step
@@ -313,18 +343,20 @@ class EventLog:
             if not found and not await _run_exists(conn, run_id):
                 raise UnknownRunError(run_id)
 
-    async def tail(self, run_id: str, *, after_seq: int = -1) -> AsyncIterator[AnyEvent]:
+    async def tail(self, run_id: str, *, after_seq: int = -1) -> AsyncGenerator[AnyEvent, None]:
         """Follow a run as it is written, until its ``run_finished`` event.
 
         Works across processes: it polls, and wakes early when this log object commits.
         """
         last = after_seq
         while True:
-            async for event in self.read(run_id, after_seq=last):
-                last = event.seq
-                yield event
-                if isinstance(event, RunFinished):
-                    return
+            # Close each read at once, so returning mid-read releases its connection now.
+            async with aclosing(self.read(run_id, after_seq=last)) as events:
+                async for event in events:
+                    last = event.seq
+                    yield event
+                    if isinstance(event, RunFinished):
+                        return
             with anyio.move_on_after(self._poll_interval):
                 await self._progress.wait()
 
@@ -386,8 +418,7 @@ class _Reader:
         self._conn: aiosqlite.Connection | None = None
 
     async def __aenter__(self) -> aiosqlite.Connection:
-        if not os.path.exists(self._log.path):
-            raise EventLogError(f"{self._log.path}: no such file")
+        _check_exists(self._log.path)
         self._conn = await self._log._connect(self._log.path, readonly=True)
         return self._conn
 
@@ -395,6 +426,14 @@ class _Reader:
         assert self._conn is not None
         with anyio.CancelScope(shield=True):
             await self._conn.close()
+
+
+def _check_exists(path: str) -> None:
+    # A stat is cheap enough to do on the loop; it keeps read-only opens from creating files.
+    if not os.path.exists(path):
+        raise EventLogError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise NotALogError(path, "it is a directory")
 
 
 async def _run_exists(conn: aiosqlite.Connection, run_id: str) -> bool:

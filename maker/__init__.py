@@ -1,0 +1,64 @@
+"""maker: long sequential tasks with language models at near-zero error.
+
+The MAKER method (Meyerson et al. 2025): one model call decides one step, several samples are
+voted first-to-ahead-by-k, and malformed or overlong answers are discarded before they vote.
+Every sample, red flag, vote and state transition is a typed event in an SQLite log.
+"""
+
+from ._client import Client, Completion, SampleRequest
+from ._engine import Engine, EngineStatistics, EventSink, RunResult, sample_seed
+from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
+from ._formulas import (
+    expected_cost,
+    expected_cost_exact,
+    expected_samples_per_step,
+    expected_votes_per_step,
+    k_min,
+    p_run,
+    p_step,
+    sample_cost,
+)
+from ._policy import Policy
+from ._redflags import RedFlagCheck, RedFlagRules
+from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
+from ._simulator import Simulator
+from ._tally import Tally, VoteRule
+from ._task import Prompt, Task
+from ._version import __version__
+
+__all__ = [
+    "PRESETS",
+    "Client",
+    "ClientError",
+    "Completion",
+    "ConfigError",
+    "Engine",
+    "EngineStatistics",
+    "EventSink",
+    "MakerError",
+    "Policy",
+    "Prompt",
+    "RedFlag",
+    "RedFlagCheck",
+    "RedFlagRules",
+    "RunResult",
+    "SampleRequest",
+    "SimConfig",
+    "SimResponse",
+    "SimulatedModel",
+    "Simulator",
+    "Tally",
+    "Task",
+    "UnknownTaskError",
+    "VoteRule",
+    "__version__",
+    "expected_cost",
+    "expected_cost_exact",
+    "expected_samples_per_step",
+    "expected_votes_per_step",
+    "k_min",
+    "p_run",
+    "p_step",
+    "sample_cost",
+    "sample_seed",
+]

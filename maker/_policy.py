@@ -24,6 +24,9 @@ class Policy:
     - ``max_samples_per_step``: a step that has requested this many samples without a decision
       ends the run as failed;
     - ``max_attempts``: transport attempts per sample before the run fails;
+    - ``speculative``: samples kept in flight beyond the k - lead that could still matter. The
+      default 0 requests nothing that could not change the outcome; a few extra cut wall time
+      when red flags or disagreements are common, at the price of samples cancelled unused;
     - ``red_flags``: which responses are discarded.
 
     >>> Policy(k=0)
@@ -39,6 +42,7 @@ class Policy:
     max_tokens: int = 1000
     max_samples_per_step: int = 100
     max_attempts: int = 5
+    speculative: int = 0
     red_flags: RedFlagRules = field(default_factory=RedFlagRules)
 
     def __post_init__(self) -> None:
@@ -63,6 +67,8 @@ class Policy:
                 "max_samples_per_step",
                 f"must be at least k ({self.k}), got {self.max_samples_per_step}",
             )
+        if self.speculative < 0:
+            raise ConfigError("speculative", f"must be >= 0, got {self.speculative}")
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {self.max_attempts}")
 
@@ -76,6 +82,7 @@ class Policy:
             "max_tokens": self.max_tokens,
             "max_samples_per_step": self.max_samples_per_step,
             "max_attempts": self.max_attempts,
+            "speculative": self.speculative,
             "red_flags": self.red_flags.describe(),
         }
 

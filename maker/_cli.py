@@ -1,0 +1,388 @@
+"""The ``maker`` command line, built on the library API.
+
+Every error a user can cause ends as one line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import anyio
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from events import (
+    Event,
+    EventLog,
+    EventLogError,
+    RedFlagged,
+    StateChanged,
+    StepDecided,
+    encode,
+)
+
+from ._engine import Engine, RunResult
+from ._errors import ConfigError, MakerError
+from ._formulas import k_min, p_run
+from ._policy import Policy
+from ._sim import PRESETS, SimulatedModel
+from ._task import Task
+from ._version import __version__
+from .tasks import BUILTIN_TASKS, make_task
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+_err = Console(stderr=True, highlight=False)
+_out = Console(highlight=False)
+
+
+class UsageProblem(Exception):
+    """Bad input the user can fix; printed as one line, exit 2."""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="maker")
+def app() -> None:
+    """Run long sequential tasks with language models at near-zero error (MAKER)."""
+
+
+_probability = click.FloatRange(0.0, 1.0)
+
+
+@app.command()
+@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@click.option(
+    "--log",
+    "log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="SQLite event log to append the run to.",
+)
+@click.option("--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10).")
+@click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations.")
+@click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits.")
+@click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain.")
+@click.option("--model", default="sim", show_default=True, help="The model: sim.")
+@click.option(
+    "--preset",
+    type=click.Choice(sorted(PRESETS)),
+    default="paper",
+    show_default=True,
+    help="Simulated model preset.",
+)
+@click.option("--p", "p", type=_probability, help="Simulated model: P(a valid answer is correct).")
+@click.option("--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency.")
+@click.option("--k", "k", type=click.IntRange(1), help="Vote margin (default 3).")
+@click.option(
+    "--target",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="Choose k_min for this probability that the whole run succeeds.",
+)
+@click.option(
+    "--speculative",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Samples kept in flight beyond those that could still matter.",
+)
+@click.option(
+    "--max-samples",
+    type=click.IntRange(1),
+    default=100,
+    show_default=True,
+    help="Samples a step may request before the run fails.",
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
+def run(
+    task: str,
+    log: Path,
+    disks: int | None,
+    steps: int | None,
+    digits: int | None,
+    task_seed: int | None,
+    model: str,
+    preset: str,
+    p: float | None,
+    latency_ms: float | None,
+    k: int | None,
+    target: float | None,
+    speculative: int,
+    max_samples: int,
+    seed: int,
+    as_json: bool,
+    progress: bool,
+) -> None:
+    """Run a built-in task, voting every step, with every event logged."""
+    params: dict[str, Any] = {}
+    if task == "hanoi":
+        _only(task, steps=steps, digits=digits, task_seed=task_seed)
+        params["disks"] = 10 if disks is None else disks
+    else:
+        _only(task, disks=disks)
+        for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
+            if value is not None:
+                params[name] = value
+    the_task = make_task(task, params)
+    client = _make_client(model, preset, p, latency_ms)
+    if k is not None and target is not None:
+        raise UsageProblem("give --k or --target, not both")
+    budget = the_task.max_steps()
+    if target is not None:
+        if budget is None:
+            raise UsageProblem(
+                f"--target needs a task with a known number of steps; {task} has none"
+            )
+        k = k_min(client.config.p, target, budget)
+    policy = Policy(
+        k=3 if k is None else k, max_samples_per_step=max_samples, speculative=speculative
+    )
+    result = anyio.run(_run, the_task, client, policy, seed, log, progress and not as_json)
+    if as_json:
+        out = result.to_json()
+        out.update(task=the_task.name, task_params=the_task.params(), model=client.model)
+        out["log"] = str(log)
+        if target is not None and budget is not None:
+            out["target"] = target
+            out["p_run_at_k"] = p_run(client.config.p, policy.k, budget)
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        _print_result(result, log)
+    if not result.ok:
+        raise SystemExit(EXIT_FAILED)
+
+
+def _only(task: str, **given: object) -> None:
+    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if extra:
+        raise UsageProblem(f"{', '.join(extra)} does not apply to the {task} task")
+
+
+def _make_client(
+    model: str, preset: str, p: float | None, latency_ms: float | None
+) -> SimulatedModel:
+    if model != "sim":
+        raise UsageProblem(f"unknown model {model!r}; available: sim")
+    config = PRESETS[preset]
+    changes: dict[str, float] = {}
+    if p is not None:
+        changes["p"] = p
+    if latency_ms is not None:
+        changes["latency_ms"] = latency_ms
+    return SimulatedModel(config.replace(**changes) if changes else config)
+
+
+async def _run(
+    task: Task[Any, Any], client: SimulatedModel, policy: Policy, seed: int, log: Path, show: bool
+) -> RunResult:
+    total = task.max_steps()
+    with _ProgressSink(total, policy.k, enabled=show) as sink:
+        async with Engine(log=log, client=client) as engine:
+            return await engine.run(task, policy=policy, seed=seed, sinks=[sink])
+
+
+class _ProgressSink:
+    """A live progress bar fed by events: steps, samples per step, red flags, ETA."""
+
+    def __init__(self, total: int | None, k: int, *, enabled: bool) -> None:
+        self.enabled = enabled
+        self.samples = 0
+        self.steps = 0
+        self.red_flags = 0
+        self.k = k
+        self._progress = Progress(
+            TextColumn("[bold]steps"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[samples_per_step]:.2f} samples/step"),
+            TextColumn("{task.fields[red_flags]} red flags"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=_err,
+            disable=not enabled,
+            transient=False,
+        )
+        self._task: TaskID = self._progress.add_task(
+            "run", total=total, samples_per_step=0.0, red_flags=0
+        )
+
+    def __enter__(self) -> Callable[[Event], None]:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, StepDecided):
+            self.samples += event.samples
+        elif isinstance(event, RedFlagged):
+            self.red_flags += 1
+        elif isinstance(event, StateChanged):
+            self.steps += 1
+            # Updating the bar every step costs more than the step itself on fast runs.
+            if self.steps % 64 == 0 or self.steps == 1:
+                self._update()
+
+    def _update(self) -> None:
+        self._progress.update(
+            self._task,
+            completed=self.steps,
+            samples_per_step=self.samples / max(1, self.steps),
+            red_flags=self.red_flags,
+        )
+
+    def flush(self) -> None:
+        self._update()
+
+
+def _print_result(result: RunResult, log: Path) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("run", result.run_id)
+    table.add_row("status", result.status + (f" ({result.reason})" if result.reason else ""))
+    table.add_row("steps", str(result.steps))
+    table.add_row("k", str(result.k))
+    per_step = result.samples / result.steps if result.steps else 0.0
+    table.add_row(
+        "samples", f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})"
+    )
+    flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
+    table.add_row("red flags", f"{result.red_flags} ({flags})")
+    table.add_row("wall time", f"{result.wall_s:.2f} s")
+    table.add_row("log", str(log))
+    _out.print(table)
+
+
+@app.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(file: Path, run_id: str | None, as_json: bool) -> None:
+    """What happened in a run: status, steps, samples per step, red flags, wall time."""
+    from replay import summarize
+
+    async def load() -> Any:
+        async with EventLog(file, mode="r") as log:
+            info = await log.run(run_id)
+            return summarize([e async for e in log.read(info.run_id)])
+
+    summary = anyio.run(load)
+    if as_json:
+        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        return
+    data = summary.to_json()
+    table = Table(show_header=False, box=None, pad_edge=False)
+    table.add_row("run", data["run_id"])
+    table.add_row("task", f"{data['task']} {json.dumps(data['task_params'])}")
+    table.add_row("model", ", ".join(data["models"]))
+    table.add_row("status", data["status"] + (f" ({data['reason']})" if data["reason"] else ""))
+    table.add_row("steps", str(data["steps"]))
+    table.add_row("k", str(data["k"]))
+    table.add_row(
+        "samples",
+        f"{data['samples']} (per step: mean {data['samples_per_step_mean']:.3f}, "
+        f"max {data['samples_per_step_max']})",
+    )
+    flags = data["red_flags_by_reason"]
+    text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
+    table.add_row("red flags", f"{data['red_flags']} ({text})")
+    table.add_row("failures", str(data["failures"]))
+    table.add_row("wall time", f"{data['wall_s']:.2f} s")
+    _out.print(table)
+
+
+@app.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["jsonl"]),
+    default="jsonl",
+    show_default=True,
+    help="Output format.",
+)
+@click.option(
+    "--out", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
+def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
+    """Every event of a run, one JSON object per line, in seq order."""
+
+    async def dump() -> None:
+        async with EventLog(file, mode="r") as log:
+            info = await log.run(run_id)
+            sink = out.open("wb") if out is not None else sys.stdout.buffer
+            try:
+                async for event in log.read(info.run_id):
+                    sink.write(encode(event) + b"\n")
+            finally:
+                if out is not None:
+                    sink.close()
+                else:
+                    sink.flush()
+
+    anyio.run(dump)
+
+
+@app.command()
+@click.option("--p", "p", type=float, required=True, help="Per-step success rate of valid samples.")
+@click.option(
+    "--target", type=float, required=True, help="Wanted probability that the whole run succeeds."
+)
+@click.option("--steps", type=int, required=True, help="Number of steps.")
+@click.option("--json", "as_json", is_flag=True, help="Also print the success probability.")
+def kmin(p: float, target: float, steps: int, as_json: bool) -> None:
+    """The smallest k that reaches the target (the paper's Eq 14)."""
+    k = k_min(p, target, steps)
+    if as_json:
+        out = {"k_min": k, "p": p, "target": target, "steps": steps, "p_run": p_run(p, k, steps)}
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        sys.stdout.write(f"{k}\n")
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    _err.print(f"maker: error: {message}", markup=False, soft_wrap=True)
+    raise SystemExit(code)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: run the CLI, turning every expected error into one line."""
+    try:
+        code = app.main(args=argv, prog_name="maker", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        code = exc.exit_code
+    except click.exceptions.Abort:
+        _fail("aborted", 130)
+    except click.UsageError as exc:
+        hint = f" (see 'maker {exc.ctx.info_name} --help')" if exc.ctx and exc.ctx.parent else ""
+        _fail(exc.format_message().replace("\n", " ") + hint, EXIT_USAGE)
+    except click.ClickException as exc:
+        _fail(exc.format_message().replace("\n", " "), EXIT_USAGE)
+    except (UsageProblem, ConfigError) as exc:
+        _fail(str(exc), EXIT_USAGE)
+    except (EventLogError, MakerError) as exc:
+        _fail(str(exc), EXIT_FAILED)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except OSError as exc:
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_FAILED)
+    raise SystemExit(code if isinstance(code, int) else 0)

@@ -1,0 +1,541 @@
+"""The engine: runs a task step by step, voting each step first-to-ahead-by-k.
+
+The step loop is the only place that records events and decides. Sample workers only call the
+model and hand the outcome back through a channel, so the decisions are a pure function of the
+task, the policy and the outcomes in the order they were recorded (the determinism contract).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Generic, NamedTuple, Self, TypeVar
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from events import (
+    Event,
+    EventLog,
+    RedFlagged,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    SampleCancelled,
+    SampleFailed,
+    SampleReceived,
+    SampleRequested,
+    StateChanged,
+    StepDecided,
+    StepStarted,
+    VoteCounted,
+    canonical_json,
+)
+
+from ._client import Client, Completion, SampleRequest
+from ._errors import ClientError, RedFlag
+from ._policy import Policy
+from ._tally import Tally
+from ._task import Task
+from ._version import __version__
+
+S = TypeVar("S")
+A = TypeVar("A")
+
+EventSink = Callable[[Event], None]
+"""A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
+
+
+def sample_seed(run_seed: int, sample_id: str) -> int:
+    """The seed of one sample's request: a pure function of the run's seed and the sample id."""
+    digest = hashlib.blake2b(f"{run_seed}:{sample_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunResult:
+    """How a run ended, with its totals."""
+
+    run_id: str
+    status: RunStatus
+    steps: int
+    samples: int
+    votes: int
+    red_flags: int
+    red_flags_by_reason: dict[str, int]
+    failures: int
+    cancelled_samples: int
+    k: int
+    wall_s: float
+    reason: str = ""
+    final_state: Any = None
+    max_samples_in_step: int = 0
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run succeeded."""
+        return self.status == "succeeded"
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON-compatible builtins (``maker run --json`` prints this)."""
+        return {
+            "run_id": self.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "steps": self.steps,
+            "samples": self.samples,
+            "votes": self.votes,
+            "red_flags": self.red_flags,
+            "red_flags_by_reason": dict(self.red_flags_by_reason),
+            "failures": self.failures,
+            "cancelled_samples": self.cancelled_samples,
+            "samples_per_step": self.samples / self.steps if self.steps else 0.0,
+            "max_samples_in_step": self.max_samples_in_step,
+            "k": self.k,
+            "wall_s": self.wall_s,
+        }
+
+
+class EngineStatistics(NamedTuple):
+    """Counters of one engine: runs and samples in flight, retries, events appended."""
+
+    runs_active: int
+    in_flight: int
+    requested: int
+    retries: int
+    appended: int
+
+
+class _Outcome(NamedTuple):
+    sample_id: str
+    attempt: int
+    completion: Completion | None
+    error: ClientError | None
+    latency_s: float
+
+
+def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
+    leader, lead = tally.leader()
+    votes = tally.votes
+    detail = (
+        f"{len(votes)} candidates, the leader {votes[leader]} votes ahead by {lead}"
+        if leader is not None
+        else "no valid vote"
+    )
+    return (
+        f"step {step} undecided after {samples} samples "
+        f"(max_samples_per_step={policy.max_samples_per_step}): {detail}"
+    )
+
+
+class _StepFailed(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass
+class _Counters:
+    samples: int = 0
+    votes: int = 0
+    failures: int = 0
+    cancelled: int = 0
+    max_in_step: int = 0
+    red_flags: Counter[str] = field(default_factory=Counter)
+
+
+class Engine:
+    """Runs tasks against a model, recording every event in a log.
+
+    >>> import anyio, tempfile, os
+    >>> from maker import Engine, Policy, SimulatedModel
+    >>> from maker.tasks import Hanoi
+    >>> async def main(path: str) -> str:
+    ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
+    ...         result = await engine.run(Hanoi(3), policy=Policy(k=2), seed=1)
+    ...     return f"{result.status} in {result.steps} steps"
+    >>> anyio.run(main, os.path.join(tempfile.mkdtemp(), "log.db"))
+    'succeeded in 7 steps'
+
+    ``log`` is an open :class:`events.EventLog` (the caller owns it) or a path (the engine opens
+    and closes it). ``client`` defaults to the simulated model with the paper's statistics.
+    ``clock`` stamps events' ``ts``; it never influences a decision.
+    """
+
+    def __init__(
+        self,
+        *,
+        log: EventLog | str | os.PathLike[str],
+        client: Client | None = None,
+        clock: Callable[[], float] = time.time,
+        sinks: Sequence[EventSink] = (),
+    ) -> None:
+        if isinstance(log, EventLog):
+            self._log = log
+            self._owns_log = False
+        else:
+            self._log = EventLog(log)
+            self._owns_log = True
+        if client is None:
+            from ._sim import SimulatedModel
+
+            client = SimulatedModel()
+        self.client = client
+        self._clock = clock
+        self._sinks = tuple(sinks)
+        self._runs_active = 0
+        self._in_flight = 0
+        self._requested = 0
+        self._retries = 0
+        self._entered = False
+
+    @property
+    def log(self) -> EventLog:
+        """The event log this engine appends to."""
+        return self._log
+
+    async def __aenter__(self) -> Self:
+        if self._owns_log:
+            await self._log.__aenter__()
+        self._entered = True
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._entered = False
+        if self._owns_log:
+            await self._log.__aexit__(exc_type, exc, tb)
+        else:
+            with anyio.CancelScope(shield=True):
+                await self._log.flush()
+
+    def statistics(self) -> EngineStatistics:
+        """Counters for tests and the CLI."""
+        return EngineStatistics(
+            runs_active=self._runs_active,
+            in_flight=self._in_flight,
+            requested=self._requested,
+            retries=self._retries,
+            appended=self._log.statistics().appended,
+        )
+
+    async def run(
+        self,
+        task: Task[S, A],
+        *,
+        policy: Policy | None = None,
+        seed: int = 0,
+        run_id: str | None = None,
+        sinks: Sequence[EventSink] = (),
+    ) -> RunResult:
+        """Run ``task`` to the end and return how it went. Every event goes to the log first.
+
+        If the surrounding scope is cancelled, the run records ``run_finished`` with status
+        ``"cancelled"`` before the cancellation propagates.
+        """
+        if not self._entered:
+            raise RuntimeError("use the engine as 'async with Engine(...) as engine'")
+        run = _Run(
+            self,
+            task,
+            policy if policy is not None else Policy(),
+            seed,
+            run_id or uuid.uuid4().hex,
+            (*self._sinks, *sinks),
+        )
+        self._runs_active += 1
+        try:
+            return await run.execute()
+        finally:
+            self._runs_active -= 1
+            with anyio.CancelScope(shield=True):
+                await self._log.flush()
+
+
+class _Run(Generic[S, A]):
+    def __init__(
+        self,
+        engine: Engine,
+        task: Task[S, A],
+        policy: Policy,
+        seed: int,
+        run_id: str,
+        sinks: tuple[EventSink, ...],
+    ) -> None:
+        self.engine = engine
+        self.task = task
+        self.policy = policy
+        self.seed = seed
+        self.run_id = run_id
+        self.sinks = sinks
+        self.log = engine.log
+        self.client = engine.client
+        self.clock = engine._clock
+        self.seq = 0
+        self.counters = _Counters()
+        self.steps = 0
+        self.state: S = task.initial_state()
+
+    def emit(self, event_type: type[Event], **fields: Any) -> None:
+        event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
+        self.log.append(event)
+        self.seq += 1
+        for sink in self.sinks:
+            sink(event)
+
+    async def execute(self) -> RunResult:
+        started = time.perf_counter()
+        task, policy = self.task, self.policy
+        self.emit(
+            RunStarted,
+            task=task.name,
+            task_params=task.params(),
+            policy=policy.describe(),
+            models=[self.client.model],
+            model_params=self.client.describe(),
+            seed=self.seed,
+            version=__version__,
+            initial_state=task.state_to_json(self.state),
+        )
+        status: RunStatus = "succeeded"
+        reason = ""
+        budget = task.max_steps()
+        try:
+            while not task.is_done(self.state):
+                if budget is not None and self.steps >= budget:
+                    raise _StepFailed(f"the task is not done after its budget of {budget} steps")
+                answer = await self._vote(self.steps, self.state)
+                self.state = task.apply(self.state, answer)
+                self.emit(StateChanged, step=self.steps, state=task.state_to_json(self.state))
+                self.steps += 1
+        except _StepFailed as exc:
+            status, reason = "failed", exc.reason
+        except anyio.get_cancelled_exc_class():
+            self._finish("cancelled", "cancelled by the caller", started)
+            raise
+        except Exception as exc:
+            # A bug in task or client code: record the end before the error propagates.
+            self._finish("failed", f"{type(exc).__name__}: {exc}", started)
+            raise
+        return self._finish(status, reason, started)
+
+    def _finish(self, status: RunStatus, reason: str, started: float) -> RunResult:
+        c = self.counters
+        wall = time.perf_counter() - started
+        self.emit(
+            RunFinished,
+            status=status,
+            steps=self.steps,
+            samples=c.samples,
+            red_flags=sum(c.red_flags.values()),
+            reason=reason,
+            wall_s=wall,
+        )
+        return RunResult(
+            run_id=self.run_id,
+            status=status,
+            steps=self.steps,
+            samples=c.samples,
+            votes=c.votes,
+            red_flags=sum(c.red_flags.values()),
+            red_flags_by_reason=dict(c.red_flags),
+            failures=c.failures,
+            cancelled_samples=c.cancelled,
+            k=self.policy.k,
+            wall_s=wall,
+            reason=reason,
+            final_state=self.task.state_to_json(self.state),
+            max_samples_in_step=c.max_in_step,
+        )
+
+    async def _vote(self, step: int, state: S) -> A:
+        task, policy, engine = self.task, self.policy, self.engine
+        prompt = task.prompt(state)
+        self.emit(StepStarted, step=step, state=task.state_to_json(state))
+        tally = Tally(policy.k, policy.rule)
+        answers: dict[str, A] = {}
+        in_flight: dict[str, SampleRequest] = {}
+        ordinal = 0
+        red_flags = 0
+        model = self.client.model
+        send, receive = anyio.create_memory_object_stream[_Outcome]()
+
+        def launch(request: SampleRequest, attempt: int, delay: float) -> None:
+            in_flight[request.sample_id] = request
+            engine._in_flight += 1
+            tg.start_soon(self._sample, request, attempt, delay, send)
+
+        failure: str | None = None
+        winner: str | None = None
+        try:
+            async with send, receive, anyio.create_task_group() as tg:
+                while winner is None and failure is None:
+                    deficit = tally.needed() + policy.speculative - len(in_flight)
+                    while deficit > 0 and ordinal < policy.max_samples_per_step:
+                        sample_id = f"{step}:{ordinal}"
+                        temperature = policy.temperature_for(ordinal)
+                        request = SampleRequest(
+                            sample_id=sample_id,
+                            step=step,
+                            model=model,
+                            system=prompt.system,
+                            user=prompt.user,
+                            temperature=temperature,
+                            max_tokens=policy.max_tokens,
+                            seed=sample_seed(self.seed, sample_id),
+                        )
+                        self.emit(
+                            SampleRequested,
+                            step=step,
+                            sample_id=sample_id,
+                            model=model,
+                            temperature=temperature,
+                            max_tokens=policy.max_tokens,
+                        )
+                        ordinal += 1
+                        self.counters.samples += 1
+                        engine._requested += 1
+                        launch(request, 1, 0.0)
+                        deficit -= 1
+                    if not in_flight:
+                        failure = _undecided(step, ordinal, policy, tally)
+                        break
+                    outcome = await receive.receive()
+                    request = in_flight.pop(outcome.sample_id)
+                    engine._in_flight -= 1
+                    if outcome.error is not None:
+                        failure = self._failed(step, request, outcome, launch)
+                        continue
+                    assert outcome.completion is not None
+                    answer = self._judge(step, outcome.sample_id, outcome.completion, outcome)
+                    if answer is None:
+                        red_flags += 1
+                        continue
+                    candidate = canonical_json(task.answer_to_json(answer))
+                    answers.setdefault(candidate, answer)
+                    winner = tally.add(candidate)
+                    self.counters.votes += 1
+                    self.emit(
+                        VoteCounted,
+                        step=step,
+                        sample_id=outcome.sample_id,
+                        candidate=candidate,
+                        tally=tally.votes,
+                    )
+                if winner is not None:
+                    self.emit(
+                        StepDecided,
+                        step=step,
+                        winner=winner,
+                        votes=tally.votes,
+                        samples=ordinal,
+                        red_flags=red_flags,
+                    )
+                    self.counters.max_in_step = max(self.counters.max_in_step, ordinal)
+                # Whatever is still in flight can no longer matter: stop it and say so.
+                self._cancel_all(step, in_flight)
+                tg.cancel_scope.cancel()
+        except anyio.get_cancelled_exc_class():
+            self._cancel_all(step, in_flight)
+            raise
+        if failure is not None:
+            raise _StepFailed(failure)
+        assert winner is not None
+        return answers[winner]
+
+    def _cancel_all(self, step: int, in_flight: dict[str, SampleRequest]) -> None:
+        for sample_id in in_flight:
+            self.emit(SampleCancelled, step=step, sample_id=sample_id)
+            self.counters.cancelled += 1
+        self.engine._in_flight -= len(in_flight)
+        in_flight.clear()
+
+    def _judge(
+        self, step: int, sample_id: str, completion: Completion, outcome: _Outcome
+    ) -> A | None:
+        """Record a response and return its answer, or record its red flag and return None."""
+        self.emit(
+            SampleReceived,
+            step=step,
+            sample_id=sample_id,
+            text=completion.text,
+            model=completion.model,
+            latency_s=outcome.latency_s,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            finish_reason=completion.finish_reason,
+        )
+        flag = self.policy.red_flags.check(completion)
+        if flag is None:
+            try:
+                return self.task.parse(completion.text)
+            except RedFlag as exc:
+                flag = exc
+        self.emit(
+            RedFlagged, step=step, sample_id=sample_id, reason=flag.reason, detail=flag.detail
+        )
+        self.counters.red_flags[flag.reason] += 1
+        return None
+
+    def _failed(
+        self,
+        step: int,
+        request: SampleRequest,
+        outcome: _Outcome,
+        launch: Callable[[SampleRequest, int, float], None],
+    ) -> str | None:
+        """Record a failed attempt; retry it, or return why the run must fail."""
+        error = outcome.error
+        assert error is not None
+        self.counters.failures += 1
+        retry = error.retryable and outcome.attempt < self.policy.max_attempts
+        delay = (error.retry_after or 0.0) if retry else 0.0
+        self.emit(
+            SampleFailed,
+            step=step,
+            sample_id=request.sample_id,
+            error_kind=error.kind,
+            message=str(error),
+            attempt=outcome.attempt,
+            retryable=error.retryable,
+        )
+        if not retry:
+            attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
+            return f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
+        self.engine._retries += 1
+        launch(request, outcome.attempt + 1, delay)
+        return None
+
+    async def _sample(
+        self,
+        request: SampleRequest,
+        attempt: int,
+        delay: float,
+        send: ObjectSendStream[_Outcome],
+    ) -> None:
+        if delay > 0:
+            await anyio.sleep(delay)
+        began = time.perf_counter()
+        completion: Completion | None = None
+        error: ClientError | None = None
+        try:
+            completion = await self.client.complete(request)
+        except ClientError as exc:
+            error = exc
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            # A client that breaks its contract: treat as a non-retryable transport failure.
+            error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
+        latency = time.perf_counter() - began
+        await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))

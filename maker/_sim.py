@@ -1,0 +1,333 @@
+"""The simulated model: a statistically faithful stand-in for a language model, offline.
+
+It reads the prompt like a model would (through the task's :class:`~maker._simulator.Simulator`),
+and answers in the same text format a real model produces. Its statistics follow the paper's
+measurements of gpt-4.1-mini (see :data:`PRESETS`):
+
+- among responses that are not red-flagged, an answer is correct with probability ``p``;
+- a share of responses is malformed, and a share is overlong (past 750 output tokens); overlong
+  responses are wrong far more often (the paper: about 10% against about 0.1% below 700 tokens);
+- a small share of states is "hard": there ``p`` is lower and every error agrees on one rival,
+  which makes the correlated errors independent sampling would not;
+- wrong answers are drawn from a few plausible rivals per state, fixed per state, so wrong votes
+  can pile up on one candidate as they do with a real model.
+
+Everything is determined by the request's ``seed`` (which the engine derives from the run's seed
+and the sample id) and the model's ``salt``. Temperature is recorded but does not change the
+distribution. The text is compact: the reported output token counts follow the measured
+distribution, but the text is not padded to that length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import msgspec
+
+from ._client import Completion, SampleRequest
+from ._errors import ConfigError
+from ._simulator import AnySimulator
+
+_READING_CACHE = 256
+_Reading = tuple[AnySimulator, Any, bool, tuple[Any, ...], Any]
+"""A prompt read: the simulator, the state, whether it is hard, its rivals, its oracle answer."""
+
+SampleKind = Literal["normal", "overlong", "malformed", "unknown"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimConfig:
+    """Statistics of the simulated model. Validated on construction.
+
+    - ``p``: probability that a valid (not red-flagged) answer is correct, averaged over states;
+    - ``rivals``: how many distinct wrong answers a normal state has;
+    - ``hard_fraction`` / ``hard_p``: share of hard states and their ``p`` (one rival there);
+    - ``malformed_rate`` / ``overlong_rate``: shares of malformed and overlong responses;
+    - ``overlong_error``: error rate of overlong responses;
+    - ``output_tokens_mean`` / ``output_tokens_sd``: normal responses' output tokens;
+    - ``latency_ms`` / ``latency_sigma``: median and log-normal spread of latency (0: none);
+    - ``salt``: varies which states are hard and what their rivals are.
+    """
+
+    p: float = 0.9978
+    rivals: int = 2
+    hard_fraction: float = 0.0005
+    hard_p: float = 0.9
+    malformed_rate: float = 0.002
+    overlong_rate: float = 0.002
+    overlong_error: float = 0.10
+    output_tokens_mean: float = 538.0
+    output_tokens_sd: float = 60.0
+    latency_ms: float = 0.0
+    latency_sigma: float = 0.5
+    salt: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("p", "hard_p", "hard_fraction", "malformed_rate", "overlong_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+                raise ConfigError(name, f"must be between 0 and 1, got {value}")
+        if not 0.0 <= self.overlong_error <= 1.0:
+            raise ConfigError(
+                "overlong_error", f"must be between 0 and 1, got {self.overlong_error}"
+            )
+        if self.malformed_rate + self.overlong_rate >= 1.0:
+            raise ConfigError("malformed_rate", "malformed_rate + overlong_rate must be below 1")
+        if self.rivals < 1:
+            raise ConfigError("rivals", f"must be at least 1, got {self.rivals}")
+        if not (self.output_tokens_mean > 0 and self.output_tokens_sd >= 0):
+            raise ConfigError("output_tokens_mean", "token mean must be positive and sd >= 0")
+        if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
+            raise ConfigError("latency_ms", f"must be >= 0, got {self.latency_ms}")
+        if self.latency_sigma < 0:
+            raise ConfigError("latency_sigma", f"must be >= 0, got {self.latency_sigma}")
+
+    @property
+    def p_normal(self) -> float:
+        """``p`` of the normal states, so that the average over states is ``p``."""
+        hard_p = min(self.hard_p, self.p)
+        if self.hard_fraction >= 1.0:
+            return hard_p
+        value = (self.p - self.hard_fraction * hard_p) / (1.0 - self.hard_fraction)
+        return min(1.0, max(0.0, value))
+
+    @property
+    def p_hard(self) -> float:
+        """``p`` of the hard states (never above ``p``)."""
+        return min(self.hard_p, self.p)
+
+    def replace(self, **changes: Any) -> SimConfig:
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration as JSON, for ``run_started``."""
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, SimConfig] = {
+    # gpt-4.1-mini at temperature 0.1 as the paper measured it: 0.22% errors, 538 output tokens.
+    "paper": SimConfig(),
+    # o3-mini: 0.18% errors, 535 output tokens.
+    "o3-mini": SimConfig(p=0.9982, output_tokens_mean=535.0),
+    # gpt-4.1-nano: 35.7% errors; its long answers (842 tokens on average) are flagged more often.
+    "nano": SimConfig(p=0.6429, output_tokens_mean=620.0, overlong_rate=0.2),
+    # A model that never errs and never rambles: for tests of the machinery itself.
+    "ideal": SimConfig(p=1.0, hard_fraction=0.0, malformed_rate=0.0, overlong_rate=0.0),
+}
+"""Named configurations, after the paper's Fig. 6b."""
+
+
+class SimResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """One simulated response, with what the simulator knows about it (for tests)."""
+
+    completion: Completion
+    latency_s: float
+    kind: SampleKind
+    correct: bool | None
+    hard: bool
+
+
+class SimulatedModel:
+    """The in-process simulated model: a :class:`~maker.Client` that needs no network or key.
+
+    >>> import anyio
+    >>> from maker import SampleRequest
+    >>> from maker.tasks import Hanoi
+    >>> task = Hanoi(3)
+    >>> prompt = task.prompt(task.initial_state())
+    >>> model = SimulatedModel(preset="ideal")
+    >>> request = SampleRequest(sample_id="0:0", step=0, model="sim", system=prompt.system,
+    ...     user=prompt.user, temperature=0.0, max_tokens=1000, seed=7)
+    >>> completion = anyio.run(model.complete, request)
+    >>> task.parse(completion.text).move
+    (1, 0, 2)
+    """
+
+    def __init__(
+        self,
+        config: SimConfig | None = None,
+        *,
+        preset: str | None = None,
+        simulators: Sequence[AnySimulator] | None = None,
+        name: str = "sim",
+    ) -> None:
+        if config is not None and preset is not None:
+            raise ConfigError("preset", "give a config or a preset, not both")
+        if preset is not None:
+            if preset not in PRESETS:
+                known = ", ".join(sorted(PRESETS))
+                raise ConfigError("preset", f"unknown preset {preset!r}; known: {known}")
+            config = PRESETS[preset]
+        self.config = config if config is not None else PRESETS["paper"]
+        self.preset = preset
+        if simulators is None:
+            from .tasks import BUILTIN_SIMULATORS
+
+            simulators = BUILTIN_SIMULATORS
+        self._simulators = tuple(simulators)
+        self._name = name
+        self._readings: OrderedDict[tuple[str, str], _Reading] = OrderedDict()
+
+    @property
+    def model(self) -> str:
+        """The model name recorded in events."""
+        return self._name
+
+    def describe(self) -> dict[str, Any]:
+        """The configuration, recorded in ``run_started``."""
+        out = self.config.describe()
+        if self.preset is not None:
+            out["preset"] = self.preset
+        return out
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        """Answer one request, after the simulated latency."""
+        response = self.respond(
+            request.system,
+            request.user,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+            model=request.model,
+        )
+        if response.latency_s > 0:
+            await anyio.sleep(response.latency_s)
+        return response.completion
+
+    def respond(
+        self,
+        system: str,
+        user: str,
+        *,
+        max_tokens: int,
+        seed: int,
+        model: str | None = None,
+    ) -> SimResponse:
+        """The response to one prompt, as a pure function of the prompt, ``seed`` and config."""
+        cfg = self.config
+        rng = random.Random(seed)
+        input_tokens = max(1, (len(system) + len(user)) // 4)
+        latency = self._latency(seed)
+        found = self._read(system, user)
+        if found is None:
+            text = "I could not identify the task in this prompt."
+            return self._response(text, "stop", input_tokens, 12, latency, "unknown", None, False)
+        sim, state, hard, rivals, oracle = found
+        draw = rng.random()
+        if draw < cfg.malformed_rate:
+            text = sim.render_malformed(state, rng)
+            tokens = self._normal_tokens(rng)
+            return self._response(
+                text, "stop", input_tokens, tokens, latency, "malformed", None, hard
+            )
+        overlong = draw < cfg.malformed_rate + cfg.overlong_rate
+        if overlong:
+            p_correct = 1.0 - cfg.overlong_error
+        else:
+            p_correct = cfg.p_hard if hard else cfg.p_normal
+        correct = rng.random() < p_correct
+        answer = oracle if correct else None
+        if answer is None:
+            correct = False
+            if not rivals:
+                text = sim.render_malformed(state, rng)
+                tokens = self._normal_tokens(rng)
+                return self._response(
+                    text, "stop", input_tokens, tokens, latency, "malformed", None, hard
+                )
+            answer = rivals[rng.randrange(len(rivals))]
+        text = sim.render(answer, rng)
+        if not overlong:
+            tokens = self._normal_tokens(rng)
+            return self._response(
+                text, "stop", input_tokens, tokens, latency, "normal", correct, hard
+            )
+        tokens = rng.randint(760, 1400)
+        if tokens > max_tokens:
+            # Cut off at the cap, as a real API does: the answer lines are lost.
+            return self._response(
+                text[: len(text) // 3],
+                "length",
+                input_tokens,
+                max_tokens,
+                latency,
+                "overlong",
+                correct,
+                hard,
+            )
+        return self._response(
+            text, "stop", input_tokens, tokens, latency, "overlong", correct, hard
+        )
+
+    def _read(self, system: str, user: str) -> _Reading | None:
+        # Every sample of a step sees the same prompt: read it, and draw the state's fixed
+        # properties, once per prompt.
+        key = (system, user)
+        cached = self._readings.get(key)
+        if cached is not None:
+            self._readings.move_to_end(key)
+            return cached
+        reading = self._read_uncached(system, user)
+        if reading is not None:
+            self._readings[key] = reading
+            if len(self._readings) > _READING_CACHE:
+                self._readings.popitem(last=False)
+        return reading
+
+    def _read_uncached(self, system: str, user: str) -> _Reading | None:
+        cfg = self.config
+        for sim in self._simulators:
+            state = sim.read_prompt(system, user)
+            if state is None:
+                continue
+            key = sim.state_key(state)
+            hard = random.Random(f"hard:{cfg.salt}:{key}").random() < cfg.hard_fraction
+            # Rivals are fixed per state, so that wrong votes can agree, as real errors often do.
+            rivals = sim.wrong_answers(
+                state, random.Random(f"rivals:{cfg.salt}:{key}"), 1 if hard else cfg.rivals
+            )
+            return sim, state, hard, tuple(rivals), sim.oracle(state)
+        return None
+
+    def _normal_tokens(self, rng: random.Random) -> int:
+        cfg = self.config
+        value = rng.gauss(cfg.output_tokens_mean, cfg.output_tokens_sd)
+        # Normal responses stay below the overlong band by definition.
+        return int(min(700.0, max(16.0, value)))
+
+    def _latency(self, seed: int) -> float:
+        cfg = self.config
+        if cfg.latency_ms <= 0:
+            return 0.0
+        # A separate stream, so that turning latency on does not change any answer.
+        z = random.Random(f"latency:{seed}").gauss(0.0, 1.0)
+        return cfg.latency_ms / 1000.0 * math.exp(cfg.latency_sigma * z)
+
+    def _response(
+        self,
+        text: str,
+        finish_reason: str,
+        input_tokens: int,
+        output_tokens: int,
+        latency: float,
+        kind: SampleKind,
+        correct: bool | None,
+        hard: bool,
+    ) -> SimResponse:
+        completion = Completion(
+            text=text,
+            finish_reason=finish_reason,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=self._name,
+        )
+        return SimResponse(
+            completion=completion, latency_s=latency, kind=kind, correct=correct, hard=hard
+        )

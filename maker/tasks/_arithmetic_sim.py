@@ -1,0 +1,106 @@
+"""The simulated model's hooks for the arithmetic chain: read a prompt, answer right or wrong."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import msgspec
+
+from ._arithmetic import ArithOp, OpName
+
+_VALUE = re.compile(r"(?m)^Current value:[ \t]*(-?[0-9]+)[ \t]*$")
+_OPERATION = re.compile(
+    r"(?m)^Operation:[ \t]*(add|subtract|multiply by|divide by)[ \t]+([0-9]+)"
+    r"(?:[ \t]+\(floor division\))?[ \t]*$"
+)
+_OPS: dict[str, OpName] = {
+    "add": "add",
+    "subtract": "subtract",
+    "multiply by": "multiply",
+    "divide by": "divide",
+}
+# Far beyond any task's digit budget, so read_prompt never feeds int() a hostile length.
+_MAX_PROMPT_DIGITS = 200
+
+_WORKING = (
+    "Working through the digits from the right: {n}.",
+    "Carrying as I go, the value comes to {n}.",
+    "Computing carefully, I get {n}.",
+    "Doing the operation step by step gives {n}.",
+)
+
+
+class ArithQuestion(msgspec.Struct, frozen=True):
+    """What one arithmetic prompt asks: ``operation`` applied to ``value``."""
+
+    value: int
+    operation: ArithOp
+
+
+class ArithmeticSimulator:
+    """Answers the prompts of :class:`maker.tasks.Arithmetic` for the simulated model."""
+
+    @property
+    def task_name(self) -> str:
+        """``"arithmetic"``."""
+        return "arithmetic"
+
+    def read_prompt(self, system: str, user: str) -> ArithQuestion | None:
+        """The value and operation in an arithmetic prompt, or None if it is not one."""
+        value = _VALUE.search(user)
+        operation = _OPERATION.search(user)
+        if value is None or operation is None:
+            return None
+        if len(value.group(1)) > _MAX_PROMPT_DIGITS or len(operation.group(2)) > _MAX_PROMPT_DIGITS:
+            return None
+        op = _OPS[operation.group(1)]
+        operand = int(operation.group(2))
+        if op == "divide" and operand == 0:
+            return None
+        return ArithQuestion(value=int(value.group(1)), operation=ArithOp(op, operand))
+
+    def state_key(self, state: ArithQuestion) -> str:
+        """``"<value> <operation>"``."""
+        return f"{state.value} {state.operation.describe()}"
+
+    def oracle(self, state: ArithQuestion) -> int:
+        """The operation's correct result."""
+        return state.operation.apply(state.value)
+
+    def wrong_answers(self, state: ArithQuestion, rng: random.Random, count: int) -> list[int]:
+        """Up to ``count`` distinct non-negative slips: off by one, one digit off by one (a
+        dropped or doubled carry), two neighbouring digits swapped. Ordered by ``rng``."""
+        right = self.oracle(state)
+        size = len(str(abs(right)))
+        candidates = [right + 1, right - 1]
+        for i in range(1, size + 1):
+            candidates += [right + 10**i, right - 10**i]
+        text = str(abs(right))
+        for i in range(len(text) - 1):
+            if text[i] != text[i + 1] and not (i == 0 and text[i + 1] == "0"):
+                swapped = text[:i] + text[i + 1] + text[i] + text[i + 2 :]
+                candidates.append(int(swapped) * (1 if right >= 0 else -1))
+        unique = [c for c in dict.fromkeys(candidates) if c >= 0 and c != right]
+        rng.shuffle(unique)
+        return unique[: max(count, 0)]
+
+    def render(self, answer: int, rng: random.Random) -> str:
+        """A line of working, then ``result = N``."""
+        working = rng.choice(_WORKING).format(n=answer)
+        return f"{working}\nresult = {answer}"
+
+    def render_malformed(self, state: ArithQuestion, rng: random.Random) -> str:
+        """A response the strict parser rejects: no ``result = N`` line it can read."""
+        right = self.oracle(state)
+        return rng.choice(
+            (
+                f"The answer is {right}.",
+                "result = ?",
+                f"result: {right}",
+                "result = (I could not finish the calculation)",
+                f"Let me compute {state.value} {state.operation.describe()} carefully first.",
+                "result = " + "9" * 300,
+                f"result = {right}x",
+            )
+        )

@@ -1,0 +1,189 @@
+"""The simulated model's hooks for Towers of Hanoi: read a prompt, answer right or wrong."""
+
+from __future__ import annotations
+
+import random
+import re
+
+from events import canonical_json
+
+from ._hanoi import (
+    CLOCKWISE,
+    COUNTERCLOCKWISE,
+    MAX_DISKS,
+    HanoiAnswer,
+    HanoiState,
+    Move,
+    Pegs,
+    direction_for,
+    legal_moves,
+    literal,
+    move_top,
+    state_json,
+    strategy_answer,
+)
+
+_PREVIOUS = re.compile(r"(?m)^Previous move:[ \t]*(None|\[[^\n]*\])[ \t]*$")
+_CURRENT = re.compile(r"(?m)^Current State:[ \t]*(\[[^\n]*\])[ \t]*$")
+_CIRCLES = {
+    "(0 -> 1 -> 2 -> 0)": CLOCKWISE,
+    "(0 -> 2 -> 1 -> 0)": COUNTERCLOCKWISE,
+}
+
+_REASONS = (
+    "Following the procedure, disk {d} goes from peg {f} to peg {t}.",
+    "The next move takes disk {d} off peg {f} and puts it on peg {t}.",
+    "Applying the rule to the previous move, I move disk {d} from peg {f} to peg {t}.",
+    "Disk {d} is the disk to move: from peg {f} onto peg {t}.",
+    "Checking the tops of the pegs, the move is disk {d}, peg {f} to peg {t}.",
+)
+
+
+def _pegs_text(pegs: Pegs | list[list[int]], compact: bool = False) -> str:
+    text = str([list(p) for p in pegs])
+    return text.replace(" ", "") if compact else text
+
+
+def _move_text(move: Move | list[int], compact: bool = False) -> str:
+    text = str(list(move))
+    return text.replace(" ", "") if compact else text
+
+
+def _disks(pegs: Pegs) -> int:
+    return max((d for peg in pegs for d in peg), default=0)
+
+
+class HanoiSimulator:
+    """Answers the prompts of :class:`maker.tasks.Hanoi` for the simulated model.
+
+    The number of disks is the largest disk in the prompt's state; the direction disk 1 circles
+    is read from the strategy text, and must agree with that number's parity (a prompt whose
+    strategy cannot reach peg 2 is not one Hanoi makes, so it is not ours).
+    """
+
+    @property
+    def task_name(self) -> str:
+        """``"hanoi"``."""
+        return "hanoi"
+
+    def read_prompt(self, system: str, user: str) -> HanoiState | None:
+        """The state in a Hanoi user prompt, or None if the prompt is not Hanoi's."""
+        direction = next((d for text, d in _CIRCLES.items() if text in user), None)
+        previous = _PREVIOUS.search(user)
+        current = _CURRENT.search(user)
+        if direction is None or previous is None or current is None:
+            return None
+        try:
+            raw_pegs = literal(current.group(1))
+            raw_prev = None if previous.group(1) == "None" else literal(previous.group(1))
+        except ValueError:
+            return None
+        if not isinstance(raw_pegs, list) or len(raw_pegs) != 3:
+            return None
+        if not all(isinstance(p, list) and all(type(d) is int for d in p) for p in raw_pegs):
+            return None
+        pegs: Pegs = (tuple(raw_pegs[0]), tuple(raw_pegs[1]), tuple(raw_pegs[2]))
+        n = _disks(pegs)
+        if not 1 <= n <= MAX_DISKS or sorted(d for p in pegs for d in p) != list(range(1, n + 1)):
+            return None
+        if direction != direction_for(n):
+            return None
+        prev: Move | None = None
+        if raw_prev is not None:
+            if (
+                not isinstance(raw_prev, list)
+                or len(raw_prev) != 3
+                or not all(type(v) is int for v in raw_prev)
+            ):
+                return None
+            prev = (raw_prev[0], raw_prev[1], raw_prev[2])
+        return HanoiState(pegs=pegs, previous_move=prev)
+
+    def state_key(self, state: HanoiState) -> str:
+        """Canonical JSON of the pegs and previous move."""
+        return canonical_json(state_json(state))
+
+    def oracle(self, state: HanoiState) -> HanoiAnswer | None:
+        """The strategy's next answer, exactly as :meth:`maker.tasks.Hanoi.oracle` gives it."""
+        return strategy_answer(state, direction_for(_disks(state.pegs)))
+
+    def wrong_answers(self, state: HanoiState, rng: random.Random, count: int) -> list[HanoiAnswer]:
+        """Up to ``count`` distinct wrong answers that the strict parser accepts.
+
+        The kinds are those models make: the right move with the disk put on the wrong peg, at
+        the bottom of the right peg, or with the state left unchanged; the right state with a
+        garbled move; another legal move (disk 1 the wrong way among them); an illegal move with
+        its consistent state. The order is drawn from ``rng``.
+        """
+        pegs = state.pegs
+        right = self.oracle(state)
+        candidates: list[HanoiAnswer] = []
+        if right is not None:
+            d, f, t = right.move
+            other = 3 - f - t
+            candidates.append(HanoiAnswer(move=right.move, next_state=move_top(pegs, f, other)))
+            candidates.append(HanoiAnswer(move=right.move, next_state=pegs))
+            bottom = [list(p) for p in pegs]
+            bottom[f].pop()
+            bottom[t].insert(0, d)
+            at_bottom: Pegs = (tuple(bottom[0]), tuple(bottom[1]), tuple(bottom[2]))
+            candidates.append(HanoiAnswer(move=right.move, next_state=at_bottom))
+            candidates.append(HanoiAnswer(move=(d, t, f), next_state=right.next_state))
+            candidates.append(HanoiAnswer(move=(d, f, other), next_state=right.next_state))
+        for move in legal_moves(pegs):
+            candidates.append(HanoiAnswer(move=move, next_state=move_top(pegs, move[1], move[2])))
+        for src in range(3):
+            for dst in range(3):
+                if src != dst and pegs[src] and pegs[dst] and pegs[dst][-1] < pegs[src][-1]:
+                    move = (pegs[src][-1], src, dst)
+                    candidates.append(HanoiAnswer(move=move, next_state=move_top(pegs, src, dst)))
+        unique = list(dict.fromkeys(c for c in candidates if c != right))
+        rng.shuffle(unique)
+        return unique[: max(count, 0)]
+
+    def render(self, answer: HanoiAnswer, rng: random.Random) -> str:
+        """A line of reasoning, then the ``move =`` and ``next_state =`` lines."""
+        d, f, t = answer.move
+        reason = rng.choice(_REASONS).format(d=d, f=f, t=t)
+        compact = rng.random() < 0.2
+        move_line = f"move = {_move_text(answer.move, compact)}"
+        state_line = f"next_state = {_pegs_text(answer.next_state, compact)}"
+        style = rng.randrange(3)
+        if style == 0:
+            return f"{reason}\n{move_line}\n{state_line}"
+        if style == 1:
+            return f"{reason}\n\n```\n{move_line}\n{state_line}\n```"
+        return f"{reason}\n```{move_line}```\n```{state_line}```"
+
+    def render_malformed(self, state: HanoiState, rng: random.Random) -> str:
+        """A response the strict parser rejects, drawn from the ways answers go wrong."""
+        answer = self.oracle(state) or HanoiAnswer(
+            move=(1, 0, 1) if state.previous_move is None else state.previous_move,
+            next_state=state.pegs,
+        )
+        d, f, t = answer.move
+        pegs = [list(p) for p in answer.next_state]
+        reason = rng.choice(_REASONS).format(d=d, f=f, t=t)
+        move_line = f"move = {_move_text(answer.move)}"
+        kind = rng.randrange(6)
+        if kind == 0:
+            return f"{reason}\n{move_line}"
+        if kind == 1:
+            return f"{reason}\n{move_line}\nnext_state = {_pegs_text(pegs)[:-1]}"
+        if kind == 2:
+            victim = rng.choice([p for p in pegs if p])
+            victim.pop(rng.randrange(len(victim)))
+            return f"{reason}\n{move_line}\nnext_state = {_pegs_text(pegs)}"
+        if kind == 3:
+            disk = rng.choice([x for p in pegs for x in p])
+            pegs[rng.randrange(3)].append(disk)
+            return f"{reason}\n{move_line}\nnext_state = {_pegs_text(pegs)}"
+        if kind == 4:
+            return rng.choice(
+                (
+                    "Let me think about the pegs carefully before answering.",
+                    "I need to work out which disk is on top of each peg first.",
+                    f"The previous move was {state.previous_move}, so the procedure applies.",
+                )
+            )
+        return f"{reason}\nmove = [{d}, {t}]\nnext_state = {_pegs_text(pegs)}"

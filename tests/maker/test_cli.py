@@ -1,0 +1,222 @@
+"""The CLI end to end: the acceptance runs, the export, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from maker._cli import main
+from maker.tasks import optimal_moves
+
+
+def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        main(list(args))
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    else:  # pragma: no cover - main always exits
+        code = 0
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def export(capsys: pytest.CaptureFixture[str], log: Path, *extra: str) -> list[dict[str, Any]]:
+    code, out, err = cli(capsys, "export", str(log), "--format", "jsonl", *extra)
+    assert code == 0, err
+    return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_ten_disks_at_p99_target_999_succeeds_and_the_export_proves_it(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, seed: int
+) -> None:
+    log = tmp_path / "run.db"
+    code, out, err = cli(
+        capsys, "run", "hanoi", "--disks", "10", "--p", "0.99", "--target", "0.999",
+        "--seed", str(seed), "--log", str(log), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["status"] == "succeeded"
+    assert result["steps"] == 1023
+    k = result["k"]
+    assert k == 4  # Eq 14 at p = 0.99, t = 0.999, s = 1023
+    for key in ("run_id", "samples", "red_flags", "wall_s"):
+        assert key in result
+
+    events = export(capsys, log)
+    assert [e["seq"] for e in events] == list(range(len(events)))
+    decided = [e for e in events if e["type"] == "step_decided"]
+    moves = [tuple(json.loads(d["winner"])["move"]) for d in decided]
+    assert moves == optimal_moves(10)
+
+    # Each step's votes: the winner reaches a lead of k exactly at its decision, no one earlier.
+    votes_by_step: dict[int, list[dict[str, Any]]] = {}
+    for e in events:
+        if e["type"] == "vote_counted":
+            votes_by_step.setdefault(e["step"], []).append(e)
+    for d in decided:
+        votes = votes_by_step[d["step"]]
+        for i, vote in enumerate(votes):
+            tally = vote["tally"]
+            for candidate, n in tally.items():
+                rival = max((v for c, v in tally.items() if c != candidate), default=0)
+                lead = n - rival
+                if i < len(votes) - 1:
+                    assert lead < k, (d["step"], i, tally)
+                elif candidate == d["winner"]:
+                    assert lead == k
+        assert votes[-1]["candidate"] == d["winner"]
+        assert votes[-1]["tally"] == d["votes"]
+
+
+def test_a_model_below_one_half_fails_the_run_with_a_reason_and_a_nonzero_exit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "bad.db"
+    code, out, _ = cli(
+        capsys, "run", "hanoi", "--disks", "6", "--p", "0.3", "--seed", "1", "--log", str(log),
+        "--json", "--max-samples", "30",
+    )  # fmt: skip
+    assert code == 1
+    result = json.loads(out)
+    assert result["status"] == "failed"
+    assert result["reason"]
+    assert result["max_samples_in_step"] <= 30
+    finished = export(capsys, log)[-1]
+    assert finished["type"] == "run_finished"
+    assert finished["status"] == "failed"
+
+
+def test_arithmetic_runs_the_same_way(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    log = tmp_path / "arith.db"
+    code, out, err = cli(
+        capsys, "run", "arithmetic", "--steps", "40", "--digits", "5", "--p", "0.95", "--k", "3",
+        "--seed", "4", "--log", str(log), "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["status"], result["steps"], result["k"]) == ("succeeded", 40, 3)
+    assert result["task_params"] == {"steps": 40, "digits": 5, "seed": 0}
+
+
+def test_show_summarises_a_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    log = tmp_path / "show.db"
+    code, out, _ = cli(capsys, "run", "hanoi", "--disks", "4", "--log", str(log), "--json")
+    assert code == 0
+    ran = json.loads(out)
+    code, out, _ = cli(capsys, "show", str(log), "--json")
+    assert code == 0
+    shown = json.loads(out)
+    assert shown["run_id"] == ran["run_id"]
+    assert (shown["status"], shown["steps"], shown["samples"]) == ("succeeded", 15, ran["samples"])
+    assert shown["red_flags"] == ran["red_flags"]
+    assert shown["samples_per_step_max"] == ran["max_samples_in_step"]
+    code, out, _ = cli(capsys, "show", str(log))
+    assert code == 0
+    assert ran["run_id"] in out
+    assert "succeeded" in out
+
+
+def test_export_needs_run_when_the_log_holds_several(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "two.db"
+    ids = []
+    for seed in ("1", "2"):
+        code, out, _ = cli(
+            capsys, "run", "hanoi", "--disks", "3", "--seed", seed, "--log", str(log), "--json"
+        )
+        assert code == 0
+        ids.append(json.loads(out)["run_id"])
+    code, _, err = cli(capsys, "export", str(log))
+    assert code != 0
+    assert "2 runs" in err
+    assert len(err.strip().splitlines()) == 1
+    events = export(capsys, log, "--run", ids[1][:10])
+    assert {e["run_id"] for e in events} == {ids[1]}
+    assert events[0]["type"] == "run_started"
+    assert events[-1]["type"] == "run_finished"
+
+
+def test_kmin_prints_k_alone_or_json(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = cli(capsys, "kmin", "--p", "0.9978", "--target", "0.95", "--steps", "1048575")
+    assert (code, out) == (0, "3\n")
+    code, out, _ = cli(
+        capsys, "kmin", "--p", "0.99", "--target", "0.999", "--steps", "1023", "--json"
+    )
+    data = json.loads(out)
+    assert data["k_min"] == 4
+    assert data["p_run"] >= 0.999
+
+
+def _not_a_log(tmp_path: Path) -> Path:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello\n" * 100)
+    return path
+
+
+def _other_sqlite(tmp_path: Path) -> Path:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["show", "{tmp}/missing.db"], "no such file"),
+        (["show", "{text}"], "not a maker event log"),
+        (["export", "{other}"], "not a maker event log"),
+        (["show", "{log}", "--run", "nope"], "no run 'nope'"),
+        (["kmin", "--p", "0.4", "--target", "0.9", "--steps", "10"], "greater than 0.5"),
+        (["kmin", "--p", "0.9", "--target", "1.5", "--steps", "10"], "target"),
+        (["run", "hanoi", "--disks", "0", "--log", "{tmp}/x.db"], "--disks"),
+        (["run", "hanoi", "--digits", "3", "--log", "{tmp}/x.db"], "does not apply"),
+        (["run", "chess", "--log", "{tmp}/x.db"], "chess"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--k", "2", "--target", "0.9"], "not both"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--model", "gpt-9"], "unknown model"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--frobnicate"], "frobnicate"),
+        (["show"], "FILE"),
+    ],
+)
+def test_bad_input_is_one_line_and_a_nonzero_exit(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: list[str], needle: str
+) -> None:
+    log = tmp_path / "ok.db"
+    assert cli(capsys, "run", "hanoi", "--disks", "2", "--log", str(log), "--json")[0] == 0
+    subs = {
+        "tmp": str(tmp_path),
+        "text": str(_not_a_log(tmp_path)),
+        "other": str(_other_sqlite(tmp_path)),
+        "log": str(log),
+    }
+    code, out, err = cli(capsys, *[a.format(**subs) for a in args])
+    assert code != 0
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("maker: error: ")
+    assert needle in lines[0]
+    assert not (tmp_path / "missing.db").exists()
+
+
+def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "maker", "show", str(_not_a_log(tmp_path))],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("maker: error: ")
