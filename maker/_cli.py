@@ -229,6 +229,7 @@ class _ProgressSink:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._update()
         self._progress.stop()
 
     def __call__(self, event: Event) -> None:
@@ -249,9 +250,6 @@ class _ProgressSink:
             samples_per_step=self.samples / max(1, self.steps),
             red_flags=self.red_flags,
         )
-
-    def flush(self) -> None:
-        self._update()
 
 
 def _print_result(result: RunResult, log: Path) -> None:

@@ -86,7 +86,7 @@ class SimConfig:
             raise ConfigError("output_tokens_mean", "token mean must be positive and sd >= 0")
         if not (math.isfinite(self.latency_ms) and self.latency_ms >= 0):
             raise ConfigError("latency_ms", f"must be >= 0, got {self.latency_ms}")
-        if self.latency_sigma < 0:
+        if not (math.isfinite(self.latency_sigma) and self.latency_sigma >= 0):
             raise ConfigError("latency_sigma", f"must be >= 0, got {self.latency_sigma}")
 
     @property
@@ -218,14 +218,16 @@ class SimulatedModel:
         found = self._read(system, user)
         if found is None:
             text = "I could not identify the task in this prompt."
-            return self._response(text, "stop", input_tokens, 12, latency, "unknown", None, False)
+            return self._response(
+                text, "stop", input_tokens, 12, latency, "unknown", None, False, max_tokens
+            )
         sim, state, hard, rivals, oracle = found
         draw = rng.random()
         if draw < cfg.malformed_rate:
             text = sim.render_malformed(state, rng)
             tokens = self._normal_tokens(rng)
             return self._response(
-                text, "stop", input_tokens, tokens, latency, "malformed", None, hard
+                text, "stop", input_tokens, tokens, latency, "malformed", None, hard, max_tokens
             )
         overlong = draw < cfg.malformed_rate + cfg.overlong_rate
         if overlong:
@@ -240,30 +242,18 @@ class SimulatedModel:
                 text = sim.render_malformed(state, rng)
                 tokens = self._normal_tokens(rng)
                 return self._response(
-                    text, "stop", input_tokens, tokens, latency, "malformed", None, hard
+                    text, "stop", input_tokens, tokens, latency, "malformed", None, hard, max_tokens
                 )
             answer = rivals[rng.randrange(len(rivals))]
         text = sim.render(answer, rng)
         if not overlong:
             tokens = self._normal_tokens(rng)
             return self._response(
-                text, "stop", input_tokens, tokens, latency, "normal", correct, hard
+                text, "stop", input_tokens, tokens, latency, "normal", correct, hard, max_tokens
             )
         tokens = rng.randint(760, 1400)
-        if tokens > max_tokens:
-            # Cut off at the cap, as a real API does: the answer lines are lost.
-            return self._response(
-                text[: len(text) // 3],
-                "length",
-                input_tokens,
-                max_tokens,
-                latency,
-                "overlong",
-                correct,
-                hard,
-            )
         return self._response(
-            text, "stop", input_tokens, tokens, latency, "overlong", correct, hard
+            text, "stop", input_tokens, tokens, latency, "overlong", correct, hard, max_tokens
         )
 
     def _read(self, system: str, user: str) -> _Reading | None:
@@ -320,7 +310,11 @@ class SimulatedModel:
         kind: SampleKind,
         correct: bool | None,
         hard: bool,
+        max_tokens: int,
     ) -> SimResponse:
+        if output_tokens > max_tokens:
+            # Cut off at the cap, as a real API does: the answer lines are lost.
+            text, finish_reason, output_tokens = text[: len(text) // 3], "length", max_tokens
         completion = Completion(
             text=text,
             finish_reason=finish_reason,

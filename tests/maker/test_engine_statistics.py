@@ -52,7 +52,9 @@ async def test_engine_matches_eq9_and_eq16_over_v(
         if isinstance(event, StepStarted):
             states[event.step] = task.state_from_json(event.state)
         elif isinstance(event, StepDecided):
-            truth = canonical_json(task.answer_to_json(task.oracle(states[event.step])))
+            answer = task.oracle(states[event.step])
+            assert answer is not None
+            truth = canonical_json(task.answer_to_json(answer))
             correct += event.winner == truth
             samples.append(event.samples)
 
