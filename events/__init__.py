@@ -16,8 +16,10 @@ from ._errors import (
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, chain_hash
 from ._types import (
     EVENT_TYPES,
+    OBSERVATIONAL_TYPES,
     SCHEMA_VERSION,
     AnyEvent,
+    BreakerChanged,
     Event,
     RedFlagged,
     RunFinished,
@@ -27,6 +29,7 @@ from ._types import (
     SampleFailed,
     SampleReceived,
     SampleRequested,
+    SchedulerWaited,
     StateChanged,
     StepDecided,
     StepEvent,
@@ -38,8 +41,10 @@ from ._types import (
 __all__ = [
     "APPLICATION_ID",
     "EVENT_TYPES",
+    "OBSERVATIONAL_TYPES",
     "SCHEMA_VERSION",
     "AnyEvent",
+    "BreakerChanged",
     "CorruptEventError",
     "Event",
     "EventLog",
@@ -56,6 +61,7 @@ __all__ = [
     "SampleFailed",
     "SampleReceived",
     "SampleRequested",
+    "SchedulerWaited",
     "SchemaVersionError",
     "SequenceError",
     "StateChanged",

@@ -67,6 +67,8 @@ class SampleReceived(StepEvent, frozen=True, kw_only=True, tag="sample_received"
     input_tokens: int
     output_tokens: int
     finish_reason: str
+    temperature_sent: float | None = None
+    cost_usd: float = 0.0
 
 
 class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):
@@ -77,6 +79,8 @@ class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):
     message: str
     attempt: int
     retryable: bool = False
+    backoff_s: float = 0.0
+    """Seconds the engine waits before the next attempt (0 when it does not retry)."""
 
 
 class SampleCancelled(StepEvent, frozen=True, kw_only=True, tag="sample_cancelled"):
@@ -116,6 +120,25 @@ class StateChanged(StepEvent, frozen=True, kw_only=True, tag="state_changed"):
     state: Any
 
 
+class SchedulerWaited(StepEvent, frozen=True, kw_only=True, tag="scheduler_waited"):
+    """The scheduler held a sample back: for a concurrency slot, the RPM or TPM window, or an
+    open circuit breaker. Observational: replay does not reproduce waits."""
+
+    sample_id: str
+    model: str
+    reason: str
+    waited_s: float
+
+
+class BreakerChanged(StepEvent, frozen=True, kw_only=True, tag="breaker_changed"):
+    """A model's circuit breaker changed state after this sample's call. Observational."""
+
+    sample_id: str
+    model: str
+    state: str
+    failures: int
+
+
 class RunFinished(Event, frozen=True, kw_only=True, tag="run_finished"):
     """The run ended. ``reason`` says why when it did not succeed."""
 
@@ -138,6 +161,8 @@ AnyEvent = (
     | VoteCounted
     | StepDecided
     | StateChanged
+    | SchedulerWaited
+    | BreakerChanged
     | RunFinished
 )
 """The union of every event type; decode into this."""
@@ -153,8 +178,14 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     VoteCounted,
     StepDecided,
     StateChanged,
+    SchedulerWaited,
+    BreakerChanged,
     RunFinished,
 )
+
+OBSERVATIONAL_TYPES: tuple[type[Event], ...] = (SchedulerWaited, BreakerChanged)
+"""Events that describe the environment (waits, breaker states) rather than the run's decisions.
+Their timing is not reproducible, so replay leaves them out when it compares event streams."""
 
 
 def event_tag(cls: type[Event]) -> str:

@@ -20,6 +20,17 @@ from ._formulas import (
 )
 from ._policy import Policy
 from ._redflags import RedFlagCheck, RedFlagRules
+from ._scheduler import (
+    BreakerChange,
+    CircuitBreaker,
+    Limits,
+    Scheduler,
+    SchedulerObserver,
+    SchedulerStatistics,
+    SlidingWindow,
+    Wait,
+    backoff_delay,
+)
 from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
 from ._simulator import Simulator
 from ._tally import Tally, VoteRule
@@ -28,6 +39,8 @@ from ._version import __version__
 
 __all__ = [
     "PRESETS",
+    "BreakerChange",
+    "CircuitBreaker",
     "Client",
     "ClientError",
     "Completion",
@@ -35,6 +48,7 @@ __all__ = [
     "Engine",
     "EngineStatistics",
     "EventSink",
+    "Limits",
     "MakerError",
     "Policy",
     "Prompt",
@@ -43,15 +57,21 @@ __all__ = [
     "RedFlagRules",
     "RunResult",
     "SampleRequest",
+    "Scheduler",
+    "SchedulerObserver",
+    "SchedulerStatistics",
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
     "Simulator",
+    "SlidingWindow",
     "Tally",
     "Task",
     "UnknownTaskError",
     "VoteRule",
+    "Wait",
     "__version__",
+    "backoff_delay",
     "expected_cost",
     "expected_cost_exact",
     "expected_samples_per_step",

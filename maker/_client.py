@@ -32,6 +32,8 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     input_tokens: int
     output_tokens: int
     model: str
+    temperature_sent: float | None = None
+    """The temperature actually sent: None when the model rejects one and none was sent."""
 
 
 @runtime_checkable

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import time
 import uuid
 from collections import Counter
@@ -21,6 +22,7 @@ import anyio
 from anyio.abc import ObjectSendStream
 
 from events import (
+    BreakerChanged,
     Event,
     EventLog,
     RedFlagged,
@@ -31,6 +33,7 @@ from events import (
     SampleFailed,
     SampleReceived,
     SampleRequested,
+    SchedulerWaited,
     StateChanged,
     StepDecided,
     StepStarted,
@@ -41,6 +44,7 @@ from events import (
 from ._client import Client, Completion, SampleRequest
 from ._errors import ClientError, RedFlag
 from ._policy import Policy
+from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
 from ._tally import Tally
 from ._task import Task
 from ._version import __version__
@@ -165,7 +169,9 @@ class Engine:
 
     ``log`` is an open :class:`events.EventLog` (the caller owns it) or a path (the engine opens
     and closes it). ``client`` defaults to the simulated model with the paper's statistics.
-    ``clock`` stamps events' ``ts``; it never influences a decision.
+    ``clock`` stamps events' ``ts``; it never influences a decision. ``scheduler`` holds the
+    per-model limits (concurrency, RPM, TPM, timeouts, breaker); share one between engines to
+    share the limits.
     """
 
     def __init__(
@@ -175,6 +181,7 @@ class Engine:
         client: Client | None = None,
         clock: Callable[[], float] = time.time,
         sinks: Sequence[EventSink] = (),
+        scheduler: Scheduler | None = None,
     ) -> None:
         if isinstance(log, EventLog):
             self._log = log
@@ -187,6 +194,7 @@ class Engine:
 
             client = SimulatedModel()
         self.client = client
+        self.scheduler = scheduler if scheduler is not None else Scheduler()
         self._clock = clock
         self._sinks = tuple(sinks)
         self._runs_active = 0
@@ -474,6 +482,7 @@ class _Run(Generic[S, A]):
             input_tokens=completion.input_tokens,
             output_tokens=completion.output_tokens,
             finish_reason=completion.finish_reason,
+            temperature_sent=completion.temperature_sent,
         )
         flag = self.policy.red_flags.check(completion)
         if flag is None:
@@ -499,7 +508,18 @@ class _Run(Generic[S, A]):
         assert error is not None
         self.counters.failures += 1
         retry = error.retryable and outcome.attempt < self.policy.max_attempts
-        delay = (error.retry_after or 0.0) if retry else 0.0
+        delay = 0.0
+        if retry:
+            limits = self.engine.scheduler.limits_for(self.client.model)
+            # The jitter comes from the run's seed, so a replay waits (and decides) the same.
+            draw = random.Random(sample_seed(self.seed, f"{request.sample_id}#{outcome.attempt}"))
+            delay = backoff_delay(
+                outcome.attempt,
+                base_s=limits.backoff_base_s,
+                cap_s=limits.backoff_cap_s,
+                retry_after_s=error.retry_after,
+                draw=draw.random(),
+            )
         self.emit(
             SampleFailed,
             step=step,
@@ -508,6 +528,7 @@ class _Run(Generic[S, A]):
             message=str(error),
             attempt=outcome.attempt,
             retryable=error.retryable,
+            backoff_s=delay,
         )
         if not retry:
             attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
@@ -524,12 +545,14 @@ class _Run(Generic[S, A]):
         send: ObjectSendStream[_Outcome],
     ) -> None:
         if delay > 0:
-            await anyio.sleep(delay)
+            await self.engine.scheduler.sleep(delay)
         began = time.perf_counter()
         completion: Completion | None = None
         error: ClientError | None = None
         try:
-            completion = await self.client.complete(request)
+            completion = await self.engine.scheduler.call(
+                self.client, request, _Observer(self, request)
+            )
         except ClientError as exc:
             error = exc
         except anyio.get_cancelled_exc_class():
@@ -539,3 +562,31 @@ class _Run(Generic[S, A]):
             error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
         latency = time.perf_counter() - began
         await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))
+
+
+class _Observer(SchedulerObserver):
+    """Records the scheduler's waits and breaker changes for one sample as events."""
+
+    def __init__(self, run: _Run[Any, Any], request: SampleRequest) -> None:
+        self._run = run
+        self._request = request
+
+    def waited(self, wait: Wait) -> None:
+        self._run.emit(
+            SchedulerWaited,
+            step=self._request.step,
+            sample_id=self._request.sample_id,
+            model=self._request.model,
+            reason=wait.reason,
+            waited_s=wait.seconds,
+        )
+
+    def breaker_changed(self, change: BreakerChange) -> None:
+        self._run.emit(
+            BreakerChanged,
+            step=self._request.step,
+            sample_id=self._request.sample_id,
+            model=change.model,
+            state=change.state,
+            failures=change.failures,
+        )

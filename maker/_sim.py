@@ -199,7 +199,7 @@ class SimulatedModel:
         )
         if response.latency_s > 0:
             await anyio.sleep(response.latency_s)
-        return response.completion
+        return msgspec.structs.replace(response.completion, temperature_sent=request.temperature)
 
     def respond(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 import typing
 from typing import Any
 
@@ -40,6 +41,8 @@ DOCUMENTED_TAGS = {
     "vote_counted": events.VoteCounted,
     "step_decided": events.StepDecided,
     "state_changed": events.StateChanged,
+    "scheduler_waited": events.SchedulerWaited,
+    "breaker_changed": events.BreakerChanged,
     "run_finished": events.RunFinished,
 }
 
@@ -73,6 +76,8 @@ def strategy_for(tp: Any) -> st.SearchStrategy[Any]:
     args = typing.get_args(tp)
     if origin is typing.Literal:
         return st.sampled_from(args)
+    if origin in (typing.Union, types.UnionType):
+        return st.one_of(*(st.none() if a is type(None) else strategy_for(a) for a in args))
     if origin is list:
         return st.lists(strategy_for(args[0]), max_size=4)
     if origin is dict:
