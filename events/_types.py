@@ -81,12 +81,16 @@ class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):
     retryable: bool = False
     backoff_s: float = 0.0
     """Seconds the engine waits before the next attempt (0 when it does not retry)."""
+    retry_after_s: float | None = None
+    """The wait the server asked for, if it named one."""
 
 
 class SampleCancelled(StepEvent, frozen=True, kw_only=True, tag="sample_cancelled"):
-    """A sample in flight was abandoned because its step no longer needed it."""
+    """A sample in flight was abandoned: its step was decided (``reason="decided"``) or the run
+    was cancelled (``reason="run_cancelled"``)."""
 
     sample_id: str
+    reason: str = "decided"
 
 
 class RedFlagged(StepEvent, frozen=True, kw_only=True, tag="red_flagged"):
@@ -139,6 +143,17 @@ class BreakerChanged(StepEvent, frozen=True, kw_only=True, tag="breaker_changed"
     failures: int
 
 
+class RunResumed(Event, frozen=True, kw_only=True, tag="run_resumed"):
+    """The run continues in a new process after a crash or a cancellation.
+
+    Everything before this event was replayed from the log, not requested again.
+    ``replayed`` counts the recorded events the replay reproduced.
+    """
+
+    replayed: int
+    version: str = ""
+
+
 class RunFinished(Event, frozen=True, kw_only=True, tag="run_finished"):
     """The run ended. ``reason`` says why when it did not succeed."""
 
@@ -163,6 +178,7 @@ AnyEvent = (
     | StateChanged
     | SchedulerWaited
     | BreakerChanged
+    | RunResumed
     | RunFinished
 )
 """The union of every event type; decode into this."""
@@ -180,6 +196,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     StateChanged,
     SchedulerWaited,
     BreakerChanged,
+    RunResumed,
     RunFinished,
 )
 

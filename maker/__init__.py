@@ -6,7 +6,7 @@ Every sample, red flag, vote and state transition is a typed event in an SQLite 
 """
 
 from ._client import Client, Completion, SampleRequest
-from ._engine import Engine, EngineStatistics, EventSink, RunResult, sample_seed
+from ._engine import Engine, EngineStatistics, EventSink, RunResult, VerifyResult, sample_seed
 from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
 from ._formulas import (
     expected_cost,
@@ -19,6 +19,7 @@ from ._formulas import (
     sample_cost,
 )
 from ._policy import Policy
+from ._recording import Divergence, Recording, decision_events
 from ._redflags import RedFlagCheck, RedFlagRules
 from ._scheduler import (
     BreakerChange,
@@ -45,6 +46,7 @@ __all__ = [
     "ClientError",
     "Completion",
     "ConfigError",
+    "Divergence",
     "Engine",
     "EngineStatistics",
     "EventSink",
@@ -52,6 +54,7 @@ __all__ = [
     "MakerError",
     "Policy",
     "Prompt",
+    "Recording",
     "RedFlag",
     "RedFlagCheck",
     "RedFlagRules",
@@ -68,10 +71,12 @@ __all__ = [
     "Tally",
     "Task",
     "UnknownTaskError",
+    "VerifyResult",
     "VoteRule",
     "Wait",
     "__version__",
     "backoff_delay",
+    "decision_events",
     "expected_cost",
     "expected_cost_exact",
     "expected_samples_per_step",

@@ -19,14 +19,17 @@ from types import TracebackType
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import anyio
+import msgspec
 from anyio.abc import ObjectSendStream
 
 from events import (
+    OBSERVATIONAL_TYPES,
     BreakerChanged,
     Event,
     EventLog,
     RedFlagged,
     RunFinished,
+    RunResumed,
     RunStarted,
     RunStatus,
     SampleCancelled,
@@ -42,8 +45,9 @@ from events import (
 )
 
 from ._client import Client, Completion, SampleRequest
-from ._errors import ClientError, RedFlag
+from ._errors import ClientError, MakerError, RedFlag
 from ._policy import Policy
+from ._recording import Divergence, Recording
 from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
 from ._tally import Tally
 from ._task import Task
@@ -136,6 +140,52 @@ def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
         f"step {step} undecided after {samples} samples "
         f"(max_samples_per_step={policy.max_samples_per_step}): {detail}"
     )
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """The outcome of re-executing a recorded run: ``ok``, or the first divergence."""
+
+    run_id: str
+    ok: bool
+    checked: int
+    recorded: int
+    divergence: Divergence | None
+
+    def to_json(self) -> dict[str, Any]:
+        """The result as JSON (``maker replay --verify --json``)."""
+        out: dict[str, Any] = {
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "checked": self.checked,
+            "recorded": self.recorded,
+        }
+        if self.divergence is not None:
+            out["divergence"] = {
+                "seq": self.divergence.seq,
+                "message": str(self.divergence),
+                "expected": self.divergence.expected,
+                "got": self.divergence.got,
+            }
+        return out
+
+
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first(group: BaseExceptionGroup[BaseException], kind: type[_E]) -> _E:
+    """The first exception of ``kind`` in a (possibly nested) exception group."""
+    for exc in group.exceptions:
+        if isinstance(exc, kind):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found: _E = _first(exc, kind)
+            return found
+    raise AssertionError("no such exception in the group")  # pragma: no cover
+
+
+class _RecordingEnded(Exception):
+    """A verification reached the end of the recording (a run that never finished)."""
 
 
 class _StepFailed(Exception):
@@ -251,8 +301,7 @@ class Engine:
         If the surrounding scope is cancelled, the run records ``run_finished`` with status
         ``"cancelled"`` before the cancellation propagates.
         """
-        if not self._entered:
-            raise RuntimeError("use the engine as 'async with Engine(...) as engine'")
+        self._require_entered()
         run = _Run(
             self,
             task,
@@ -261,6 +310,94 @@ class Engine:
             run_id or uuid.uuid4().hex,
             (*self._sinks, *sinks),
         )
+        return await self._execute(run)
+
+    async def resume(
+        self,
+        task: Task[S, A],
+        recording: Recording,
+        *,
+        policy: Policy | None = None,
+        sinks: Sequence[EventSink] = (),
+    ) -> RunResult:
+        """Continue a recorded run that crashed or was cancelled, appending to the same run.
+
+        The recorded prefix is re-executed first: every recorded outcome is served again in its
+        recorded order (no recorded sample is requested again) and every event must reproduce
+        the recorded one, or :class:`Divergence` is raised and nothing is appended. Then a
+        ``run_resumed`` event is appended and the run goes on with the live client, its seq
+        continuing. ``policy`` defaults to the recorded one (without user red-flag checks).
+        """
+        self._require_entered()
+        if not recording.resumable:
+            raise MakerError(f"run {recording.run_id} already finished; there is nothing to resume")
+        await self._log.attach(recording.run_id)
+        run: _Run[S, A] = _Run(
+            self,
+            task,
+            policy if policy is not None else Policy.from_json(recording.started.policy),
+            recording.started.seed,
+            recording.run_id,
+            (*self._sinks, *sinks),
+            recording=recording,
+        )
+        try:
+            return await self._execute(run)
+        except* Divergence as group:
+            raise _first(group, Divergence) from None
+
+    async def verify(
+        self,
+        task: Task[S, A],
+        recording: Recording,
+        *,
+        policy: Policy | None = None,
+        sinks: Sequence[EventSink] = (),
+    ) -> VerifyResult:
+        """Re-execute a recorded run against its recorded outcomes and compare every event.
+
+        Appends nothing and calls no model. Returns where the first difference is, if any:
+        the way to check that a change to the engine, a task, a parser or a policy did not
+        change behaviour on old runs. When ``policy`` is given, the recorded policy in
+        ``run_started`` is not compared, so the result names the first event whose behaviour
+        the new policy changes.
+        """
+        self._require_entered()
+        recording.policy_changed = policy is not None
+        run = _Run(
+            self,
+            task,
+            policy if policy is not None else Policy.from_json(recording.started.policy),
+            recording.started.seed,
+            recording.run_id,
+            (*self._sinks, *sinks),
+            recording=recording,
+            verify_only=True,
+        )
+        divergence: Divergence | None = None
+        try:
+            await run.execute()
+        except* Divergence as group:
+            divergence = _first(group, Divergence)
+        except* _RecordingEnded:
+            pass  # a run that never finished: everything recorded was reproduced
+        if divergence is not None:
+            return VerifyResult(
+                recording.run_id, False, run.position, len(recording.expected), divergence
+            )
+        if run.position < len(recording.expected):
+            missing = recording.expected[run.position]
+            short = Divergence(missing.seq, msgspec.to_builtins(missing), None)
+            return VerifyResult(
+                recording.run_id, False, run.position, len(recording.expected), short
+            )
+        return VerifyResult(recording.run_id, True, run.position, len(recording.expected), None)
+
+    def _require_entered(self) -> None:
+        if not self._entered:
+            raise RuntimeError("use the engine as 'async with Engine(...) as engine'")
+
+    async def _execute(self, run: _Run[Any, Any]) -> RunResult:
         self._runs_active += 1
         try:
             return await run.execute()
@@ -279,8 +416,15 @@ class _Run(Generic[S, A]):
         seed: int,
         run_id: str,
         sinks: tuple[EventSink, ...],
+        *,
+        recording: Recording | None = None,
+        verify_only: bool = False,
     ) -> None:
         self.engine = engine
+        self.recording = recording
+        self.verify_only = verify_only
+        self.position = 0  # how many recorded events have been reproduced
+        self.resumed = False
         self.task = task
         self.policy = policy
         self.seed = seed
@@ -289,12 +433,29 @@ class _Run(Generic[S, A]):
         self.log = engine.log
         self.client = engine.client
         self.clock = engine._clock
-        self.seq = 0
+        self.seq = recording.next_seq if recording is not None else 0
         self.counters = _Counters()
         self.steps = 0
         self.state: S = task.initial_state()
 
     def emit(self, event_type: type[Event], **fields: Any) -> None:
+        recording = self.recording
+        if recording is not None:
+            if self.position < len(recording.expected):
+                if issubclass(event_type, OBSERVATIONAL_TYPES):
+                    return  # waits are not reproduced; the recorded ones stay in the log
+                expected = recording.expected[self.position]
+                event = event_type(run_id=self.run_id, seq=expected.seq, ts=expected.ts, **fields)
+                recording.check(self.position, event)
+                self.position += 1
+                for sink in self.sinks:
+                    sink(event)
+                return
+            if self.verify_only:
+                raise _RecordingEnded
+            if self.position == len(recording.expected) and not self.resumed:
+                self.resumed = True
+                self.emit(RunResumed, replayed=self.position, version=__version__)
         event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
         self.log.append(event)
         self.seq += 1
@@ -328,10 +489,15 @@ class _Run(Generic[S, A]):
                 self.steps += 1
         except _StepFailed as exc:
             status, reason = "failed", exc.reason
+        except (Divergence, _RecordingEnded):
+            raise
         except anyio.get_cancelled_exc_class():
-            self._finish("cancelled", "cancelled by the caller", started)
+            if not self.replaying:
+                self._finish("cancelled", "cancelled by the caller", started)
             raise
         except Exception as exc:
+            if self.replaying:
+                raise
             # A bug in task or client code: record the end before the error propagates.
             self._finish("failed", f"{type(exc).__name__}: {exc}", started)
             raise
@@ -419,6 +585,8 @@ class _Run(Generic[S, A]):
                         failure = _undecided(step, ordinal, policy, tally)
                         break
                     outcome = await receive.receive()
+                    if self.recording is not None:
+                        self.recording.delivered(outcome.sample_id, outcome.attempt)
                     request = in_flight.pop(outcome.sample_id)
                     engine._in_flight -= 1
                     if outcome.error is not None:
@@ -454,16 +622,28 @@ class _Run(Generic[S, A]):
                 self._cancel_all(step, in_flight)
                 tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
-            self._cancel_all(step, in_flight)
+            self._cancel_all(step, in_flight, "run_cancelled")
             raise
         if failure is not None:
             raise _StepFailed(failure)
         assert winner is not None
         return answers[winner]
 
-    def _cancel_all(self, step: int, in_flight: dict[str, SampleRequest]) -> None:
+    @property
+    def replaying(self) -> bool:
+        """Whether events are still being checked against a recording rather than appended."""
+        return self.recording is not None and self.position < len(self.recording.expected)
+
+    def _cancel_all(
+        self, step: int, in_flight: dict[str, SampleRequest], reason: str = "decided"
+    ) -> None:
+        if reason == "run_cancelled" and self.replaying:
+            # An interrupted replay records nothing: the log stays as it was.
+            self.engine._in_flight -= len(in_flight)
+            in_flight.clear()
+            return
         for sample_id in in_flight:
-            self.emit(SampleCancelled, step=step, sample_id=sample_id)
+            self.emit(SampleCancelled, step=step, sample_id=sample_id, reason=reason)
             self.counters.cancelled += 1
         self.engine._in_flight -= len(in_flight)
         in_flight.clear()
@@ -529,6 +709,7 @@ class _Run(Generic[S, A]):
             attempt=outcome.attempt,
             retryable=error.retryable,
             backoff_s=delay,
+            retry_after_s=error.retry_after,
         )
         if not retry:
             attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
@@ -544,11 +725,28 @@ class _Run(Generic[S, A]):
         delay: float,
         send: ObjectSendStream[_Outcome],
     ) -> None:
+        completion: Completion | None
+        error: ClientError | None
+        recording = self.recording
+        if recording is not None and recording.has(request.sample_id, attempt):
+            # A recorded outcome is served again, in its recorded turn: never requested again.
+            recorded = await recording.take(request.sample_id, attempt)
+            if recorded is not None:
+                completion = recorded if isinstance(recorded, Completion) else None
+                error = recorded if isinstance(recorded, ClientError) else None
+                await send.send(_Outcome(request.sample_id, attempt, completion, error, 0.0))
+                return
+        if recording is not None:
+            # Not recorded: it was in flight when the run stopped. Its turn comes after every
+            # recorded outcome; a verification has nothing more to serve.
+            await recording.take(request.sample_id, attempt)
+            if self.verify_only:
+                await anyio.sleep_forever()
         if delay > 0:
             await self.engine.scheduler.sleep(delay)
         began = time.perf_counter()
-        completion: Completion | None = None
-        error: ClientError | None = None
+        completion = None
+        error = None
         try:
             completion = await self.engine.scheduler.call(
                 self.client, request, _Observer(self, request)

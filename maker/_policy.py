@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._errors import ConfigError
-from ._redflags import RedFlagRules
+from ._redflags import RedFlagCheck, RedFlagRules
 from ._tally import VoteRule
 
 
@@ -85,6 +86,42 @@ class Policy:
             "speculative": self.speculative,
             "red_flags": self.red_flags.describe(),
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any], *, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
+        """The policy a ``run_started`` event describes.
+
+        User red-flag checks are code, so the log holds only their names: pass the same
+        checks again, in order, or this fails naming them.
+        """
+        flags = dict(data.get("red_flags", {}))
+        names = list(flags.get("checks", []))
+        given = [getattr(c, "__name__", repr(c)) for c in checks]
+        if names != given:
+            raise ConfigError(
+                "red_flags.checks",
+                f"the run used red-flag checks {names}; pass the same checks (got {given})",
+            )
+        rules = RedFlagRules(
+            max_output_tokens=flags.get("max_output_tokens", 750),
+            flag_truncated=bool(flags.get("flag_truncated", True)),
+            checks=checks,
+        )
+        fields = {
+            name: data[name]
+            for name in (
+                "k",
+                "rule",
+                "first_temperature",
+                "temperature",
+                "max_tokens",
+                "max_samples_per_step",
+                "max_attempts",
+                "speculative",
+            )
+            if name in data
+        }
+        return cls(red_flags=rules, **fields)
 
     def temperature_for(self, ordinal: int) -> float:
         """The temperature of a step's sample number ``ordinal`` (0-based)."""

@@ -43,6 +43,7 @@ DOCUMENTED_TAGS = {
     "state_changed": events.StateChanged,
     "scheduler_waited": events.SchedulerWaited,
     "breaker_changed": events.BreakerChanged,
+    "run_resumed": events.RunResumed,
     "run_finished": events.RunFinished,
 }
 
@@ -167,7 +168,7 @@ def test_event_types_are_the_union() -> None:
 
 
 def test_step_events_carry_a_step_and_run_events_do_not() -> None:
-    run_level = {RunStarted, RunFinished}
+    run_level = {RunStarted, RunFinished, events.RunResumed}
     for cls in EVENT_TYPES:
         names = {f.name for f in msgspec.structs.fields(cls)}
         assert {"run_id", "seq", "ts"} <= names

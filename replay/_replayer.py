@@ -1,0 +1,138 @@
+"""Re-execute and resume runs from their logs, through the engine's public API."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import fields
+from typing import Any
+
+from events import AnyEvent, EventLog, RunStarted
+from maker import (
+    Client,
+    Completion,
+    ConfigError,
+    Engine,
+    EventSink,
+    MakerError,
+    Policy,
+    Recording,
+    RunResult,
+    SampleRequest,
+    SimConfig,
+    SimulatedModel,
+    Task,
+    VerifyResult,
+)
+from maker.tasks import make_task
+
+from ._fold import summarize
+
+
+async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -> list[AnyEvent]:
+    """Every event of one run (the only run when ``run_id`` is None), in seq order."""
+    async with EventLog(path, mode="r") as log:
+        info = await log.run(run_id)
+        return [event async for event in log.read(info.run_id)]
+
+
+def task_for(started: RunStarted) -> Task[Any, Any]:
+    """The built-in task a run used, rebuilt from its ``run_started`` event."""
+    return make_task(started.task, started.task_params)
+
+
+def client_for(started: RunStarted, **options: Any) -> Client:
+    """A live client for the model a run used, rebuilt from its ``run_started`` event.
+
+    ``options`` go to the provider's client (base_url, api_key, timeout); keys are never in the
+    log, so a provider's key comes from the environment or from here.
+    """
+    model = started.models[0] if started.models else "sim"
+    if model == "sim":
+        known = {f.name for f in fields(SimConfig)}
+        params = {k: v for k, v in started.model_params.items() if k in known}
+        return SimulatedModel(SimConfig(**params))
+    from maker.clients import make_client
+
+    return make_client(model, **options)
+
+
+class RecordedModel:
+    """Stands in for the recorded model during a verification: same name and settings, and
+    no way to reach it (every outcome comes from the log)."""
+
+    def __init__(self, started: RunStarted) -> None:
+        self._started = started
+
+    @property
+    def model(self) -> str:
+        return self._started.models[0] if self._started.models else "sim"
+
+    def describe(self) -> dict[str, Any]:
+        return dict(self._started.model_params)
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        raise MakerError(f"sample {request.sample_id} is not in the recording")
+
+
+async def verify_run(
+    path: str | os.PathLike[str],
+    run_id: str | None = None,
+    *,
+    task: Task[Any, Any] | None = None,
+    policy: Policy | None = None,
+    sinks: Sequence[EventSink] = (),
+) -> VerifyResult:
+    """Re-execute a recorded run and compare it, event for event, with its log.
+
+    ``task`` and ``policy`` default to the ones the log names; pass changed ones to check that
+    a change does not alter behaviour on this run.
+    """
+    events = await load_events(path, run_id)
+    recording = Recording(events)
+    task = task if task is not None else task_for(recording.started)
+    log = EventLog(path, mode="r")
+    async with log, Engine(log=log, client=RecordedModel(recording.started)) as engine:
+        return await engine.verify(task, recording, policy=policy, sinks=sinks)
+
+
+async def resume_run(
+    path: str | os.PathLike[str],
+    run_id: str | None = None,
+    *,
+    task: Task[Any, Any] | None = None,
+    client: Client | None = None,
+    policy: Policy | None = None,
+    sinks: Sequence[EventSink] = (),
+) -> RunResult:
+    """Continue a crashed or cancelled run in its log; report a finished run unchanged."""
+    events = await load_events(path, run_id)
+    recording = Recording(events)
+    if not recording.resumable:
+        return _finished_result(events)
+    task = task if task is not None else task_for(recording.started)
+    client = client if client is not None else client_for(recording.started)
+    async with Engine(log=path, client=client) as engine:
+        return await engine.resume(task, recording, policy=policy, sinks=sinks)
+
+
+def _finished_result(events: Sequence[AnyEvent]) -> RunResult:
+    summary = summarize(events)
+    if summary.status not in ("succeeded", "failed", "cancelled"):
+        raise ConfigError("run", f"run {summary.run_id} has status {summary.status!r}")
+    return RunResult(
+        run_id=summary.run_id,
+        status=summary.status,  # type: ignore[arg-type]
+        steps=summary.steps,
+        samples=summary.samples,
+        votes=summary.votes,
+        red_flags=sum(summary.red_flags.values()),
+        red_flags_by_reason=dict(summary.red_flags),
+        failures=summary.failures,
+        cancelled_samples=summary.cancelled,
+        k=summary.k,
+        wall_s=summary.wall_s or 0.0,
+        reason=summary.reason,
+        final_state=summary.final_state,
+        max_samples_in_step=summary.max_samples_per_step,
+    )
