@@ -9,7 +9,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import anyio
 import click
@@ -30,15 +30,20 @@ from events import (
     EventLog,
     EventLogError,
     RedFlagged,
+    RunFinished,
+    RunStarted,
     StateChanged,
     StepDecided,
     encode,
 )
 
-from ._engine import Engine, RunResult
+from ._client import Client
+from ._engine import Engine, RunResult, VerifyResult
 from ._errors import ConfigError, MakerError
 from ._formulas import k_min, p_run
 from ._policy import Policy
+from ._pricing import PriceTable
+from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
 from ._task import Task
 from ._version import __version__
@@ -78,16 +83,43 @@ _probability = click.FloatRange(0.0, 1.0)
 @click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations.")
 @click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits.")
 @click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain.")
-@click.option("--model", default="sim", show_default=True, help="The model: sim.")
+@click.option(
+    "--model",
+    default="sim",
+    show_default=True,
+    help="sim, openai:NAME, anthropic:NAME or ollama:NAME.",
+)
+@click.option(
+    "--base-url",
+    help="Server root: http://HOST:PORT/v1 for openai, http://HOST:PORT for anthropic and ollama.",
+)
 @click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),
-    default="paper",
-    show_default=True,
-    help="Simulated model preset.",
+    help="Simulated model preset (default paper).",
 )
-@click.option("--p", "p", type=_probability, help="Simulated model: P(a valid answer is correct).")
+@click.option(
+    "--p",
+    "p",
+    type=_probability,
+    help="sim: P(a valid answer is correct); other models: the assumed p for --target.",
+)
 @click.option("--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency.")
+@click.option("--concurrency", type=click.IntRange(1), help="Cap on requests in flight.")
+@click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute.")
+@click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one model call may take.",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
+)
 @click.option("--k", "k", type=click.IntRange(1), help="Vote margin (default 3).")
 @click.option(
     "--target",
@@ -119,9 +151,15 @@ def run(
     digits: int | None,
     task_seed: int | None,
     model: str,
-    preset: str,
+    base_url: str | None,
+    preset: str | None,
     p: float | None,
     latency_ms: float | None,
+    concurrency: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    timeout: float,
+    prices: Path | None,
     k: int | None,
     target: float | None,
     speculative: int,
@@ -141,7 +179,7 @@ def run(
             if value is not None:
                 params[name] = value
     the_task = make_task(task, params)
-    client = _make_client(model, preset, p, latency_ms)
+    client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
     if k is not None and target is not None:
         raise UsageProblem("give --k or --target, not both")
     budget = the_task.max_steps()
@@ -150,18 +188,40 @@ def run(
             raise UsageProblem(
                 f"--target needs a task with a known number of steps; {task} has none"
             )
-        k = k_min(client.config.p, target, budget)
+        if model_p is None:
+            raise UsageProblem(f"--target needs --p, the per-step success rate of {model}")
+        k = k_min(model_p, target, budget)
+    scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
+    price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     policy = Policy(
         k=3 if k is None else k, max_samples_per_step=max_samples, speculative=speculative
     )
-    result = anyio.run(_run, the_task, client, policy, seed, log, progress and not as_json)
+    started: list[str] = []
+
+    def remember(event: Event) -> None:
+        if isinstance(event, RunStarted):
+            started.append(event.run_id)
+
+    try:
+        result = anyio.run(
+            _run,
+            the_task,
+            _Setup(client, scheduler, price_table),
+            policy,
+            seed,
+            log,
+            progress and not as_json,
+            remember,
+        )
+    except KeyboardInterrupt:
+        _interrupted(log, started[0] if started else None)
     if as_json:
         out = result.to_json()
         out.update(task=the_task.name, task_params=the_task.params(), model=client.model)
         out["log"] = str(log)
-        if target is not None and budget is not None:
+        if target is not None and budget is not None and model_p is not None:
             out["target"] = target
-            out["p_run_at_k"] = p_run(client.config.p, policy.k, budget)
+            out["p_run_at_k"] = p_run(model_p, policy.k, budget)
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         _print_result(result, log)
@@ -176,26 +236,75 @@ def _only(task: str, **given: object) -> None:
 
 
 def _make_client(
-    model: str, preset: str, p: float | None, latency_ms: float | None
-) -> SimulatedModel:
-    if model != "sim":
-        raise UsageProblem(f"unknown model {model!r}; available: sim")
-    config = PRESETS[preset]
-    changes: dict[str, float] = {}
-    if p is not None:
-        changes["p"] = p
-    if latency_ms is not None:
-        changes["latency_ms"] = latency_ms
-    return SimulatedModel(config.replace(**changes) if changes else config)
+    model: str,
+    base_url: str | None,
+    preset: str | None,
+    p: float | None,
+    latency_ms: float | None,
+    timeout: float,
+) -> tuple[Client, float | None]:
+    """The client, and the p that --target plans with (None when unknown)."""
+    if model == "sim":
+        if base_url is not None:
+            raise UsageProblem("--base-url does not apply to the simulated model")
+        config = PRESETS[preset or "paper"]
+        changes: dict[str, float] = {}
+        if p is not None:
+            changes["p"] = p
+        if latency_ms is not None:
+            changes["latency_ms"] = latency_ms
+        sim = SimulatedModel(config.replace(**changes) if changes else config, preset=None)
+        return sim, sim.config.p
+    given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
+    if given:
+        raise UsageProblem(f"{', '.join(given)} applies only to the simulated model (--model sim)")
+    from .clients import make_client
+
+    return make_client(model, base_url=base_url, timeout=timeout), p
+
+
+class _Setup(NamedTuple):
+    client: Client
+    scheduler: Scheduler
+    prices: PriceTable
 
 
 async def _run(
-    task: Task[Any, Any], client: SimulatedModel, policy: Policy, seed: int, log: Path, show: bool
+    task: Task[Any, Any],
+    setup: _Setup,
+    policy: Policy,
+    seed: int,
+    log: Path,
+    show: bool,
+    remember: Callable[[Event], None],
 ) -> RunResult:
     total = task.max_steps()
-    with _ProgressSink(total, policy.k, enabled=show) as sink:
-        async with Engine(log=log, client=client) as engine:
-            return await engine.run(task, policy=policy, seed=seed, sinks=[sink])
+    try:
+        with _ProgressSink(total, policy.k, enabled=show) as sink:
+            async with Engine(
+                log=log, client=setup.client, scheduler=setup.scheduler, prices=setup.prices
+            ) as engine:
+                return await engine.run(task, policy=policy, seed=seed, sinks=[sink, remember])
+    finally:
+        await _close(setup.client)
+
+
+async def _close(client: Client) -> None:
+    close = getattr(client, "aclose", None)
+    if close is not None:
+        with anyio.CancelScope(shield=True):
+            await close()
+
+
+def _interrupted(log: Path, run_id: str | None) -> NoReturn:
+    # The engine recorded run_finished "cancelled" and the log flushed before we got here.
+    where = f" --run {run_id}" if run_id else ""
+    _err.print(
+        f"maker: interrupted; the log is consistent; continue with: maker resume {log}{where}",
+        markup=False,
+        soft_wrap=True,
+    )
+    raise SystemExit(130)
 
 
 class _ProgressSink:
@@ -341,6 +450,99 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 
 
 @app.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
+@click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
+def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> None:
+    """Continue a crashed or cancelled run; a finished run is reported unchanged."""
+    from replay import check_run, load_events, resume_run
+
+    async def go() -> tuple[RunResult, bool]:
+        events = await load_events(file, run_id)
+        check_run(file, events[0].run_id)
+        finished = events[-1]
+        done = isinstance(finished, RunFinished) and finished.status != "cancelled"
+        budget = None
+        if isinstance(events[0], RunStarted):
+            budget = make_task(events[0].task, events[0].task_params).max_steps()
+        with _ProgressSink(budget, 0, enabled=progress and not as_json and not done) as sink:
+            return await resume_run(file, events[0].run_id, sinks=[sink]), done
+
+    try:
+        result, was_done = anyio.run(go)
+    except KeyboardInterrupt:
+        _interrupted(file, run_id)
+    if as_json:
+        out = result.to_json()
+        out["resumed"] = not was_done
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        if was_done:
+            _err.print("the run had already finished; nothing was changed", highlight=False)
+        _print_result(result, file)
+    if not result.ok:
+        raise SystemExit(EXIT_FAILED)
+
+
+@app.command()
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option("--verify", "verify_", is_flag=True, help="Re-execute and compare with the log.")
+@click.option("--k", "k", type=click.IntRange(1), help="Re-vote every step with this k, offline.")
+@click.option(
+    "--rule",
+    type=click.Choice(["ahead", "first"]),
+    default=None,
+    help="Re-vote with this voting rule.",
+)
+@click.option(
+    "--red-flag-tokens",
+    type=click.IntRange(1),
+    help="Re-vote with this output-token red-flag threshold.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def replay(
+    file: Path,
+    run_id: str | None,
+    verify_: bool,
+    k: int | None,
+    rule: str | None,
+    red_flag_tokens: int | None,
+    as_json: bool,
+) -> None:
+    """Re-execute a run from its log (--verify), or re-vote it offline (--k, --red-flag-tokens)."""
+    revoting = k is not None or rule is not None or red_flag_tokens is not None
+    if verify_ == revoting:
+        raise UsageProblem("give --verify, or re-vote options (--k, --rule, --red-flag-tokens)")
+    if revoting:
+        from replay._commands import revote_command_impl
+
+        code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json)
+        raise SystemExit(code)
+    from replay import check_run, load_events, verify_run
+
+    async def go() -> VerifyResult:
+        events = await load_events(file, run_id)
+        check_run(file, events[0].run_id)
+        return await verify_run(file, events[0].run_id)
+
+    result = anyio.run(go)
+    if as_json:
+        sys.stdout.write(json.dumps(result.to_json()) + "\n")
+    elif result.ok:
+        _out.print(f"run {result.run_id}: {result.checked} events reproduced exactly")
+    else:
+        assert result.divergence is not None
+        div = result.divergence
+        _out.print(f"run {result.run_id}: {div}")
+        _out.print(f"  expected: {json.dumps(div.expected)}", markup=False, soft_wrap=True)
+        _out.print(f"  got:      {json.dumps(div.got)}", markup=False, soft_wrap=True)
+    if not result.ok:
+        raise SystemExit(EXIT_FAILED)
+
+
+@app.command()
 @click.option("--p", "p", type=float, required=True, help="Per-step success rate of valid samples.")
 @click.option(
     "--target", type=float, required=True, help="Wanted probability that the whole run succeeds."
@@ -355,6 +557,15 @@ def kmin(p: float, target: float, steps: int, as_json: bool) -> None:
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         sys.stdout.write(f"{k}\n")
+
+
+def _register_serve_sim() -> None:
+    from ._serve_sim import serve_sim_command
+
+    app.add_command(serve_sim_command, "serve-sim")
+
+
+_register_serve_sim()
 
 
 def _fail(message: str, code: int) -> NoReturn:

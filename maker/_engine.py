@@ -47,6 +47,7 @@ from events import (
 from ._client import Client, Completion, SampleRequest
 from ._errors import ClientError, MakerError, RedFlag
 from ._policy import Policy
+from ._pricing import PriceTable
 from ._recording import Divergence, Recording
 from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
 from ._tally import Tally
@@ -84,6 +85,9 @@ class RunResult:
     reason: str = ""
     final_state: Any = None
     max_samples_in_step: int = 0
+    cost_usd: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
 
     @property
     def ok(self) -> bool:
@@ -106,6 +110,9 @@ class RunResult:
             "samples_per_step": self.samples / self.steps if self.steps else 0.0,
             "max_samples_in_step": self.max_samples_in_step,
             "k": self.k,
+            "cost_usd": self.cost_usd,
+            "input_tokens": self.input_tokens,
+            "output_tokens": self.output_tokens,
             "wall_s": self.wall_s,
         }
 
@@ -201,6 +208,9 @@ class _Counters:
     failures: int = 0
     cancelled: int = 0
     max_in_step: int = 0
+    cost: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
     red_flags: Counter[str] = field(default_factory=Counter)
 
 
@@ -221,7 +231,7 @@ class Engine:
     and closes it). ``client`` defaults to the simulated model with the paper's statistics.
     ``clock`` stamps events' ``ts``; it never influences a decision. ``scheduler`` holds the
     per-model limits (concurrency, RPM, TPM, timeouts, breaker); share one between engines to
-    share the limits.
+    share the limits. ``prices`` turns token counts into ``cost_usd`` (Eq 20).
     """
 
     def __init__(
@@ -232,6 +242,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
         sinks: Sequence[EventSink] = (),
         scheduler: Scheduler | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         if isinstance(log, EventLog):
             self._log = log
@@ -245,6 +256,7 @@ class Engine:
             client = SimulatedModel()
         self.client = client
         self.scheduler = scheduler if scheduler is not None else Scheduler()
+        self.prices = prices if prices is not None else PriceTable()
         self._clock = clock
         self._sinks = tuple(sinks)
         self._runs_active = 0
@@ -530,6 +542,9 @@ class _Run(Generic[S, A]):
             reason=reason,
             final_state=self.task.state_to_json(self.state),
             max_samples_in_step=c.max_in_step,
+            cost_usd=c.cost,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
         )
 
     async def _vote(self, step: int, state: S) -> A:
@@ -652,6 +667,12 @@ class _Run(Generic[S, A]):
         self, step: int, sample_id: str, completion: Completion, outcome: _Outcome
     ) -> A | None:
         """Record a response and return its answer, or record its red flag and return None."""
+        cost = self.engine.prices.cost(
+            completion.model, completion.input_tokens, completion.output_tokens
+        )
+        self.counters.cost += cost
+        self.counters.input_tokens += completion.input_tokens
+        self.counters.output_tokens += completion.output_tokens
         self.emit(
             SampleReceived,
             step=step,
@@ -663,6 +684,7 @@ class _Run(Generic[S, A]):
             output_tokens=completion.output_tokens,
             finish_reason=completion.finish_reason,
             temperature_sent=completion.temperature_sent,
+            cost_usd=cost,
         )
         flag = self.policy.red_flags.check(completion)
         if flag is None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -220,3 +222,54 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("maker: error: ")
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path: Path) -> None:
+    log = tmp_path / "int.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maker", "run", "hanoi", "--disks", "12", "--log", str(log),
+         "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        while proc.poll() is None and _events_in(log) < 2000:
+            time.sleep(0.005)  # polling the file, not measuring time
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("maker: interrupted; the log is consistent; continue with: ")
+    command = lines[0].split("continue with: ")[1].split()
+    assert command[:3] == ["maker", "resume", str(log)]
+    run_id = command[4]
+    with sqlite3.connect(log) as conn:
+        last = json.loads(
+            conn.execute(
+                "SELECT body FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
+            ).fetchone()[0]
+        )
+    assert (last["type"], last["status"]) == ("run_finished", "cancelled")
+    resumed = subprocess.run(
+        [sys.executable, "-m", "maker", *command[1:], "--json", "--no-progress"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert (result["status"], result["steps"], result["resumed"]) == ("succeeded", 4095, True)
+
+
+def _events_in(log: Path) -> int:
+    if not log.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{log}?mode=ro", uri=True) as conn:
+            return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.Error:
+        return 0

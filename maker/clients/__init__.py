@@ -1,0 +1,49 @@
+"""Clients for real model providers, each behind the one :class:`maker.Client` interface.
+
+- :class:`OpenAIClient`: OpenAI's chat completions through the official SDK, or any
+  OpenAI-compatible server (vLLM, llama.cpp, LM Studio) through ``base_url``;
+- :class:`AnthropicClient`: Anthropic's Messages API through the official SDK;
+- :class:`OllamaClient`: Ollama's native chat API over aiohttp;
+- :func:`make_client`: the client for a spec such as ``"openai:gpt-4.1-mini"`` or ``"sim"``.
+
+The SDKs are optional (``pip install 'maker[providers]'``); a client whose SDK is missing raises
+:class:`maker.ConfigError` with the install line when it is built. Every transport failure is a
+:class:`maker.ClientError` whose ``kind`` is one of :data:`ERROR_KINDS`, with ``retryable`` and
+``retry_after`` set; the SDKs' own retries are off, so the engine sees and records every attempt.
+API keys come from the argument or the environment, and appear in no ``describe()``, ``repr``
+or error message.
+"""
+
+from __future__ import annotations
+
+from ._anthropic import AnthropicClient
+from ._common import STATUS_KINDS, classify_status, parse_retry_after
+from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
+from ._openai import OpenAIClient
+from ._spec import PROVIDERS, make_client
+
+ERROR_KINDS = (
+    "auth",
+    "bad_request",
+    "bad_response",
+    "connection",
+    "overloaded",
+    "rate_limited",
+    "server_error",
+    "timeout",
+    "unavailable",
+)
+"""Every ``ClientError.kind`` these clients raise (besides ``"error"`` for an SDK surprise)."""
+
+__all__ = [
+    "DEFAULT_OLLAMA_URL",
+    "ERROR_KINDS",
+    "PROVIDERS",
+    "STATUS_KINDS",
+    "AnthropicClient",
+    "OllamaClient",
+    "OpenAIClient",
+    "classify_status",
+    "make_client",
+    "parse_retry_after",
+]

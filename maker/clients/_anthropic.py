@@ -1,0 +1,144 @@
+"""Anthropic's Messages API through the official SDK."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+from .._client import Completion, SampleRequest
+from .._errors import ClientError, ConfigError
+from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+
+if TYPE_CHECKING:
+    import anthropic
+    from anthropic.types import Message
+
+
+def _api_message(exc: anthropic.APIStatusError) -> str:
+    message = exc.api_message
+    if isinstance(message, str) and message:
+        return message
+    return exc.message
+
+
+class AnthropicClient(ProviderClient):
+    """A model behind Anthropic's Messages API. The system prompt goes in ``system``.
+
+    The key comes from ``api_key`` or ``ANTHROPIC_API_KEY``; ``base_url`` is the root
+    (``http://HOST:PORT``). The SDK's own retries are off: the engine retries.
+
+    The finish reason is Anthropic's ``stop_reason``, so a response cut at the cap ends with
+    ``"max_tokens"``, which the red-flag rules flag as truncated. The request's seed travels in an
+    ``x-maker-seed`` header: the real API ignores it, and serve-sim answers deterministically.
+
+    Temperature: the SDK (2.x) speaks API version 2026-10-21, which rejects ``temperature``,
+    ``top_p`` and ``top_k`` outright. So by default none is sent and
+    :attr:`~maker.Completion.temperature_sent` is None. With ``send_temperature=True`` (a proxy
+    or server that accepts it), it is sent, and dropped for good after the first rejection.
+
+    >>> client = AnthropicClient("claude-haiku-4-5", api_key="sk-ant-example")
+    >>> client.model, client.describe()["provider"]
+    ('anthropic:claude-haiku-4-5', 'anthropic')
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        send_temperature: bool = False,
+    ) -> None:
+        name = check_model_name(model, self.provider)
+        seconds = check_timeout(timeout)
+        try:
+            import anthropic
+        except ImportError as exc:
+            raise missing_sdk(self.provider, "anthropic") from exc
+        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+        if not key:
+            raise ConfigError(
+                "api_key", "no Anthropic API key: set ANTHROPIC_API_KEY or pass api_key"
+            )
+        self._client = anthropic.AsyncAnthropic(
+            api_key=key, base_url=base_url, timeout=seconds, max_retries=0
+        )
+        super().__init__(name, str(self._client.base_url), seconds)
+        self._secrets = (key,)
+        self._send_temperature = send_temperature
+
+    async def aclose(self) -> None:
+        """Close the SDK's connection pool."""
+        await self._client.close()
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        """Answer one request; every failure is a :class:`maker.ClientError`."""
+        import anthropic
+
+        for _ in range(2):
+            send_temperature = self._send_temperature
+            # The SDK has no temperature argument any more; the body still can carry one.
+            extra_body: dict[str, Any] | None = (
+                {"temperature": request.temperature} if send_temperature else None
+            )
+            try:
+                message = await self._client.messages.create(
+                    model=self._name,
+                    system=request.system,
+                    messages=[{"role": "user", "content": request.user}],
+                    max_tokens=request.max_tokens,
+                    extra_headers={"x-maker-seed": str(request.seed)},
+                    extra_body=extra_body,
+                )
+            except anthropic.BadRequestError as exc:
+                if send_temperature and "temperature" in _api_message(exc).lower():
+                    self._send_temperature = False
+                    continue
+                raise self._from_status(exc) from exc
+            except anthropic.APIStatusError as exc:
+                raise self._from_status(exc) from exc
+            except anthropic.APITimeoutError as exc:
+                raise self._timeout_error() from exc
+            except anthropic.APIConnectionError as exc:
+                raise self._connection_error(exc) from exc
+            except anthropic.APIError as exc:  # e.g. APIResponseValidationError
+                raise self._bad_response(exc.message) from exc
+            except ValueError as exc:  # the body is not JSON (json.JSONDecodeError)
+                raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+            except anthropic.AnthropicError as exc:
+                text = f"{type(exc).__name__}: {exc}"
+                raise self._error(text, kind="error", retryable=False) from exc
+            temperature = request.temperature if send_temperature else None
+            return self._completion(message, temperature)
+        raise self._error(
+            "the server kept rejecting the temperature", kind="bad_request", retryable=False
+        )
+
+    def _from_status(self, exc: anthropic.APIStatusError) -> ClientError:
+        return self._status_error(exc.status_code, _api_message(exc), exc.response.headers)
+
+    def _completion(self, message: Message, temperature: float | None) -> Completion:
+        from anthropic.types import Message, TextBlock
+
+        # The SDK does not validate bodies: a proxy may send anything, or text.
+        if not isinstance(message, Message):
+            raise self._bad_response(f"expected a message, got {type(message).__name__}")
+        try:
+            text = "".join(block.text for block in message.content if isinstance(block, TextBlock))
+            finish = str(message.stop_reason or "")
+            input_tokens = int(message.usage.input_tokens)
+            output_tokens = int(message.usage.output_tokens)
+            served = message.model
+        except (AttributeError, TypeError, ValueError) as exc:
+            raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            temperature_sent=temperature,
+        )

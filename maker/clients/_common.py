@@ -1,0 +1,240 @@
+"""What the provider clients share: error mapping at the boundary, Retry-After, key hygiene."""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Iterable, Mapping
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, ClassVar, Self
+from urllib.parse import urlsplit, urlunsplit
+
+from .._errors import ClientError, ConfigError
+
+_MESSAGE_LIMIT = 300
+
+STATUS_KINDS: dict[int, tuple[str, bool]] = {
+    400: ("bad_request", False),
+    401: ("auth", False),
+    403: ("auth", False),
+    404: ("bad_request", False),
+    408: ("timeout", True),
+    422: ("bad_request", False),
+    429: ("rate_limited", True),
+    500: ("server_error", True),
+    502: ("server_error", True),
+    503: ("unavailable", True),
+    504: ("server_error", True),
+    529: ("overloaded", True),
+}
+"""HTTP status -> (ClientError kind, retryable). Other 4xx are ``bad_request`` (not retryable),
+other 5xx ``server_error`` (retryable), anything else ``bad_response`` (retryable)."""
+
+# Keys that look like provider keys, masked or not (OpenAI echoes "sk-abc*****wxyz" on a 401).
+_KEYLIKE = re.compile(r"\b(sk|sk-ant|sk-proj)-[A-Za-z0-9_\-*]{6,}")
+
+
+def classify_status(status: int) -> tuple[str, bool]:
+    """The error kind of an HTTP status, and whether the same request may succeed later.
+
+    >>> classify_status(429), classify_status(529), classify_status(418)
+    (('rate_limited', True), ('overloaded', True), ('bad_request', False))
+    """
+    known = STATUS_KINDS.get(status)
+    if known is not None:
+        return known
+    if 400 <= status < 500:
+        return ("bad_request", False)
+    if 500 <= status < 600:
+        return ("server_error", True)
+    return ("bad_response", True)
+
+
+def parse_retry_after(
+    headers: Mapping[str, str] | None, *, now: float | None = None
+) -> float | None:
+    """The wait a response asks for, in seconds: ``retry-after-ms``, else ``Retry-After`` as
+    seconds or as an HTTP date. None when there is none or it cannot be read.
+
+    >>> parse_retry_after({"retry-after": "2.5"})
+    2.5
+    >>> parse_retry_after({"retry-after-ms": "1500", "retry-after": "9"})
+    1.5
+    >>> parse_retry_after({}) is None
+    True
+    """
+    if headers is None:
+        return None
+    lowered = {k.lower(): v for k, v in headers.items()}
+    millis = lowered.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000.0
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    raw = lowered.get("retry-after")
+    if raw is None:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(raw)
+        except (TypeError, ValueError, IndexError):
+            return None
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def should_retry_header(headers: Mapping[str, str] | None) -> bool | None:
+    """The server's explicit ``x-should-retry: true|false``, which both SDKs honour too."""
+    if headers is None:
+        return None
+    for key, value in headers.items():
+        if key.lower() == "x-should-retry":
+            if value == "true":
+                return True
+            if value == "false":
+                return False
+    return None
+
+
+def redact(text: str, secrets: Iterable[str | None]) -> str:
+    """``text`` without any of ``secrets``, nor anything that looks like a provider key."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _KEYLIKE.sub("[redacted]", text)
+
+
+def public_url(url: str) -> str:
+    """``url`` without user info, query or fragment: safe to record.
+
+    >>> public_url("https://user:pw@host:8443/v1/?key=x")
+    'https://host:8443/v1/'
+    """
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{parts.port}" if parts.port is not None else host
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def check_model_name(name: object, provider: str) -> str:
+    """The model name, or ConfigError("model") when it is not a non-empty string."""
+    if not isinstance(name, str) or not name.strip():
+        raise ConfigError("model", f"{provider} needs a model name, e.g. '{provider}:NAME'")
+    return name
+
+
+def check_timeout(timeout: object) -> float:
+    """The timeout in seconds, or ConfigError("timeout") when it is not a positive number."""
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
+        raise ConfigError("timeout", f"must be a positive number of seconds, got {timeout!r}")
+    return float(timeout)
+
+
+def missing_sdk(provider: str, package: str) -> ConfigError:
+    """The error for a provider whose SDK is not installed, with the one-line fix."""
+    return ConfigError(
+        "model", f"{provider} models need the {package} package: pip install 'maker[{provider}]'"
+    )
+
+
+class ProviderClient:
+    """The parts of a provider client that do not depend on its SDK."""
+
+    provider: ClassVar[str]
+
+    def __init__(self, name: str, base_url: str, timeout: float) -> None:
+        self._name = name
+        self._base_url = base_url
+        self._timeout = timeout
+        self._secrets: tuple[str, ...] = ()
+
+    @property
+    def model(self) -> str:
+        """The model as recorded in events: ``"PROVIDER:NAME"``."""
+        return f"{self.provider}:{self._name}"
+
+    @property
+    def name(self) -> str:
+        """The provider's own name of the model."""
+        return self._name
+
+    def describe(self) -> dict[str, Any]:
+        """Provider, model, base URL and timeout. Never a key."""
+        return {
+            "provider": self.provider,
+            "model": self._name,
+            "base_url": public_url(self._base_url),
+            "timeout": self._timeout,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(model={self._name!r}, "
+            f"base_url={public_url(self._base_url)!r}, timeout={self._timeout!r})"
+        )
+
+    async def aclose(self) -> None:
+        """Release the connection pool."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _error(
+        self,
+        message: str,
+        *,
+        kind: str,
+        retryable: bool,
+        retry_after: float | None = None,
+    ) -> ClientError:
+        text = redact(f"{self.provider}: {message}", self._secrets)
+        if len(text) > _MESSAGE_LIMIT:
+            text = text[: _MESSAGE_LIMIT - 3] + "..."
+        return ClientError(text, kind=kind, retryable=retryable, retry_after=retry_after)
+
+    def _status_error(
+        self, status: int, detail: str, headers: Mapping[str, str] | None
+    ) -> ClientError:
+        kind, retryable = classify_status(status)
+        override = should_retry_header(headers)
+        if override is not None:
+            retryable = override
+        retry_after = parse_retry_after(headers) if retryable else None
+        message = f"HTTP {status}" + (f": {detail}" if detail else "")
+        return self._error(message, kind=kind, retryable=retryable, retry_after=retry_after)
+
+    def _timeout_error(self) -> ClientError:
+        return self._error(
+            f"no response within the {self._timeout:g} s timeout", kind="timeout", retryable=True
+        )
+
+    def _connection_error(self, exc: BaseException) -> ClientError:
+        cause = exc.__cause__ or exc
+        detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+        return self._error(f"connection failed ({detail})", kind="connection", retryable=True)
+
+    def _bad_response(self, detail: str) -> ClientError:
+        return self._error(f"unreadable response: {detail}", kind="bad_response", retryable=True)

@@ -1,0 +1,122 @@
+"""Ollama's native chat API over aiohttp."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+from .._client import Completion, SampleRequest
+from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+
+if TYPE_CHECKING:
+    import aiohttp
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+
+
+class OllamaClient(ProviderClient):
+    """A model served by Ollama: ``POST /api/chat`` with ``"stream": false``.
+
+    The temperature, the cap (``num_predict``) and the seed go in ``options``; Ollama honours
+    all three, so answers are reproducible. No key is involved. One aiohttp session per client,
+    opened at the first request; close it with :meth:`aclose` or ``async with``.
+
+    >>> client = OllamaClient("llama3.1:8b")
+    >>> client.model, client.describe()["base_url"]
+    ('ollama:llama3.1:8b', 'http://127.0.0.1:11434')
+    """
+
+    provider = "ollama"
+
+    def __init__(
+        self, model: str, *, base_url: str = DEFAULT_OLLAMA_URL, timeout: float = 60.0
+    ) -> None:
+        name = check_model_name(model, self.provider)
+        seconds = check_timeout(timeout)
+        try:
+            import aiohttp  # noqa: F401
+        except ImportError as exc:
+            raise missing_sdk(self.provider, "aiohttp") from exc
+        super().__init__(name, base_url.rstrip("/"), seconds)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def aclose(self) -> None:
+        """Close the session, if one was opened."""
+        session, self._session = self._session, None
+        if session is not None:
+            await session.close()
+
+    def _open(self) -> aiohttp.ClientSession:
+        import aiohttp
+
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout)
+            )
+        return self._session
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        """Answer one request; every failure is a :class:`maker.ClientError`."""
+        import aiohttp
+
+        payload: dict[str, Any] = {
+            "model": self._name,
+            "messages": [
+                {"role": "system", "content": request.system},
+                {"role": "user", "content": request.user},
+            ],
+            "stream": False,
+            "options": {
+                "temperature": request.temperature,
+                "num_predict": request.max_tokens,
+                "seed": request.seed,
+            },
+        }
+        session = self._open()
+        try:
+            async with session.post(f"{self._base_url}/api/chat", json=payload) as response:
+                status = response.status
+                headers = dict(response.headers)
+                raw = await response.read()
+        except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
+            raise self._timeout_error() from exc
+        except aiohttp.ClientError as exc:
+            raise self._connection_error(exc) from exc
+        if status != 200:
+            raise self._status_error(status, _error_text(raw), headers)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+        return self._completion(data, request.temperature)
+
+    def _completion(self, data: object, temperature: float) -> Completion:
+        message = data.get("message") if isinstance(data, dict) else None
+        text = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(data, dict) or not isinstance(text, str):
+            raise self._bad_response("no message content")
+        served = data.get("model")
+        # Ollama leaves prompt_eval_count out when the whole prompt came from its cache.
+        input_tokens = data.get("prompt_eval_count") or 0
+        output_tokens = data.get("eval_count") or 0
+        if not (isinstance(input_tokens, int) and isinstance(output_tokens, int)):
+            raise self._bad_response("token counts are not integers")
+        finish = data.get("done_reason") or ("stop" if data.get("done") else "")
+        return Completion(
+            text=text,
+            finish_reason=str(finish),
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            temperature_sent=temperature,
+        )
+
+
+def _error_text(raw: bytes) -> str:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return raw.decode("utf-8", "replace").strip()
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"])
+    return json.dumps(body)

@@ -1,0 +1,180 @@
+"""OpenAI chat completions through the official SDK; also any OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from .._client import Completion, SampleRequest
+from .._errors import ClientError, ConfigError
+from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+
+if TYPE_CHECKING:
+    import openai
+    from openai.types.chat import ChatCompletion
+
+
+def _api_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str):
+            return message
+    return exc.message
+
+
+def _rejects_temperature(exc: openai.BadRequestError) -> bool:
+    # OpenAI names the parameter (reasoning models: "Unsupported parameter: 'temperature' ..."
+    # or "Unsupported value: 'temperature' does not support 0 ..."); compatible servers often
+    # only say it in the message.
+    return exc.param == "temperature" or "temperature" in _api_message(exc).lower()
+
+
+def _rejects_max_tokens(exc: openai.BadRequestError) -> bool:
+    # Newer OpenAI models answer "Unsupported parameter: 'max_tokens' ... Use
+    # 'max_completion_tokens' instead." A cap that is merely too large must not switch.
+    message = _api_message(exc)
+    return "max_completion_tokens" in message or (
+        exc.param == "max_tokens" and exc.code == "unsupported_parameter"
+    )
+
+
+class OpenAIClient(ProviderClient):
+    """A model behind OpenAI's chat completions API, or any server that speaks it.
+
+    ``base_url`` points at another server (vLLM, llama.cpp's server, LM Studio, serve-sim):
+    ``http://HOST:PORT/v1``. The key comes from ``api_key`` or ``OPENAI_API_KEY``; a local
+    server takes any non-empty value. The SDK's own retries are off: the engine retries, so that
+    every attempt is recorded.
+
+    A model that rejects ``temperature`` gets the request again without it, once; the client
+    remembers, and :attr:`~maker.Completion.temperature_sent` is None from then on. A model that
+    rejects ``max_tokens`` gets ``max_completion_tokens`` instead, the same way.
+
+    >>> client = OpenAIClient("gpt-4.1-mini", api_key="sk-example", base_url="http://127.0.0.1:9/v1")
+    >>> client.model, client.describe()["base_url"]
+    ('openai:gpt-4.1-mini', 'http://127.0.0.1:9/v1/')
+    >>> "sk-example" in repr(client)
+    False
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        api_key: str | None = None,
+        base_url: str | None = None,
+        timeout: float = 60.0,
+        organization: str | None = None,
+    ) -> None:
+        name = check_model_name(model, self.provider)
+        seconds = check_timeout(timeout)
+        try:
+            import openai
+        except ImportError as exc:
+            raise missing_sdk(self.provider, "openai") from exc
+        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        if not key:
+            raise ConfigError(
+                "api_key",
+                "no OpenAI API key: set OPENAI_API_KEY or pass api_key "
+                "(any non-empty value serves a local OpenAI-compatible server)",
+            )
+        self._client = openai.AsyncOpenAI(
+            api_key=key,
+            base_url=base_url,
+            organization=organization,
+            timeout=seconds,
+            max_retries=0,
+        )
+        super().__init__(name, str(self._client.base_url), seconds)
+        self._secrets = (key,)
+        self._send_temperature = True
+        self._cap_param = "max_tokens"
+
+    async def aclose(self) -> None:
+        """Close the SDK's connection pool."""
+        await self._client.close()
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        """Answer one request; every failure is a :class:`maker.ClientError`."""
+        import openai
+
+        # At most one retry for temperature and one for max_tokens: three calls in all.
+        for _ in range(3):
+            send_temperature = self._send_temperature
+            cap_param = self._cap_param
+            try:
+                response = await self._client.chat.completions.create(
+                    model=self._name,
+                    messages=[
+                        {"role": "system", "content": request.system},
+                        {"role": "user", "content": request.user},
+                    ],
+                    max_tokens=request.max_tokens if cap_param == "max_tokens" else openai.omit,
+                    max_completion_tokens=(
+                        request.max_tokens if cap_param != "max_tokens" else openai.omit
+                    ),
+                    temperature=request.temperature if send_temperature else openai.omit,
+                    seed=request.seed,
+                )
+            except openai.BadRequestError as exc:
+                if send_temperature and _rejects_temperature(exc):
+                    self._send_temperature = False
+                    continue
+                if cap_param == "max_tokens" and _rejects_max_tokens(exc):
+                    self._cap_param = "max_completion_tokens"
+                    continue
+                raise self._from_status(exc) from exc
+            except openai.APIStatusError as exc:
+                raise self._from_status(exc) from exc
+            except openai.APITimeoutError as exc:
+                raise self._timeout_error() from exc
+            except openai.APIConnectionError as exc:
+                raise self._connection_error(exc) from exc
+            except openai.APIError as exc:  # e.g. APIResponseValidationError
+                raise self._bad_response(exc.message) from exc
+            except ValueError as exc:  # the body is not JSON (json.JSONDecodeError)
+                raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+            except openai.OpenAIError as exc:
+                message = f"{type(exc).__name__}: {exc}"
+                raise self._error(message, kind="error", retryable=False) from exc
+            temperature = request.temperature if send_temperature else None
+            return self._completion(response, temperature)
+        raise self._error(
+            "the server kept rejecting the request's parameters",
+            kind="bad_request",
+            retryable=False,
+        )
+
+    def _from_status(self, exc: openai.APIStatusError) -> ClientError:
+        return self._status_error(exc.status_code, _api_message(exc), exc.response.headers)
+
+    def _completion(self, response: ChatCompletion, temperature: float | None) -> Completion:
+        from openai.types.chat import ChatCompletion
+
+        # The SDK does not validate bodies: a compatible server may send anything, or text.
+        if not isinstance(response, ChatCompletion):
+            raise self._bad_response(f"expected a chat completion, got {type(response).__name__}")
+        try:
+            choice = response.choices[0]
+            text = choice.message.content or ""
+            finish = str(choice.finish_reason or "")
+            usage = response.usage
+            input_tokens = int(usage.prompt_tokens) if usage is not None else 0
+            output_tokens = int(usage.completion_tokens) if usage is not None else 0
+            served = response.model
+        except (AttributeError, IndexError, TypeError, ValueError) as exc:
+            raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+        if not isinstance(text, str):
+            raise self._bad_response("the message content is not text")
+        return Completion(
+            text=text,
+            finish_reason=finish,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            temperature_sent=temperature,
+        )
