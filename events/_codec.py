@@ -23,7 +23,7 @@ def decode(data: bytes | str) -> AnyEvent:
     """Decode JSON into its typed event, or raise :class:`CorruptEventError`."""
     try:
         return _decoder.decode(data)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise CorruptEventError(str(exc)) from exc
 
 

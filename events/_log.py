@@ -4,6 +4,11 @@ One writer task owns the only writing connection. ``append`` is synchronous and 
 event loop: it encodes the event, chains its hash and queues the row. The writer drains the queue in
 batched transactions on aiosqlite's thread, so a burst of events costs one commit. Readers open
 their own read-only connections and see committed prefixes only (WAL).
+
+Each event row stores a hash chained to its predecessor in the run, and the ``run_heads`` table
+holds every run's last seq and hash, upserted in the same transaction as the rows it covers. The
+chain exposes edited, flipped, deleted and reordered rows; the head exposes rows cut off the end
+of a run, which a chain alone cannot (a shorter chain is still a valid chain).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from anyio.abc import TaskGroup
 
 from ._codec import decode, encode
 from ._errors import (
+    CorruptEventError,
     EventLogError,
     LogClosedError,
     NotALogError,
@@ -49,6 +55,13 @@ CREATE TABLE IF NOT EXISTS events (
     hash BLOB NOT NULL,
     PRIMARY KEY (run_id, seq)
 ) STRICT, WITHOUT ROWID;
+-- The last seq and hash of every run, written in the same transaction as its rows. Unlike the
+-- events table it is updated in place: it is the seal that makes a truncated run detectable.
+CREATE TABLE IF NOT EXISTS run_heads (
+    run_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
 CREATE INDEX IF NOT EXISTS events_by_step ON events (run_id, step);
 CREATE INDEX IF NOT EXISTS events_by_type ON events (type, run_id);
 CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
@@ -66,6 +79,11 @@ PRAGMA user_version = {SCHEMA_VERSION};
 
 _INSERT = (
     "INSERT INTO events (run_id, seq, type, step, ts, body, hash) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+_UPSERT_HEAD = (
+    "INSERT INTO run_heads (run_id, seq, hash) VALUES (?, ?, ?)"
+    " ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"
 )
 
 _Row = tuple[str, int, str, int | None, float, bytes, bytes]
@@ -246,14 +264,7 @@ class EventLog:
         if head is None:
             await self.flush()
             assert self._conn is not None
-            async with self._conn.execute(
-                "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1",
-                (run_id,),
-            ) as cur:
-                row = await cur.fetchone()
-            if row is None:
-                raise UnknownRunError(run_id)
-            head = (int(row[0]), bytes(row[1]))
+            head = await _load_head(self._conn, self.path, run_id)
             self._heads[run_id] = head
         return head[0] + 1
 
@@ -290,8 +301,11 @@ class EventLog:
                     rows = self._pending[: min(todo, self._batch_size)]
                     del self._pending[: len(rows)]
                     todo -= len(rows)
+                    # Rows are queued in seq order per run, so the last one seen is the head.
+                    heads = {row[0]: (row[0], row[1], row[6]) for row in rows}
                     try:
                         await conn.executemany(_INSERT, rows)
+                        await conn.executemany(_UPSERT_HEAD, heads.values())
                         await conn.commit()
                     except sqlite3.Error as exc:
                         self._failure = exc
@@ -439,6 +453,39 @@ def _check_exists(path: str) -> None:
 async def _run_exists(conn: aiosqlite.Connection, run_id: str) -> bool:
     async with conn.execute("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (run_id,)) as cur:
         return await cur.fetchone() is not None
+
+
+async def _load_head(conn: aiosqlite.Connection, path: str, run_id: str) -> tuple[int, bytes]:
+    """A run's last seq and hash, refusing a run whose stored head disagrees with its rows.
+
+    Continuing a truncated run would write its head anew and hide the truncation for good.
+    """
+    try:
+        async with conn.execute(
+            "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
+        ) as cur:
+            last = await cur.fetchone()
+        async with conn.execute(
+            "SELECT seq, hash FROM run_heads WHERE run_id = ?", (run_id,)
+        ) as cur:
+            sealed = await cur.fetchone()
+    except sqlite3.Error as exc:
+        raise EventLogError(f"cannot read the head of run {run_id} in {path}: {exc}") from exc
+    check = f"check it with 'maker verify {path}'"
+    if last is None:
+        if sealed is None:
+            raise UnknownRunError(run_id)
+        raise CorruptEventError(
+            f"{path}: run {run_id} has a head at seq {sealed[0]} but no rows (deleted); {check}"
+        )
+    if sealed is None:
+        raise CorruptEventError(f"{path}: run {run_id} has rows but no head; {check}")
+    head = (int(last[0]), bytes(last[1]))
+    if head != (int(sealed[0]), bytes(sealed[1])):
+        raise CorruptEventError(
+            f"{path}: run {run_id} ends at seq {head[0]} but its head says {sealed[0]}; {check}"
+        )
+    return head
 
 
 async def _check_identity(conn: aiosqlite.Connection, path: str, *, allow_new: bool) -> bool:

@@ -40,6 +40,8 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run_started"):
     seed: int
     version: str
     initial_state: Any = None
+    limits: dict[str, Any] = msgspec.field(default_factory=dict)
+    """The scheduler's limits for the model: the backoff rule in them shapes retries."""
 
 
 class StepStarted(StepEvent, frozen=True, kw_only=True, tag="step_started"):

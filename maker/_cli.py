@@ -389,7 +389,7 @@ def show(file: Path, run_id: str | None, as_json: bool) -> None:
     async def load() -> Any:
         async with EventLog(file, mode="r") as log:
             info = await log.run(run_id)
-            return summarize([e async for e in log.read(info.run_id)])
+            return summarize([e async for e in log.read(info.run_id)], per_step=False)
 
     summary = anyio.run(load)
     if as_json:
@@ -559,13 +559,17 @@ def kmin(p: float, target: float, steps: int, as_json: bool) -> None:
         sys.stdout.write(f"{k}\n")
 
 
-def _register_serve_sim() -> None:
+def _register_commands() -> None:
+    # Registered here rather than imported at the top: replay/ builds on maker's public API.
+    from replay._commands import verify_command
+
     from ._serve_sim import serve_sim_command
 
     app.add_command(serve_sim_command, "serve-sim")
+    app.add_command(verify_command, "verify")
 
 
-_register_serve_sim()
+_register_commands()
 
 
 def _fail(message: str, code: int) -> NoReturn:

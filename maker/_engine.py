@@ -487,6 +487,7 @@ class _Run(Generic[S, A]):
             seed=self.seed,
             version=__version__,
             initial_state=task.state_to_json(self.state),
+            limits=self.engine.scheduler.limits_for(self.client.model).describe(),
         )
         status: RunStatus = "succeeded"
         reason = ""

@@ -25,9 +25,10 @@ from events import (
 from ._client import Completion
 from ._errors import ClientError, MakerError
 
-IGNORED_FIELDS = frozenset({"seq", "ts", "latency_s", "wall_s", "version", "cost_usd"})
-"""Fields a re-execution need not reproduce: positions and times, durations, the package version
-and prices (derived from a price table that may change)."""
+IGNORED_FIELDS = frozenset({"seq", "ts", "latency_s", "wall_s", "version", "cost_usd", "limits"})
+"""Fields a re-execution need not reproduce: positions and times, durations, the package version,
+prices (derived from a price table that may change) and the scheduler's limits (a resumed run
+may run under other limits; the backoff it draws is compared in ``sample_failed``)."""
 
 
 class Divergence(MakerError):

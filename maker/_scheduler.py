@@ -10,12 +10,13 @@ tested without real waiting.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import anyio
 
@@ -83,6 +84,16 @@ class Limits:
     breaker_threshold: int = 8
     breaker_cooldown_s: float = 5.0
     unavailable_budget_s: float = 300.0
+
+    def describe(self) -> dict[str, Any]:
+        """The limits as JSON, for ``run_started``."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Limits:
+        """The limits a ``run_started`` event describes (unknown keys are ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
     def __post_init__(self) -> None:
         for name in ("concurrency", "rpm", "tpm", "breaker_threshold"):

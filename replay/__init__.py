@@ -1,5 +1,35 @@
-"""Turn logs into answers: rebuild what a run did from its events alone."""
+"""Turn logs into answers: rebuild what a run did from its events alone, check a log's
+integrity, re-execute and resume runs, and re-vote them offline under another policy."""
 
-from ._fold import RunSummary, summarize
+from ._fold import RunSummary, StepRecord, summarize
+from ._integrity import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
+from ._replayer import (
+    RecordedModel,
+    client_for,
+    load_events,
+    resume_run,
+    task_for,
+    verify_run,
+)
+from ._revote import UNCHANGED, RevoteReport, StepRevote, revote
 
-__all__ = ["RunSummary", "summarize"]
+__all__ = [
+    "UNCHANGED",
+    "BrokenLogError",
+    "LogReport",
+    "RecordedModel",
+    "RevoteReport",
+    "RunIntegrity",
+    "RunSummary",
+    "StepRecord",
+    "StepRevote",
+    "check_run",
+    "client_for",
+    "load_events",
+    "resume_run",
+    "revote",
+    "summarize",
+    "task_for",
+    "verify_log",
+    "verify_run",
+]

@@ -14,11 +14,13 @@ from maker import (
     ConfigError,
     Engine,
     EventSink,
+    Limits,
     MakerError,
     Policy,
     Recording,
     RunResult,
     SampleRequest,
+    Scheduler,
     SimConfig,
     SimulatedModel,
     Task,
@@ -54,6 +56,10 @@ def client_for(started: RunStarted, **options: Any) -> Client:
         return SimulatedModel(SimConfig(**params))
     from maker.clients import make_client
 
+    recorded = started.model_params
+    for name in ("base_url", "timeout"):
+        if name not in options and recorded.get(name) is not None:
+            options[name] = recorded[name]
     return make_client(model, **options)
 
 
@@ -92,7 +98,9 @@ async def verify_run(
     recording = Recording(events)
     task = task if task is not None else task_for(recording.started)
     log = EventLog(path, mode="r")
-    async with log, Engine(log=log, client=RecordedModel(recording.started)) as engine:
+    scheduler = Scheduler(Limits.from_json(recording.started.limits))
+    client = RecordedModel(recording.started)
+    async with log, Engine(log=log, client=client, scheduler=scheduler) as engine:
         return await engine.verify(task, recording, policy=policy, sinks=sinks)
 
 
@@ -103,16 +111,23 @@ async def resume_run(
     task: Task[Any, Any] | None = None,
     client: Client | None = None,
     policy: Policy | None = None,
+    scheduler: Scheduler | None = None,
     sinks: Sequence[EventSink] = (),
 ) -> RunResult:
-    """Continue a crashed or cancelled run in its log; report a finished run unchanged."""
+    """Continue a crashed or cancelled run in its log; report a finished run unchanged.
+
+    The task, the live client, the policy and the scheduler's limits default to the ones the
+    log records; a provider's key comes from the environment (it is never in the log).
+    """
     events = await load_events(path, run_id)
     recording = Recording(events)
     if not recording.resumable:
         return _finished_result(events)
     task = task if task is not None else task_for(recording.started)
     client = client if client is not None else client_for(recording.started)
-    async with Engine(log=path, client=client) as engine:
+    if scheduler is None:
+        scheduler = Scheduler(Limits.from_json(recording.started.limits))
+    async with Engine(log=path, client=client, scheduler=scheduler) as engine:
         return await engine.resume(task, recording, policy=policy, sinks=sinks)
 
 

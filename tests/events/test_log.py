@@ -18,6 +18,7 @@ from events import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     AnyEvent,
+    CorruptEventError,
     EventLog,
     EventLogError,
     LogClosedError,
@@ -309,6 +310,80 @@ async def test_reopen_and_attach_continues_seq_and_chain(tmp_path: Path) -> None
         assert info2.last_seq == rest[-1].seq
 
 
+def stored_heads(path: Path) -> dict[str, tuple[int, bytes]]:
+    with closing(sqlite3.connect(path)) as conn:
+        return {
+            str(run_id): (int(seq), bytes(digest))
+            for run_id, seq, digest in conn.execute("SELECT run_id, seq, hash FROM run_heads")
+        }
+
+
+async def test_run_heads_hold_each_runs_last_seq_and_hash_after_every_batch(
+    tmp_path: Path,
+) -> None:
+    runs = {rid: run_events(rid, 40) for rid in ("a", "b", "c")}
+    path = tmp_path / "log.db"
+    async with EventLog(path, batch_size=37) as log:
+        for i, ev in enumerate(interleave(*runs.values())):
+            log.append(ev)
+            if i % 101 == 0:
+                await log.flush()
+                # A committed prefix carries heads that match its last rows exactly.
+                heads = stored_heads(path)
+                for rid in heads:
+                    last = raw_rows(path, rid)[-1]
+                    assert heads[rid] == (last[0], last[5])
+        assert log.statistics().batches > 3
+    heads = stored_heads(path)
+    assert set(heads) == set(runs)
+    for rid, evs in runs.items():
+        last = raw_rows(path, rid)[-1]
+        assert heads[rid] == (evs[-1].seq, last[5])
+
+
+async def test_run_heads_are_written_in_the_same_transaction_as_the_rows(tmp_path: Path) -> None:
+    """A batch that fails to insert leaves no head behind for its runs."""
+    path = tmp_path / "log.db"
+    evs = run_events("r", 2)
+    await write_log(path, evs)
+    before = stored_heads(path)
+    with pytest.raises(BaseExceptionGroup):  # noqa: PT012
+        async with EventLog(path) as log:
+            for ev in run_events("new", 3):
+                log.append(ev)
+            log.append(evs[0])  # collides with the stored row: the whole batch fails
+    assert stored_heads(path) == before
+
+
+async def test_attach_refuses_a_run_whose_rows_do_not_reach_its_head(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    evs = run_events("r", 5, finished=False)
+    await write_log(path, [*evs, *run_events("gone", 1)])
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("DROP TRIGGER events_append_only_delete")
+        conn.execute("DELETE FROM events WHERE run_id = 'r' AND seq >= ?", (len(evs) - 3,))
+        conn.execute("DELETE FROM events WHERE run_id = 'gone'")
+        conn.commit()
+    async with EventLog(path) as log:
+        with pytest.raises(CorruptEventError, match=rf"ends at seq {len(evs) - 4} .* says"):
+            await log.attach("r")
+        with pytest.raises(CorruptEventError, match=r"has a head at seq .* but no rows"):
+            await log.attach("gone")
+    # The refused attach wrote nothing: the head still seals the original end.
+    assert stored_heads(path)["r"][0] == len(evs) - 1
+
+
+async def test_attach_refuses_a_run_without_a_head(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    await write_log(path, run_events("r", 2, finished=False))
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("DELETE FROM run_heads")
+        conn.commit()
+    async with EventLog(path) as log:
+        with pytest.raises(CorruptEventError, match="rows but no head"):
+            await log.attach("r")
+
+
 async def test_chain_detects_a_changed_body(tmp_path: Path) -> None:
     """The check the tests rely on can fail: a forged body breaks the recomputed chain."""
     path = tmp_path / "log.db"
@@ -596,8 +671,8 @@ async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
         assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
         tables = dict(conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'"))
-        assert {"events", "meta"} <= set(tables)
-        for name in ("events", "meta"):
+        assert {"events", "meta", "run_heads"} <= set(tables)
+        for name in ("events", "meta", "run_heads"):
             assert "STRICT" in tables[name].upper(), name
         meta = dict(conn.execute("SELECT key, value FROM meta"))
         assert meta["schema_version"] == str(SCHEMA_VERSION)

@@ -1,0 +1,168 @@
+"""Command-line commands of replay/: ``verify`` and ``revote``, for ``maker`` to register.
+
+Each command's logic is a plain function returning the exit code, so the ``maker`` CLI can expose
+it under another name or inside another command. Errors are raised, never printed: the CLI's
+entry point turns ``click.UsageError``, :class:`events.EventLogError` and :class:`maker.MakerError`
+into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import anyio
+import click
+
+from events import AnyEvent, EventLog, RunStarted
+from maker.tasks import make_task
+
+from ._integrity import check_run, verify_log
+from ._revote import UNCHANGED, RevoteReport, revote
+
+EXIT_OK = 0
+EXIT_BROKEN = 1
+
+_LISTED = 20  # step lists longer than this are cut in the text output
+
+
+def verify_command_impl(file: str | os.PathLike[str], as_json: bool) -> int:
+    """Check every run in ``file``; print one line per run. Returns 1 if any run is broken."""
+    report = verify_log(file)
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        if report.problem:
+            click.echo(f"{report.path}: {report.problem}")
+        for run in report.runs:
+            click.echo(run.line())
+        if not report.runs and not report.problem:
+            click.echo(f"{report.path}: no runs")
+    return EXIT_OK if report.ok else EXIT_BROKEN
+
+
+def revote_command_impl(
+    file: str | os.PathLike[str],
+    run_id: str | None,
+    k: int | None,
+    rule: str | None,
+    red_flag_tokens: int | None,
+    as_json: bool,
+) -> int:
+    """Re-vote one run of ``file`` offline and print what would have changed. Returns 0.
+
+    ``None`` keeps the recorded setting (k, rule, the red-flag token threshold). The run is
+    checked for integrity first; a broken log raises :class:`BrokenLogError`.
+    """
+    if k is not None and k < 1:
+        raise click.UsageError(f"--k must be at least 1, got {k}")
+    if rule is not None and rule not in ("ahead", "first"):
+        raise click.UsageError(f"--rule must be 'ahead' or 'first', got {rule!r}")
+    if red_flag_tokens is not None and red_flag_tokens < 1:
+        raise click.UsageError(f"--red-flag-tokens must be at least 1, got {red_flag_tokens}")
+    events = anyio.run(_load, os.fspath(file), run_id)
+    started = events[0]
+    if not isinstance(started, RunStarted):
+        raise click.UsageError(f"run {started.run_id} does not begin with run_started")
+    task = make_task(started.task, started.task_params)
+    report = revote(
+        events,
+        task,
+        k=int(started.policy.get("k", 1)) if k is None else k,
+        rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
+        max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for line in describe(report):
+            click.echo(line)
+    return EXIT_OK
+
+
+async def _load(path: str, run_id: str | None) -> list[AnyEvent]:
+    async with EventLog(path, mode="r") as log:
+        info = await log.run(run_id)
+        # Refuse a damaged run before reading it: its samples could not be trusted.
+        check_run(path, info.run_id)
+        return [event async for event in log.read(info.run_id)]
+
+
+def _steps(steps: list[int]) -> str:
+    shown = ", ".join(str(s) for s in steps[:_LISTED])
+    more = f", … ({len(steps) - _LISTED} more)" if len(steps) > _LISTED else ""
+    return f"{len(steps)} ({shown}{more})" if steps else "none"
+
+
+def _flags(rules: dict[str, Any]) -> str:
+    limit = rules.get("max_output_tokens")
+    parts = [f"over {limit} output tokens" if limit is not None else "no token limit"]
+    if rules.get("flag_truncated", True):
+        parts.append("truncated")
+    return ", ".join(parts)
+
+
+def describe(report: RevoteReport) -> list[str]:
+    """The report as the lines ``maker replay --k`` prints."""
+    changes = [
+        f"k={report.k}"
+        + (f" (recorded {report.recorded_k})" if report.k != report.recorded_k else "")
+    ]
+    changes.append(
+        f"rule {report.rule}"
+        + (f" (recorded {report.recorded_rule})" if report.rule != report.recorded_rule else "")
+    )
+    new_flags, old_flags = _flags(report.red_flags), _flags(report.recorded_red_flags)
+    changes.append(
+        f"red flags: {new_flags}" + (f" (recorded: {old_flags})" if new_flags != old_flags else "")
+    )
+    lines = [
+        f"run {report.run_id}: re-voted {len(report.steps)} decided steps offline, "
+        + "; ".join(changes),
+        f"  decide differently: {_steps(report.changed_steps)}",
+        f"  need more samples than recorded: {_steps(report.short_steps)}",
+        f"  samples: {report.needed_samples} needed by the {report.decided_steps} steps that "
+        f"decide, {report.samples_saved} saved of {report.recorded_samples} recorded",
+    ]
+    lines += [f"  note: {note}" for note in report.notes]
+    return lines
+
+
+@click.command("verify")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def verify_command(file: str, as_json: bool) -> None:
+    """Check every run's hash chain, seqs and head; name the first bad seq of a broken run."""
+    code = verify_command_impl(file, as_json)
+    if code:
+        raise SystemExit(code)
+
+
+@click.command("revote")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option("--k", "k", type=click.IntRange(1), help="Re-vote with this k (default: recorded).")
+@click.option(
+    "--rule",
+    type=click.Choice(["ahead", "first"]),
+    help="Re-vote with this voting rule (default: recorded).",
+)
+@click.option(
+    "--red-flag-tokens",
+    type=click.IntRange(1),
+    help="Flag responses over this many output tokens (default: recorded).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def revote_command(
+    file: str,
+    run_id: str | None,
+    k: int | None,
+    rule: str | None,
+    red_flag_tokens: int | None,
+    as_json: bool,
+) -> None:
+    """Re-vote every step from the recorded samples with another k or red-flag rule, offline."""
+    code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json)
+    if code:
+        raise SystemExit(code)

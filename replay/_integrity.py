@@ -1,0 +1,519 @@
+"""Check a log's integrity: every run's hash chain, its seqs, its bodies and its sealed head.
+
+Each event row stores ``chain_hash(previous_hash, body)``, and the ``run_heads`` table holds each
+run's last seq and hash, written in the same transaction as the rows. Together they expose:
+
+- a flipped bit or an edited field in a body (the row's hash no longer matches);
+- a flipped bit in a stored hash (the next row, or the head, still chains from the true one);
+- deleted rows (a gap in the seqs);
+- reordered rows (a row whose body names another seq);
+- truncation, rows cut off the end of a run (the run ends before its head).
+
+The chain is a checksum, not a signature: someone who rewrites a run's whole chain and its head
+from the edited row on goes unnoticed. It guards against accidents, bad disks and careless
+edits, not against a forger.
+
+The checks read the file through a plain read-only SQLite connection, inside one read
+transaction, so a log being written is checked as one consistent committed prefix.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote
+
+from events import (
+    APPLICATION_ID,
+    SCHEMA_VERSION,
+    CorruptEventError,
+    EventLogError,
+    NotALogError,
+    SchemaVersionError,
+    StepEvent,
+    UnknownRunError,
+    chain_hash,
+    decode,
+    event_tag,
+)
+
+_Row = tuple[str, int, str, int | None, float, bytes, bytes]
+"""A stored row: (run_id, seq, type, step, ts, body, hash)."""
+
+_COLUMNS = "run_id, seq, type, step, ts, body, hash"
+
+
+class BrokenLogError(EventLogError):
+    """A run in the log failed its integrity check; replay and resume refuse it.
+
+    ``seq`` is the first bad seq (None when SQLite could not read the run at all) and
+    ``problem`` says what is wrong, in one line.
+    """
+
+    def __init__(self, path: str, run_id: str, seq: int | None, problem: str) -> None:
+        where = f" at seq {seq}" if seq is not None else ""
+        super().__init__(
+            f"{path}: run {run_id} is broken{where}: {problem} (see 'maker verify {path}')"
+        )
+        self.path = path
+        self.run_id = run_id
+        self.seq = seq
+        self.problem = problem
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunIntegrity:
+    """The integrity of one run: how many of its rows were read and the first problem, if any."""
+
+    run_id: str
+    events: int
+    """Rows of the run read from the file."""
+    ok: bool
+    first_bad_seq: int | None = None
+    """The first seq that is wrong or missing; None when the run is intact."""
+    problem: str = ""
+    """What is wrong, in one line; empty when the run is intact."""
+
+    def line(self) -> str:
+        """One line for a terminal: ``run_id: ok (N events)`` or where and why it is broken."""
+        if self.ok:
+            return f"{self.run_id}: ok ({self.events} events)"
+        where = f"at seq {self.first_bad_seq}" if self.first_bad_seq is not None else "unread"
+        return f"{self.run_id}: BROKEN {where}: {self.problem}"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible builtins."""
+        return {
+            "run_id": self.run_id,
+            "events": self.events,
+            "ok": self.ok,
+            "first_bad_seq": self.first_bad_seq,
+            "problem": self.problem,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogReport:
+    """The integrity of every run in one log file.
+
+    ``problem`` is set when SQLite itself finds the file damaged (a truncated or overwritten
+    file); the runs read before the damage are still reported.
+    """
+
+    path: str
+    runs: tuple[RunIntegrity, ...] = ()
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the file and every run in it are intact."""
+        return not self.problem and all(run.ok for run in self.runs)
+
+    @property
+    def events(self) -> int:
+        """Rows read, over every run."""
+        return sum(run.events for run in self.runs)
+
+    @property
+    def broken(self) -> tuple[RunIntegrity, ...]:
+        """The runs that failed."""
+        return tuple(run for run in self.runs if not run.ok)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible builtins (``maker verify --json``)."""
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "problem": self.problem,
+            "events": self.events,
+            "runs": [run.to_json() for run in self.runs],
+        }
+
+
+def verify_log(path: str | os.PathLike[str]) -> LogReport:
+    """Check every run in a log file.
+
+    Raises :class:`events.NotALogError` for a file that is not a maker log,
+    :class:`events.SchemaVersionError` for another schema version, and
+    :class:`events.EventLogError` for a missing file. Damage, whether to the runs or to the SQLite
+    file itself, is reported in the :class:`LogReport`, never raised.
+
+    >>> import anyio, os, tempfile
+    >>> from maker import Engine, Policy, SimulatedModel
+    >>> from maker.tasks import Hanoi
+    >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
+    >>> async def main() -> None:
+    ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
+    ...         await engine.run(Hanoi(3), policy=Policy(k=2), seed=1, run_id="demo")
+    >>> anyio.run(main)
+    >>> report = verify_log(path)
+    >>> report.ok, [run.line() for run in report.runs]
+    (True, ['demo: ok (65 events)'])
+    """
+    name = os.fspath(path)
+    try:
+        conn = _open(name)
+    except _Damaged as exc:
+        return LogReport(path=name, problem=f"SQLite cannot read the file: {exc}")
+    runs: list[RunIntegrity] = []
+    problem = ""
+    checker: _RunChecker | None = None
+    try:
+        conn.execute("BEGIN")
+        damage = _cut_short(conn, name) or _quick_check(conn)
+        if damage:
+            # Keep going: the runs SQLite can still read are worth checking one by one.
+            problem = f"SQLite reports the file damaged: {damage}"
+        heads = _read_heads(conn)
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY run_id, seq")
+        for run_id, group in itertools.groupby(rows, key=lambda row: str(row[0])):
+            checker = _RunChecker(run_id, heads.pop(run_id, None))
+            checker.feed(group)
+            runs.append(checker.result())
+            checker = None
+        runs.extend(_headless_run(run_id, head) for run_id, head in sorted(heads.items()))
+    except sqlite3.DatabaseError as exc:
+        # A damaged file is an answer, not a crash: say what SQLite said and what was read.
+        problem = problem or f"SQLite cannot read the file: {_one_line(str(exc))}"
+        if checker is not None:
+            runs.append(checker.unreadable(_one_line(str(exc))))
+    finally:
+        conn.close()
+    return LogReport(path=name, runs=tuple(runs), problem=problem)
+
+
+def check_run(path: str | os.PathLike[str], run_id: str) -> RunIntegrity:
+    """Check one run, and raise :class:`BrokenLogError` naming its first bad seq if it fails.
+
+    Replay and resume call this first, so they never build on a damaged run. Raises
+    :class:`events.UnknownRunError` when the log holds no such run (exact id).
+    """
+    name = os.fspath(path)
+    try:
+        conn = _open(name)
+    except _Damaged as exc:
+        raise BrokenLogError(name, run_id, None, f"SQLite cannot read the file: {exc}") from exc
+    checker = _RunChecker(run_id, None)
+    try:
+        conn.execute("BEGIN")
+        heads = _read_heads(conn, run_id)
+        checker.head = heads.get(run_id)
+        rows = conn.execute(
+            f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+        )
+        checker.feed(rows)
+        result = checker.result()
+    except sqlite3.DatabaseError as exc:
+        result = checker.unreadable(_one_line(str(exc)))
+    finally:
+        conn.close()
+    if result.events == 0 and checker.head is None:
+        raise UnknownRunError(run_id)
+    if not result.ok:
+        raise BrokenLogError(name, run_id, result.first_bad_seq, result.problem)
+    return result
+
+
+# -- opening ---------------------------------------------------------------------------------
+
+
+class _Damaged(Exception):
+    """SQLite cannot read a file whose header says it is a maker log."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _open(path: str) -> sqlite3.Connection:
+    if not os.path.exists(path):
+        raise EventLogError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise NotALogError(path, "it is a directory")
+    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+    try:
+        # Autocommit mode, so the explicit BEGIN holds every read in one snapshot.
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error as exc:
+        raise EventLogError(f"cannot open {path}: {exc}") from exc
+    try:
+        _check_identity(conn, path)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _check_identity(conn: sqlite3.Connection, path: str) -> None:
+    try:
+        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        if _header_says_maker_log(path):
+            # A maker log SQLite cannot open (cut short, overwritten): damage, not a stranger.
+            raise _Damaged(_one_line(str(exc))) from exc
+        raise NotALogError(path, _one_line(str(exc))) from exc
+    if app_id == 0 and os.path.getsize(path) == 0:
+        raise NotALogError(path, "the file is empty")
+    if app_id != APPLICATION_ID:
+        raise NotALogError(path, "a SQLite database of another application")
+    if version != SCHEMA_VERSION:
+        raise SchemaVersionError(path, version, SCHEMA_VERSION)
+
+
+def _header_says_maker_log(path: str) -> bool:
+    # The 100-byte file header holds the application id at offset 68 (big-endian). Until the
+    # first checkpoint a new log's header may still lack it; then the file is simply not known.
+    try:
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return (
+        len(header) == 100
+        and header.startswith(_SQLITE_MAGIC)
+        and int.from_bytes(header[68:72], "big") == APPLICATION_ID
+    )
+
+
+def _cut_short(conn: sqlite3.Connection, path: str) -> str:
+    # SQLite writes whole pages only, so a ragged end means the file was cut (or padded); SQLite
+    # itself reads the missing bytes as zeros and may not notice.
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    size = os.path.getsize(path)
+    if page > 0 and size % page:
+        return f"the file is {size} bytes, not a whole number of {page}-byte pages (cut short)"
+    return ""
+
+
+def _quick_check(conn: sqlite3.Connection) -> str:
+    # quick_check walks every page of every b-tree (indexes too) without cross-checking them:
+    # it finds damage the ordered scan of the events table would never touch.
+    try:
+        found = [str(row[0]) for row in conn.execute("PRAGMA quick_check(5)")]
+    except sqlite3.DatabaseError as exc:
+        return _one_line(str(exc))
+    if found == ["ok"]:
+        return ""
+    return _one_line("; ".join(found))
+
+
+def _read_heads(
+    conn: sqlite3.Connection, run_id: str | None = None
+) -> dict[str, tuple[int, bytes]]:
+    try:
+        if run_id is None:
+            cur = conn.execute("SELECT run_id, seq, hash FROM run_heads")
+        else:
+            cur = conn.execute(
+                "SELECT run_id, seq, hash FROM run_heads WHERE run_id = ?", (run_id,)
+            )
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            # Without the table every run is reported headless: truncation cannot be ruled out.
+            return {}
+        raise
+    return {str(rid): (int(seq), bytes(digest)) for rid, seq, digest in cur}
+
+
+def _headless_run(run_id: str, head: tuple[int, bytes]) -> RunIntegrity:
+    return RunIntegrity(
+        run_id=run_id,
+        events=0,
+        ok=False,
+        first_bad_seq=0,
+        problem=f"its head says seq {head[0]} but it has no rows (deleted)",
+    )
+
+
+# -- checking one run ------------------------------------------------------------------------
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _seq_range(first: int, last: int) -> str:
+    return f"seq {first}" if first == last else f"seqs {first}-{last}"
+
+
+class _RunChecker:
+    """Checks one run's rows in seq order; finds the first problem and names it precisely.
+
+    Some problems are only told apart by a later row: a stored hash that was flipped leaves the
+    next row chaining from the true hash, and a swapped pair shows in the second row. The first
+    bad seq is fixed when the first problem shows; later rows only sharpen its description.
+    """
+
+    def __init__(self, run_id: str, head: tuple[int, bytes] | None) -> None:
+        self.run_id = run_id
+        self.head = head
+        self.events = 0
+        self.expected = 0
+        self.previous = b""
+        self.last_hash = b""
+        self.bad: int | None = None
+        self.problem = ""
+        # A hash mismatch waiting for the next row: (seq, the hash its body should have had).
+        self._hash_suspect: tuple[int, bytes] | None = None
+        # A misplaced body waiting for its partner: (column seq, the seq its body names).
+        self._misplaced: tuple[int, int] | None = None
+
+    def feed(self, rows: Iterable[Any]) -> None:
+        for row in rows:
+            self.events += 1
+            self._row(_as_row(row))
+
+    def _fail(self, seq: int, problem: str) -> None:
+        if self.bad is None:
+            self.bad, self.problem = seq, problem
+
+    def _row(self, row: _Row) -> None:
+        _run_id, seq, type_, step, ts, body, digest = row
+        if self._hash_suspect is not None:
+            suspect, should_be = self._hash_suspect
+            self._hash_suspect = None
+            if suspect == seq - 1 and digest == chain_hash(should_be, body):
+                self._fail(suspect, f"the stored hash of seq {suspect} was altered (bit flip)")
+            else:
+                self._fail(
+                    suspect, f"hash mismatch at seq {suspect} (the row was edited or flipped)"
+                )
+        if self._misplaced is not None:
+            self._look_for_partner(seq, body)
+        if self.bad is not None:
+            return
+        if seq != self.expected:
+            self._fail(
+                self.expected, f"{_seq_range(self.expected, seq - 1)} missing (rows deleted)"
+            )
+            return
+        self.expected = seq + 1
+        self.last_hash = digest
+        should_be = chain_hash(self.previous, body)
+        self.previous = digest
+        try:
+            event = decode(body)
+        except (CorruptEventError, ValueError) as exc:
+            # ValueError: events.decode lets msgspec's UnicodeDecodeError through for bytes that
+            # are not UTF-8, which a flipped high bit produces.
+            self._fail(seq, f"the body of seq {seq} does not decode ({_one_line(str(exc))})")
+            return
+        if event.seq != seq:
+            self._misplaced = (seq, event.seq)
+            self._fail(
+                seq, f"seq {seq}: its body says seq {event.seq} (the row was edited or moved)"
+            )
+            return
+        event_step = event.step if isinstance(event, StepEvent) else None
+        for column, stored, inside in (
+            ("run_id", self.run_id, event.run_id),
+            ("type", type_, event_tag(type(event))),
+            ("step", step, event_step),
+            ("ts", ts, event.ts),
+        ):
+            if stored == inside:
+                continue
+            # The hash tells which side changed: an intact body still chains.
+            if digest == should_be:
+                self._fail(
+                    seq,
+                    f"seq {seq}: the {column} column says {stored!r} but the body says "
+                    f"{inside!r} (the column was edited)",
+                )
+            else:
+                self._fail(
+                    seq,
+                    f"hash mismatch at seq {seq} (the body was edited or flipped: its {column} "
+                    "no longer matches the row)",
+                )
+            return
+        if digest != should_be:
+            self._hash_suspect = (seq, should_be)
+
+    def _look_for_partner(self, seq: int, body: bytes) -> None:
+        assert self._misplaced is not None
+        first, named = self._misplaced
+        if seq != named:
+            return
+        self._misplaced = None
+        try:
+            back = decode(body).seq
+        except (CorruptEventError, ValueError):
+            return
+        if back == first:
+            self.problem = f"seq {first} and {named} swapped (rows out of order)"
+
+    def _finish_suspect(self) -> None:
+        if self._hash_suspect is None:
+            return
+        suspect, should_be = self._hash_suspect
+        self._hash_suspect = None
+        if self.head is not None and self.head == (suspect, should_be):
+            self._fail(suspect, f"the stored hash of seq {suspect} was altered (bit flip)")
+        else:
+            self._fail(suspect, f"hash mismatch at seq {suspect} (the row was edited or flipped)")
+
+    def result(self) -> RunIntegrity:
+        self._finish_suspect()
+        if self.bad is None:
+            self._check_head()
+        return RunIntegrity(
+            run_id=self.run_id,
+            events=self.events,
+            ok=self.bad is None,
+            first_bad_seq=self.bad,
+            problem=self.problem,
+        )
+
+    def _check_head(self) -> None:
+        last = self.expected - 1
+        head = self.head
+        if self.events == 0:
+            if head is not None:
+                self._fail(0, f"its head says seq {head[0]} but it has no rows (deleted)")
+            return
+        if head is None:
+            self._fail(
+                last + 1,
+                f"it has rows up to seq {last} but no head (the head was deleted), "
+                "so truncation cannot be ruled out",
+            )
+        elif head[0] > last:
+            self._fail(last + 1, f"ends at seq {last} but its head says {head[0]} (truncated)")
+        elif head[0] < last:
+            self._fail(
+                head[0] + 1,
+                f"goes on to seq {last} past its head at seq {head[0]} "
+                "(rows added outside the log writer, or the head was rewound)",
+            )
+        elif head[1] != self.last_hash:
+            self._fail(last, f"its head's hash does not match seq {last} (rewritten)")
+
+    def unreadable(self, detail: str) -> RunIntegrity:
+        """The result when SQLite failed partway through this run."""
+        self._finish_suspect()
+        self._fail(self.expected, f"SQLite cannot read the rows from seq {self.expected}: {detail}")
+        return RunIntegrity(
+            run_id=self.run_id,
+            events=self.events,
+            ok=False,
+            first_bad_seq=self.bad,
+            problem=self.problem,
+        )
+
+
+def _as_row(row: Any) -> _Row:
+    run_id, seq, type_, step, ts, body, digest = row
+    return (
+        str(run_id),
+        int(seq),
+        str(type_),
+        None if step is None else int(step),
+        float(ts),
+        bytes(body),
+        bytes(digest),
+    )
