@@ -115,6 +115,7 @@ class PriceTable:
         for model, price in (overrides or {}).items():
             prices[_check_name(model)] = _as_price(model, price)
         self._prices = prices
+        self._cache: dict[str, Price | None] = {}  # lookups repeat for every sample
 
     @classmethod
     def load(cls, path: str | PathLike[str], *, defaults: bool = True) -> PriceTable:
@@ -154,6 +155,14 @@ class PriceTable:
         >>> PriceTable().lookup("anthropic:claude-sonnet-4-5-20250929")
         Price(input_per_mtok=3.0, output_per_mtok=15.0)
         """
+        try:
+            return self._cache[model]
+        except KeyError:
+            pass
+        found = self._cache[model] = self._lookup(model)
+        return found
+
+    def _lookup(self, model: str) -> Price | None:
         candidates = [model]
         provider, sep, name = model.partition(":")
         if sep and provider in _PROVIDERS and name:

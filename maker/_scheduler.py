@@ -256,7 +256,10 @@ class SchedulerObserver:
 class _Gate:
     def __init__(self, limits: Limits, clock: Clock) -> None:
         self.limits = limits
-        self.limiter = anyio.CapacityLimiter(limits.concurrency or math.inf)
+        # No limiter at all without a cap: acquiring an unbounded one still costs every call.
+        self.limiter = (
+            anyio.CapacityLimiter(limits.concurrency) if limits.concurrency is not None else None
+        )
         self.rpm = SlidingWindow(limits.rpm, clock) if limits.rpm else None
         self.tpm = SlidingWindow(limits.tpm, clock) if limits.tpm else None
         self.breaker = CircuitBreaker(limits.breaker_threshold, limits.breaker_cooldown_s, clock)
@@ -324,16 +327,19 @@ class Scheduler:
         observer = observer or SchedulerObserver()
         gate = self._gate(client.model)
         limits = gate.limits
-        await self._pass_breaker(gate, client.model, observer)
-        self._queued += 1
-        began = self._clock()
+        if gate.breaker.state != "closed" or gate.breaker.down_since is not None:
+            await self._pass_breaker(gate, client.model, observer)
+        limiter = gate.limiter
+        if limiter is not None:
+            self._queued += 1
+            began = self._clock()
+            try:
+                queued_behind = limiter.available_tokens < 1
+                await limiter.acquire()
+            finally:
+                self._queued -= 1
         try:
-            queued_behind = gate.limiter.available_tokens < 1
-            await gate.limiter.acquire()
-        finally:
-            self._queued -= 1
-        try:
-            if queued_behind:
+            if limiter is not None and queued_behind:
                 observer.waited(Wait("concurrency", self._clock() - began))
             tokens = _token_estimate(request)
             await self._pass_window(gate.rpm, 1, "rpm", observer)
@@ -359,7 +365,8 @@ class Scheduler:
             self._breaker_verdict(gate, client.model, observer, ok=True)
             return completion
         finally:
-            gate.limiter.release()
+            if limiter is not None:
+                limiter.release()
 
     async def _timed(self, client: Client, request: SampleRequest, limits: Limits) -> Completion:
         timeout = limits.timeout_s

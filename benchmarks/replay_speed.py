@@ -1,0 +1,85 @@
+"""Replay against the original run, on one log, in one process.
+
+Runs Towers of Hanoi (15 disks by default) on the simulated model, then times, on its log:
+the fold (load the events and rebuild the run's figures), `replay --verify` (re-execute the run
+against its recorded outcomes and compare every event), and the integrity check (`maker verify`),
+each beside the time of the original run.
+
+    python -m benchmarks.replay_speed [--disks 15] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import anyio
+
+from maker import Engine, Policy, SimulatedModel
+from maker.tasks import Hanoi
+from replay import load_events, summarize, verify_log, verify_run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--disks", type=int, default=15)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "run.db")
+
+        async def original() -> str:
+            async with Engine(log=path, client=SimulatedModel()) as engine:
+                result = await engine.run(Hanoi(args.disks), policy=Policy(k=3), seed=args.seed)
+            return result.run_id
+
+        began = time.perf_counter()
+        run_id = anyio.run(original)
+        run_s = time.perf_counter() - began
+
+        began = time.perf_counter()
+        events = anyio.run(load_events, path, run_id)
+        summary = summarize(events)
+        fold_s = time.perf_counter() - began
+
+        began = time.perf_counter()
+        verified = anyio.run(verify_run, path, run_id)
+        verify_s = time.perf_counter() - began
+
+        began = time.perf_counter()
+        report = verify_log(path)
+        integrity_s = time.perf_counter() - began
+
+    assert verified.ok, verified.divergence
+    assert all(r.ok for r in report.runs)
+    figures = {
+        "disks": args.disks,
+        "steps": summary.steps,
+        "events": len(events),
+        "run_s": round(run_s, 2),
+        "fold_s": round(fold_s, 2),
+        "replay_verify_s": round(verify_s, 2),
+        "integrity_s": round(integrity_s, 2),
+        "fold_over_run": round(fold_s / run_s, 4),
+        "replay_verify_over_run": round(verify_s / run_s, 4),
+        "integrity_over_run": round(integrity_s / run_s, 4),
+    }
+    if args.json:
+        print(json.dumps(figures))
+        return
+    print(f"{args.disks}-disk Hanoi: {summary.steps} steps, {len(events)} events")
+    print(f"  original run      {run_s:8.2f} s")
+    print(f"  fold              {fold_s:8.2f} s  ({figures['fold_over_run']} of the run)")
+    print(
+        f"  replay --verify   {verify_s:8.2f} s  ({figures['replay_verify_over_run']} of the run)"
+    )
+    print(f"  maker verify      {integrity_s:8.2f} s  ({figures['integrity_over_run']} of the run)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,201 @@
+"""Golden logs: logs written by schema version 1 must still decode, verify and replay.
+
+The files in golden/ are committed and never rewritten for a released version. To add the logs
+of a new schema version, run ``python -m tests.replay.test_golden vN`` and commit the new files
+beside the old ones.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from events import (
+    SCHEMA_VERSION,
+    EventLog,
+    RedFlagged,
+    RunResumed,
+    SampleCancelled,
+    SampleFailed,
+    SampleReceived,
+    StepDecided,
+)
+from maker import (
+    ClientError,
+    Completion,
+    Engine,
+    Limits,
+    Policy,
+    RedFlag,
+    SampleRequest,
+    Scheduler,
+    SimConfig,
+    SimulatedModel,
+)
+from maker.tasks import Arithmetic, Hanoi, HanoiAnswer
+from replay import load_events, resume_run, summarize, verify_log, verify_run
+
+GOLDEN = Path(__file__).parent / "golden"
+NOISY = SimConfig(p=0.8, malformed_rate=0.08, overlong_rate=0.08, hard_fraction=0.05)
+
+
+class Flaky:
+    """The simulated model behind a flaky transport: every third sample fails twice first."""
+
+    def __init__(self) -> None:
+        self.inner = SimulatedModel(NOISY)
+        self.attempts: dict[str, int] = {}
+
+    @property
+    def model(self) -> str:
+        return self.inner.model
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        n = self.attempts[request.sample_id] = self.attempts.get(request.sample_id, 0) + 1
+        if int(request.sample_id.split(":")[1]) % 3 == 2 and n <= 2:
+            raise ClientError("injected", kind="server_error", retryable=True, retry_after=0.001)
+        return await self.inner.complete(request)
+
+
+async def _write(version: str) -> None:
+    GOLDEN.mkdir(exist_ok=True)
+    fast = Scheduler(Limits(backoff_base_s=0.001, backoff_cap_s=0.002))
+    hanoi = GOLDEN / f"{version}-hanoi.db"
+    async with Engine(log=hanoi, client=SimulatedModel(NOISY), scheduler=fast) as engine:
+        await engine.run(
+            Hanoi(3), policy=Policy(k=2, speculative=1), seed=11, run_id="golden-hanoi"
+        )
+    arithmetic = GOLDEN / f"{version}-arithmetic.db"
+    async with Engine(log=arithmetic, client=Flaky(), scheduler=fast) as engine:
+        await engine.run(
+            Arithmetic(steps=6, digits=4, seed=3), policy=Policy(k=2), seed=5, run_id="golden-arith"
+        )
+    resumed = GOLDEN / f"{version}-resumed.db"
+    async with Engine(log=resumed, client=SimulatedModel(NOISY), scheduler=fast) as engine:
+        with anyio.CancelScope() as scope:
+            decided = 0
+
+            def cancel_at_three(event: object) -> None:
+                nonlocal decided
+                decided += isinstance(event, StepDecided)
+                if decided == 3:
+                    scope.cancel()
+
+            await engine.run(
+                Hanoi(3), policy=Policy(k=2), seed=12, run_id="golden-resumed",
+                sinks=[cancel_at_three],
+            )  # fmt: skip
+    await resume_run(resumed)
+    expected = {}
+    for path in (hanoi, arithmetic, resumed):
+        events = await load_events(path)
+        summary = summarize(events)
+        expected[path.name] = {
+            "events": len(events),
+            "status": summary.status,
+            "steps": summary.steps,
+            "samples": summary.samples,
+            "winners": [e.winner for e in events if isinstance(e, StepDecided)],
+        }
+    (GOLDEN / f"{version}-expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+
+def _versions() -> list[str]:
+    return sorted(p.name.split("-")[0] for p in GOLDEN.glob("v*-expected.json"))
+
+
+def _cases() -> list[tuple[str, str]]:
+    return [
+        (version, name)
+        for version in _versions()
+        for name in json.loads((GOLDEN / f"{version}-expected.json").read_text())
+    ]
+
+
+def test_there_is_a_golden_set_for_the_current_schema_version() -> None:
+    assert f"v{SCHEMA_VERSION}" in _versions()
+
+
+@pytest.mark.parametrize(("version", "name"), _cases())
+@pytest.mark.anyio
+async def test_golden_logs_decode_verify_and_replay(
+    tmp_path: Path, version: str, name: str
+) -> None:
+    expected = json.loads((GOLDEN / f"{version}-expected.json").read_text())[name]
+    path = _copy(name, tmp_path)
+    report = verify_log(path)
+    assert all(run.ok for run in report.runs), report
+    async with EventLog(path, mode="r") as log:
+        (info,) = await log.runs()
+        events = [e async for e in log.read(info.run_id)]
+    summary = summarize(events)
+    assert len(events) == expected["events"]
+    assert (summary.status, summary.steps, summary.samples) == (
+        expected["status"], expected["steps"], expected["samples"],
+    )  # fmt: skip
+    assert [e.winner for e in events if isinstance(e, StepDecided)] == expected["winners"]
+    result = await verify_run(path, task=_task_for(name))
+    assert result.ok, result.divergence
+    assert result.checked > 0
+
+
+def _task_for(name: str) -> Any:
+    return Arithmetic(steps=6, digits=4, seed=3) if "arithmetic" in name else Hanoi(3)
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    path = tmp_path / name
+    shutil.copyfile(GOLDEN / name, path)  # never open the committed file itself
+    return path
+
+
+@pytest.mark.anyio
+async def test_golden_logs_hold_what_they_are_meant_to_exercise(tmp_path: Path) -> None:
+    hanoi = await load_events(_copy(f"v{SCHEMA_VERSION}-hanoi.db", tmp_path))
+    assert any(isinstance(e, SampleCancelled) for e in hanoi)
+    assert any(isinstance(e, RedFlagged) for e in hanoi)
+    arithmetic = await load_events(_copy(f"v{SCHEMA_VERSION}-arithmetic.db", tmp_path))
+    assert any(isinstance(e, SampleFailed) for e in arithmetic)
+    resumed = await load_events(_copy(f"v{SCHEMA_VERSION}-resumed.db", tmp_path))
+    assert any(isinstance(e, RunResumed) for e in resumed)
+    assert any(isinstance(e, SampleCancelled) and e.reason == "run_cancelled" for e in resumed)
+
+
+@pytest.mark.anyio
+async def test_a_changed_parser_fails_on_a_golden_log_at_the_right_seq(tmp_path: Path) -> None:
+    path = _copy(f"v{SCHEMA_VERSION}-hanoi.db", tmp_path)
+    events = await load_events(path)
+
+    class Picky(Hanoi):
+        """Rejects any answer that moves disk 2."""
+
+        def parse(self, text: str) -> HanoiAnswer:
+            answer = super().parse(text)
+            if answer.move[0] == 2:
+                raise RedFlag("malformed", "disk 2 refused")
+            return answer
+
+    def moves_disk_two(text: str) -> bool:
+        try:
+            return Hanoi(3).parse(text).move[0] == 2
+        except RedFlag:
+            return False
+
+    first = next(e for e in events if isinstance(e, SampleReceived) and moves_disk_two(e.text))
+    result = await verify_run(path, task=Picky(3))
+    assert not result.ok
+    assert result.divergence is not None
+    assert result.divergence.seq == first.seq + 1
+
+
+if __name__ == "__main__":
+    anyio.run(_write, sys.argv[1] if len(sys.argv) > 1 else f"v{SCHEMA_VERSION}")
