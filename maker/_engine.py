@@ -8,6 +8,7 @@ task, the policy and the outcomes in the order they were recorded (the determini
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import random
 import time
@@ -558,7 +559,9 @@ class _Run(Generic[S, A]):
         ordinal = 0
         red_flags = 0
         model = self.client.model
-        send, receive = anyio.create_memory_object_stream[_Outcome]()
+        # Buffered, so a finished worker exits at once; what the loop has not read when the step
+        # is decided is cancelled with the rest.
+        send, receive = anyio.create_memory_object_stream[_Outcome](max_buffer_size=math.inf)
 
         def launch(request: SampleRequest, attempt: int, delay: float) -> None:
             in_flight[request.sample_id] = request

@@ -176,6 +176,9 @@ class SimulatedModel:
         self._name = name
         self._readings: OrderedDict[tuple[str, str], _Reading] = OrderedDict()
 
+    in_process = True
+    """Answers without I/O, so the scheduler does not arm a timeout for its calls."""
+
     @property
     def model(self) -> str:
         """The model name recorded in events."""
