@@ -373,6 +373,8 @@ def _print_result(result: RunResult, log: Path) -> None:
     )
     flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
     table.add_row("red flags", f"{result.red_flags} ({flags})")
+    table.add_row("tokens", f"{result.input_tokens} in, {result.output_tokens} out")
+    table.add_row("cost", f"${result.cost_usd:.4f}")
     table.add_row("wall time", f"{result.wall_s:.2f} s")
     table.add_row("log", str(log))
     _out.print(table)
@@ -411,7 +413,12 @@ def show(file: Path, run_id: str | None, as_json: bool) -> None:
     flags = data["red_flags_by_reason"]
     text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
     table.add_row("red flags", f"{data['red_flags']} ({text})")
-    table.add_row("failures", str(data["failures"]))
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(data["failures_by_kind"].items()))
+    table.add_row("failures", str(data["failures"]) + (f" ({kinds})" if kinds else ""))
+    table.add_row("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out")
+    table.add_row("cost", f"${data['cost_usd']:.4f}")
+    if data["resumed"]:
+        table.add_row("resumed", f"{data['resumed']} time(s)")
     table.add_row("wall time", f"{data['wall_s']:.2f} s")
     _out.print(table)
 
@@ -456,11 +463,10 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 @click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
 def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> None:
     """Continue a crashed or cancelled run; a finished run is reported unchanged."""
-    from replay import check_run, load_events, resume_run
+    from replay import load_events, resume_run
 
     async def go() -> tuple[RunResult, bool]:
         events = await load_events(file, run_id)
-        check_run(file, events[0].run_id)
         finished = events[-1]
         done = isinstance(finished, RunFinished) and finished.status != "cancelled"
         budget = None
@@ -481,7 +487,9 @@ def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> Non
         if was_done:
             _err.print("the run had already finished; nothing was changed", highlight=False)
         _print_result(result, file)
-    if not result.ok:
+    # A run that had already finished is reported, not redone: that is a success whatever its
+    # status; a resumed run that then fails is not.
+    if not was_done and not result.ok:
         raise SystemExit(EXIT_FAILED)
 
 
@@ -520,12 +528,10 @@ def replay(
 
         code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json)
         raise SystemExit(code)
-    from replay import check_run, load_events, verify_run
+    from replay import verify_run
 
     async def go() -> VerifyResult:
-        events = await load_events(file, run_id)
-        check_run(file, events[0].run_id)
-        return await verify_run(file, events[0].run_id)
+        return await verify_run(file, run_id)
 
     result = anyio.run(go)
     if as_json:

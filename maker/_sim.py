@@ -21,6 +21,7 @@ distribution, but the text is not padded to that length.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import random
 from collections import OrderedDict
@@ -36,8 +37,41 @@ from ._errors import ConfigError
 from ._simulator import AnySimulator
 
 _READING_CACHE = 256
-_Reading = tuple[AnySimulator, Any, bool, tuple[Any, ...], Any]
-"""A prompt read: the simulator, the state, whether it is hard, its rivals, its oracle answer."""
+
+
+class _Reading:
+    """A prompt read once: its simulator, state, hardness and right answer; rivals on demand."""
+
+    __slots__ = ("_rivals", "hard", "key", "oracle", "rivals_count", "salt", "sim", "state")
+
+    def __init__(self, sim: AnySimulator, state: Any, config: SimConfig) -> None:
+        self.sim = sim
+        self.state = state
+        self.key = sim.state_key(state)
+        self.salt = config.salt
+        self.hard = _unit(f"hard:{config.salt}:{self.key}") < config.hard_fraction
+        self.rivals_count = 1 if self.hard else config.rivals
+        self.oracle = sim.oracle(state)
+        self._rivals: tuple[Any, ...] | None = None
+
+    @property
+    def rivals(self) -> tuple[Any, ...]:
+        # Rivals are fixed per state, so that wrong votes can agree, as real errors often do.
+        # They are built on first need: most states never get a wrong answer.
+        if self._rivals is None:
+            rng = random.Random(_seed64(f"rivals:{self.salt}:{self.key}"))
+            self._rivals = tuple(self.sim.wrong_answers(self.state, rng, self.rivals_count))
+        return self._rivals
+
+
+def _seed64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+
+
+def _unit(text: str) -> float:
+    """A number in [0, 1) fixed by ``text``."""
+    return _seed64(text) / 2.0**64
+
 
 SampleKind = Literal["normal", "overlong", "malformed", "unknown"]
 
@@ -224,7 +258,7 @@ class SimulatedModel:
             return self._response(
                 text, "stop", input_tokens, 12, latency, "unknown", None, False, max_tokens
             )
-        sim, state, hard, rivals, oracle = found
+        sim, state, hard, oracle = found.sim, found.state, found.hard, found.oracle
         draw = rng.random()
         if draw < cfg.malformed_rate:
             text = sim.render_malformed(state, rng)
@@ -241,6 +275,7 @@ class SimulatedModel:
         answer = oracle if correct else None
         if answer is None:
             correct = False
+            rivals = found.rivals
             if not rivals:
                 text = sim.render_malformed(state, rng)
                 tokens = self._normal_tokens(rng)
@@ -275,18 +310,10 @@ class SimulatedModel:
         return reading
 
     def _read_uncached(self, system: str, user: str) -> _Reading | None:
-        cfg = self.config
         for sim in self._simulators:
             state = sim.read_prompt(system, user)
-            if state is None:
-                continue
-            key = sim.state_key(state)
-            hard = random.Random(f"hard:{cfg.salt}:{key}").random() < cfg.hard_fraction
-            # Rivals are fixed per state, so that wrong votes can agree, as real errors often do.
-            rivals = sim.wrong_answers(
-                state, random.Random(f"rivals:{cfg.salt}:{key}"), 1 if hard else cfg.rivals
-            )
-            return sim, state, hard, tuple(rivals), sim.oracle(state)
+            if state is not None:
+                return _Reading(sim, state, self.config)
         return None
 
     def _normal_tokens(self, rng: random.Random) -> int:

@@ -29,6 +29,7 @@ from maker import (
 from maker.tasks import make_task
 
 from ._fold import summarize
+from ._integrity import check_run
 
 
 async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -> list[AnyEvent]:
@@ -95,6 +96,7 @@ async def verify_run(
     a change does not alter behaviour on this run.
     """
     events = await load_events(path, run_id)
+    check_run(path, events[0].run_id)
     recording = Recording(events)
     task = task if task is not None else task_for(recording.started)
     log = EventLog(path, mode="r")
@@ -116,10 +118,13 @@ async def resume_run(
 ) -> RunResult:
     """Continue a crashed or cancelled run in its log; report a finished run unchanged.
 
+    A log whose integrity check fails is refused with :class:`BrokenLogError`.
+
     The task, the live client, the policy and the scheduler's limits default to the ones the
     log records; a provider's key comes from the environment (it is never in the log).
     """
     events = await load_events(path, run_id)
+    check_run(path, events[0].run_id)
     recording = Recording(events)
     if not recording.resumable:
         return _finished_result(events)

@@ -273,3 +273,20 @@ def _events_in(log: Path) -> int:
             return int(conn.execute("SELECT count(*) FROM events").fetchone()[0])
     except sqlite3.Error:
         return 0
+
+
+def test_resuming_a_finished_run_reports_it_and_exits_zero_even_if_it_failed(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "failed.db"
+    code, out, _ = cli(
+        capsys, "run", "hanoi", "--disks", "4", "--p", "0.3", "--max-samples", "20",
+        "--log", str(log), "--json",
+    )  # fmt: skip
+    assert code == 1
+    before = log.read_bytes()
+    code, out, err = cli(capsys, "resume", str(log), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert (result["status"], result["resumed"]) == ("failed", False)
+    assert log.read_bytes() == before
