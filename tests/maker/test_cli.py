@@ -290,3 +290,41 @@ def test_resuming_a_finished_run_reports_it_and_exits_zero_even_if_it_failed(
     result = json.loads(out)
     assert (result["status"], result["resumed"]) == ("failed", False)
     assert log.read_bytes() == before
+
+
+def test_replay_verify_verify_and_revote_from_the_command_line(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "r.db"
+    assert cli(capsys, "run", "hanoi", "--disks", "5", "--p", "0.9", "--log", str(log))[0] == 0
+    code, out, _ = cli(capsys, "replay", str(log), "--verify", "--json")
+    assert code == 0
+    verified = json.loads(out)
+    assert verified["ok"] is True
+    assert verified["checked"] == verified["recorded"] > 100
+    code, out, _ = cli(capsys, "verify", str(log))
+    assert code == 0
+    assert "ok" in out
+    code, out, _ = cli(capsys, "replay", str(log), "--k", "1", "--json")
+    assert code == 0
+    revote = json.loads(out)
+    assert revote["samples_saved"] > 0
+
+    # Edit one stored event: verify names it, and replay and resume refuse the log in one line.
+    with sqlite3.connect(log) as conn:
+        (body,) = conn.execute("SELECT body FROM events WHERE seq = 7").fetchone()
+        event = json.loads(body)
+        event["ts"] += 1.0  # a forged timestamp: invisible to replay, caught by the chain
+        conn.execute("DROP TRIGGER events_append_only_update")
+        conn.execute("UPDATE events SET body = ? WHERE seq = 7", (json.dumps(event).encode(),))
+    code, out, _ = cli(capsys, "verify", str(log))
+    assert code == 1
+    assert "seq 7" in out
+    for args in (["replay", str(log), "--verify"], ["resume", str(log)]):
+        code, out, err = cli(capsys, *args)
+        assert code == 1
+        assert len(err.strip().splitlines()) == 1
+        assert "seq 7" in err
+    code, _, err = cli(capsys, "replay", str(log))
+    assert code == 2
+    assert "--verify" in err
