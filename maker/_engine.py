@@ -345,15 +345,7 @@ class Engine:
         if not recording.resumable:
             raise MakerError(f"run {recording.run_id} already finished; there is nothing to resume")
         await self._log.attach(recording.run_id)
-        run: _Run[S, A] = _Run(
-            self,
-            task,
-            policy if policy is not None else Policy.from_json(recording.started.policy),
-            recording.started.seed,
-            recording.run_id,
-            (*self._sinks, *sinks),
-            recording=recording,
-        )
+        run = self._replaying(task, recording, policy, sinks, verify_only=False)
         try:
             return await self._execute(run)
         except* Divergence as group:
@@ -377,16 +369,7 @@ class Engine:
         """
         self._require_entered()
         recording.policy_changed = policy is not None
-        run = _Run(
-            self,
-            task,
-            policy if policy is not None else Policy.from_json(recording.started.policy),
-            recording.started.seed,
-            recording.run_id,
-            (*self._sinks, *sinks),
-            recording=recording,
-            verify_only=True,
-        )
+        run = self._replaying(task, recording, policy, sinks, verify_only=True)
         divergence: Divergence | None = None
         try:
             await run.execute()
@@ -405,6 +388,27 @@ class Engine:
                 recording.run_id, False, run.position, len(recording.expected), short
             )
         return VerifyResult(recording.run_id, True, run.position, len(recording.expected), None)
+
+    def _replaying(
+        self,
+        task: Task[S, A],
+        recording: Recording,
+        policy: Policy | None,
+        sinks: Sequence[EventSink],
+        *,
+        verify_only: bool,
+    ) -> _Run[S, A]:
+        """A run that re-executes ``recording`` under its seed and (by default) its policy."""
+        return _Run(
+            self,
+            task,
+            policy if policy is not None else Policy.from_json(recording.started.policy),
+            recording.started.seed,
+            recording.run_id,
+            (*self._sinks, *sinks),
+            recording=recording,
+            verify_only=verify_only,
+        )
 
     def _require_entered(self) -> None:
         if not self._entered:

@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING, Any
 
 from .._client import Completion, SampleRequest
-from .._errors import ClientError, ConfigError
+from .._errors import ConfigError
 from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
 
 if TYPE_CHECKING:
@@ -97,28 +97,14 @@ class AnthropicClient(ProviderClient):
                 if send_temperature and "temperature" in _api_message(exc).lower():
                     self._send_temperature = False
                     continue
-                raise self._from_status(exc) from exc
-            except anthropic.APIStatusError as exc:
-                raise self._from_status(exc) from exc
-            except anthropic.APITimeoutError as exc:
-                raise self._timeout_error() from exc
-            except anthropic.APIConnectionError as exc:
-                raise self._connection_error(exc) from exc
-            except anthropic.APIError as exc:  # e.g. APIResponseValidationError
-                raise self._bad_response(exc.message) from exc
-            except ValueError as exc:  # the body is not JSON (json.JSONDecodeError)
-                raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
-            except anthropic.AnthropicError as exc:
-                text = f"{type(exc).__name__}: {exc}"
-                raise self._error(text, kind="error", retryable=False) from exc
+                raise self._sdk_error(anthropic, exc, _api_message) from exc
+            except (anthropic.AnthropicError, ValueError) as exc:
+                raise self._sdk_error(anthropic, exc, _api_message) from exc
             temperature = request.temperature if send_temperature else None
             return self._completion(message, temperature)
         raise self._error(
             "the server kept rejecting the temperature", kind="bad_request", retryable=False
         )
-
-    def _from_status(self, exc: anthropic.APIStatusError) -> ClientError:
-        return self._status_error(exc.status_code, _api_message(exc), exc.response.headers)
 
     def _completion(self, message: Message, temperature: float | None) -> Completion:
         from anthropic.types import Message, TextBlock

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, ClassVar, Self
@@ -235,6 +235,25 @@ class ProviderClient:
         cause = exc.__cause__ or exc
         detail = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
         return self._error(f"connection failed ({detail})", kind="connection", retryable=True)
+
+    def _sdk_error(
+        self, sdk: Any, exc: Exception, api_message: Callable[[Any], str]
+    ) -> ClientError:
+        """Map an error of the openai or anthropic SDK, which share one exception hierarchy.
+
+        ``sdk`` is the SDK module; ``api_message`` reads the server's message off a status error.
+        """
+        if isinstance(exc, sdk.APIStatusError):
+            return self._status_error(exc.status_code, api_message(exc), exc.response.headers)
+        if isinstance(exc, sdk.APITimeoutError):
+            return self._timeout_error()
+        if isinstance(exc, sdk.APIConnectionError):
+            return self._connection_error(exc)
+        if isinstance(exc, sdk.APIError):  # e.g. APIResponseValidationError
+            return self._bad_response(str(exc.message))
+        if isinstance(exc, ValueError):  # the body is not JSON (json.JSONDecodeError)
+            return self._bad_response(f"{type(exc).__name__}: {exc}")
+        return self._error(f"{type(exc).__name__}: {exc}", kind="error", retryable=False)
 
     def _bad_response(self, detail: str) -> ClientError:
         return self._error(f"unreadable response: {detail}", kind="bad_response", retryable=True)

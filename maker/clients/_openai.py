@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from .._client import Completion, SampleRequest
-from .._errors import ClientError, ConfigError
+from .._errors import ConfigError
 from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
 
 if TYPE_CHECKING:
@@ -127,20 +127,9 @@ class OpenAIClient(ProviderClient):
                 if cap_param == "max_tokens" and _rejects_max_tokens(exc):
                     self._cap_param = "max_completion_tokens"
                     continue
-                raise self._from_status(exc) from exc
-            except openai.APIStatusError as exc:
-                raise self._from_status(exc) from exc
-            except openai.APITimeoutError as exc:
-                raise self._timeout_error() from exc
-            except openai.APIConnectionError as exc:
-                raise self._connection_error(exc) from exc
-            except openai.APIError as exc:  # e.g. APIResponseValidationError
-                raise self._bad_response(exc.message) from exc
-            except ValueError as exc:  # the body is not JSON (json.JSONDecodeError)
-                raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
-            except openai.OpenAIError as exc:
-                message = f"{type(exc).__name__}: {exc}"
-                raise self._error(message, kind="error", retryable=False) from exc
+                raise self._sdk_error(openai, exc, _api_message) from exc
+            except (openai.OpenAIError, ValueError) as exc:
+                raise self._sdk_error(openai, exc, _api_message) from exc
             temperature = request.temperature if send_temperature else None
             return self._completion(response, temperature)
         raise self._error(
@@ -148,9 +137,6 @@ class OpenAIClient(ProviderClient):
             kind="bad_request",
             retryable=False,
         )
-
-    def _from_status(self, exc: openai.APIStatusError) -> ClientError:
-        return self._status_error(exc.status_code, _api_message(exc), exc.response.headers)
 
     def _completion(self, response: ChatCompletion, temperature: float | None) -> Completion:
         from openai.types.chat import ChatCompletion
