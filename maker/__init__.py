@@ -18,6 +18,7 @@ from ._formulas import (
     p_step,
     sample_cost,
 )
+from ._handle import RunHandle, RunStatistics
 from ._policy import Policy
 from ._recording import Divergence, Recording, decision_events
 from ._redflags import RedFlagCheck, RedFlagRules
@@ -58,7 +59,9 @@ __all__ = [
     "RedFlag",
     "RedFlagCheck",
     "RedFlagRules",
+    "RunHandle",
     "RunResult",
+    "RunStatistics",
     "SampleRequest",
     "Scheduler",
     "SchedulerObserver",

@@ -21,7 +21,7 @@ from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import anyio
 import msgspec
-from anyio.abc import ObjectSendStream
+from anyio.abc import ObjectSendStream, TaskGroup
 
 from events import (
     OBSERVATIONAL_TYPES,
@@ -47,6 +47,7 @@ from events import (
 
 from ._client import Client, Completion, SampleRequest
 from ._errors import ClientError, MakerError, RedFlag
+from ._handle import RunHandle
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._recording import Divergence, Recording
@@ -265,6 +266,8 @@ class Engine:
         self._requested = 0
         self._retries = 0
         self._entered = False
+        self._tg: TaskGroup | None = None
+        self._handles: dict[str, RunHandle] = {}
 
     @property
     def log(self) -> EventLog:
@@ -274,6 +277,10 @@ class Engine:
     async def __aenter__(self) -> Self:
         if self._owns_log:
             await self._log.__aenter__()
+        # Runs started with start() live in this group: leaving the engine waits for them, and
+        # cancelling the enclosing scope cancels them (each records "cancelled").
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
         self._entered = True
         return self
 
@@ -283,12 +290,80 @@ class Engine:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._entered = False
-        if self._owns_log:
-            await self._log.__aexit__(exc_type, exc, tb)
-        else:
-            with anyio.CancelScope(shield=True):
-                await self._log.flush()
+        try:
+            if self._tg is not None:
+                tg, self._tg = self._tg, None
+                if exc is not None:
+                    # The body failed or was cancelled: the background runs end with it, each
+                    # recording "cancelled".
+                    tg.cancel_scope.cancel()
+                # The body's exception is not handed to the group, which would only wrap it in
+                # an ExceptionGroup; it propagates as it is once the group has closed.
+                await tg.__aexit__(None, None, None)
+        finally:
+            self._entered = False
+            if self._owns_log:
+                await self._log.__aexit__(exc_type, exc, tb)
+            else:
+                with anyio.CancelScope(shield=True):
+                    await self._log.flush()
+
+    def start(
+        self,
+        task: Task[S, A],
+        *,
+        policy: Policy | None = None,
+        seed: int = 0,
+        run_id: str | None = None,
+        sinks: Sequence[EventSink] = (),
+    ) -> RunHandle:
+        """Start a run in the background and return its handle at once.
+
+        The handle gives the run_id, a live event stream (``handle.events()``), the result
+        (``await handle.result()``), ``await handle.cancel()`` and statistics. Many runs may
+        share one engine, its scheduler and its log; one run's failure or cancellation never
+        disturbs another.
+        """
+        self._require_entered()
+        assert self._tg is not None
+        handle = RunHandle(run_id or uuid.uuid4().hex, self._log)
+        run = _Run(
+            self,
+            task,
+            policy if policy is not None else Policy(),
+            seed,
+            handle.run_id,
+            (*self._sinks, *sinks, handle.publish),
+        )
+        self._handles[handle.run_id] = handle
+        self._tg.start_soon(self._background, run, handle)
+        return handle
+
+    def handle(self, run_id: str) -> RunHandle | None:
+        """The handle of a run this engine started, or None."""
+        return self._handles.get(run_id)
+
+    async def _background(self, run: _Run[Any, Any], handle: RunHandle) -> None:
+        result: RunResult | None = None
+        error: BaseException | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                handle._scope = scope
+                try:
+                    result = await self._execute(run)
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:
+                    # A bug in task code: the run recorded it; the handle re-raises it to its
+                    # owner without disturbing the other runs in the group.
+                    error = exc
+        finally:
+            # Cancelled by handle.cancel() or by the enclosing scope: _finish recorded the run
+            # as cancelled and built its result.
+            final = result if result is not None else run.result
+            if final is None and error is None:
+                error = MakerError(f"run {run.run_id} was cancelled before it started")
+            handle._finish(final, error)
 
     def statistics(self) -> EngineStatistics:
         """Counters for tests and the CLI."""
@@ -442,6 +517,7 @@ class _Run(Generic[S, A]):
         self.verify_only = verify_only
         self.position = 0  # how many recorded events have been reproduced
         self.resumed = False
+        self.result: RunResult | None = None
         self.task = task
         self.policy = policy
         self.seed = seed
@@ -533,7 +609,7 @@ class _Run(Generic[S, A]):
             reason=reason,
             wall_s=wall,
         )
-        return RunResult(
+        self.result = RunResult(
             run_id=self.run_id,
             status=status,
             steps=self.steps,
@@ -552,6 +628,7 @@ class _Run(Generic[S, A]):
             input_tokens=c.input_tokens,
             output_tokens=c.output_tokens,
         )
+        return self.result
 
     async def _vote(self, step: int, state: S) -> A:
         task, policy, engine = self.task, self.policy, self.engine
