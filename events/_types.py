@@ -126,6 +126,20 @@ class StateChanged(StepEvent, frozen=True, kw_only=True, tag="state_changed"):
     state: Any
 
 
+class KChanged(StepEvent, frozen=True, kw_only=True, tag="k_changed"):
+    """Adaptive k: from ``step`` on, steps are voted with margin ``k``.
+
+    ``p_mean`` and ``p_low`` are the estimate of p it was chosen from, after ``agree`` and
+    ``disagree`` valid votes of the decided steps (prior included).
+    """
+
+    k: int
+    p_mean: float
+    p_low: float
+    agree: float
+    disagree: float
+
+
 class SchedulerWaited(StepEvent, frozen=True, kw_only=True, tag="scheduler_waited"):
     """The scheduler held a sample back: for a concurrency slot, the RPM or TPM window, or an
     open circuit breaker. Observational: replay does not reproduce waits."""
@@ -178,6 +192,7 @@ AnyEvent = (
     | VoteCounted
     | StepDecided
     | StateChanged
+    | KChanged
     | SchedulerWaited
     | BreakerChanged
     | RunResumed
@@ -196,6 +211,7 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     VoteCounted,
     StepDecided,
     StateChanged,
+    KChanged,
     SchedulerWaited,
     BreakerChanged,
     RunResumed,

@@ -5,6 +5,7 @@ voted first-to-ahead-by-k, and malformed or overlong answers are discarded befor
 Every sample, red flag, vote and state transition is a typed event in an SQLite log.
 """
 
+from ._adaptive import AdaptiveK, PEstimate
 from ._client import Client, Completion, SampleRequest
 from ._engine import Engine, EngineStatistics, EventSink, RunResult, VerifyResult, sample_seed
 from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
@@ -41,6 +42,7 @@ from ._version import __version__
 
 __all__ = [
     "PRESETS",
+    "AdaptiveK",
     "BreakerChange",
     "CircuitBreaker",
     "Client",
@@ -53,6 +55,7 @@ __all__ = [
     "EventSink",
     "Limits",
     "MakerError",
+    "PEstimate",
     "Policy",
     "Prompt",
     "Recording",

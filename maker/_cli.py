@@ -37,6 +37,7 @@ from events import (
     encode,
 )
 
+from ._adaptive import AdaptiveK
 from ._client import Client
 from ._engine import Engine, RunResult, VerifyResult
 from ._errors import ConfigError, MakerError
@@ -127,6 +128,25 @@ _probability = click.FloatRange(0.0, 1.0)
     help="Choose k_min for this probability that the whole run succeeds.",
 )
 @click.option(
+    "--adaptive",
+    is_flag=True,
+    help="Adapt k to the run's own votes so that --target holds (a Beta posterior over p).",
+)
+@click.option(
+    "--prior-p",
+    type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True),
+    default=0.9,
+    show_default=True,
+    help="--adaptive: the initial guess of p.",
+)
+@click.option(
+    "--k-max",
+    type=click.IntRange(1),
+    default=25,
+    show_default=True,
+    help="--adaptive: the largest k it may choose.",
+)
+@click.option(
     "--speculative",
     type=click.IntRange(0),
     default=0,
@@ -162,6 +182,9 @@ def run(
     prices: Path | None,
     k: int | None,
     target: float | None,
+    adaptive: bool,
+    prior_p: float,
+    k_max: int,
     speculative: int,
     max_samples: int,
     seed: int,
@@ -183,7 +206,14 @@ def run(
     if k is not None and target is not None:
         raise UsageProblem("give --k or --target, not both")
     budget = the_task.max_steps()
-    if target is not None:
+    adapt: AdaptiveK | None = None
+    if adaptive:
+        if target is None:
+            raise UsageProblem("--adaptive needs --target, the success probability to keep")
+        if k is not None:
+            raise UsageProblem("--adaptive chooses k itself; leave out --k")
+        adapt = AdaptiveK(target=target, prior_p=prior_p, k_max=k_max)
+    elif target is not None:
         if budget is None:
             raise UsageProblem(
                 f"--target needs a task with a known number of steps; {task} has none"
@@ -194,7 +224,10 @@ def run(
     scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
     price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     policy = Policy(
-        k=3 if k is None else k, max_samples_per_step=max_samples, speculative=speculative
+        k=3 if k is None else k,
+        max_samples_per_step=max(max_samples, k_max) if adapt else max_samples,
+        speculative=speculative,
+        adaptive=adapt,
     )
     started: list[str] = []
 
@@ -219,7 +252,7 @@ def run(
         out = result.to_json()
         out.update(task=the_task.name, task_params=the_task.params(), model=client.model)
         out["log"] = str(log)
-        if target is not None and budget is not None and model_p is not None:
+        if target is not None and budget is not None and model_p is not None and not adapt:
             out["target"] = target
             out["p_run_at_k"] = p_run(model_p, policy.k, budget)
         sys.stdout.write(json.dumps(out) + "\n")

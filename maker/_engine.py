@@ -28,6 +28,7 @@ from events import (
     BreakerChanged,
     Event,
     EventLog,
+    KChanged,
     RedFlagged,
     RunFinished,
     RunResumed,
@@ -45,8 +46,9 @@ from events import (
     canonical_json,
 )
 
+from ._adaptive import PEstimate
 from ._client import Client, Completion, SampleRequest
-from ._errors import ClientError, MakerError, RedFlag
+from ._errors import ClientError, ConfigError, MakerError, RedFlag
 from ._handle import RunHandle
 from ._policy import Policy
 from ._pricing import PriceTable
@@ -518,6 +520,14 @@ class _Run(Generic[S, A]):
         self.position = 0  # how many recorded events have been reproduced
         self.resumed = False
         self.result: RunResult | None = None
+        self.k = policy.k
+        self.estimate = PEstimate(policy.adaptive) if policy.adaptive is not None else None
+        if self.estimate is not None and task.max_steps() is None:
+            raise ConfigError(
+                "adaptive", f"needs a task with a known number of steps ({task.name})"
+            )
+        self.last_votes: dict[str, int] = {}
+        self.last_winner = ""
         self.task = task
         self.policy = policy
         self.seed = seed
@@ -574,6 +584,8 @@ class _Run(Generic[S, A]):
         reason = ""
         budget = task.max_steps()
         try:
+            if self.estimate is not None:
+                self._adapt(budget)
             while not task.is_done(self.state):
                 if budget is not None and self.steps >= budget:
                     raise _StepFailed(f"the task is not done after its budget of {budget} steps")
@@ -581,6 +593,11 @@ class _Run(Generic[S, A]):
                 self.state = task.apply(self.state, answer)
                 self.emit(StateChanged, step=self.steps, state=task.state_to_json(self.state))
                 self.steps += 1
+                if self.estimate is not None:
+                    votes = self.last_votes
+                    agree = votes.get(self.last_winner, 0)
+                    self.estimate.add(agree=agree, disagree=sum(votes.values()) - agree)
+                    self._adapt(budget)
         except _StepFailed as exc:
             status, reason = "failed", exc.reason
         except (Divergence, _RecordingEnded):
@@ -619,7 +636,7 @@ class _Run(Generic[S, A]):
             red_flags_by_reason=dict(c.red_flags),
             failures=c.failures,
             cancelled_samples=c.cancelled,
-            k=self.policy.k,
+            k=self.k,
             wall_s=wall,
             reason=reason,
             final_state=self.task.state_to_json(self.state),
@@ -634,7 +651,7 @@ class _Run(Generic[S, A]):
         task, policy, engine = self.task, self.policy, self.engine
         prompt = task.prompt(state)
         self.emit(StepStarted, step=step, state=task.state_to_json(state))
-        tally = Tally(policy.k, policy.rule)
+        tally = Tally(self.k, policy.rule)
         answers: dict[str, A] = {}
         in_flight: dict[str, SampleRequest] = {}
         ordinal = 0
@@ -709,6 +726,7 @@ class _Run(Generic[S, A]):
                         tally=tally.votes,
                     )
                 if winner is not None:
+                    self.last_votes, self.last_winner = tally.votes, winner
                     self.emit(
                         StepDecided,
                         step=step,
@@ -728,6 +746,24 @@ class _Run(Generic[S, A]):
             raise _StepFailed(failure)
         assert winner is not None
         return answers[winner]
+
+    def _adapt(self, budget: int | None) -> None:
+        """Adaptive k: choose k for the steps ahead from the votes so far; record a change."""
+        estimate = self.estimate
+        assert estimate is not None
+        assert budget is not None
+        k = estimate.k(budget)
+        if k != self.k or self.steps == 0:
+            self.k = k
+            self.emit(
+                KChanged,
+                step=self.steps,
+                k=k,
+                p_mean=estimate.mean,
+                p_low=estimate.lower,
+                agree=estimate.alpha,
+                disagree=estimate.beta,
+            )
 
     @property
     def replaying(self) -> bool:

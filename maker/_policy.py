@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._adaptive import AdaptiveK
 from ._errors import ConfigError
 from ._redflags import RedFlagCheck, RedFlagRules
 from ._tally import VoteRule
@@ -28,7 +29,9 @@ class Policy:
     - ``speculative``: samples kept in flight beyond the k - lead that could still matter. The
       default 0 requests nothing that could not change the outcome; a few extra cut wall time
       when red flags or disagreements are common, at the price of samples cancelled unused;
-    - ``red_flags``: which responses are discarded.
+    - ``red_flags``: which responses are discarded;
+    - ``adaptive``: when set, k follows the run's own votes (see :class:`AdaptiveK`); ``k`` is
+      then only the value recorded before the first step.
 
     >>> Policy(k=0)
     Traceback (most recent call last):
@@ -45,6 +48,7 @@ class Policy:
     max_attempts: int = 5
     speculative: int = 0
     red_flags: RedFlagRules = field(default_factory=RedFlagRules)
+    adaptive: AdaptiveK | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.k, int) or self.k < 1:
@@ -70,6 +74,12 @@ class Policy:
             )
         if self.speculative < 0:
             raise ConfigError("speculative", f"must be >= 0, got {self.speculative}")
+        if self.adaptive is not None and self.max_samples_per_step < self.adaptive.k_max:
+            raise ConfigError(
+                "max_samples_per_step",
+                f"must be at least adaptive.k_max ({self.adaptive.k_max}), "
+                f"got {self.max_samples_per_step}",
+            )
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {self.max_attempts}")
 
@@ -85,6 +95,7 @@ class Policy:
             "max_attempts": self.max_attempts,
             "speculative": self.speculative,
             "red_flags": self.red_flags.describe(),
+            "adaptive": self.adaptive.describe() if self.adaptive is not None else None,
         }
 
     @classmethod
@@ -121,7 +132,12 @@ class Policy:
             )
             if name in data
         }
-        return cls(red_flags=rules, **fields)
+        adaptive = data.get("adaptive")
+        return cls(
+            red_flags=rules,
+            adaptive=AdaptiveK.from_json(adaptive) if adaptive else None,
+            **fields,
+        )
 
     def temperature_for(self, ordinal: int) -> float:
         """The temperature of a step's sample number ``ordinal`` (0-based)."""

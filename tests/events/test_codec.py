@@ -44,6 +44,7 @@ DOCUMENTED_TAGS = {
     "scheduler_waited": events.SchedulerWaited,
     "breaker_changed": events.BreakerChanged,
     "run_resumed": events.RunResumed,
+    "k_changed": events.KChanged,
     "run_finished": events.RunFinished,
 }
 
