@@ -6,6 +6,15 @@ Every sample, red flag, vote and state transition is a typed event in an SQLite 
 """
 
 from ._adaptive import AdaptiveK, PEstimate
+from ._calibrate import (
+    CALIBRATION_MODE,
+    CalibrationReport,
+    ModelCalibration,
+    calibrate,
+    calibration_from_events,
+    is_calibration,
+    wilson_interval,
+)
 from ._client import Client, Completion, SampleRequest
 from ._engine import Engine, EngineStatistics, EventSink, RunResult, VerifyResult, sample_seed
 from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
@@ -20,6 +29,7 @@ from ._formulas import (
     sample_cost,
 )
 from ._handle import RunHandle, RunStatistics
+from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._recording import Divergence, Recording, decision_events
 from ._redflags import RedFlagCheck, RedFlagRules
@@ -41,9 +51,11 @@ from ._task import Prompt, Task
 from ._version import __version__
 
 __all__ = [
+    "CALIBRATION_MODE",
     "PRESETS",
     "AdaptiveK",
     "BreakerChange",
+    "CalibrationReport",
     "CircuitBreaker",
     "Client",
     "ClientError",
@@ -55,7 +67,11 @@ __all__ = [
     "EventSink",
     "Limits",
     "MakerError",
+    "ModelCalibration",
+    "ModelEstimate",
+    "ModelPlan",
     "PEstimate",
+    "Plan",
     "Policy",
     "Prompt",
     "Recording",
@@ -82,14 +98,20 @@ __all__ = [
     "Wait",
     "__version__",
     "backoff_delay",
+    "calibrate",
+    "calibration_from_events",
     "decision_events",
+    "estimates_from_calibration",
     "expected_cost",
     "expected_cost_exact",
     "expected_samples_per_step",
     "expected_votes_per_step",
+    "is_calibration",
     "k_min",
     "p_run",
     "p_step",
+    "plan",
     "sample_cost",
     "sample_seed",
+    "wilson_interval",
 ]

@@ -85,7 +85,7 @@ class Policy:
 
     def describe(self) -> dict[str, Any]:
         """The policy as JSON, for ``run_started``."""
-        return {
+        out: dict[str, Any] = {
             "k": self.k,
             "rule": self.rule,
             "first_temperature": self.first_temperature,
@@ -95,8 +95,11 @@ class Policy:
             "max_attempts": self.max_attempts,
             "speculative": self.speculative,
             "red_flags": self.red_flags.describe(),
-            "adaptive": self.adaptive.describe() if self.adaptive is not None else None,
         }
+        if self.adaptive is not None:
+            # Only when set: runs recorded before adaptive k existed must still replay exactly.
+            out["adaptive"] = self.adaptive.describe()
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:

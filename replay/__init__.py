@@ -11,13 +11,16 @@ from ._replayer import (
     task_for,
     verify_run,
 )
+from ._report import HardStep, ReportData, render_html, report_data, write_plots, write_report
 from ._revote import UNCHANGED, RevoteReport, StepRevote, revote
 
 __all__ = [
     "UNCHANGED",
     "BrokenLogError",
+    "HardStep",
     "LogReport",
     "RecordedModel",
+    "ReportData",
     "RevoteReport",
     "RunIntegrity",
     "RunSummary",
@@ -26,10 +29,14 @@ __all__ = [
     "check_run",
     "client_for",
     "load_events",
+    "render_html",
+    "report_data",
     "resume_run",
     "revote",
     "summarize",
     "task_for",
     "verify_log",
     "verify_run",
+    "write_plots",
+    "write_report",
 ]

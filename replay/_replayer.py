@@ -25,6 +25,7 @@ from maker import (
     SimulatedModel,
     Task,
     VerifyResult,
+    is_calibration,
 )
 from maker.tasks import make_task
 
@@ -95,9 +96,7 @@ async def verify_run(
     ``task`` and ``policy`` default to the ones the log names; pass changed ones to check that
     a change does not alter behaviour on this run.
     """
-    events = await load_events(path, run_id)
-    check_run(path, events[0].run_id)
-    recording = Recording(events)
+    _, recording = await _recording(path, run_id)
     task = task if task is not None else task_for(recording.started)
     log = EventLog(path, mode="r")
     scheduler = Scheduler(Limits.from_json(recording.started.limits))
@@ -123,9 +122,7 @@ async def resume_run(
     The task, the live client, the policy and the scheduler's limits default to the ones the
     log records; a provider's key comes from the environment (it is never in the log).
     """
-    events = await load_events(path, run_id)
-    check_run(path, events[0].run_id)
-    recording = Recording(events)
+    events, recording = await _recording(path, run_id)
     if not recording.resumable:
         return _finished_result(events)
     task = task if task is not None else task_for(recording.started)
@@ -134,6 +131,21 @@ async def resume_run(
         scheduler = Scheduler(Limits.from_json(recording.started.limits))
     async with Engine(log=path, client=client, scheduler=scheduler) as engine:
         return await engine.resume(task, recording, policy=policy, sinks=sinks)
+
+
+async def _recording(
+    path: str | os.PathLike[str], run_id: str | None
+) -> tuple[list[AnyEvent], Recording]:
+    """A run's events and its recording, refused if the log is broken or holds no chain."""
+    events = await load_events(path, run_id)
+    check_run(path, events[0].run_id)
+    recording = Recording(events)
+    if is_calibration(recording.started):
+        raise MakerError(
+            f"run {recording.run_id} is a calibration: its steps are independent samples, "
+            "not a chain to replay or resume"
+        )
+    return events, recording
 
 
 def _finished_result(events: Sequence[AnyEvent]) -> RunResult:

@@ -258,3 +258,14 @@ async def test_votes_in_a_resumed_run_come_from_the_log_not_the_model(tmp_path: 
     resumed = await load_events(crashed)
     votes = [e for e in resumed if isinstance(e, VoteCounted)]
     assert votes
+
+
+async def test_a_calibration_run_is_refused_by_replay_and_resume(tmp_path: Path) -> None:
+    from maker import calibrate
+
+    path = tmp_path / "cal.db"
+    report = await calibrate(Hanoi(4), [SimulatedModel(NOISY)], samples=5, seed=1, log=path)
+    run_id = report.models[0].run_id
+    for call in (verify_run, resume_run):
+        with pytest.raises(MakerError, match="is a calibration"):
+            await call(path, run_id)

@@ -1,0 +1,890 @@
+"""Calibration: measure each model's per-step success rate p on random steps of a task.
+
+The first step of the paper's critical path: before committing to a million-step run,
+estimate p for every candidate model on a random sample of steps, so that k_min (Eq 14) and the
+expected cost (Eq 18-19) can be computed and the cheapest reliable model chosen.
+
+A calibration draws ``samples`` random step indices of the task's known solution, builds the
+state at each index by applying the task's oracle from the initial state, and asks every model
+once per sampled state at the run temperature. Each model's calibration is an ordinary run in the
+event log, marked ``"mode": "calibration"`` in its recorded policy:
+
+- ``run_started``;
+- per sampled state: ``step_started`` (``step`` is the state's index in the solution), then per
+  sample ``sample_requested``, ``sample_failed`` for each failed attempt, ``sample_received``, and
+  ``red_flagged`` or ``vote_counted``;
+- ``run_finished``.
+
+There is no ``step_decided`` or ``state_changed``: the states are not chained, nothing is
+decided. Correctness is judged against the oracle; the report is a fold of the recorded events
+(:func:`calibration_from_events`), so the log alone reproduces it.
+
+The confidence interval is Wilson's score interval. It keeps close to its nominal coverage for
+the small samples and the p near 1 that calibration meets, where the normal (Wald) interval
+collapses to a point whenever no error is seen.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import anyio
+from anyio.abc import ObjectSendStream, TaskGroup
+
+from events import (
+    AnyEvent,
+    BreakerChanged,
+    Event,
+    EventLog,
+    RedFlagged,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    SampleCancelled,
+    SampleFailed,
+    SampleReceived,
+    SampleRequested,
+    SchedulerWaited,
+    StepStarted,
+    VoteCounted,
+    canonical_json,
+)
+
+from ._client import Client, Completion, SampleRequest
+from ._engine import EventSink, sample_seed
+from ._errors import ClientError, ConfigError, RedFlag
+from ._policy import Policy
+from ._pricing import PriceTable
+from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
+from ._task import Prompt, Task
+from ._version import __version__
+from .tasks import Hanoi, HanoiState, make_task
+
+Z95 = 1.959963984540054
+"""The standard normal quantile of a two-sided 95% interval."""
+
+CALIBRATION_MODE = "calibration"
+"""The ``mode`` a calibration run records in its policy, which marks it in the log."""
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson's score interval for a proportion: ``(low, high)``, 95% by default.
+
+    With no trials nothing is known and the interval is ``(0, 1)``. At ``successes == n`` the
+    upper end is exactly 1 (and the lower end 0 at ``successes == 0``).
+
+    >>> low, high = wilson_interval(90, 100)
+    >>> round(low, 4), round(high, 4)
+    (0.8256, 0.9448)
+    >>> wilson_interval(0, 0)
+    (0.0, 1.0)
+    >>> wilson_interval(20, 20)[1]
+    1.0
+    """
+    if n < 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+    if n == 0:
+        return 0.0, 1.0
+    share = successes / n
+    z2 = z * z
+    denominator = 1.0 + z2 / n
+    center = (share + z2 / (2 * n)) / denominator
+    half = z * math.sqrt(share * (1.0 - share) / n + z2 / (4 * n * n)) / denominator
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == n else min(1.0, center + half)
+    return low, high
+
+
+# -- the sampled states --------------------------------------------------------------------
+
+
+def calibration_steps(total: int, samples: int, seed: int) -> list[int]:
+    """The step indices a calibration queries, sorted, as a pure function of its arguments.
+
+    With ``samples <= total`` they are distinct indices drawn uniformly from ``range(total)``.
+    With more samples than steps every step is taken as often as the others (give or take one),
+    the remainder drawn at random: repeated queries of a state then use distinct sample ids, so
+    distinct seeds.
+
+    >>> calibration_steps(10, 3, seed=1) == calibration_steps(10, 3, seed=1)
+    True
+    >>> calibration_steps(3, 7, seed=0).count(0) >= 2
+    True
+    """
+    if total < 1:
+        raise ConfigError("steps", f"the task must have at least one step, got {total}")
+    if samples < 1:
+        raise ConfigError("samples", f"must be at least 1, got {samples}")
+    # Its own stream, derived from the run seed, so no other use of the seed shares draws.
+    rng = random.Random(sample_seed(seed, "calibration:steps"))
+    passes, remainder = divmod(samples, total)
+    picked = list(range(total)) * passes + rng.sample(range(total), remainder)
+    return sorted(picked)
+
+
+def hanoi_state_at(disks: int, index: int) -> HanoiState:
+    """The Hanoi state after ``index`` moves of the optimal solution, in O(disks) time.
+
+    It is the state the oracle reaches from the start in ``index`` steps, previous move
+    included, without walking there: a 20-disk calibration needs states up to a million
+    moves deep.
+
+    >>> hanoi_state_at(3, 0).pegs
+    ((3, 2, 1), (), ())
+    >>> state = hanoi_state_at(3, 3)
+    >>> state.pegs, state.previous_move
+    (((3,), (2, 1), ()), (1, 2, 1))
+    """
+    total = 2**disks - 1
+    if not 0 <= index <= total:
+        raise ValueError(f"index must be in 0..{total}, got {index}")
+    pegs: list[list[int]] = [[], [], []]
+    # Moving n disks src -> dst: 2**(n-1) - 1 moves take the n-1 smaller ones to via, one move
+    # takes disk n to dst, and as many bring the smaller ones from via onto it.
+    src, dst, via = 0, 2, 1
+    remaining = index
+    for disk in range(disks, 0, -1):
+        half = 1 << (disk - 1)
+        if remaining < half:
+            pegs[src].append(disk)
+            dst, via = via, dst
+        else:
+            pegs[dst].append(disk)
+            remaining -= half
+            src, via = via, src
+    previous = None if index == 0 else _hanoi_move(disks, index - 1)
+    return HanoiState(pegs=(tuple(pegs[0]), tuple(pegs[1]), tuple(pegs[2])), previous_move=previous)
+
+
+def _hanoi_move(disks: int, index: int) -> tuple[int, int, int]:
+    """Move number ``index`` (0-based) of the optimal solution."""
+    src, dst, via = 0, 2, 1
+    remaining = index
+    for disk in range(disks, 0, -1):
+        half = 1 << (disk - 1)
+        if remaining == half - 1:
+            return (disk, src, dst)
+        if remaining < half - 1:
+            dst, via = via, dst
+        else:
+            remaining -= half
+            src, via = via, src
+    raise AssertionError("unreachable: index checked by the caller")  # pragma: no cover
+
+
+def states_at(task: Task[Any, Any], indices: Iterable[int]) -> dict[int, Any]:
+    """The state at each step index of the task's known solution (the oracle's path).
+
+    Hanoi's states are computed directly; any other task is walked once from its initial state
+    with its oracle, keeping the wanted states. Raises :class:`ConfigError` when the task has no
+    oracle or is done before the last index.
+    """
+    wanted = sorted(set(indices))
+    if not wanted:
+        return {}
+    if isinstance(task, Hanoi):
+        return {i: hanoi_state_at(task.disks, i) for i in wanted}
+    out: dict[int, Any] = {}
+    state = task.initial_state()
+    pending = deque(wanted)
+    index = 0
+    while pending:
+        if index == pending[0]:
+            out[index] = state
+            pending.popleft()
+            if not pending:
+                break
+        if task.is_done(state):
+            raise ConfigError("task", f"{task.name} is done after {index} steps of its oracle")
+        answer = task.oracle(state)
+        if answer is None:
+            raise ConfigError("task", _NO_ORACLE.format(name=task.name, step=index))
+        state = task.apply(state, answer)
+        index += 1
+    return out
+
+
+_NO_ORACLE = (
+    "{name} has no oracle answer at step {step}; calibration needs one to build the states "
+    "and to judge the answers"
+)
+
+
+def _oracle_key(task: Task[Any, Any], step: int, state: Any) -> str:
+    """The canonical JSON of the right answer at ``state``: the candidate a correct vote has."""
+    answer = task.oracle(state)
+    if answer is None:
+        raise ConfigError("task", _NO_ORACLE.format(name=task.name, step=step))
+    return canonical_json(task.answer_to_json(answer))
+
+
+# -- the report ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelCalibration:
+    """What one model's calibration measured.
+
+    ``n`` counts the responses received, ``valid`` those not red-flagged and ``correct`` the
+    valid ones that gave the oracle's answer. ``p`` is ``correct / valid`` (None without a valid
+    response) and ``v`` is ``valid / n``. Transport failures are neither: a sample that failed
+    for good is in ``failures`` only.
+    """
+
+    model: str
+    run_id: str
+    status: RunStatus | str
+    reason: str = ""
+    requested: int = 0
+    n: int = 0
+    valid: int = 0
+    correct: int = 0
+    red_flags: dict[str, int] = field(default_factory=dict)
+    failures: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_s: float = 0.0
+    """Summed over the received responses."""
+
+    @property
+    def p(self) -> float | None:
+        """The share of valid responses that were right; None without a valid response."""
+        return self.correct / self.valid if self.valid else None
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        """The 95% Wilson interval of ``p``; ``(0, 1)`` without a valid response."""
+        return wilson_interval(self.correct, self.valid)
+
+    @property
+    def p_low(self) -> float:
+        """The lower end of the 95% interval of ``p``."""
+        return self.interval[0]
+
+    @property
+    def p_high(self) -> float:
+        """The upper end of the 95% interval of ``p``."""
+        return self.interval[1]
+
+    @property
+    def v(self) -> float | None:
+        """The share of responses not red-flagged; None without a response."""
+        return self.valid / self.n if self.n else None
+
+    @property
+    def mean_input_tokens(self) -> float:
+        """Input tokens per response."""
+        return self.input_tokens / self.n if self.n else 0.0
+
+    @property
+    def mean_output_tokens(self) -> float:
+        """Output tokens per response."""
+        return self.output_tokens / self.n if self.n else 0.0
+
+    @property
+    def cost_per_call(self) -> float:
+        """USD per response (Eq 20 at the price table's prices; 0 for an unpriced model)."""
+        return self.cost_usd / self.n if self.n else 0.0
+
+    @property
+    def mean_latency_s(self) -> float | None:
+        """Seconds per response; None without a response."""
+        return self.latency_s / self.n if self.n else None
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible builtins: one entry of ``CalibrationReport.to_json()["models"]``."""
+        low, high = self.interval
+        return {
+            "model": self.model,
+            "run_id": self.run_id,
+            "status": self.status,
+            "reason": self.reason,
+            "p": self.p,
+            "p_low": low,
+            "p_high": high,
+            "v": self.v,
+            "n": self.n,
+            "valid": self.valid,
+            "correct": self.correct,
+            "requested": self.requested,
+            "failures": self.failures,
+            "red_flags": dict(sorted(self.red_flags.items())),
+            "mean_input_tokens": self.mean_input_tokens,
+            "mean_output_tokens": self.mean_output_tokens,
+            "cost_per_call": self.cost_per_call,
+            "mean_latency_s": self.mean_latency_s,
+        }
+
+
+@dataclass(frozen=True, kw_only=True)
+class CalibrationReport:
+    """Every model's calibration on the same sampled steps of one task."""
+
+    task: str
+    task_params: dict[str, Any]
+    samples: int
+    seed: int
+    steps: tuple[int, ...]
+    """The sampled step indices, sorted (repeated when there were more samples than steps)."""
+    models: tuple[ModelCalibration, ...]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every model's calibration ran to the end."""
+        return all(m.status == "succeeded" for m in self.models)
+
+    def model(self, name: str) -> ModelCalibration:
+        """The calibration of the model named ``name``."""
+        for found in self.models:
+            if found.model == name:
+                return found
+        raise KeyError(name)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible builtins (``maker calibrate --json``; ``maker plan`` reads them)."""
+        return {
+            "task": self.task,
+            "task_params": dict(self.task_params),
+            "samples": self.samples,
+            "seed": self.seed,
+            "models": [m.to_json() for m in self.models],
+        }
+
+
+class _Fold:
+    """Folds a calibration run's events, in seq order, into its :class:`ModelCalibration`."""
+
+    def __init__(self, oracle_for: Callable[[int, Any], str]) -> None:
+        self._oracle_for = oracle_for
+        self.expected: dict[int, str] = {}
+        self.run_id = ""
+        self.model = ""
+        self.status = "running"
+        self.reason = ""
+        self.requested = 0
+        self.n = 0
+        self.valid = 0
+        self.correct = 0
+        self.failures = 0
+        self.red_flags: Counter[str] = Counter()
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.cost_usd = 0.0
+        self.latency_s = 0.0
+        # Attempts of a sample that failed; the sample failed for good unless later answered.
+        self._failed: set[str] = set()
+
+    def feed(self, event: Event) -> None:
+        match event:
+            case RunStarted():
+                self.run_id = event.run_id
+                self.model = event.models[0] if event.models else ""
+            case StepStarted():
+                if event.step not in self.expected:
+                    self.expected[event.step] = self._oracle_for(event.step, event.state)
+            case SampleRequested():
+                self.requested += 1
+            case SampleFailed():
+                self._failed.add(event.sample_id)
+            case SampleReceived():
+                self._failed.discard(event.sample_id)
+                self.n += 1
+                self.input_tokens += event.input_tokens
+                self.output_tokens += event.output_tokens
+                self.cost_usd += event.cost_usd
+                self.latency_s += event.latency_s
+            case RedFlagged():
+                self.red_flags[event.reason] += 1
+            case VoteCounted():
+                self.valid += 1
+                self.correct += event.candidate == self.expected.get(event.step)
+            case RunFinished():
+                self.status, self.reason = event.status, event.reason
+            case _:
+                pass
+
+    def result(self) -> ModelCalibration:
+        return ModelCalibration(
+            model=self.model,
+            run_id=self.run_id,
+            status=self.status,
+            reason=self.reason,
+            requested=self.requested,
+            n=self.n,
+            valid=self.valid,
+            correct=self.correct,
+            red_flags=dict(self.red_flags),
+            failures=len(self._failed),
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cost_usd=self.cost_usd,
+            latency_s=self.latency_s,
+        )
+
+
+def is_calibration(started: RunStarted) -> bool:
+    """Whether a run is a calibration (its policy records ``"mode": "calibration"``)."""
+    return started.policy.get("mode") == CALIBRATION_MODE
+
+
+def calibration_from_events(
+    events: Iterable[AnyEvent], task: Task[Any, Any] | None = None
+) -> ModelCalibration:
+    """Rebuild a calibration's figures from its run's events alone.
+
+    ``task`` defaults to the built-in task the run names; each answer is judged against the
+    oracle at the state its ``step_started`` records.
+    """
+    fold: _Fold | None = None
+    for event in events:
+        if fold is None:
+            if not isinstance(event, RunStarted):
+                raise ConfigError("events", "a run's events must begin with run_started")
+            if not is_calibration(event):
+                raise ConfigError("events", f"run {event.run_id} is not a calibration run")
+            judge = task if task is not None else make_task(event.task, event.task_params)
+
+            def oracle_for(step: int, data: Any, judge: Task[Any, Any] = judge) -> str:
+                return _oracle_key(judge, step, judge.state_from_json(data))
+
+            fold = _Fold(oracle_for)
+        fold.feed(event)
+    if fold is None:
+        raise ConfigError("events", "no events")
+    return fold.result()
+
+
+# -- running it ----------------------------------------------------------------------------
+
+
+class _Outcome(NamedTuple):
+    sample_id: str
+    attempt: int
+    completion: Completion | None
+    error: ClientError | None
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class _Setup:
+    task: Task[Any, Any]
+    policy: Policy
+    scheduler: Scheduler
+    prices: PriceTable
+    seed: int
+    samples: int
+    in_flight: int
+    clock: Callable[[], float]
+    sinks: tuple[EventSink, ...]
+    items: tuple[tuple[int, int], ...]
+    """(step, ordinal) of every sample, in request order."""
+    states: Mapping[int, Any]
+    expected: Mapping[int, str]
+
+
+_RECORDED_POLICY = ("temperature", "max_tokens", "max_attempts", "red_flags")
+"""The policy fields a calibration run records (beside its mode and sample count)."""
+
+
+class _CalibrationRun:
+    """One model's calibration: the only place its events are recorded."""
+
+    def __init__(self, setup: _Setup, client: Client, log: EventLog, run_id: str) -> None:
+        self.setup = setup
+        self.client = client
+        self.log = log
+        self.run_id = run_id
+        self.seq = 0
+        self.fold = _Fold(lambda step, _data: setup.expected[step])
+        self.tallies: dict[int, Counter[str]] = {}
+        self.in_flight: dict[str, SampleRequest] = {}
+        self.started_steps: set[int] = set()
+
+    def emit(self, event_type: type[Event], **fields: Any) -> None:
+        event = event_type(run_id=self.run_id, seq=self.seq, ts=self.setup.clock(), **fields)
+        self.log.append(event)
+        self.seq += 1
+        self.fold.feed(event)
+        for sink in self.setup.sinks:
+            sink(event)
+
+    async def execute(self) -> ModelCalibration:
+        setup, task = self.setup, self.setup.task
+        began = time.perf_counter()
+        described = setup.policy.describe()
+        # Only what shapes a calibration's samples: it votes nothing, so k and the voting rule
+        # would only mislead a reader of the log.
+        policy = {
+            "mode": CALIBRATION_MODE,
+            "samples": setup.samples,
+            **{key: described[key] for key in _RECORDED_POLICY},
+        }
+        self.emit(
+            RunStarted,
+            task=task.name,
+            task_params=task.params(),
+            policy=policy,
+            models=[self.client.model],
+            model_params=self.client.describe(),
+            seed=setup.seed,
+            version=__version__,
+            initial_state=task.state_to_json(task.initial_state()),
+            limits=setup.scheduler.limits_for(self.client.model).describe(),
+        )
+        status: RunStatus = "succeeded"
+        reason = ""
+        try:
+            failure = await self._sample_all()
+        except anyio.get_cancelled_exc_class():
+            self._cancel_in_flight()
+            self._finish("cancelled", "cancelled by the caller", began)
+            raise
+        except Exception as exc:
+            # A bug in task or client code: record the end before the error propagates.
+            self._cancel_in_flight()
+            self._finish("failed", _describe(exc), began)
+            raise
+        if failure is not None:
+            status, reason = "failed", failure
+        self._finish(status, reason, began)
+        return self.fold.result()
+
+    def _finish(self, status: RunStatus, reason: str, began: float) -> None:
+        self.emit(
+            RunFinished,
+            status=status,
+            steps=len(self.started_steps),
+            samples=self.fold.requested,
+            red_flags=sum(self.fold.red_flags.values()),
+            reason=reason,
+            wall_s=time.perf_counter() - began,
+        )
+
+    def _cancel_in_flight(self) -> None:
+        for sample_id, request in self.in_flight.items():
+            self.emit(
+                SampleCancelled, step=request.step, sample_id=sample_id, reason="run_cancelled"
+            )
+        self.in_flight.clear()
+
+    async def _sample_all(self) -> str | None:
+        """Request every sample and record every outcome; return why the run failed, if it did."""
+        setup, task = self.setup, self.setup.task
+        queue = deque(setup.items)
+        model = self.client.model
+        # A step's samples are consecutive in the queue: its prompt is built once.
+        last: tuple[int, Prompt] | None = None
+        failure: str | None = None
+        # Buffered, so a finished worker exits at once.
+        send, receive = anyio.create_memory_object_stream[_Outcome](max_buffer_size=math.inf)
+        async with send, receive, anyio.create_task_group() as tg:
+            while failure is None:
+                while queue and len(self.in_flight) < setup.in_flight:
+                    step, ordinal = queue.popleft()
+                    state = setup.states[step]
+                    if step not in self.started_steps:
+                        self.started_steps.add(step)
+                        self.emit(StepStarted, step=step, state=task.state_to_json(state))
+                    if last is None or last[0] != step:
+                        last = (step, task.prompt(state))
+                    prompt = last[1]
+                    sample_id = f"{step}:{ordinal}"
+                    request = SampleRequest(
+                        sample_id=sample_id,
+                        step=step,
+                        model=model,
+                        system=prompt.system,
+                        user=prompt.user,
+                        temperature=setup.policy.temperature,
+                        max_tokens=setup.policy.max_tokens,
+                        seed=sample_seed(setup.seed, sample_id),
+                    )
+                    self.emit(
+                        SampleRequested,
+                        step=step,
+                        sample_id=sample_id,
+                        model=model,
+                        temperature=request.temperature,
+                        max_tokens=request.max_tokens,
+                    )
+                    self._launch(tg, send, request, 1, 0.0)
+                if not self.in_flight:
+                    break
+                outcome = await receive.receive()
+                request = self.in_flight.pop(outcome.sample_id)
+                if outcome.error is not None:
+                    failure = self._failed(tg, send, request, outcome)
+                    continue
+                assert outcome.completion is not None
+                self._judge(request, outcome.completion, outcome.latency_s)
+            # After a failure, what is still in flight can no longer matter: stop it, say so.
+            self._cancel_in_flight()
+            tg.cancel_scope.cancel()
+        return failure
+
+    def _launch(
+        self,
+        tg: TaskGroup,
+        send: ObjectSendStream[_Outcome],
+        request: SampleRequest,
+        attempt: int,
+        delay: float,
+    ) -> None:
+        self.in_flight[request.sample_id] = request
+        tg.start_soon(self._sample, request, attempt, delay, send)
+
+    def _judge(self, request: SampleRequest, completion: Completion, latency_s: float) -> None:
+        """Record a response, then its red flag or its vote."""
+        setup, step = self.setup, request.step
+        cost = setup.prices.cost(
+            completion.model, completion.input_tokens, completion.output_tokens
+        )
+        self.emit(
+            SampleReceived,
+            step=step,
+            sample_id=request.sample_id,
+            text=completion.text,
+            model=completion.model,
+            latency_s=latency_s,
+            input_tokens=completion.input_tokens,
+            output_tokens=completion.output_tokens,
+            finish_reason=completion.finish_reason,
+            temperature_sent=completion.temperature_sent,
+            cost_usd=cost,
+        )
+        flag = setup.policy.red_flags.check(completion)
+        if flag is None:
+            try:
+                answer = setup.task.parse(completion.text)
+            except RedFlag as exc:
+                flag = exc
+        if flag is not None:
+            self.emit(
+                RedFlagged,
+                step=step,
+                sample_id=request.sample_id,
+                reason=flag.reason,
+                detail=flag.detail,
+            )
+            return
+        candidate = canonical_json(setup.task.answer_to_json(answer))
+        tally = self.tallies.setdefault(step, Counter())
+        tally[candidate] += 1
+        self.emit(
+            VoteCounted,
+            step=step,
+            sample_id=request.sample_id,
+            candidate=candidate,
+            tally=dict(tally),
+        )
+
+    def _failed(
+        self,
+        tg: TaskGroup,
+        send: ObjectSendStream[_Outcome],
+        request: SampleRequest,
+        outcome: _Outcome,
+    ) -> str | None:
+        """Record a failed attempt; retry it as the engine does, or return why the run fails."""
+        setup, error = self.setup, outcome.error
+        assert error is not None
+        retry = error.retryable and outcome.attempt < setup.policy.max_attempts
+        delay = 0.0
+        if retry:
+            limits = setup.scheduler.limits_for(self.client.model)
+            # The jitter comes from the run's seed, as in the engine.
+            draw = random.Random(sample_seed(setup.seed, f"{request.sample_id}#{outcome.attempt}"))
+            delay = backoff_delay(
+                outcome.attempt,
+                base_s=limits.backoff_base_s,
+                cap_s=limits.backoff_cap_s,
+                retry_after_s=error.retry_after,
+                draw=draw.random(),
+            )
+        self.emit(
+            SampleFailed,
+            step=request.step,
+            sample_id=request.sample_id,
+            error_kind=error.kind,
+            message=str(error),
+            attempt=outcome.attempt,
+            retryable=error.retryable,
+            backoff_s=delay,
+            retry_after_s=error.retry_after,
+        )
+        if not retry:
+            attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
+            return f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
+        self._launch(tg, send, request, outcome.attempt + 1, delay)
+        return None
+
+    async def _sample(
+        self,
+        request: SampleRequest,
+        attempt: int,
+        delay: float,
+        send: ObjectSendStream[_Outcome],
+    ) -> None:
+        scheduler = self.setup.scheduler
+        if delay > 0:
+            await scheduler.sleep(delay)
+        began = time.perf_counter()
+        completion: Completion | None = None
+        error: ClientError | None = None
+        try:
+            completion = await scheduler.call(self.client, request, _Observer(self, request))
+        except ClientError as exc:
+            error = exc
+        except anyio.get_cancelled_exc_class():
+            raise
+        except Exception as exc:
+            # A client that breaks its contract: a non-retryable transport failure.
+            error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
+        latency = time.perf_counter() - began
+        await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an error, looking through the task group's exception groups."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+class _Observer(SchedulerObserver):
+    """Records the scheduler's waits and breaker changes for one sample, as the engine does."""
+
+    def __init__(self, run: _CalibrationRun, request: SampleRequest) -> None:
+        self._run = run
+        self._request = request
+
+    def waited(self, wait: Wait) -> None:
+        self._run.emit(
+            SchedulerWaited,
+            step=self._request.step,
+            sample_id=self._request.sample_id,
+            model=self._request.model,
+            reason=wait.reason,
+            waited_s=wait.seconds,
+        )
+
+    def breaker_changed(self, change: BreakerChange) -> None:
+        self._run.emit(
+            BreakerChanged,
+            step=self._request.step,
+            sample_id=self._request.sample_id,
+            model=change.model,
+            state=change.state,
+            failures=change.failures,
+        )
+
+
+async def calibrate(
+    task: Task[Any, Any],
+    clients: Sequence[Client],
+    *,
+    samples: int,
+    seed: int,
+    log: EventLog | str | os.PathLike[str],
+    policy: Policy | None = None,
+    scheduler: Scheduler | None = None,
+    prices: PriceTable | None = None,
+    in_flight: int = 16,
+    clock: Callable[[], float] = time.time,
+    sinks: Sequence[EventSink] = (),
+) -> CalibrationReport:
+    """Measure every model's p, v, tokens and cost on ``samples`` random steps of ``task``.
+
+    Every model answers the same sampled states, once each, at ``policy.temperature`` (0.1 by
+    default: the run temperature of every vote after a step's first). Calls go through
+    ``scheduler``, so its limits, timeouts and breaker apply; retryable failures are retried
+    with the engine's backoff up to ``policy.max_attempts``, and a sample that fails for good
+    ends that model's calibration as failed (the others go on). Each model is one run in
+    ``log`` (an open :class:`events.EventLog` or a path); the models run concurrently, each
+    with at most ``in_flight`` samples outstanding.
+
+    >>> import anyio, os, tempfile
+    >>> from maker import SimConfig, SimulatedModel
+    >>> from maker.tasks import Hanoi
+    >>> model = SimulatedModel(SimConfig(p=0.9, hard_fraction=0.0))
+    >>> path = os.path.join(tempfile.mkdtemp(), "cal.db")
+    >>> report = anyio.run(lambda: calibrate(Hanoi(8), [model], samples=100, seed=1, log=path))
+    >>> m = report.models[0]
+    >>> m.n, m.p_low < 0.9 < m.p_high
+    (100, True)
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ConfigError("samples", f"must be a positive integer, got {samples!r}")
+    if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
+        raise ConfigError("in_flight", f"must be a positive integer, got {in_flight!r}")
+    if not clients:
+        raise ConfigError("models", "give at least one model to calibrate")
+    names = [client.model for client in clients]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError("models", f"each model may be calibrated once; repeated: {repeated}")
+    total = task.max_steps()
+    if total is None:
+        raise ConfigError("task", f"{task.name} has no known number of steps to sample from")
+    steps = calibration_steps(total, samples, seed)
+    states = states_at(task, steps)
+    expected = {step: _oracle_key(task, step, state) for step, state in states.items()}
+    items: list[tuple[int, int]] = []
+    ordinals: Counter[int] = Counter()
+    for step in steps:
+        items.append((step, ordinals[step]))
+        ordinals[step] += 1
+    setup = _Setup(
+        task=task,
+        policy=policy if policy is not None else Policy(),
+        scheduler=scheduler if scheduler is not None else Scheduler(),
+        prices=prices if prices is not None else PriceTable(),
+        seed=seed,
+        samples=samples,
+        in_flight=in_flight,
+        clock=clock,
+        sinks=tuple(sinks),
+        items=tuple(items),
+        states=states,
+        expected=expected,
+    )
+    results: list[ModelCalibration | None] = [None] * len(clients)
+
+    async def run_all(event_log: EventLog) -> None:
+        async def one(index: int, client: Client) -> None:
+            run = _CalibrationRun(setup, client, event_log, uuid.uuid4().hex)
+            results[index] = await run.execute()
+
+        async with anyio.create_task_group() as tg:
+            for index, client in enumerate(clients):
+                tg.start_soon(one, index, client)
+
+    if isinstance(log, EventLog):
+        try:
+            await run_all(log)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await log.flush()
+    else:
+        # Leaving the log flushes it; its task group must be exited directly, not in a scope.
+        async with EventLog(log) as owned:
+            await run_all(owned)
+    done = [r for r in results if r is not None]
+    assert len(done) == len(clients)
+    return CalibrationReport(
+        task=task.name,
+        task_params=task.params(),
+        samples=samples,
+        seed=seed,
+        steps=tuple(steps),
+        models=tuple(done),
+    )

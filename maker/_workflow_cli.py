@@ -1,0 +1,465 @@
+"""The workflow commands: ``maker calibrate``, ``maker plan`` and ``maker report``.
+
+The paper's critical path as three commands: measure p per model, choose the model and k for a
+target, then (after ``maker run``) watch how the run converged. The ``maker`` CLI registers
+them; errors are raised (``click.UsageError``, :class:`maker.ConfigError`), never printed, so the
+entry point turns each into one line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import click
+
+from ._calibrate import CalibrationReport, calibrate
+from ._client import Client
+from ._plan import ModelEstimate, Plan, estimates_from_calibration, plan
+from ._policy import Policy
+from ._pricing import PriceTable
+from ._scheduler import Limits, Scheduler
+from ._sim import PRESETS, SimulatedModel
+from ._task import Task
+from .tasks import BUILTIN_TASKS, make_task
+
+EXIT_FAILED = 1
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _task_options(command: F) -> F:
+    """The options that build a built-in task, as ``maker run`` has them."""
+    options = (
+        click.option(
+            "--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10)."
+        ),
+        click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations."),
+        click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
+        click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def build_task(
+    task: str,
+    *,
+    disks: int | None = None,
+    steps: int | None = None,
+    digits: int | None = None,
+    task_seed: int | None = None,
+) -> Task[Any, Any]:
+    """The built-in task the task options describe; an option of another task is a usage error."""
+    params: dict[str, Any] = {}
+    if task == "hanoi":
+        _only(task, steps=steps, digits=digits, task_seed=task_seed)
+        params["disks"] = 10 if disks is None else disks
+    else:
+        _only(task, disks=disks)
+        for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
+            if value is not None:
+                params[name] = value
+    return make_task(task, params)
+
+
+def _only(task: str, **given: object) -> None:
+    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if extra:
+        raise click.UsageError(f"{', '.join(extra)} does not apply to the {task} task")
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+# -- calibrate -----------------------------------------------------------------------------
+
+
+def _clients(
+    models: tuple[str, ...],
+    base_url: str | None,
+    preset: str | None,
+    p: float | None,
+    timeout: float,
+) -> list[Client]:
+    if len(set(models)) != len(models):
+        raise click.UsageError("each --model may be given once")
+    if "sim" not in models:
+        given = [name for name, v in (("--p", p), ("--preset", preset)) if v is not None]
+        if given:
+            raise click.UsageError(f"{', '.join(given)} applies only to the simulated model (sim)")
+    if base_url is not None and all(m == "sim" for m in models):
+        raise click.UsageError("--base-url does not apply to the simulated model")
+    clients: list[Client] = []
+    for model in models:
+        if model == "sim":
+            config = PRESETS[preset or "paper"]
+            clients.append(SimulatedModel(config.replace(p=p) if p is not None else config))
+        else:
+            from .clients import make_client
+
+            clients.append(make_client(model, base_url=base_url, timeout=timeout))
+    return clients
+
+
+async def _close(clients: list[Client]) -> None:
+    for client in clients:
+        close = getattr(client, "aclose", None)
+        if close is not None:
+            with anyio.CancelScope(shield=True):
+                await close()
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
+    """Left-aligned columns, two spaces apart; never wrapped or cut, whatever the terminal."""
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in (header, *rows)
+    ]
+
+
+def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable) -> None:
+    click.echo(
+        f"calibrated {report.task} {json.dumps(report.task_params, sort_keys=True)} on "
+        f"{report.samples} random steps (seed {report.seed}), one sample each"
+    )
+    header = ("model", "status", "n", "v", "p", "95% interval", "red flags", "tokens in/out")
+    rows = []
+    for m in report.models:
+        flags = ", ".join(f"{n} {r}" for r, n in sorted(m.red_flags.items())) or "none"
+        cost = f"${m.cost_per_call:.6f}" if prices.known(m.model) else "unknown price"
+        rows.append(
+            (
+                m.model,
+                m.status,
+                str(m.n),
+                _fmt(m.v, ".4f"),
+                _fmt(m.p, ".4f"),
+                f"[{m.p_low:.4f}, {m.p_high:.4f}]",
+                flags,
+                f"{m.mean_input_tokens:.0f}/{m.mean_output_tokens:.0f}",
+                cost,
+            )
+        )
+    for line in _table((*header, "cost/call"), rows):
+        click.echo(line)
+    for m in report.models:
+        if m.reason:
+            click.echo(f"{m.model}: {m.reason}")
+    click.echo(f"log: {log}")
+
+
+@click.command("calibrate")
+@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@_task_options
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    required=True,
+    help="A model to calibrate (repeatable): sim, openai:NAME, anthropic:NAME or ollama:NAME.",
+)
+@click.option(
+    "--samples", type=click.IntRange(1), required=True, help="Random steps to query each model on."
+)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the step draw.")
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="SQLite event log to append the calibration runs to (one run per model).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for maker plan).")
+@click.option(
+    "--base-url",
+    help="Server root for the provider models: http://HOST:PORT/v1 for openai, http://HOST:PORT "
+    "for anthropic and ollama.",
+)
+@click.option(
+    "--p", "p", type=click.FloatRange(0.0, 1.0), help="sim: P(a valid answer is correct)."
+)
+@click.option("--preset", type=click.Choice(sorted(PRESETS)), help="sim: preset (default paper).")
+@click.option(
+    "--temperature",
+    type=click.FloatRange(0.0, 2.0),
+    default=0.1,
+    show_default=True,
+    help="Sampling temperature (the run temperature of every vote after a step's first).",
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Samples in flight per model.",
+)
+@click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute, per model.")
+@click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute, per model.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0.0, min_open=True),
+    default=120.0,
+    show_default=True,
+    help="Seconds one model call may take.",
+)
+@click.option(
+    "--prices",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
+)
+def calibrate_command(
+    task: str,
+    disks: int | None,
+    steps: int | None,
+    digits: int | None,
+    task_seed: int | None,
+    models: tuple[str, ...],
+    samples: int,
+    seed: int,
+    log: Path,
+    as_json: bool,
+    base_url: str | None,
+    p: float | None,
+    preset: str | None,
+    temperature: float,
+    concurrency: int,
+    rpm: int | None,
+    tpm: int | None,
+    timeout: float,
+    prices: Path | None,
+) -> None:
+    """Measure each model's p (with a 95% interval), v, tokens and cost on random steps.
+
+    Every model answers the same randomly drawn steps of the task's known solution, once each;
+    each answer is judged against the oracle. Every sample is an event in the log, one run per
+    model.
+    """
+    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+    clients = _clients(models, base_url, preset, p, timeout)
+    price_table = PriceTable.load(prices) if prices is not None else PriceTable()
+    scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
+    policy = Policy(temperature=temperature)
+
+    async def go() -> CalibrationReport:
+        try:
+            return await calibrate(
+                the_task,
+                clients,
+                samples=samples,
+                seed=seed,
+                log=log,
+                policy=policy,
+                scheduler=scheduler,
+                prices=price_table,
+                in_flight=concurrency,
+            )
+        finally:
+            await _close(clients)
+
+    report = anyio.run(go)
+    if as_json:
+        out = report.to_json()
+        out["log"] = str(log)
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        _print_calibration(report, log, price_table)
+    if not report.ok:
+        raise SystemExit(EXIT_FAILED)
+
+
+# -- plan ----------------------------------------------------------------------------------
+
+
+def _print_plan(result: Plan) -> None:
+    click.echo(
+        f"plan for {result.steps} steps at target {result.target} "
+        f"(k_min from the lower 95% bound of p; concurrency {result.concurrency})"
+    )
+    header = ("model", "p", "p_low", "v", "cost/call", "k_min", "P(success)", "samples/step")
+    rows = []
+    for m in result.models:
+        est = m.estimate
+        rows.append(
+            (
+                m.model,
+                f"{est.p:.4f}",
+                f"{est.p_low:.4f}",
+                f"{est.v:.4f}",
+                f"${est.cost_per_call:.6f}",
+                _fmt(m.k_min, "d"),
+                _fmt(m.p_run, ".4f"),
+                _fmt(m.expected_samples_per_step, ".3f"),
+                _fmt(m.expected_samples, ",.0f"),
+                "-" if m.expected_cost_usd is None else f"${m.expected_cost_usd:,.2f}",
+                "-" if m.expected_wall_s is None else _duration(m.expected_wall_s),
+            )
+        )
+    for line in _table((*header, "samples", "cost", "wall time"), rows):
+        click.echo(line)
+    for m in result.models:
+        if m.note:
+            click.echo(f"{m.model}: {m.note}")
+    if result.recommended is None:
+        click.echo("recommended: none (no model's voting converges)")
+    else:
+        best = result.model(result.recommended)
+        click.echo(f"recommended: {best.model} with k = {best.k_min}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 172800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} d"
+
+
+@click.command("plan")
+@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@_task_options
+@click.option(
+    "--target",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    required=True,
+    help="Wanted probability that the whole run succeeds.",
+)
+@click.option(
+    "--from-calibration",
+    "calibration",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The JSON that 'maker calibrate --json' printed.",
+)
+@click.option("--p", "p", type=click.FloatRange(0.0, 1.0), help="Per-step success rate p.")
+@click.option(
+    "--v",
+    "v",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Share of samples not red-flagged (with --p; default 1).",
+)
+@click.option(
+    "--cost-per-call",
+    type=click.FloatRange(0.0),
+    help="USD per sample (with --p; default 0).",
+)
+@click.option("--model", "model", default="model", show_default=True, help="Name for --p.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Samples in flight at once.",
+)
+@click.option(
+    "--latency-s",
+    type=click.FloatRange(0.0),
+    help="Seconds per call (default: the calibrated mean latency, when there is one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def plan_command(
+    task: str,
+    disks: int | None,
+    steps: int | None,
+    digits: int | None,
+    task_seed: int | None,
+    target: float,
+    calibration: Path | None,
+    p: float | None,
+    v: float | None,
+    cost_per_call: float | None,
+    model: str,
+    concurrency: int,
+    latency_s: float | None,
+    as_json: bool,
+) -> None:
+    """Choose the model and k for a target: k_min, P(success), expected samples, cost, time."""
+    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+    budget = the_task.max_steps()
+    if budget is None:  # pragma: no cover - every built-in task has a known length
+        raise click.UsageError(f"the {task} task has no known number of steps")
+    if (calibration is None) == (p is None):
+        raise click.UsageError("give --from-calibration FILE, or --p (with --v, --cost-per-call)")
+    estimates: list[ModelEstimate]
+    if calibration is not None:
+        extra = [
+            name
+            for name, value in (("--v", v), ("--cost-per-call", cost_per_call))
+            if value is not None
+        ]
+        if extra:
+            raise click.UsageError(f"{', '.join(extra)} goes with --p, not --from-calibration")
+        estimates = estimates_from_calibration(calibration)
+        # Readable JSON with a models list by now: estimates_from_calibration checked it.
+        calibrated_on = json.loads(calibration.read_text(encoding="utf-8")).get("task")
+        if calibrated_on is not None and calibrated_on != task:
+            raise click.UsageError(
+                f"{calibration} calibrated the {calibrated_on} task, not {task}: "
+                "p does not carry over between tasks"
+            )
+    else:
+        assert p is not None
+        estimates = [
+            ModelEstimate(
+                model=model,
+                p=p,
+                v=1.0 if v is None else v,
+                cost_per_call=0.0 if cost_per_call is None else cost_per_call,
+            )
+        ]
+    result = plan(
+        estimates, steps=budget, target=target, concurrency=concurrency, latency_s=latency_s
+    )
+    if as_json:
+        out = result.to_json()
+        out.update(task=the_task.name, task_params=the_task.params())
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        _print_plan(result)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+@click.command("report")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    help="Directory to write index.html and its PNG plots into.",
+)
+def report_command(file: Path, run_id: str | None, out: Path) -> None:
+    """Write an HTML report of a run: convergence, votes per step, red flags, cost, latency."""
+    # replay/ builds on maker's public API; importing it here, not at the top, keeps the
+    # layers acyclic.
+    from events import AnyEvent, EventLog
+    from replay import check_run
+    from replay._report import write_report
+
+    async def load() -> list[AnyEvent]:
+        async with EventLog(file, mode="r") as log:
+            info = await log.run(run_id)
+            # Refuse a damaged run: its figures could not be trusted.
+            check_run(file, info.run_id)
+            return [event async for event in log.read(info.run_id)]
+
+    events = anyio.run(load)
+    page = write_report(events, out)
+    click.echo(str(page))
+
+
+WORKFLOW_COMMANDS: dict[str, click.Command] = {
+    "calibrate": calibrate_command,
+    "plan": plan_command,
+    "report": report_command,
+}
+"""The commands by the name the ``maker`` CLI registers them under."""
