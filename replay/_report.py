@@ -256,9 +256,15 @@ def _plot_convergence(ax: Axes, data: ReportData) -> None:
     _integer_ticks(ax)
     # No step can decide before k votes: mark each margin the run used (several under
     # adaptive k).
-    for k in data.ks:
+    ks = sorted(set(data.ks))
+    for k in ks:
         ax.axvline(k, color="0.6", linestyle="--", linewidth=1)
-        ax.annotate(f"k = {k}", (k, points[0][1]), xytext=(4, -12), textcoords="offset points")
+    if len(ks) <= 2:
+        for k in ks:
+            ax.annotate(f"k = {k}", (k, points[0][1]), xytext=(4, -12), textcoords="offset points")
+    else:  # adaptive k: one label, so the marks do not overwrite each other
+        label = f"k = {', '.join(str(k) for k in ks)} (adaptive)"
+        ax.annotate(label, (0.99, 0.97), xycoords="axes fraction", ha="right", va="top")
     ax.grid(True, which="both", alpha=0.3)
 
 
