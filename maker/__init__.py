@@ -44,6 +44,7 @@ from ._scheduler import (
     Wait,
     backoff_delay,
 )
+from ._service import Server, create_service, serve
 from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
 from ._simulator import Simulator
 from ._tally import Tally, VoteRule
@@ -85,6 +86,7 @@ __all__ = [
     "Scheduler",
     "SchedulerObserver",
     "SchedulerStatistics",
+    "Server",
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
@@ -100,6 +102,7 @@ __all__ = [
     "backoff_delay",
     "calibrate",
     "calibration_from_events",
+    "create_service",
     "decision_events",
     "estimates_from_calibration",
     "expected_cost",
@@ -113,5 +116,6 @@ __all__ = [
     "plan",
     "sample_cost",
     "sample_seed",
+    "serve",
     "wilson_interval",
 ]

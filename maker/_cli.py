@@ -603,10 +603,12 @@ def _register_commands() -> None:
     from replay._commands import verify_command
 
     from ._serve_sim import serve_sim_command
+    from ._service import serve_command
     from ._workflow_cli import WORKFLOW_COMMANDS
 
     app.add_command(serve_sim_command, "serve-sim")
     app.add_command(verify_command, "verify")
+    app.add_command(serve_command, "serve")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 

@@ -318,13 +318,15 @@ class Engine:
         seed: int = 0,
         run_id: str | None = None,
         sinks: Sequence[EventSink] = (),
+        client: Client | None = None,
     ) -> RunHandle:
         """Start a run in the background and return its handle at once.
 
         The handle gives the run_id, a live event stream (``handle.events()``), the result
         (``await handle.result()``), ``await handle.cancel()`` and statistics. Many runs may
         share one engine, its scheduler and its log; one run's failure or cancellation never
-        disturbs another.
+        disturbs another. ``client`` runs this one run on another model than the engine's;
+        it still shares the engine's scheduler, so its limits hold across runs.
         """
         self._require_entered()
         assert self._tg is not None
@@ -336,13 +338,14 @@ class Engine:
             seed,
             handle.run_id,
             (*self._sinks, *sinks, handle.publish),
+            client=client,
         )
         self._handles[handle.run_id] = handle
         self._tg.start_soon(self._background, run, handle)
         return handle
 
     def handle(self, run_id: str) -> RunHandle | None:
-        """The handle of a run this engine started, or None."""
+        """The handle of a run this engine started and that is still going, or None."""
         return self._handles.get(run_id)
 
     async def _background(self, run: _Run[Any, Any], handle: RunHandle) -> None:
@@ -351,6 +354,8 @@ class Engine:
         try:
             with anyio.CancelScope() as scope:
                 handle._scope = scope
+                if handle._cancel_requested:
+                    scope.cancel()  # cancelled before it had its first turn
                 try:
                     result = await self._execute(run)
                 except anyio.get_cancelled_exc_class():
@@ -366,6 +371,8 @@ class Engine:
             if final is None and error is None:
                 error = MakerError(f"run {run.run_id} was cancelled before it started")
             handle._finish(final, error)
+            # A finished run is served from the log: the engine keeps no memory of it.
+            self._handles.pop(handle.run_id, None)
 
     def statistics(self) -> EngineStatistics:
         """Counters for tests and the CLI."""
@@ -513,6 +520,7 @@ class _Run(Generic[S, A]):
         *,
         recording: Recording | None = None,
         verify_only: bool = False,
+        client: Client | None = None,
     ) -> None:
         self.engine = engine
         self.recording = recording
@@ -534,7 +542,7 @@ class _Run(Generic[S, A]):
         self.run_id = run_id
         self.sinks = sinks
         self.log = engine.log
-        self.client = engine.client
+        self.client = client if client is not None else engine.client
         self.clock = engine._clock
         self.seq = recording.next_seq if recording is not None else 0
         self.counters = _Counters()

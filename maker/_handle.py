@@ -69,6 +69,7 @@ class RunHandle:
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._scope: anyio.CancelScope | None = None
+        self._cancel_requested = False
         self._events = 0
         self._steps = 0
         self._samples = 0
@@ -100,6 +101,7 @@ class RunHandle:
     def _finish(self, result: RunResult | None, error: BaseException | None) -> None:
         self._result = result
         self._error = error
+        self._recent.clear()  # the log has every event; a finished run holds no memory
         for sub in self._subscribers:
             sub.send.close()
         self._done.set()
@@ -124,8 +126,10 @@ class RunHandle:
 
         The run stays resumable. Cancelling a run that already ended changes nothing.
         """
-        if self._scope is not None and not self.done:
-            self._scope.cancel()
+        if not self.done:
+            self._cancel_requested = True
+            if self._scope is not None:
+                self._scope.cancel()
         return await self.result()
 
     def statistics(self) -> RunStatistics:
@@ -144,7 +148,8 @@ class RunHandle:
         """The run's events with seq > ``after_seq``, live, each once and in order, until the
         run's final ``run_finished``. Joining late or falling behind costs a read of the log.
 
-        Closing the iterator (``break``, or ``aclosing``) releases the subscription.
+        Close it to release the subscription at once: ``async with aclosing(handle.events())``
+        (a plain ``break`` releases it only when the generator is finalized).
         """
         sub = _Subscriber(self._buffer if self._buffer > 0 else math.inf)
         self._subscribers.append(sub)
