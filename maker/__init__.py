@@ -29,6 +29,7 @@ from ._formulas import (
     sample_cost,
 )
 from ._handle import RunHandle, RunStatistics
+from ._otel import TraceSink, export_log, export_run, tracer_provider_for
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._recording import Divergence, Recording, decision_events
@@ -94,6 +95,7 @@ __all__ = [
     "SlidingWindow",
     "Tally",
     "Task",
+    "TraceSink",
     "UnknownTaskError",
     "VerifyResult",
     "VoteRule",
@@ -109,6 +111,8 @@ __all__ = [
     "expected_cost_exact",
     "expected_samples_per_step",
     "expected_votes_per_step",
+    "export_log",
+    "export_run",
     "is_calibration",
     "k_min",
     "p_run",
@@ -117,5 +121,6 @@ __all__ = [
     "sample_cost",
     "sample_seed",
     "serve",
+    "tracer_provider_for",
     "wilson_interval",
 ]

@@ -161,6 +161,11 @@ _probability = click.FloatRange(0.0, 1.0)
     help="Samples a step may request before the run fails.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
+@click.option(
+    "--otel",
+    metavar="EXPORTER",
+    help="Trace the run live: console, otlp or json:FILE (default: the OTEL_* variables).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
 def run(
@@ -188,6 +193,7 @@ def run(
     speculative: int,
     max_samples: int,
     seed: int,
+    otel: str | None,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -235,6 +241,13 @@ def run(
         if isinstance(event, RunStarted):
             started.append(event.run_id)
 
+    from ._otel_cli import otel_sink_for, otel_sink_from_env
+
+    # Set up before the run, so a bad exporter or a missing package is one line, not a lost run.
+    traced = otel_sink_for(otel) if otel is not None else otel_sink_from_env()
+    sinks: list[Callable[[Event], None]] = [remember]
+    if traced:
+        sinks.append(traced[0])
     try:
         result = anyio.run(
             _run,
@@ -244,10 +257,13 @@ def run(
             seed,
             log,
             progress and not as_json,
-            remember,
+            sinks,
         )
     except KeyboardInterrupt:
         _interrupted(log, started[0] if started else None)
+    finally:
+        if traced:
+            traced[1]()  # ends open spans and flushes; warns if any span was lost
     if as_json:
         out = result.to_json()
         out.update(task=the_task.name, task_params=the_task.params(), model=client.model)
@@ -309,7 +325,7 @@ async def _run(
     seed: int,
     log: Path,
     show: bool,
-    remember: Callable[[Event], None],
+    sinks: list[Callable[[Event], None]],
 ) -> RunResult:
     total = task.max_steps()
     try:
@@ -317,7 +333,7 @@ async def _run(
             async with Engine(
                 log=log, client=setup.client, scheduler=setup.scheduler, prices=setup.prices
             ) as engine:
-                return await engine.run(task, policy=policy, seed=seed, sinks=[sink, remember])
+                return await engine.run(task, policy=policy, seed=seed, sinks=[sink, *sinks])
     finally:
         await _close(setup.client)
 
@@ -602,6 +618,7 @@ def _register_commands() -> None:
     # Registered here rather than imported at the top: replay/ builds on maker's public API.
     from replay._commands import verify_command
 
+    from ._otel_cli import export_otel_command
     from ._serve_sim import serve_sim_command
     from ._service import serve_command
     from ._workflow_cli import WORKFLOW_COMMANDS
@@ -609,6 +626,7 @@ def _register_commands() -> None:
     app.add_command(serve_sim_command, "serve-sim")
     app.add_command(verify_command, "verify")
     app.add_command(serve_command, "serve")
+    app.add_command(export_otel_command, "export-otel")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 

@@ -328,3 +328,34 @@ def test_replay_verify_verify_and_revote_from_the_command_line(
     code, _, err = cli(capsys, "replay", str(log))
     assert code == 2
     assert "--verify" in err
+
+
+def test_otel_live_json_and_export_from_the_log_give_the_same_spans(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log, live, exported = tmp_path / "t.db", tmp_path / "live.jsonl", tmp_path / "export.jsonl"
+    code, _, err = cli(
+        capsys, "run", "hanoi", "--disks", "4", "--log", str(log), "--otel", f"json:{live}",
+        "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli(
+        capsys, "export-otel", str(log), "--exporter", "json", "--out", str(exported)
+    )
+    assert code == 0, err
+
+    def spans(path: Path) -> dict[str, tuple[str, str]]:
+        out = {}
+        for line in path.read_text().splitlines():
+            for resource in json.loads(line)["resourceSpans"]:
+                for scope in resource["scopeSpans"]:
+                    for span in scope["spans"]:
+                        out[span["spanId"]] = (span["name"], span.get("parentSpanId", ""))
+        return out
+
+    live_spans, exported_spans = spans(live), spans(exported)
+    assert live_spans == exported_spans
+    assert len(live_spans) > 15  # a run span, 15 step spans and their sample spans
+    code, _, err = cli(capsys, "run", "hanoi", "--log", str(log), "--otel", "carrier-pigeon")
+    assert code == 2
+    assert "unknown exporter" in err

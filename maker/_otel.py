@@ -1,0 +1,1301 @@
+"""OpenTelemetry for runs: one span builder turns a stream of events into spans.
+
+The same builder, :class:`TraceSink`, serves both uses. Attached to an engine as an event sink it
+traces a run live; fed the events of a recorded log (:func:`export_run`, :func:`export_log`) it
+rebuilds the trace afterwards. Span times are the events' ``ts`` and span ids derive from the
+run id and the seq of the event that opened each span, so the live tree and the exported tree are
+the same tree, and exporting a log twice gives the same ids.
+
+The tree of a run (one trace per run)::
+
+    maker.run {task}                  INTERNAL, run_started .. run_finished
+      maker.step {step}               INTERNAL, step_started .. state_changed
+        chat {model}                  CLIENT, sample_requested .. its outcome (GenAI conventions)
+
+A resumed run gets a second root span ``maker.run {task}`` in the same trace, linked to the span of
+the part it continues; see :class:`TraceSink` for the details.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import sys
+import threading
+import weakref
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Final
+
+import anyio.to_thread
+import msgspec
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import MeterProvider
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
+
+from events import (
+    AnyEvent,
+    BreakerChanged,
+    Event,
+    EventLog,
+    RedFlagged,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    SampleCancelled,
+    SampleFailed,
+    SampleReceived,
+    SampleRequested,
+    SchedulerWaited,
+    StateChanged,
+    StepDecided,
+    StepStarted,
+    VoteCounted,
+)
+
+from ._errors import ConfigError, MakerError
+from ._version import __version__
+
+INSTRUMENTATION_NAME: Final = "maker"
+
+QUEUE_SIZE: Final = 65_536
+"""The batch processor's queue in providers built here: a whole run's backlog fits, and the sink
+flushes synchronously (slowing the run rather than dropping spans) when the backlog nears it."""
+
+FLUSH_EVERY: Final = 512
+"""Spans per chunk when exporting a recorded run: each chunk is flushed before the next is built,
+so even the SDK's default queue (2,048) never overflows."""
+
+_OTLP_MISSING = (
+    "the otlp exporter needs opentelemetry-exporter-otlp-proto-http: pip install 'maker[otlp]'"
+)
+
+# ---------------------------------------------------------------------------------------------
+# Deterministic ids
+
+
+def _digest(text: str, size: int) -> int:
+    value = int.from_bytes(hashlib.blake2b(text.encode()).digest()[:size], "big")
+    # An all-zero id is invalid in OpenTelemetry; a 2^-64 chance, but never emit one.
+    return value or 1
+
+
+def trace_id_for(run_id: str) -> int:
+    """The trace id of a run: the first 16 bytes of ``blake2b(run_id)``.
+
+    >>> f"{trace_id_for('demo'):032x}" == f"{trace_id_for('demo'):032x}"
+    True
+    """
+    return _digest(run_id, 16)
+
+
+def span_id_for(run_id: str, seq: int | str) -> int:
+    """The span id of the span opened by event ``seq``: the first 8 bytes of
+    ``blake2b(f"{run_id}:{seq}")``.
+
+    Spans that a resumption reopens (see :class:`TraceSink`) pass a string key,
+    ``"{seq}:step"`` or ``"{seq}:{sample_id}"``, so they never collide with a seq.
+    """
+    return _digest(f"{run_id}:{seq}", 8)
+
+
+class DeterministicIdGenerator(IdGenerator):
+    """An id generator that hands out the ids it was primed with, and random ids otherwise.
+
+    :class:`TraceSink` primes it before each span it starts (with :func:`trace_id_for` and
+    :func:`span_id_for`), so spans built from the same events get the same ids. Priming is per
+    thread, so other code creating spans on other threads through the same provider is
+    unaffected. Give it to your own provider to get deterministic ids there:
+    ``TracerProvider(id_generator=DeterministicIdGenerator())``.
+    """
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+        self._random = RandomIdGenerator()
+
+    def prime(self, trace_id: int, span_id: int) -> None:
+        """Make the next span started on this thread take these ids (the trace id only if
+        the span is a root)."""
+        self._local.ids = (trace_id, span_id)
+
+    def generate_trace_id(self) -> int:
+        ids: tuple[int, int] | None = getattr(self._local, "ids", None)
+        if ids is None:
+            return self._random.generate_trace_id()
+        return ids[0]
+
+    def generate_span_id(self) -> int:
+        ids: tuple[int, int] | None = getattr(self._local, "ids", None)
+        if ids is None:
+            return self._random.generate_span_id()
+        self._local.ids = None
+        return ids[1]
+
+
+# ---------------------------------------------------------------------------------------------
+# The span builder
+
+
+def provider_name(model: str) -> tuple[str, str]:
+    """``gen_ai.provider.name`` and ``gen_ai.request.model`` for a model string.
+
+    >>> provider_name("openai:gpt-4.1-mini")
+    ('openai', 'gpt-4.1-mini')
+    >>> provider_name("ollama:llama3.1:8b")
+    ('ollama', 'llama3.1:8b')
+    >>> provider_name("sim")
+    ('maker.sim', 'sim')
+    """
+    provider, sep, name = model.partition(":")
+    if sep and provider and name:
+        return provider, name
+    # Unprefixed models are maker's own (the simulated model) or a user's client.
+    return f"maker.{model}", model
+
+
+def _ns(ts: float) -> int:
+    """Event time (Unix seconds) to span time (Unix nanoseconds); live and export share it."""
+    return int(ts * 1_000_000_000)
+
+
+_json = msgspec.json.Encoder()
+
+_INTERNAL = SpanKind.INTERNAL
+_CLIENT = SpanKind.CLIENT
+_EMPTY_CONTEXT = Context()
+
+
+def _lead(tally: Mapping[str, int]) -> int:
+    """Votes of the leader minus votes of the runner-up."""
+    first = second = 0
+    for votes in tally.values():
+        if votes > first:
+            first, second = votes, first
+        elif votes > second:
+            second = votes
+    return first - second
+
+
+class _Sample:
+    """A sample whose span is built when it ends: every attribute and event is known then, so
+    the SDK is called once per span rather than once per event (the sink's main cost)."""
+
+    __slots__ = ("attrs", "end", "events", "key", "name", "start", "status", "step")
+
+    def __init__(self, key: str, name: str, step: int, start: int, attrs: dict[str, Any]) -> None:
+        self.key = key
+        self.name = name
+        self.step = step
+        self.start = start
+        self.attrs = attrs
+        self.end: int | None = None
+        self.events: list[tuple[str, dict[str, Any], int]] | None = None
+        self.status: Status | None = None
+
+    def event(self, name: str, attrs: dict[str, Any], at: int) -> None:
+        if self.events is None:
+            self.events = []
+        self.events.append((name, attrs, at))
+
+
+class _Step:
+    __slots__ = ("ctx", "span")
+
+    def __init__(self, span: trace.Span) -> None:
+        self.span = span
+        self.ctx = trace.set_span_in_context(span, _EMPTY_CONTEXT)
+
+
+class _Run:
+    __slots__ = (
+        "attrs",
+        "ctx",
+        "k",
+        "last_ts",
+        "max_attempts",
+        "model",
+        "previous",
+        "resumed_at",
+        "run_id",
+        "samples",
+        "span",
+        "steps",
+        "stopped",
+        "task",
+        "trace_id",
+    )
+
+    def __init__(self, event: RunStarted, attrs: dict[str, Any]) -> None:
+        self.run_id = event.run_id
+        self.trace_id = trace_id_for(event.run_id)
+        self.task = event.task
+        self.k = int(event.policy.get("k", 0))
+        self.max_attempts = int(event.policy.get("max_attempts", 5))
+        self.model = event.models[0] if event.models else "sim"
+        self.attrs = attrs
+        self.span: trace.Span | None = None
+        self.ctx: Context = _EMPTY_CONTEXT
+        self.steps: dict[int, _Step] = {}
+        self.samples: dict[str, _Sample] = {}
+        self.stopped: dict[str, _Sample] = {}
+        """Samples a cancellation or a crash interrupted: a resumption reopens them."""
+        self.resumed_at: int | None = None
+        self.previous: trace.SpanContext | None = None
+        """The span of the part a resumption continues (a cancelled run's)."""
+        self.last_ts = event.ts
+
+
+class _Instruments:
+    """The metric instruments, created once per sink."""
+
+    # OpenTelemetry naming: units go in ``unit``, not in names; attributes are namespaced.
+    def __init__(self, meter_provider: MeterProvider) -> None:
+        meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+        self.samples = meter.create_counter(
+            "maker.samples", unit="{sample}", description="Samples requested of a model."
+        )
+        self.red_flags = meter.create_counter(
+            "maker.red_flags",
+            unit="{red_flag}",
+            description="Responses discarded before voting, by maker.red_flag.reason.",
+        )
+        self.failures = meter.create_counter(
+            "maker.failures",
+            unit="{failure}",
+            description="Failed model calls (each attempt), by error.type.",
+        )
+        self.tokens = meter.create_counter(
+            "maker.tokens",
+            unit="{token}",
+            description="Tokens used, by gen_ai.token.type (input or output).",
+        )
+        self.cost = meter.create_counter(
+            "maker.cost", unit="USD", description="Cost of the samples received."
+        )
+        self.votes = meter.create_histogram(
+            "maker.votes_per_step",
+            unit="{vote}",
+            description="Valid votes it took to decide a step.",
+            explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50],
+        )
+
+
+_OUTCOME_KEYS: Final = ("maker.cancelled", "error.type")
+"""Attributes of an interrupted sample that its reopened span does not inherit."""
+
+_INPUT: Final = {"gen_ai.token.type": "input"}
+_OUTPUT: Final = {"gen_ai.token.type": "output"}
+
+
+class TraceSink:
+    """An event sink that turns a run's events into OpenTelemetry spans (and metrics).
+
+    Attach it to a run (``Engine(..., sinks=[sink])`` or ``engine.run(..., sinks=[sink])``) to
+    trace live, or feed it a recorded run's events (:func:`export_run`). It is called
+    synchronously on the event loop, in seq order; it may serve several runs at once.
+
+    **Spans.** One root span per run, ``maker.run {task}`` (INTERNAL), from ``run_started`` to
+    ``run_finished``; one ``maker.step {step}`` per step, its child, from ``step_started`` to
+    ``state_changed``; one span per sample, child of its step, from ``sample_requested`` to its
+    ``sample_received`` (or its final ``sample_failed``, or its ``sample_cancelled``). Sample
+    spans follow the GenAI semantic conventions: name ``chat {gen_ai.request.model}``, kind
+    CLIENT, ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
+    ``gen_ai.request.temperature``, ``gen_ai.request.max_tokens``,
+    ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
+    ``gen_ai.response.finish_reasons``, ``gen_ai.response.model`` (when it differs from the
+    requested one), and ``error.type`` with status ERROR when the sample failed for good.
+    maker's own attributes: ``maker.sample_id`` (``"{step}:{ordinal}"``), ``maker.candidate``,
+    ``maker.red_flag.reason``, ``maker.cost_usd`` (when not zero), ``maker.attempts`` (after a
+    failure), ``maker.cancelled``; on steps ``maker.step``, ``maker.k``, ``maker.winner``,
+    ``maker.votes`` (the final tally as JSON text), ``maker.lead`` (the winner's margin),
+    ``maker.samples``, ``maker.red_flags``; on the run ``maker.run_id``, ``maker.task``,
+    ``maker.k``, ``maker.status`` and totals. Sample spans carry no more than they must (a
+    sample's step is its parent and the prefix of its id): with about 130,000 of them in a
+    15-disk run, every attribute costs the SDK time and memory. Red flags
+    (``maker.red_flag``), retried failures (``maker.retry``), scheduler waits
+    (``maker.scheduler.wait``), breaker changes (``maker.breaker``) and cancellations
+    (``maker.cancelled``) are span events.
+
+    **Times and ids.** Start and end times are the events' ``ts`` in nanoseconds. With a
+    provider whose id generator is a :class:`DeterministicIdGenerator` (every provider built by
+    :func:`tracer_provider_for` has one) and ``deterministic_ids`` on, the trace id is
+    :func:`trace_id_for` ``(run_id)`` and each span id :func:`span_id_for` ``(run_id, seq)`` of
+    the event that opened the span; other providers' generators choose the ids. The run span is
+    a root of its own trace, never a child of the caller's current span, unless
+    ``parent_context`` is given (then it takes that trace, not the derived one).
+
+    **Content.** No prompt or response text is put in any span unless ``capture_content`` is
+    true; then sample spans get ``gen_ai.output.messages`` (the response as GenAI JSON) and
+    red flags their ``maker.red_flag.detail``. Prompts never enter the events, so never a span.
+
+    **Interruptions.** A ``run_finished`` with status ``cancelled`` ends every open span at its
+    time. A ``run_resumed`` first ends whatever is still open (a crash leaves spans open; so does
+    a live sink attached to :meth:`maker.Engine.resume`, which sees the recorded prefix again
+    without its interruption) at the last event before it, then opens a second root span
+    ``maker.run {task}`` in the same trace, with ``maker.resumed=true`` and a link to the span of
+    the part it continues. The step and samples the interruption cut are reopened under it when
+    their next event comes, starting at the resumption, with ids from :func:`span_id_for`
+    ``(run_id, f"{seq}:step")`` or ``(run_id, f"{seq}:{sample_id}")`` (``seq`` of that event).
+    Exporting the log is the canonical tree of a resumed run: a live sink on a resumption sends
+    the prefix's spans again with the same ids, and ends the interrupted part at its last
+    replayed event rather than at the recorded cancellation.
+
+    **Metrics** (with ``meter_provider``): counters ``maker.samples``, ``maker.red_flags``
+    (by ``maker.red_flag.reason``), ``maker.failures`` (by ``error.type``), ``maker.tokens`` (by
+    ``gen_ai.token.type``), ``maker.cost`` (USD) and the histogram ``maker.votes_per_step``.
+
+    >>> import anyio, os, tempfile
+    >>> from opentelemetry.sdk.trace import TracerProvider
+    >>> from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    >>> from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    >>> from maker import Engine, Policy, SimulatedModel
+    >>> from maker.tasks import Hanoi
+    >>> spans = InMemorySpanExporter()
+    >>> provider = TracerProvider(id_generator=DeterministicIdGenerator(), shutdown_on_exit=False)
+    >>> provider.add_span_processor(SimpleSpanProcessor(spans))
+    >>> async def main(path: str) -> None:
+    ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
+    ...         await engine.run(Hanoi(2), policy=Policy(k=1), sinks=[TraceSink(provider)])
+    >>> anyio.run(main, os.path.join(tempfile.mkdtemp(), "log.db"))
+    >>> sorted({span.name for span in spans.get_finished_spans()})
+    ['chat sim', 'maker.run hanoi', 'maker.step 0', 'maker.step 1', 'maker.step 2']
+    """
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+        *,
+        capture_content: bool = False,
+        deterministic_ids: bool = True,
+        parent_context: Context | None = None,
+    ) -> None:
+        provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
+        self.tracer_provider = provider
+        self.capture_content = capture_content
+        self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        generator = getattr(provider, "id_generator", None)
+        self._ids = (
+            generator
+            if deterministic_ids and isinstance(generator, DeterministicIdGenerator)
+            else None
+        )
+        self._parent = parent_context if parent_context is not None else _EMPTY_CONTEXT
+        self._metrics = _Instruments(meter_provider) if meter_provider is not None else None
+        self._account = _ACCOUNTS.get(provider) if isinstance(provider, TracerProvider) else None
+        self._runs: dict[str, _Run] = {}
+        self._models: dict[str, tuple[str, str, str]] = {}
+        self._ended = 0
+        self._handlers: dict[type[Event], Callable[[_Run, Any], None]] = {
+            StepStarted: self._step_started,
+            SampleRequested: self._sample_requested,
+            SampleReceived: self._sample_received,
+            SampleFailed: self._sample_failed,
+            SampleCancelled: self._sample_cancelled,
+            RedFlagged: self._red_flagged,
+            VoteCounted: self._vote_counted,
+            StepDecided: self._step_decided,
+            StateChanged: self._state_changed,
+            SchedulerWaited: self._scheduler_waited,
+            BreakerChanged: self._breaker_changed,
+            RunResumed: self._run_resumed,
+            RunFinished: self._run_finished,
+        }
+
+    @property
+    def spans_ended(self) -> int:
+        """How many spans this sink has ended (and so handed to the provider's processors)."""
+        return self._ended
+
+    def __call__(self, event: Event) -> None:
+        """Take the next event of a run (seq order)."""
+        if type(event) is RunStarted:
+            self._run_started(event)
+            return
+        handler = self._handlers.get(type(event))
+        run = self._runs.get(event.run_id)
+        if handler is None or run is None:
+            return  # a run this sink did not see start, or an event with no span part
+        handler(run, event)
+        run.last_ts = event.ts
+
+    def close(self) -> None:
+        """End every span still open (runs that never finished) at their last event."""
+        for run in list(self._runs.values()):
+            if run.span is not None:
+                self._interrupt(run, "close", _ns(run.last_ts), "unfinished")
+        self._runs.clear()
+
+    # -- spans ---------------------------------------------------------------------------------
+
+    def _start(
+        self,
+        run: _Run,
+        key: int | str,
+        name: str,
+        parent: Context,
+        kind: SpanKind,
+        attrs: dict[str, Any],
+        start: int,
+        links: Sequence[Link] = (),
+    ) -> trace.Span:
+        if self._ids is not None:
+            self._ids.prime(run.trace_id, span_id_for(run.run_id, key))
+        return self._tracer.start_span(name, parent, kind, attrs, links, start)
+
+    def _end(self, span: trace.Span, end: int) -> None:
+        span.end(end)
+        self._ended += 1
+        account = self._account
+        if account is not None and self._ended % 1024 == 0:
+            account.relieve()
+
+    def _step(self, run: _Run, step: int, seq: int | str, at: int) -> _Step:
+        """The open span of ``step``, reopened if an interruption closed it."""
+        found = run.steps.get(step)
+        if found is None:
+            start = run.resumed_at if run.resumed_at is not None else at
+            attrs: dict[str, Any] = {"maker.step": step, "maker.k": run.k}
+            if run.resumed_at is not None:
+                attrs["maker.resumed"] = True
+            span = self._start(
+                run, f"{seq}:step", f"maker.step {step}", run.ctx, _INTERNAL, attrs, start
+            )
+            found = run.steps[step] = _Step(span)
+        return found
+
+    def _sample(self, run: _Run, step: int, sample_id: str, seq: int, at: int) -> _Sample:
+        """The pending sample ``sample_id``, reopened if an interruption closed it."""
+        found = run.samples.get(sample_id)
+        if found is None:
+            start = run.resumed_at if run.resumed_at is not None else at
+            before = run.stopped.pop(sample_id, None)
+            if before is not None:
+                attrs = dict(before.attrs)
+                for key in _OUTCOME_KEYS:
+                    attrs.pop(key, None)
+                name = before.name
+            else:
+                name, provider, model = self._model(run.model)
+                attrs = {
+                    "gen_ai.operation.name": "chat",
+                    "gen_ai.provider.name": provider,
+                    "gen_ai.request.model": model,
+                    "maker.sample_id": sample_id,
+                }
+            if run.resumed_at is not None:
+                attrs["maker.resumed"] = True
+            found = _Sample(f"{seq}:{sample_id}", name, step, start, attrs)
+            run.samples[sample_id] = found
+        return found
+
+    def _finish(self, run: _Run, sample: _Sample, seq: int | str, at: int) -> None:
+        """Build and end a sample's span, now that all of it is known; ``at`` is the time of
+        the event that settles it (the end, unless the sample was answered earlier)."""
+        del run.samples[sample.attrs["maker.sample_id"]]
+        parent = self._step(run, sample.step, seq, at)
+        span = self._start(
+            run, sample.key, sample.name, parent.ctx, _CLIENT, sample.attrs, sample.start
+        )
+        if sample.events is not None:
+            for name, attrs, when in sample.events:
+                span.add_event(name, attrs, when)
+        if sample.status is not None:
+            span.set_status(sample.status)
+        self._end(span, sample.end if sample.end is not None else at)
+
+    def _model(self, model: str) -> tuple[str, str, str]:
+        """Span name, provider and model name of a model string (cached)."""
+        found = self._models.get(model)
+        if found is None:
+            provider, name = provider_name(model)
+            found = self._models[model] = (f"chat {name}", provider, name)
+        return found
+
+    def _interrupt(self, run: _Run, seq: int | str, end: int, why: str) -> None:
+        """End every open span of ``run`` at ``end``: a crash, a resumption, an unfinished log."""
+        for sample in list(run.samples.values()):
+            if sample.end is None:
+                sample.event("maker.interrupted", {"maker.interrupted.reason": why}, end)
+                run.stopped[sample.attrs["maker.sample_id"]] = sample
+            self._finish(run, sample, seq, end)
+        for step in run.steps.values():
+            step.span.set_attribute("maker.interrupted", why)
+            self._end(step.span, end)
+        run.steps.clear()
+        if run.span is not None:
+            run.span.set_attribute("maker.interrupted", why)
+            self._end(run.span, end)
+            run.previous = run.span.get_span_context()
+            run.span = None
+
+    # -- handlers --------------------------------------------------------------------------------
+
+    def _run_started(self, e: RunStarted) -> None:
+        old = self._runs.pop(e.run_id, None)
+        if old is not None and old.span is not None:
+            self._interrupt(old, e.seq, _ns(old.last_ts), "restarted")
+        attrs: dict[str, Any] = {
+            "maker.run_id": e.run_id,
+            "maker.task": e.task,
+            "maker.task.params": _json.encode(e.task_params).decode(),
+            "maker.k": int(e.policy.get("k", 0)),
+            "maker.policy": _json.encode(e.policy).decode(),
+            "maker.seed": e.seed,
+            "maker.models": list(e.models),
+            "maker.version": e.version,
+        }
+        run = _Run(e, attrs)
+        run.span = self._start(
+            run, e.seq, f"maker.run {e.task}", self._parent, _INTERNAL, attrs, _ns(e.ts)
+        )
+        run.ctx = trace.set_span_in_context(run.span, _EMPTY_CONTEXT)
+        self._runs[e.run_id] = run
+
+    def _step_started(self, run: _Run, e: StepStarted) -> None:
+        at = _ns(e.ts)
+        old = run.steps.pop(e.step, None)
+        if old is not None:
+            self._end(old.span, at)
+        attrs = {"maker.step": e.step, "maker.k": run.k}
+        span = self._start(run, e.seq, f"maker.step {e.step}", run.ctx, _INTERNAL, attrs, at)
+        run.steps[e.step] = _Step(span)
+
+    def _sample_requested(self, run: _Run, e: SampleRequested) -> None:
+        name, provider, model = self._model(e.model)
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model,
+            "gen_ai.request.temperature": e.temperature,
+            "maker.sample_id": e.sample_id,
+        }
+        if e.max_tokens:
+            attrs["gen_ai.request.max_tokens"] = e.max_tokens
+        run.samples[e.sample_id] = _Sample(str(e.seq), name, e.step, _ns(e.ts), attrs)
+        if self._metrics is not None:
+            self._metrics.samples.add(1)
+
+    def _sample_received(self, run: _Run, e: SampleReceived) -> None:
+        at = _ns(e.ts)
+        sample = self._sample(run, e.step, e.sample_id, e.seq, at)
+        attrs = sample.attrs
+        # Each attribute costs the SDK a validation: the ones that would repeat the request's
+        # model or say "free" are left out (the span's duration already gives the latency).
+        served = self._model(e.model)[2]
+        if served != attrs.get("gen_ai.request.model"):
+            attrs["gen_ai.response.model"] = served
+        attrs["gen_ai.usage.input_tokens"] = e.input_tokens
+        attrs["gen_ai.usage.output_tokens"] = e.output_tokens
+        attrs["gen_ai.response.finish_reasons"] = (e.finish_reason,)
+        if e.cost_usd:
+            attrs["maker.cost_usd"] = e.cost_usd
+        if self.capture_content:
+            attrs["gen_ai.output.messages"] = _json.encode(
+                [
+                    {
+                        "role": "assistant",
+                        "parts": [{"type": "text", "content": e.text}],
+                        "finish_reason": e.finish_reason,
+                    }
+                ]
+            ).decode()
+        # The span ends here; it is built at the verdict that follows, so it carries it.
+        sample.end = at
+        metrics = self._metrics
+        if metrics is not None:
+            metrics.tokens.add(e.input_tokens, _INPUT)
+            metrics.tokens.add(e.output_tokens, _OUTPUT)
+            if e.cost_usd:
+                metrics.cost.add(e.cost_usd)
+
+    def _red_flagged(self, run: _Run, e: RedFlagged) -> None:
+        at = _ns(e.ts)
+        sample = self._sample(run, e.step, e.sample_id, e.seq, at)
+        sample.attrs["maker.red_flag.reason"] = e.reason
+        flag: dict[str, Any] = {"maker.red_flag.reason": e.reason}
+        if self.capture_content and e.detail:
+            # A user's check may quote the response in its detail.
+            sample.attrs["maker.red_flag.detail"] = e.detail
+            flag["maker.red_flag.detail"] = e.detail
+        sample.event("maker.red_flag", flag, at)
+        self._finish(run, sample, e.seq, at)
+        if self._metrics is not None:
+            self._metrics.red_flags.add(1, {"maker.red_flag.reason": e.reason})
+
+    def _vote_counted(self, run: _Run, e: VoteCounted) -> None:
+        at = _ns(e.ts)
+        sample = self._sample(run, e.step, e.sample_id, e.seq, at)
+        sample.attrs["maker.candidate"] = e.candidate
+        self._finish(run, sample, e.seq, at)
+
+    def _sample_failed(self, run: _Run, e: SampleFailed) -> None:
+        at = _ns(e.ts)
+        sample = self._sample(run, e.step, e.sample_id, e.seq, at)
+        sample.attrs["maker.attempts"] = e.attempt
+        if self._metrics is not None:
+            self._metrics.failures.add(1, {"error.type": e.error_kind})
+        if e.retryable and e.attempt < run.max_attempts:
+            retry: dict[str, Any] = {
+                "error.type": e.error_kind,
+                "maker.attempt": e.attempt,
+                "maker.backoff_s": e.backoff_s,
+                "maker.error.message": e.message,
+            }
+            if e.retry_after_s is not None:
+                retry["maker.retry_after_s"] = e.retry_after_s
+            sample.event("maker.retry", retry, at)
+            return
+        sample.attrs["error.type"] = e.error_kind
+        sample.status = Status(StatusCode.ERROR, f"{e.error_kind}: {e.message}")
+        sample.end = at
+        self._finish(run, sample, e.seq, at)
+
+    def _sample_cancelled(self, run: _Run, e: SampleCancelled) -> None:
+        at = _ns(e.ts)
+        sample = self._sample(run, e.step, e.sample_id, e.seq, at)
+        sample.attrs["maker.cancelled"] = e.reason
+        sample.event("maker.cancelled", {"maker.cancelled.reason": e.reason}, at)
+        if e.reason == "run_cancelled":
+            run.stopped[e.sample_id] = sample  # a resumption asks for it again
+        sample.end = at
+        self._finish(run, sample, e.seq, at)
+
+    def _step_decided(self, run: _Run, e: StepDecided) -> None:
+        step = self._step(run, e.step, e.seq, _ns(e.ts))
+        step.span.set_attributes(
+            {
+                "maker.winner": e.winner,
+                "maker.votes": _json.encode(e.votes).decode(),
+                "maker.lead": _lead(e.votes),
+                "maker.samples": e.samples,
+                "maker.red_flags": e.red_flags,
+            }
+        )
+        if self._metrics is not None:
+            self._metrics.votes.record(sum(e.votes.values()))
+
+    def _state_changed(self, run: _Run, e: StateChanged) -> None:
+        step = run.steps.pop(e.step, None)
+        if step is not None:
+            self._end(step.span, _ns(e.ts))
+
+    def _observed(
+        self, run: _Run, step: int, sample_id: str, name: str, attrs: dict[str, Any], at: int
+    ) -> None:
+        sample = run.samples.get(sample_id)
+        if sample is not None:
+            sample.event(name, attrs, at)
+            return
+        holder = run.steps.get(step)
+        span = holder.span if holder is not None else run.span
+        if span is not None:
+            span.add_event(name, {**attrs, "maker.sample_id": sample_id}, at)
+
+    def _scheduler_waited(self, run: _Run, e: SchedulerWaited) -> None:
+        attrs = {"maker.wait.reason": e.reason, "maker.wait.seconds": e.waited_s}
+        self._observed(run, e.step, e.sample_id, "maker.scheduler.wait", attrs, _ns(e.ts))
+
+    def _breaker_changed(self, run: _Run, e: BreakerChanged) -> None:
+        attrs: dict[str, Any] = {
+            "maker.breaker.state": e.state,
+            "maker.breaker.failures": e.failures,
+            "gen_ai.request.model": self._model(e.model)[2],
+        }
+        self._observed(run, e.step, e.sample_id, "maker.breaker", attrs, _ns(e.ts))
+
+    def _run_resumed(self, run: _Run, e: RunResumed) -> None:
+        if run.span is not None:
+            # Still open: a crash, or a live resumption that replayed the prefix into us.
+            self._interrupt(run, e.seq, _ns(run.last_ts), "interrupted")
+        links: list[Link] = []
+        if run.previous is not None:
+            links.append(Link(run.previous, {"maker.link": "resumes"}))
+        attrs = dict(run.attrs)
+        attrs["maker.resumed"] = True
+        attrs["maker.replayed"] = e.replayed
+        if e.version:
+            attrs["maker.version"] = e.version
+        start = _ns(e.ts)
+        span = self._start(
+            run, e.seq, f"maker.run {run.task}", self._parent, _INTERNAL, attrs, start, links
+        )
+        run.span = span
+        run.ctx = trace.set_span_in_context(span, _EMPTY_CONTEXT)
+        run.resumed_at = start
+
+    def _run_finished(self, run: _Run, e: RunFinished) -> None:
+        end = _ns(e.ts)
+        for sample in list(run.samples.values()):
+            if sample.end is None:
+                # Requested and never settled: the run ended around it.
+                sample.event("maker.abandoned", {"maker.run.status": e.status}, end)
+            self._finish(run, sample, e.seq, end)
+        failed = e.status == "failed"
+        for step in run.steps.values():
+            if failed:
+                step.span.set_status(Status(StatusCode.ERROR, e.reason))
+            elif e.status == "cancelled":
+                step.span.set_attribute("maker.interrupted", "cancelled")
+            self._end(step.span, end)
+        run.steps.clear()
+        span = run.span
+        if span is None:
+            return
+        attrs: dict[str, Any] = {
+            "maker.status": e.status,
+            "maker.steps": e.steps,
+            "maker.samples": e.samples,
+            "maker.red_flags": e.red_flags,
+            "maker.wall_s": e.wall_s,
+        }
+        if e.reason:
+            attrs["maker.reason"] = e.reason
+        span.set_attributes(attrs)
+        if failed:
+            span.set_status(Status(StatusCode.ERROR, e.reason))
+        self._end(span, end)
+        run.span = None
+        if e.status == "cancelled":
+            # Kept: a resumption links back to this span and reopens what was cut.
+            run.previous = span.get_span_context()
+        else:
+            del self._runs[run.run_id]
+
+
+# ---------------------------------------------------------------------------------------------
+# Providers, accounting, exporters
+
+
+class _Account:
+    """What a provider built here did with its spans: ended, exported, rejected."""
+
+    def __init__(self, provider: TracerProvider, high_water: int) -> None:
+        self._provider = weakref.ref(provider)
+        self.high_water = high_water
+        self.ended = 0
+        self.exported = 0
+        self.failed = 0
+
+    @property
+    def lost(self) -> int:
+        return self.ended - self.exported
+
+    def relieve(self) -> None:
+        # A producer faster than the exporter: export now, on this thread, rather than let the
+        # queue overflow and drop spans.
+        if self.ended - self.exported - self.failed > self.high_water:
+            provider = self._provider()
+            if provider is not None:
+                provider.force_flush()
+
+
+_ACCOUNTS: weakref.WeakKeyDictionary[TracerProvider, _Account] = weakref.WeakKeyDictionary()
+
+
+class _Counting(SpanProcessor):
+    def __init__(self, account: _Account) -> None:
+        self._account = account
+
+    def on_end(self, span: ReadableSpan) -> None:
+        # Only sampled spans reach an exporter; count what the exporter should see.
+        if span.context is not None and span.context.trace_flags.sampled:
+            self._account.ended += 1
+
+
+class _CountingExporter(SpanExporter):
+    def __init__(
+        self, inner: SpanExporter, account: _Account, close: Callable[[], None] | None
+    ) -> None:
+        self._inner = inner
+        self._account = account
+        self._close = close
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            self._account.failed += len(spans)
+            raise
+        if result is SpanExportResult.SUCCESS:
+            self._account.exported += len(spans)
+        else:
+            self._account.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+        if self._close is not None:
+            self._close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def _any_value(value: Any) -> dict[str, Any]:
+    kind = type(value)
+    # Exact types first: attribute values are nearly always plain str, int or float.
+    if kind is str:
+        return {"stringValue": value}
+    if kind is int:
+        return {"intValue": str(value)}
+    if kind is float:
+        if math.isfinite(value):
+            return {"doubleValue": value}
+        # JSON has no NaN or infinities; protobuf's JSON mapping spells them as strings.
+        return {
+            "doubleValue": "NaN"
+            if math.isnan(value)
+            else ("Infinity" if value > 0 else "-Infinity")
+        }
+    if kind is bool:
+        return {"boolValue": value}
+    if isinstance(value, bool):
+        return {"boolValue": bool(value)}
+    if isinstance(value, int):
+        return {"intValue": str(int(value))}
+    if isinstance(value, float):
+        return _any_value(float(value))
+    if isinstance(value, str):
+        return {"stringValue": str(value)}
+    if isinstance(value, bytes):
+        return {"bytesValue": base64.b64encode(value).decode()}
+    if isinstance(value, Mapping):
+        return {"kvlistValue": {"values": _key_values(value)}}
+    if isinstance(value, Sequence):
+        return {"arrayValue": {"values": [_any_value(v) for v in value]}}
+    return {}
+
+
+def _key_values(attrs: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    if not attrs:
+        return []
+    return [{"key": key, "value": _any_value(value)} for key, value in attrs.items()]
+
+
+_HAS_IS_REMOTE = 0x100
+_IS_REMOTE = 0x200
+
+
+def _flags(context: trace.SpanContext | None) -> int:
+    # As the SDK's protobuf encoder sets them (SpanFlags in trace.proto).
+    return _HAS_IS_REMOTE | (_IS_REMOTE if context is not None and context.is_remote else 0)
+
+
+def _span_json(span: ReadableSpan) -> dict[str, Any]:
+    context = span.get_span_context()
+    assert context is not None
+    out: dict[str, Any] = {
+        "traceId": f"{context.trace_id:032x}",
+        "spanId": f"{context.span_id:016x}",
+    }
+    if context.trace_state:
+        out["traceState"] = ",".join(f"{k}={v}" for k, v in context.trace_state.items())
+    if span.parent is not None:
+        out["parentSpanId"] = f"{span.parent.span_id:016x}"
+    out["flags"] = _flags(span.parent)
+    out["name"] = span.name
+    # OTLP's SpanKind counts from UNSPECIFIED = 0; the SDK's from INTERNAL = 0.
+    out["kind"] = span.kind.value + 1
+    out["startTimeUnixNano"] = str(span.start_time or 0)
+    out["endTimeUnixNano"] = str(span.end_time or 0)
+    out["attributes"] = _key_values(span.attributes)
+    if span.dropped_attributes:
+        out["droppedAttributesCount"] = span.dropped_attributes
+    if span.events:
+        out["events"] = [
+            {
+                "timeUnixNano": str(event.timestamp),
+                "name": event.name,
+                "attributes": _key_values(event.attributes),
+            }
+            for event in span.events
+        ]
+    if span.links:
+        out["links"] = [
+            {
+                "traceId": f"{link.context.trace_id:032x}",
+                "spanId": f"{link.context.span_id:016x}",
+                "attributes": _key_values(link.attributes),
+                "flags": _flags(link.context),
+            }
+            for link in span.links
+        ]
+    status: dict[str, Any] = {}
+    if span.status.status_code is not StatusCode.UNSET:
+        status["code"] = span.status.status_code.value  # UNSET 0, OK 1, ERROR 2, as in OTLP
+    if span.status.description:
+        status["message"] = span.status.description
+    out["status"] = status
+    return out
+
+
+def spans_to_otlp_json(spans: Iterable[ReadableSpan]) -> dict[str, Any]:
+    """One OTLP ``ExportTraceServiceRequest`` in the OTLP/HTTP JSON encoding.
+
+    ``resourceSpans`` → ``scopeSpans`` → ``spans``, grouped by resource and instrumentation
+    scope; trace and span ids as lowercase hex, times as decimal strings of nanoseconds,
+    64-bit integers as strings, kinds and status codes as enum numbers (the encoding the
+    OpenTelemetry Collector's file exporter writes and its receivers read).
+    """
+    grouped: dict[Resource, dict[Any, list[dict[str, Any]]]] = {}
+    for span in spans:
+        by_scope = grouped.setdefault(span.resource, {})
+        by_scope.setdefault(span.instrumentation_scope, []).append(_span_json(span))
+    resource_spans = []
+    for resource, by_scope in grouped.items():
+        scope_spans = []
+        for scope, encoded in by_scope.items():
+            entry: dict[str, Any] = {"scope": {}, "spans": encoded}
+            if scope is not None:
+                entry["scope"] = {"name": scope.name}
+                if scope.version:
+                    entry["scope"]["version"] = scope.version
+                if scope.schema_url:
+                    entry["schemaUrl"] = scope.schema_url
+            scope_spans.append(entry)
+        block: dict[str, Any] = {
+            "resource": {"attributes": _key_values(resource.attributes)},
+            "scopeSpans": scope_spans,
+        }
+        if resource.schema_url:
+            block["schemaUrl"] = resource.schema_url
+        resource_spans.append(block)
+    return {"resourceSpans": resource_spans}
+
+
+class OtlpJsonSpanExporter(SpanExporter):
+    """Writes spans as OTLP JSON, one ``ExportTraceServiceRequest`` per line (JSON Lines).
+
+    The format of the OpenTelemetry Collector's file exporter (``format: json``), which its
+    ``otlpjsonfile`` receiver reads back. ``path`` is created or overwritten; or give an open
+    text ``stream`` (not closed at shutdown).
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, stream: IO[str] | None = None
+    ) -> None:
+        if (path is None) == (stream is None):
+            raise ValueError("give a path or a stream")
+        self._owned = path is not None
+        self._out: IO[str]
+        if path is not None:
+            self._out = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed at shutdown)
+        else:
+            assert stream is not None
+            self._out = stream
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        if not spans:
+            return SpanExportResult.SUCCESS
+        line = _json.encode(spans_to_otlp_json(spans)).decode()
+        with self._lock:
+            if self._closed:
+                return SpanExportResult.FAILURE
+            self._out.write(line + "\n")
+            self._out.flush()
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            if self._owned:
+                self._out.close()
+            else:
+                self._out.flush()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        with self._lock:
+            if not self._closed:
+                self._out.flush()
+        return True
+
+
+def _resource() -> Resource:
+    # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win; "maker" only replaces the SDK's
+    # "unknown_service" placeholder.
+    resource = Resource.create()
+    name = str(resource.attributes.get(SERVICE_NAME, ""))
+    if not name or name.startswith("unknown_service"):
+        resource = resource.merge(Resource({SERVICE_NAME: "maker"}))
+    return resource
+
+
+def _otlp_class() -> type[SpanExporter]:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    except ImportError as exc:
+        raise ConfigError("exporter", _OTLP_MISSING) from exc
+    return OTLPSpanExporter
+
+
+def _otlp_exporter(endpoint: str | None) -> SpanExporter:
+    exporter_class = _otlp_class()
+    if endpoint is not None:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError("out", f"an otlp endpoint is an http(s) URL, got {endpoint!r}")
+        scheme, _, rest = endpoint.partition("://")
+        if "/" not in rest.rstrip("/"):
+            endpoint = f"{scheme}://{rest.rstrip('/')}/v1/traces"
+    # The exporter's own constructor reads the rest of OTEL_EXPORTER_OTLP_* (headers, timeout,
+    # compression, certificates) and, without an endpoint, the endpoint variables.
+    exporter: SpanExporter = exporter_class(endpoint=endpoint)  # type: ignore[call-arg]
+    return exporter
+
+
+def _parse_exporter(
+    exporter: str, out: str | os.PathLike[str] | None
+) -> tuple[str, str | os.PathLike[str] | None]:
+    kind, sep, target = exporter.partition(":")
+    if kind == "json" and sep:
+        if out is not None:
+            raise ConfigError("exporter", "give the json file once: json:FILE or an out path")
+        if not target:
+            raise ConfigError("exporter", "json:FILE needs a file name")
+        return "json", target
+    if sep or kind not in ("console", "otlp", "json"):
+        raise ConfigError(
+            "exporter", f"unknown exporter {exporter!r}; use console, otlp or json:FILE"
+        )
+    if kind == "json" and out is None:
+        raise ConfigError("exporter", "json needs a file: json:FILE, or an out path")
+    return kind, out
+
+
+def tracer_provider_for(
+    exporter: str,
+    out: str | os.PathLike[str] | None = None,
+    *,
+    stream: IO[str] | None = None,
+    resource: Resource | None = None,
+) -> TracerProvider:
+    """A tracer provider with deterministic ids and a batch processor that does not lose spans.
+
+    ``exporter`` is ``"console"`` (spans as JSON to ``out``, ``stream``, or stdout), ``"otlp"``
+    (OTLP/HTTP protobuf to ``out`` if given, an http(s) URL, else to
+    ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``,
+    else ``http://localhost:4318/v1/traces``; headers, timeout, compression and certificates come
+    from the standard ``OTEL_EXPORTER_OTLP_*`` variables) or ``"json:FILE"`` / ``"json"`` with
+    ``out`` (OTLP JSON lines, see :class:`OtlpJsonSpanExporter`). The otlp exporter needs
+    ``pip install 'maker[otlp]'``; without it this raises :class:`maker.ConfigError`.
+
+    The queue holds :data:`QUEUE_SIZE` spans; :class:`TraceSink` flushes synchronously when
+    the backlog passes half of it, and :func:`provider_losses` tells, after a flush, how many
+    ended spans the exporter never accepted. Shut the provider down when done (that flushes).
+    """
+    kind, target = _parse_exporter(exporter, out)
+    close: Callable[[], None] | None = None
+    inner: SpanExporter
+    if kind == "otlp":
+        inner = _otlp_exporter(None if target is None else os.fspath(target))
+    elif kind == "json":
+        assert target is not None
+        try:
+            inner = OtlpJsonSpanExporter(target)
+        except OSError as exc:
+            raise ConfigError("out", f"cannot write {os.fspath(target)}: {exc.strerror}") from exc
+    else:
+        if target is not None:
+            try:
+                handle = open(target, "w", encoding="utf-8")  # noqa: SIM115 (closed at shutdown)
+            except OSError as exc:
+                raise ConfigError(
+                    "out", f"cannot write {os.fspath(target)}: {exc.strerror}"
+                ) from exc
+            inner = ConsoleSpanExporter(out=handle)
+            close = handle.close
+        else:
+            inner = ConsoleSpanExporter(out=stream if stream is not None else sys.stdout)
+    provider = TracerProvider(
+        resource=resource if resource is not None else _resource(),
+        id_generator=DeterministicIdGenerator(),
+    )
+    account = _Account(provider, QUEUE_SIZE // 2)
+    _ACCOUNTS[provider] = account
+    provider.add_span_processor(_Counting(account))
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            _CountingExporter(inner, account, close),
+            max_queue_size=QUEUE_SIZE,
+            max_export_batch_size=FLUSH_EVERY,
+        )
+    )
+    return provider
+
+
+@dataclass(frozen=True)
+class ProviderLosses:
+    """What a provider built by :func:`tracer_provider_for` did with its spans."""
+
+    ended: int
+    exported: int
+    failed: int
+
+    @property
+    def lost(self) -> int:
+        """Spans ended but never accepted by the exporter (dropped or rejected)."""
+        return self.ended - self.exported
+
+
+def provider_losses(provider: trace.TracerProvider) -> ProviderLosses | None:
+    """Spans ended, exported and rejected by a provider built here (None for others).
+
+    Exact after ``force_flush()`` or ``shutdown()``; ``lost`` counts spans the batch queue
+    dropped or the exporter failed to deliver.
+    """
+    if not isinstance(provider, TracerProvider):
+        return None
+    account = _ACCOUNTS.get(provider)
+    if account is None:
+        return None
+    return ProviderLosses(account.ended, account.exported, account.failed)
+
+
+def export_run(
+    events: Iterable[AnyEvent | Event],
+    tracer_provider: trace.TracerProvider,
+    *,
+    capture_content: bool = False,
+    meter_provider: MeterProvider | None = None,
+    flush_every: int = FLUSH_EVERY,
+) -> int:
+    """Build a recorded run's spans from its events and export them; return how many.
+
+    The same builder as live tracing (:class:`TraceSink`), so the same tree, times and ids.
+    The provider is flushed every ``flush_every`` spans, so a batch processor's queue
+    (at least ``flush_every`` long) never overflows, however long the run; it is not shut
+    down. With a provider from :func:`tracer_provider_for`, the count is the spans the exporter
+    accepted and a shortfall raises :class:`maker.MakerError`; with another provider it is the
+    spans built. A run that never finished has its open spans ended at its last event. Ids are
+    deterministic (the same on every export) when the provider's id generator is a
+    :class:`DeterministicIdGenerator`, as in every provider :func:`tracer_provider_for` builds.
+    """
+    if flush_every < 1:
+        raise ConfigError("flush_every", f"must be at least 1, got {flush_every}")
+    sink = TraceSink(tracer_provider, meter_provider, capture_content=capture_content)
+    before = provider_losses(tracer_provider)
+    flushed = 0
+    flush = getattr(tracer_provider, "force_flush", None)
+    for event in events:
+        sink(event)
+        if flush is not None and sink.spans_ended - flushed >= flush_every:
+            flush()
+            flushed = sink.spans_ended
+    sink.close()
+    if flush is not None and not flush():
+        raise MakerError("the tracer provider did not flush its spans")
+    after = provider_losses(tracer_provider)
+    if before is None or after is None:
+        return sink.spans_ended
+    exported = after.exported - before.exported
+    if exported != sink.spans_ended:
+        missing = sink.spans_ended - exported
+        raise MakerError(
+            f"{missing} of {sink.spans_ended} spans were not exported "
+            f"({after.failed - before.failed} rejected by the exporter)"
+        )
+    return exported
+
+
+async def export_log(
+    path: str | os.PathLike[str],
+    run_id: str | None = None,
+    exporter: str = "console",
+    out: str | os.PathLike[str] | None = None,
+    *,
+    capture_content: bool = False,
+) -> int:
+    """Export one run of a log (the only run when ``run_id`` is None) as spans; return how many.
+
+    ``exporter`` and ``out`` are as in :func:`tracer_provider_for`. Spans are built and exported
+    on a worker thread, so the event loop stays free (an OTLP receiver may share it).
+    """
+    _, count = await _export_log(path, run_id, exporter, out, capture_content=capture_content)
+    return count
+
+
+async def _export_log(
+    path: str | os.PathLike[str],
+    run_id: str | None,
+    exporter: str,
+    out: str | os.PathLike[str] | None,
+    *,
+    capture_content: bool = False,
+) -> tuple[str, int]:
+    """:func:`export_log`, also returning the run id it exported."""
+    # A bad exporter fails before the log is read (and before an output file is created).
+    if _parse_exporter(exporter, out)[0] == "otlp":
+        _otlp_class()
+    async with EventLog(path, mode="r") as log:
+        info = await log.run(run_id)
+        events = [event async for event in log.read(info.run_id)]
+    provider = tracer_provider_for(exporter, out)
+    try:
+        count = await anyio.to_thread.run_sync(
+            lambda: export_run(events, provider, capture_content=capture_content)
+        )
+    finally:
+        await anyio.to_thread.run_sync(provider.shutdown)
+    return info.run_id, count
+
+
+_ENV_EXPORTERS = {"otlp": "otlp", "otlp_proto_http": "otlp", "console": "console"}
+
+
+def configure_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
+    """A tracer provider from the standard ``OTEL_*`` variables, or None when they ask for none.
+
+    Honoured: ``OTEL_SDK_DISABLED=true`` (none); ``OTEL_TRACES_EXPORTER`` = ``otlp`` (or
+    ``otlp_proto_http``), ``console`` or ``none`` (only the first of a list); when it is unset,
+    ``otlp`` if ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` is
+    set, else none; ``OTEL_EXPORTER_OTLP_PROTOCOL`` / ``OTEL_EXPORTER_OTLP_TRACES_PROTOCOL``
+    must be ``http/protobuf`` (the exporter maker ships). The exporter itself reads the
+    endpoint, headers, timeout, compression and certificate variables; the provider reads
+    ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_TRACES_SAMPLER`` (+``_ARG``);
+    the batch processor ``OTEL_BSP_SCHEDULE_DELAY``. The queue size is maker's own.
+    ``environ`` (default ``os.environ``) decides whether and what to export; the exporter and
+    the SDK read their own settings from ``os.environ``.
+    """
+    env = os.environ if environ is None else environ
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    if named:
+        first = named.split(",")[0].strip()
+        if first == "none":
+            return None
+        if first not in _ENV_EXPORTERS:
+            raise ConfigError(
+                "OTEL_TRACES_EXPORTER", f"{first!r} is not supported; use otlp, console or none"
+            )
+        kind = _ENV_EXPORTERS[first]
+    elif env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        kind = "otlp"
+    else:
+        return None
+    if kind == "otlp":
+        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+            protocol = env.get(name, "").strip()
+            if protocol:
+                if protocol != "http/protobuf":
+                    raise ConfigError(
+                        name, f"{protocol!r} is not supported; maker exports http/protobuf"
+                    )
+                break
+    return tracer_provider_for(kind, stream=sys.stderr if kind == "console" else None)
