@@ -41,7 +41,6 @@ from anyio.abc import ObjectSendStream, TaskGroup
 
 from events import (
     AnyEvent,
-    BreakerChanged,
     Event,
     EventLog,
     RedFlagged,
@@ -52,18 +51,17 @@ from events import (
     SampleFailed,
     SampleReceived,
     SampleRequested,
-    SchedulerWaited,
     StepStarted,
     VoteCounted,
     canonical_json,
 )
 
 from ._client import Client, Completion, SampleRequest
-from ._engine import EventSink, sample_seed
+from ._engine import EventObserver, EventSink, sample_seed
 from ._errors import ClientError, ConfigError, RedFlag
 from ._policy import Policy
 from ._pricing import PriceTable
-from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
+from ._scheduler import Scheduler, backoff_delay
 from ._task import Prompt, Task
 from ._version import __version__
 from .tasks import Hanoi, HanoiState, make_task
@@ -741,7 +739,9 @@ class _CalibrationRun:
         completion: Completion | None = None
         error: ClientError | None = None
         try:
-            completion = await scheduler.call(self.client, request, _Observer(self, request))
+            completion = await scheduler.call(
+                self.client, request, EventObserver(self.emit, request)
+            )
         except ClientError as exc:
             error = exc
         except anyio.get_cancelled_exc_class():
@@ -758,34 +758,6 @@ def _describe(exc: BaseException) -> str:
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
     return f"{type(exc).__name__}: {exc}"
-
-
-class _Observer(SchedulerObserver):
-    """Records the scheduler's waits and breaker changes for one sample, as the engine does."""
-
-    def __init__(self, run: _CalibrationRun, request: SampleRequest) -> None:
-        self._run = run
-        self._request = request
-
-    def waited(self, wait: Wait) -> None:
-        self._run.emit(
-            SchedulerWaited,
-            step=self._request.step,
-            sample_id=self._request.sample_id,
-            model=self._request.model,
-            reason=wait.reason,
-            waited_s=wait.seconds,
-        )
-
-    def breaker_changed(self, change: BreakerChange) -> None:
-        self._run.emit(
-            BreakerChanged,
-            step=self._request.step,
-            sample_id=self._request.sample_id,
-            model=change.model,
-            state=change.state,
-            failures=change.failures,
-        )
 
 
 async def calibrate(

@@ -900,7 +900,7 @@ class _Run(Generic[S, A]):
         error = None
         try:
             completion = await self.engine.scheduler.call(
-                self.client, request, _Observer(self, request)
+                self.client, request, EventObserver(self.emit, request)
             )
         except ClientError as exc:
             error = exc
@@ -913,15 +913,16 @@ class _Run(Generic[S, A]):
         await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))
 
 
-class _Observer(SchedulerObserver):
-    """Records the scheduler's waits and breaker changes for one sample as events."""
+class EventObserver(SchedulerObserver):
+    """Records the scheduler's waits and breaker changes for one sample as events, through the
+    ``emit(event_type, **fields)`` of whatever is recording the run."""
 
-    def __init__(self, run: _Run[Any, Any], request: SampleRequest) -> None:
-        self._run = run
+    def __init__(self, emit: Callable[..., None], request: SampleRequest) -> None:
+        self._emit = emit
         self._request = request
 
     def waited(self, wait: Wait) -> None:
-        self._run.emit(
+        self._emit(
             SchedulerWaited,
             step=self._request.step,
             sample_id=self._request.sample_id,
@@ -931,7 +932,7 @@ class _Observer(SchedulerObserver):
         )
 
     def breaker_changed(self, change: BreakerChange) -> None:
-        self._run.emit(
+        self._emit(
             BreakerChanged,
             step=self._request.step,
             sample_id=self._request.sample_id,
