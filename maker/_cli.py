@@ -42,6 +42,7 @@ from ._client import Client
 from ._engine import Engine, RunResult, VerifyResult
 from ._errors import ConfigError, MakerError
 from ._formulas import k_min, p_run
+from ._options import prices_option, rate_limit_options
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Limits, Scheduler
@@ -107,20 +108,8 @@ _probability = click.FloatRange(0.0, 1.0)
 )
 @click.option("--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency.")
 @click.option("--concurrency", type=click.IntRange(1), help="Cap on requests in flight.")
-@click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute.")
-@click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.0, min_open=True),
-    default=120.0,
-    show_default=True,
-    help="Seconds one model call may take.",
-)
-@click.option(
-    "--prices",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
-)
+@rate_limit_options
+@prices_option
 @click.option("--k", "k", type=click.IntRange(1), help="Vote margin (default 3).")
 @click.option(
     "--target",

@@ -51,6 +51,7 @@ from ._client import Client
 from ._engine import Engine
 from ._errors import ConfigError, MakerError, UnknownTaskError
 from ._handle import RunHandle
+from ._options import rate_limit_options
 from ._policy import Policy
 from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
@@ -522,15 +523,7 @@ async def serve(
     "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free."
 )
 @click.option("--concurrency", type=click.IntRange(1), help="Cap on requests in flight.")
-@click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute.")
-@click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.0, min_open=True),
-    default=120.0,
-    show_default=True,
-    help="Seconds one model call may take.",
-)
+@rate_limit_options
 @click.option(
     "--model",
     default="sim",

@@ -19,6 +19,7 @@ import click
 
 from ._calibrate import CalibrationReport, calibrate
 from ._client import Client
+from ._options import prices_option, rate_limit_options
 from ._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._pricing import PriceTable
@@ -200,20 +201,8 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
     show_default=True,
     help="Samples in flight per model.",
 )
-@click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute, per model.")
-@click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute, per model.")
-@click.option(
-    "--timeout",
-    type=click.FloatRange(0.0, min_open=True),
-    default=120.0,
-    show_default=True,
-    help="Seconds one model call may take.",
-)
-@click.option(
-    "--prices",
-    type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
-)
+@rate_limit_options
+@prices_option
 def calibrate_command(
     task: str,
     disks: int | None,
