@@ -70,11 +70,16 @@ async def test_ten_disks_succeed_through_each_wire_format_with_ten_percent_fault
     # Every injected fault is an event, of the kind it was.
     injected = Counter(FAULT_TO_KIND[r.fault] for r in stats.requests if r.fault)
     recorded = Counter(e.error_kind for e in events if isinstance(e, SampleFailed))
-    # A loaded machine may time out an unfaulted answer too: only timeouts may exceed the faults.
-    assert recorded - Counter(timeout=recorded["timeout"]) == injected - Counter(
-        timeout=injected["timeout"]
-    )
-    assert recorded["timeout"] >= injected["timeout"]
+    # Every fault is one failure event of its kind, unless a loaded machine let the client's
+    # timeout expire first: then it, like any late answer, is a timeout. So each other kind is
+    # at most its count, and the timeouts cover every fault that is missing from its kind.
+    missing = 0
+    for kind, count in injected.items():
+        if kind != "timeout":
+            assert recorded[kind] <= count, kind
+            missing += count - recorded[kind]
+    assert recorded["timeout"] >= injected["timeout"] + missing
+    assert missing <= 0.05 * sum(injected.values())  # rare, or the check would mean little
     assert set(injected) == set(FAULT_TO_KIND.values())  # every kind happened
     assert stats.total == len(stats.requests)  # nothing was dropped from the server's record
     assert stats.total == sum(recorded.values()) + result.samples - result.cancelled_samples
