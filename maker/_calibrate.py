@@ -57,11 +57,11 @@ from events import (
 )
 
 from ._client import Client, Completion, SampleRequest
-from ._engine import EventObserver, EventSink, sample_seed
+from ._engine import EventObserver, EventSink, record_failure, sample_seed
 from ._errors import ClientError, ConfigError, RedFlag
 from ._policy import Policy
 from ._pricing import PriceTable
-from ._scheduler import Scheduler, backoff_delay
+from ._scheduler import Scheduler
 from ._task import Prompt, Task
 from ._version import __version__
 from .tasks import Hanoi, HanoiState, make_task
@@ -695,33 +695,17 @@ class _CalibrationRun:
         """Record a failed attempt; retry it as the engine does, or return why the run fails."""
         setup, error = self.setup, outcome.error
         assert error is not None
-        retry = error.retryable and outcome.attempt < setup.policy.max_attempts
-        delay = 0.0
-        if retry:
-            limits = setup.scheduler.limits_for(self.client.model)
-            # The jitter comes from the run's seed, as in the engine.
-            draw = random.Random(sample_seed(setup.seed, f"{request.sample_id}#{outcome.attempt}"))
-            delay = backoff_delay(
-                outcome.attempt,
-                base_s=limits.backoff_base_s,
-                cap_s=limits.backoff_cap_s,
-                retry_after_s=error.retry_after,
-                draw=draw.random(),
-            )
-        self.emit(
-            SampleFailed,
-            step=request.step,
-            sample_id=request.sample_id,
-            error_kind=error.kind,
-            message=str(error),
+        delay, reason = record_failure(
+            self.emit,
+            seed=setup.seed,
+            request=request,
             attempt=outcome.attempt,
-            retryable=error.retryable,
-            backoff_s=delay,
-            retry_after_s=error.retry_after,
+            error=error,
+            max_attempts=setup.policy.max_attempts,
+            limits=setup.scheduler.limits_for(self.client.model),
         )
-        if not retry:
-            attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
-            return f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
+        if delay is None:
+            return reason
         self._launch(tg, send, request, outcome.attempt + 1, delay)
         return None
 

@@ -53,7 +53,14 @@ from ._handle import RunHandle
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._recording import Divergence, Recording
-from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
+from ._scheduler import (
+    BreakerChange,
+    Limits,
+    Scheduler,
+    SchedulerObserver,
+    Wait,
+    backoff_delay,
+)
 from ._tally import Tally
 from ._task import Task
 from ._version import __version__
@@ -69,6 +76,50 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
     """The seed of one sample's request: a pure function of the run's seed and the sample id."""
     digest = hashlib.blake2b(f"{run_seed}:{sample_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") >> 1
+
+
+def record_failure(
+    emit: Callable[..., None],
+    *,
+    seed: int,
+    request: SampleRequest,
+    attempt: int,
+    error: ClientError,
+    max_attempts: int,
+    limits: Limits,
+) -> tuple[float | None, str]:
+    """Decide and record a failed attempt of a sample: ``(backoff, "")`` to retry after
+    ``backoff`` seconds, or ``(None, reason)`` when the run must fail.
+
+    The jitter comes from the run's seed and the attempt, so a replay waits (and decides) the
+    same; the engine and calibration share this rule.
+    """
+    retry = error.retryable and attempt < max_attempts
+    delay = 0.0
+    if retry:
+        draw = random.Random(sample_seed(seed, f"{request.sample_id}#{attempt}"))
+        delay = backoff_delay(
+            attempt,
+            base_s=limits.backoff_base_s,
+            cap_s=limits.backoff_cap_s,
+            retry_after_s=error.retry_after,
+            draw=draw.random(),
+        )
+    emit(
+        SampleFailed,
+        step=request.step,
+        sample_id=request.sample_id,
+        error_kind=error.kind,
+        message=str(error),
+        attempt=attempt,
+        retryable=error.retryable,
+        backoff_s=delay,
+        retry_after_s=error.retry_after,
+    )
+    if retry:
+        return delay, ""
+    attempts = f"{attempt} attempt" + ("s" if attempt != 1 else "")
+    return None, f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -715,7 +766,7 @@ class _Run(Generic[S, A]):
                     request = in_flight.pop(outcome.sample_id)
                     engine._in_flight -= 1
                     if outcome.error is not None:
-                        failure = self._failed(step, request, outcome, launch)
+                        failure = self._failed(request, outcome, launch)
                         continue
                     assert outcome.completion is not None
                     answer = self._judge(step, outcome.sample_id, outcome.completion, outcome)
@@ -829,7 +880,6 @@ class _Run(Generic[S, A]):
 
     def _failed(
         self,
-        step: int,
         request: SampleRequest,
         outcome: _Outcome,
         launch: Callable[[SampleRequest, int, float], None],
@@ -838,33 +888,17 @@ class _Run(Generic[S, A]):
         error = outcome.error
         assert error is not None
         self.counters.failures += 1
-        retry = error.retryable and outcome.attempt < self.policy.max_attempts
-        delay = 0.0
-        if retry:
-            limits = self.engine.scheduler.limits_for(self.client.model)
-            # The jitter comes from the run's seed, so a replay waits (and decides) the same.
-            draw = random.Random(sample_seed(self.seed, f"{request.sample_id}#{outcome.attempt}"))
-            delay = backoff_delay(
-                outcome.attempt,
-                base_s=limits.backoff_base_s,
-                cap_s=limits.backoff_cap_s,
-                retry_after_s=error.retry_after,
-                draw=draw.random(),
-            )
-        self.emit(
-            SampleFailed,
-            step=step,
-            sample_id=request.sample_id,
-            error_kind=error.kind,
-            message=str(error),
+        delay, reason = record_failure(
+            self.emit,
+            seed=self.seed,
+            request=request,
             attempt=outcome.attempt,
-            retryable=error.retryable,
-            backoff_s=delay,
-            retry_after_s=error.retry_after,
+            error=error,
+            max_attempts=self.policy.max_attempts,
+            limits=self.engine.scheduler.limits_for(self.client.model),
         )
-        if not retry:
-            attempts = f"{outcome.attempt} attempt" + ("s" if outcome.attempt != 1 else "")
-            return f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
+        if delay is None:
+            return reason
         self.engine._retries += 1
         launch(request, outcome.attempt + 1, delay)
         return None
