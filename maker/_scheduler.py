@@ -53,7 +53,13 @@ def backoff_delay(
     """
     if attempt < 1:
         raise ValueError(f"attempt must be at least 1, got {attempt}")
-    ceiling = min(cap_s, base_s * 2.0 ** min(attempt - 1, 62))
+    # ldexp scales exactly (subnormal bases included); past the largest float the growth has
+    # long saturated at the cap, so an overflow is simply infinity.
+    try:
+        grown = math.ldexp(base_s, attempt - 1)
+    except OverflowError:
+        grown = math.inf
+    ceiling = min(cap_s, grown)
     delay = draw * ceiling
     if retry_after_s is not None and retry_after_s > delay:
         delay = retry_after_s

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+from hypothesis import settings
+
+# `HYPOTHESIS_PROFILE=stress pytest ...` searches far deeper than the default 100 examples;
+# run it after touching a property-tested function, since CI draws fresh examples every time.
+settings.register_profile("stress", max_examples=3000, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 
 @pytest.fixture

@@ -184,13 +184,15 @@ def literal(text: str) -> Any:
     """
     # Plain lists of decimal ints are valid JSON too, and msgspec reads them far faster; it
     # gives up (to the paths below) on anything else, and is trusted only for exact ints.
-    try:
-        fast = _JSON.decode(text)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        pass
-    else:
-        if _only_ints(fast):
-            return fast
+    # Leading blanks are left to literal_eval: a newline then an indent is its IndentationError.
+    if text[:1] == "[":
+        try:
+            fast = _JSON.decode(text)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            pass
+        else:
+            if _only_ints(fast):
+                return fast
     if _FLAT.fullmatch(text):
         return [int(x) for x in _INT.findall(text)]
     three = _THREE_FLAT.fullmatch(text)

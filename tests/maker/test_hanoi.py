@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from events import canonical_json
@@ -303,6 +303,7 @@ def literal_or_error(text: str) -> object:
 
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet="[]0123456789,-+ \n\t", max_size=40))
+@example("\n []")  # literal_eval: a newline then an indent is an IndentationError
 def test_literal_agrees_with_literal_eval_on_plain_text(text: str) -> None:
     assert literal_or_error(text) == literal_eval_or_error(text)
 
