@@ -15,7 +15,7 @@ from ._calibrate import (
     is_calibration,
     wilson_interval,
 )
-from ._client import Client, Completion, SampleRequest
+from ._client import Client, Completion, Probe, SampleRequest
 from ._engine import Engine, EngineStatistics, EventSink, RunResult, VerifyResult, sample_seed
 from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
 from ._formulas import (
@@ -75,6 +75,7 @@ __all__ = [
     "PEstimate",
     "Plan",
     "Policy",
+    "Probe",
     "Prompt",
     "Recording",
     "RedFlag",

@@ -55,3 +55,27 @@ class Client(Protocol):
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request."""
         ...
+
+
+@runtime_checkable
+class Probe(Protocol):
+    """A client that can check its model is there without paying for a generation.
+
+    Separate from :class:`Client`, so that a client of your own need not implement it; test for
+    it with ``isinstance(client, Probe)``. The provider clients in :mod:`maker.clients` and
+    :class:`maker.SimulatedModel` implement it.
+
+    >>> import anyio
+    >>> from maker import SimulatedModel
+    >>> model = SimulatedModel()
+    >>> isinstance(model, Probe), anyio.run(model.probe)
+    (True, None)
+    """
+
+    async def probe(self) -> None:
+        """Check that the model is reachable and known, without generating.
+
+        Raise :class:`maker.ClientError` (with ``kind``, ``retryable`` and ``retry_after``) when
+        it is not.
+        """
+        ...

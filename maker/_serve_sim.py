@@ -7,6 +7,10 @@ services, so that a pipeline, its retries and its limits can be tested offline a
 - OpenAI: ``POST /v1/chat/completions`` (base URL ``http://HOST:PORT/v1``);
 - Anthropic: ``POST /v1/messages`` (base URL ``http://HOST:PORT``);
 - Ollama: ``POST /api/chat`` with ``"stream": false`` (base URL ``http://HOST:PORT``);
+- model lookups, which generate nothing (what :meth:`maker.Probe.probe` calls):
+  ``GET /v1/models/{model}`` for OpenAI and Anthropic (told apart by the ``anthropic-version``
+  header Anthropic's SDK sends) and Ollama's ``POST /api/show``. serve-sim knows every model
+  name, so a lookup never answers 404;
 - ``GET /sim/stats`` (every request seen, requests in flight) and ``POST /sim/reset``.
 
 Answers come from :meth:`maker.SimulatedModel.respond`. A request's seed is its own when it has
@@ -16,7 +20,8 @@ otherwise it is derived from the server's seed and the request's ordinal. No API
 
 Fault injection: each request draws, from a generator seeded by the server's seed, whether it
 fails (probability ``fault_rate``) and how (uniformly over the enabled kinds, see
-:data:`FAULT_KINDS`). Error bodies and status codes follow each provider's format.
+:data:`FAULT_KINDS`). Error bodies and status codes follow each provider's format. Model lookups
+draw like any request, so that a server that fails its generations fails its probes too.
 
 >>> config = SimServerConfig(sim="ideal", fault_rate=0.1, faults=("rate_limit", "slow"))
 >>> config.faults
@@ -33,7 +38,7 @@ import random
 import signal
 import time
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -199,7 +204,8 @@ class SimRequest:
     ``arrived`` and ``finished`` come from the server's clock; ``status`` is the HTTP status
     sent, or None when no response was sent (an injected disconnect, or the client left first).
     ``seed`` is the seed the answer was drawn with (None when no answer was drawn);
-    ``temperature`` is the temperature the request carried, if any.
+    ``temperature`` is the temperature the request carried, if any. ``probe`` is True for a
+    model lookup (``GET /v1/models/{model}``, ``POST /api/show``), which generates nothing.
     """
 
     index: int
@@ -211,6 +217,7 @@ class SimRequest:
     seed: int | None = None
     temperature: float | None = None
     finished: float | None = None
+    probe: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-compatible builtins."""
@@ -264,6 +271,7 @@ class _Record:
         "generation",
         "index",
         "model",
+        "probe",
         "seed",
         "status",
         "temp",
@@ -280,6 +288,7 @@ class _Record:
         self.seed: int | None = None
         self.temp: float | None = None
         self.finished: float | None = None
+        self.probe = False
 
     def freeze(self) -> SimRequest:
         return SimRequest(
@@ -292,6 +301,7 @@ class _Record:
             seed=self.seed,
             temperature=self.temp,
             finished=self.finished,
+            probe=self.probe,
         )
 
 
@@ -628,6 +638,38 @@ def _fault_reject(fmt: WireFormat, fault: str) -> _Reject:
     return _Reject(status, message, kind=kind, code=code)
 
 
+def _model_body(fmt: WireFormat, name: str) -> dict[str, Any]:
+    """What each provider answers for a model lookup. The dates are the epoch, which
+    Anthropic's API sends for a model whose release date is unknown, so answers are reproducible.
+    """
+    if fmt == "openai":
+        return {"id": name, "object": "model", "created": 0, "owned_by": "serve-sim"}
+    if fmt == "anthropic":
+        return {
+            "type": "model",
+            "id": name,
+            "display_name": name,
+            "created_at": "1970-01-01T00:00:00Z",
+            "lifecycle": "active",
+        }
+    return {
+        "modelfile": f"FROM {name}\n",
+        "parameters": "",
+        "template": "{{ .Prompt }}",
+        "details": {
+            "parent_model": "",
+            "format": "serve-sim",
+            "family": "serve-sim",
+            "families": ["serve-sim"],
+            "parameter_size": "0",
+            "quantization_level": "none",
+        },
+        "model_info": {},
+        "capabilities": ["completion"],
+        "modified_at": "1970-01-01T00:00:00Z",
+    }
+
+
 def _success_body(
     fmt: WireFormat, parsed: _Parsed, index: int, text: str, finish: str, tokens: tuple[int, int]
 ) -> dict[str, Any]:
@@ -691,18 +733,30 @@ def _json_response(
     return web.json_response(body, status=status, headers=headers)
 
 
+_Answer = Callable[["web.Request", WireFormat, _Record], Awaitable["web.StreamResponse | None"]]
+"""Serves one request after its arrival is counted; None: the connection was closed."""
+
+
 class _Handlers:
     def __init__(self, state: _SimState) -> None:
         self.state = state
 
     async def openai(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "openai")
+        return await self._serve(request, "openai", self._answer)
 
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "anthropic")
+        return await self._serve(request, "anthropic", self._answer)
 
     async def ollama(self, request: web.Request) -> web.StreamResponse:
-        return await self._serve(request, "ollama")
+        return await self._serve(request, "ollama", self._answer)
+
+    async def model(self, request: web.Request) -> web.StreamResponse:
+        # OpenAI and Anthropic share the path; only Anthropic's SDK sends a version header.
+        fmt: WireFormat = "anthropic" if "anthropic-version" in request.headers else "openai"
+        return await self._serve(request, fmt, self._lookup)
+
+    async def show(self, request: web.Request) -> web.StreamResponse:
+        return await self._serve(request, "ollama", self._lookup)
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
         del request
@@ -715,12 +769,14 @@ class _Handlers:
         self.state.reset()
         return _json_response(200, {"reset": True})
 
-    async def _serve(self, request: web.Request, fmt: WireFormat) -> web.StreamResponse:
+    async def _serve(
+        self, request: web.Request, fmt: WireFormat, answer: _Answer
+    ) -> web.StreamResponse:
         state = self.state
         record = state.arrive(fmt)
         status: int | None = None
         try:
-            response = await self._answer(request, fmt, record)
+            response = await answer(request, fmt, record)
             if response is None:
                 from aiohttp import web
 
@@ -731,10 +787,53 @@ class _Handlers:
             # Also when the client left first and the handler was cancelled: status None.
             state.leave(record, status)
 
+    async def _inject(
+        self, request: web.Request, fmt: WireFormat, fault: str | None
+    ) -> tuple[bool, web.StreamResponse | None]:
+        """Serve the faults that come before an answer: ``(True, response)`` when one ended
+        the request (``None``: the connection was closed), ``(False, None)`` to answer.
+        """
+        state, cfg = self.state, self.state.config
+        if fault == "disconnect":
+            transport = request.transport
+            if transport is not None:
+                transport.close()
+            return True, None
+        if fault in ("rate_limit", "server_error", "unavailable", "overloaded"):
+            reject = _fault_reject(fmt, fault)
+            headers = {}
+            if fault == "rate_limit":
+                headers["Retry-After"] = f"{cfg.retry_after_s:g}"
+            return True, _json_response(reject.status, _error_body(fmt, reject), headers)
+        if fault == "slow" and not await state.sleep(cfg.slow_s):
+            return True, _stopping(fmt)
+        return False, None
+
+    async def _lookup(
+        self, request: web.Request, fmt: WireFormat, record: _Record
+    ) -> web.StreamResponse | None:
+        record.probe = True
+        name: object = request.match_info.get("model")
+        if fmt == "ollama":
+            body: object = None
+            with suppress(ValueError):
+                body = json.loads(await request.read())
+            if isinstance(body, dict):
+                # Older Ollama clients name the model in "name".
+                name = body.get("model") or body.get("name")
+        if isinstance(name, str):
+            record.model = name
+        ended, response = await self._inject(request, fmt, record.fault)
+        if ended:
+            return response
+        if not isinstance(name, str) or not name:
+            return _json_response(400, _error_body(fmt, _Reject(400, "model is required")))
+        return _finish(_model_body(fmt, name), record.fault)
+
     async def _answer(
         self, request: web.Request, fmt: WireFormat, record: _Record
     ) -> web.StreamResponse | None:
-        state, cfg = self.state, self.state.config
+        state = self.state
         raw = await request.read()
         body: object = None
         with suppress(ValueError):
@@ -746,20 +845,9 @@ class _Handlers:
             options = body.get("options") if fmt == "ollama" else body
             if isinstance(options, dict) and _finite(options.get("temperature")):
                 record.temp = float(options["temperature"])
-        fault = record.fault
-        if fault == "disconnect":
-            transport = request.transport
-            if transport is not None:
-                transport.close()
-            return None
-        if fault in ("rate_limit", "server_error", "unavailable", "overloaded"):
-            reject = _fault_reject(fmt, fault)
-            headers = {}
-            if fault == "rate_limit":
-                headers["Retry-After"] = f"{cfg.retry_after_s:g}"
-            return _json_response(reject.status, _error_body(fmt, reject), headers)
-        if fault == "slow" and not await state.sleep(cfg.slow_s):
-            return _stopping(fmt)
+        ended, response = await self._inject(request, fmt, record.fault)
+        if ended:
+            return response
         try:
             if not isinstance(body, dict):
                 raise _Reject(400, "the request body must be a JSON object")
@@ -798,15 +886,20 @@ class _Handlers:
             completion.finish_reason,
             (completion.input_tokens, completion.output_tokens),
         )
-        if fault == "malformed":
-            from aiohttp import web
+        return _finish(out, record.fault)
 
-            text = json.dumps(out)
-            # Half a response: what a proxy that cut the body short delivers.
-            return web.Response(
-                status=200, text=text[: len(text) // 2], content_type="application/json"
-            )
-        return _json_response(200, out)
+
+def _finish(out: dict[str, Any], fault: str | None) -> web.StreamResponse:
+    """The 200 carrying ``out``, or half of it under a ``malformed`` fault."""
+    if fault == "malformed":
+        from aiohttp import web
+
+        text = json.dumps(out)
+        # Half a response: what a proxy that cut the body short delivers.
+        return web.Response(
+            status=200, text=text[: len(text) // 2], content_type="application/json"
+        )
+    return _json_response(200, out)
 
 
 def _stopping(fmt: WireFormat) -> web.StreamResponse:
@@ -822,6 +915,9 @@ def _build_app(state: _SimState) -> web.Application:
     app.router.add_post("/v1/chat/completions", handlers.openai)
     app.router.add_post("/v1/messages", handlers.anthropic)
     app.router.add_post("/api/chat", handlers.ollama)
+    # Any name, slashes included ("org/model"), as a compatible server may serve.
+    app.router.add_get("/v1/models/{model:.+}", handlers.model)
+    app.router.add_post("/api/show", handlers.show)
     app.router.add_get("/sim/stats", handlers.stats)
     app.router.add_post("/sim/reset", handlers.reset)
 

@@ -238,6 +238,9 @@ class SimulatedModel:
             await anyio.sleep(response.latency_s)
         return msgspec.structs.replace(response.completion, temperature_sent=request.temperature)
 
+    async def probe(self) -> None:
+        """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
+
     def respond(
         self,
         system: str,

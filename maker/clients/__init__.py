@@ -12,6 +12,11 @@ The SDKs are optional (``pip install 'maker[providers]'``); a client whose SDK i
 ``retry_after`` set; the SDKs' own retries are off, so the engine sees and records every attempt.
 API keys come from the argument or the environment, and appear in no ``describe()``, ``repr``
 or error message.
+
+Every client here is also a :class:`maker.Probe`: ``await client.probe()`` checks that the model
+is reachable and known by looking it up (``GET /models/{name}``, Ollama's ``POST /api/show``),
+which generates nothing and costs no tokens. A model the server does not know is a
+``bad_request`` whose message says ``model '...' not found``; a refused key is ``auth``.
 """
 
 from __future__ import annotations

@@ -21,6 +21,14 @@ def _api_message(exc: anthropic.APIStatusError) -> str:
     return exc.message
 
 
+def _is_api_not_found(exc: anthropic.NotFoundError) -> bool:
+    """Whether a 404 carries the API's own ``not_found_error`` body (rather than any server's
+    404 for a path it does not have)."""
+    body = exc.body
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and error.get("type") == "not_found_error"
+
+
 class AnthropicClient(ProviderClient):
     """A model behind Anthropic's Messages API. The system prompt goes in ``system``.
 
@@ -73,6 +81,30 @@ class AnthropicClient(ProviderClient):
     async def aclose(self) -> None:
         """Close the SDK's connection pool."""
         await self._client.close()
+
+    async def probe(self) -> None:
+        """Check that the model is reachable and known, without generating (see
+        :class:`maker.Probe`): ``GET /v1/models/{name}``, which costs no tokens.
+
+        A model the API does not know is a ``bad_request`` whose message says it was not found;
+        a refused key is ``auth``.
+        """
+        import anthropic
+        from anthropic.types import ModelInfo
+
+        try:
+            info = await self._client.models.retrieve(self._name)
+        except anthropic.NotFoundError as exc:
+            if _is_api_not_found(exc):
+                raise self._unknown_model(_api_message(exc)) from exc
+            # Any other 404 means the path itself is missing (a wrong base URL), which says
+            # nothing about the model.
+            raise self._sdk_error(anthropic, exc, _api_message) from exc
+        except (anthropic.AnthropicError, ValueError) as exc:
+            raise self._sdk_error(anthropic, exc, _api_message) from exc
+        # The SDK does not validate bodies: a proxy may send anything.
+        if not isinstance(info, ModelInfo):
+            raise self._bad_response(f"expected a model, got {type(info).__name__}")
 
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request; every failure is a :class:`maker.ClientError`."""

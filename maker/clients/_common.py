@@ -255,5 +255,15 @@ class ProviderClient:
             return self._bad_response(f"{type(exc).__name__}: {exc}")
         return self._error(f"{type(exc).__name__}: {exc}", kind="error", retryable=False)
 
+    def _unknown_model(self, detail: str) -> ClientError:
+        """A probe's 404 that concerns the model: the server does not know it. The kind stays
+        the status's own (``bad_request``, not retryable); the message says what is missing.
+        """
+        kind, retryable = classify_status(404)
+        suffix = f": {detail}" if detail else ""
+        return self._error(
+            f"model {self._name!r} not found (HTTP 404){suffix}", kind=kind, retryable=retryable
+        )
+
     def _bad_response(self, detail: str) -> ClientError:
         return self._error(f"unreadable response: {detail}", kind="bad_response", retryable=True)

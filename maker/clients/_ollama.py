@@ -57,8 +57,6 @@ class OllamaClient(ProviderClient):
 
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request; every failure is a :class:`maker.ClientError`."""
-        import aiohttp
-
         payload: dict[str, Any] = {
             "model": self._name,
             "messages": [
@@ -72,23 +70,46 @@ class OllamaClient(ProviderClient):
                 "seed": request.seed,
             },
         }
+        status, headers, raw = await self._post("/api/chat", payload)
+        return self._completion(self._json(status, headers, raw), request.temperature)
+
+    async def probe(self) -> None:
+        """Check that the model is reachable and known, without generating (see
+        :class:`maker.Probe`): ``POST /api/show``, which reads the model's metadata and loads
+        nothing.
+
+        A model Ollama has not pulled is a ``bad_request`` whose message says it was not found.
+        """
+        status, headers, raw = await self._post("/api/show", {"model": self._name})
+        # Ollama answers an unknown model with a JSON error; a path it lacks (a wrong base URL)
+        # gets a plain-text 404, which says nothing about the model.
+        if status == 404 and _has_json_error(raw):
+            raise self._unknown_model(_error_text(raw))
+        data = self._json(status, headers, raw)
+        if not isinstance(data, dict):
+            raise self._bad_response(f"expected an object, got {type(data).__name__}")
+
+    async def _post(self, path: str, payload: dict[str, Any]) -> tuple[int, dict[str, str], bytes]:
+        """Status, headers and body of ``POST path``; a transport failure is a ClientError."""
+        import aiohttp
+
         session = self._open()
         try:
-            async with session.post(f"{self._base_url}/api/chat", json=payload) as response:
-                status = response.status
-                headers = dict(response.headers)
-                raw = await response.read()
+            async with session.post(self._base_url + path, json=payload) as response:
+                return response.status, dict(response.headers), await response.read()
         except TimeoutError as exc:  # aiohttp's timeouts are TimeoutErrors too
             raise self._timeout_error() from exc
         except aiohttp.ClientError as exc:
             raise self._connection_error(exc) from exc
+
+    def _json(self, status: int, headers: dict[str, str], raw: bytes) -> object:
+        """The decoded body of a 200; any other status is a ClientError."""
         if status != 200:
             raise self._status_error(status, _error_text(raw), headers)
         try:
-            data = json.loads(raw)
+            return json.loads(raw)
         except ValueError as exc:
             raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
-        return self._completion(data, request.temperature)
 
     def _completion(self, data: object, temperature: float) -> Completion:
         message = data.get("message") if isinstance(data, dict) else None
@@ -110,6 +131,14 @@ class OllamaClient(ProviderClient):
             model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
             temperature_sent=temperature,
         )
+
+
+def _has_json_error(raw: bytes) -> bool:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and isinstance(body.get("error"), str)
 
 
 def _error_text(raw: bytes) -> str:

@@ -98,6 +98,47 @@ class OpenAIClient(ProviderClient):
         """Close the SDK's connection pool."""
         await self._client.close()
 
+    async def probe(self) -> None:
+        """Check that the model is reachable and known, without generating (see
+        :class:`maker.Probe`): ``GET /models/{name}``, which costs no tokens.
+
+        A model the server does not know is a ``bad_request`` whose message says it was not
+        found; a refused key is ``auth``. Some OpenAI-compatible servers (vLLM, llama.cpp's
+        server) serve the list ``GET /models`` but not one model: after a 404 that does not
+        say ``model_not_found``, the list decides.
+        """
+        import openai
+        from openai.types import Model
+
+        try:
+            info = await self._client.models.retrieve(self._name)
+        except openai.NotFoundError as exc:
+            if exc.code == "model_not_found":
+                raise self._unknown_model(_api_message(exc)) from exc
+            await self._find_in_list(exc)
+            return
+        except (openai.OpenAIError, ValueError) as exc:
+            raise self._sdk_error(openai, exc, _api_message) from exc
+        # The SDK does not validate bodies: a server that is not OpenAI's may send anything.
+        if not isinstance(info, Model):
+            raise self._bad_response(f"expected a model, got {type(info).__name__}")
+
+    async def _find_in_list(self, not_found: openai.NotFoundError) -> None:
+        import openai
+
+        try:
+            page = await self._client.models.list()
+            names = {entry.id for entry in page.data}
+        except (openai.OpenAIError, ValueError) as exc:
+            # A 404 here too means neither endpoint exists: most likely a wrong base URL, not a
+            # missing model, so it is reported as the plain status it is.
+            raise self._sdk_error(openai, exc, _api_message) from exc
+        except (AttributeError, TypeError) as exc:  # the SDK does not validate: not a list
+            raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
+        if self._name not in names:
+            detail = f"not among the {len(names)} models the server lists"
+            raise self._unknown_model(detail) from not_found
+
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request; every failure is a :class:`maker.ClientError`."""
         import openai

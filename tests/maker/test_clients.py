@@ -26,6 +26,7 @@ from maker import (
     ConfigError,
     Engine,
     Policy,
+    Probe,
     SampleRequest,
     SimConfig,
     SimulatedModel,
@@ -509,6 +510,187 @@ async def test_the_ollama_client_reopens_its_session_after_aclose() -> None:
         await client.aclose()
         await client.aclose()
     assert first == second
+
+
+# --- probes -------------------------------------------------------------------------------------
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_each_client_probes_its_model_without_a_generation(fmt: str) -> None:
+    async with served(fmt, SimServerConfig(sim="ideal")) as (server, client):
+        await client.probe()
+        stats = server.stats
+    assert isinstance(client, Probe)
+    # One model lookup, and no answer drawn: a probe costs no tokens.
+    [seen] = stats.requests
+    assert (seen.format, seen.model, seen.status, seen.probe, seen.seed) == (
+        fmt,
+        client.name,
+        200,
+        True,
+        None,
+    )
+
+
+@pytest.mark.anyio
+async def test_the_simulated_model_is_always_reachable() -> None:
+    model = make_client("sim")
+    assert isinstance(model, SimulatedModel)
+    assert isinstance(model, Probe)
+    await model.probe()
+
+
+def test_a_client_of_your_own_need_not_probe() -> None:
+    class Bare:
+        model = "bare"
+
+        def describe(self) -> dict[str, Any]:
+            return {}
+
+        async def complete(self, request: SampleRequest) -> Completion:
+            raise NotImplementedError
+
+    assert isinstance(Bare(), Client)
+    assert not isinstance(Bare(), Probe)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_probe_of_a_closed_port_is_a_retryable_connection_error(fmt: str) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    # Nothing listens on the port any more.
+    async with client_for(fmt, f"http://127.0.0.1:{port}", timeout=5.0) as client:
+        with anyio.fail_after(5), pytest.raises(ClientError) as info:
+            await client.probe()
+    assert (info.value.kind, info.value.retryable) == ("connection", True)
+    assert str(info.value).startswith(f"{fmt}: ")
+    assert_no_key(info.value, repr(info.value))
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", ["openai", "anthropic"])
+async def test_a_refused_key_fails_a_probe_as_auth_and_the_key_stays_hidden(fmt: str) -> None:
+    # serve-sim accepts any key: this stub refuses every one, and echoes it back.
+    async with stub(_echo_credentials) as base, client_for(fmt, base) as client:
+        with pytest.raises(ClientError) as info:
+            await client.probe()
+    assert (info.value.kind, info.value.retryable, info.value.retry_after) == ("auth", False, None)
+    assert "401" in str(info.value)
+    assert info.value.__cause__ is not None
+    assert_no_key(info.value, repr(info.value), repr(client))
+
+
+UNKNOWN_MODEL = {
+    "openai": {
+        "error": {
+            "message": "The model 'nope' does not exist or you do not have access to it.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "model_not_found",
+        }
+    },
+    "anthropic": {"type": "error", "error": {"type": "not_found_error", "message": "model: nope"}},
+    "ollama": {"error": "model 'nope' not found"},
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_model_the_server_does_not_know_fails_a_probe_saying_so(fmt: str) -> None:
+    paths: list[str] = []
+
+    async def handler(http: web.Request) -> web.StreamResponse:
+        paths.append(http.path)
+        return web.json_response(UNKNOWN_MODEL[fmt], status=404)
+
+    async with stub(handler) as base, client_for(fmt, base, model="nope") as client:
+        with pytest.raises(ClientError) as info:
+            await client.probe()
+    error = info.value
+    assert (error.kind, error.retryable, error.retry_after) == ("bad_request", False, None)
+    assert str(error).startswith(f"{fmt}: model 'nope' not found (HTTP 404): ")
+    assert_no_key(error, repr(error))
+    # The provider said what was missing: no second request to find out.
+    assert paths == [{"ollama": "/api/show"}.get(fmt, "/v1/models/nope")]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_wrong_base_url_fails_a_probe_without_blaming_the_model(fmt: str) -> None:
+    async with serve_sim(SimServerConfig(sim="ideal")) as server:
+        # The OpenAI SDK wants ".../v1": the bare root misses every route.
+        base = server.base_url + ("/nowhere" if fmt != "openai" else "")
+        client: AnyClient
+        if fmt == "openai":
+            client = OpenAIClient("gpt-4.1", api_key=KEY, base_url=base)
+        else:
+            client = client_for(fmt, base)
+        async with client:
+            with pytest.raises(ClientError) as info:
+                await client.probe()
+    assert (info.value.kind, info.value.retryable) == ("bad_request", False)
+    assert "404" in str(info.value)
+    assert f"model {client.name!r}" not in str(info.value)
+
+
+@pytest.mark.anyio
+async def test_a_compatible_server_without_model_lookup_is_probed_through_its_list() -> None:
+    paths: list[str] = []
+
+    async def handler(http: web.Request) -> web.StreamResponse:
+        # vLLM and llama.cpp's server list their models but cannot look one up.
+        paths.append(http.path)
+        if http.path == "/v1/models":
+            entry = {"id": "served", "object": "model", "created": 0, "owned_by": "vllm"}
+            return web.json_response({"object": "list", "data": [entry]})
+        return web.json_response({"detail": "Not Found"}, status=404)
+
+    async with stub(handler) as base:
+        async with OpenAIClient("served", api_key=KEY, base_url=base + "/v1") as client:
+            await client.probe()
+        async with OpenAIClient("other", api_key=KEY, base_url=base + "/v1") as client:
+            with pytest.raises(ClientError) as info:
+                await client.probe()
+    assert (info.value.kind, info.value.retryable) == ("bad_request", False)
+    assert str(info.value) == (
+        "openai: model 'other' not found (HTTP 404): not among the 1 models the server lists"
+    )
+    assert paths == ["/v1/models/served", "/v1/models", "/v1/models/other", "/v1/models"]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fault", sorted(EXPECTED))
+async def test_an_injected_fault_fails_a_probe_as_it_fails_a_generation(
+    fmt: str, fault: str
+) -> None:
+    config = SimServerConfig(sim="ideal", fault_rate=1.0, faults=(fault,), retry_after_s=2.5)
+    async with served(fmt, config) as (server, client):
+        with pytest.raises(ClientError) as info:
+            await client.probe()
+        stats = server.stats
+    error = info.value
+    kind, retry_after = EXPECTED[fault]
+    assert (error.kind, error.retryable, error.retry_after) == (kind, True, retry_after)
+    assert_no_key(error, repr(error))
+    assert [(r.fault, r.probe) for r in stats.requests] == [(fault, True)]
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_slow_probe_times_out_at_the_clients_timeout(fmt: str) -> None:
+    config = SimServerConfig(sim="ideal", fault_rate=1.0, faults=("slow",), slow_s=30.0)
+    async with served(fmt, config, timeout=0.3) as (server, client):
+        with anyio.fail_after(3), pytest.raises(ClientError) as info:
+            await client.probe()
+        with anyio.fail_after(3):
+            stats = await server.wait_until(lambda s: s.in_flight == 0)
+    assert (info.value.kind, info.value.retryable) == ("timeout", True)
+    assert "0.3 s" in str(info.value)
+    assert [(r.fault, r.status, r.probe) for r in stats.requests] == [("slow", None, True)]
 
 
 # --- the mapping tables -------------------------------------------------------------------------

@@ -380,6 +380,91 @@ async def test_invalid_requests_get_a_400_in_the_providers_error_format(
         assert isinstance(error["error"], str)
 
 
+# --- model lookups ------------------------------------------------------------------------------
+
+
+async def lookup(
+    session: aiohttp.ClientSession,
+    server: SimServer,
+    fmt: str,
+    body: dict[str, Any] | str,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    """A model lookup as each provider's SDK sends it: ``body`` is the model name, or Ollama's
+    whole body."""
+    headers = dict(headers or {})
+    if fmt == "ollama":
+        payload = body if isinstance(body, dict) else {"model": body}
+        request = session.post(server.base_url + "/api/show", json=payload, headers=headers)
+    else:
+        assert isinstance(body, str)
+        if fmt == "anthropic":
+            headers["anthropic-version"] = "2023-06-01"
+        request = session.get(f"{server.base_url}/v1/models/{body}", headers=headers)
+    async with request as response:
+        return response.status, await response.read()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_model_lookups_know_every_name_and_answer_in_each_providers_shape(fmt: str) -> None:
+    name = "org/any-model:7b"
+    keys = {"Authorization": f"Bearer {SECRET}", "x-api-key": SECRET}
+    async with serve_sim(SimServerConfig(sim="ideal")) as server, aiohttp.ClientSession() as s:
+        status, raw = await lookup(s, server, fmt, name, keys)
+        stats = server.stats
+    assert status == 200, raw
+    data = json.loads(raw)
+    if fmt == "openai":
+        assert data == {"id": name, "object": "model", "created": 0, "owned_by": "serve-sim"}
+    elif fmt == "anthropic":
+        assert (data["type"], data["id"], data["lifecycle"]) == ("model", name, "active")
+        assert data["display_name"] == name
+        assert data["created_at"].endswith("Z")
+    else:
+        assert set(data) >= {"modelfile", "template", "details", "model_info", "capabilities"}
+    # A lookup is counted like any request, but draws no answer.
+    [seen] = stats.requests
+    assert (seen.format, seen.model, seen.status, seen.probe, seen.seed) == (
+        fmt,
+        name,
+        200,
+        True,
+        None,
+    )
+    assert "SECRET" not in repr(stats)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("fmt", FORMATS)
+async def test_a_status_fault_answers_a_lookup_in_the_providers_error_format(fmt: str) -> None:
+    config = SimServerConfig(sim="ideal", fault_rate=1.0, faults=("unavailable",))
+    async with serve_sim(config) as server, aiohttp.ClientSession() as s:
+        status, raw = await lookup(s, server, fmt, "m")
+        stats = server.stats
+    assert status == 503
+    error = json.loads(raw)
+    if fmt == "openai":
+        assert set(error["error"]) == {"message", "type", "param", "code"}
+    elif fmt == "anthropic":
+        assert (error["type"], error["error"]["type"]) == ("error", "api_error")
+    else:
+        assert isinstance(error["error"], str)
+    assert [(r.fault, r.status, r.probe) for r in stats.requests] == [("unavailable", 503, True)]
+
+
+@pytest.mark.anyio
+async def test_an_ollama_lookup_takes_the_older_name_field_and_needs_one() -> None:
+    async with serve_sim(SimServerConfig(sim="ideal")) as server, aiohttp.ClientSession() as s:
+        named = await lookup(s, server, "ollama", {"name": "llama3"})
+        unnamed = await lookup(s, server, "ollama", {})
+        stats = server.stats
+    assert named[0] == 200
+    assert unnamed[0] == 400
+    assert isinstance(json.loads(unnamed[1])["error"], str)
+    assert [(r.model, r.status) for r in stats.requests] == [("llama3", 200), ("", 400)]
+
+
 # --- faults -------------------------------------------------------------------------------------
 
 STATUS_FAULTS = {"rate_limit": 429, "server_error": 500, "unavailable": 503, "overloaded": 529}
