@@ -42,14 +42,14 @@ from ._client import Client
 from ._engine import Engine, RunResult, VerifyResult
 from ._errors import ConfigError, MakerError
 from ._formulas import k_min, p_run
-from ._options import prices_option, rate_limit_options
+from ._options import prices_option, rate_limit_options, task_argument
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
 from ._task import Task
 from ._version import __version__
-from .tasks import BUILTIN_TASKS, make_task
+from .tasks import make_task
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -73,7 +73,7 @@ _probability = click.FloatRange(0.0, 1.0)
 
 
 @app.command()
-@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@task_argument
 @click.option(
     "--log",
     "log",

@@ -8,6 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
+from .tasks import BUILTIN_TASKS, PromptTask
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,3 +39,12 @@ prices_option = click.option(
     help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
 )
 """``--prices FILE``: overrides of the price table."""
+
+
+task_argument = click.argument(
+    "task",
+    # The prompt task takes its prompts as data (MCP vote and calibrate, the library), which
+    # options cannot carry.
+    type=click.Choice(sorted(name for name in BUILTIN_TASKS if name != PromptTask.name)),
+)
+"""``TASK``: a built-in task whose parameters are options."""

@@ -19,14 +19,14 @@ import click
 
 from ._calibrate import CalibrationReport, calibrate
 from ._client import Client
-from ._options import prices_option, rate_limit_options
+from ._options import prices_option, rate_limit_options, task_argument
 from ._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
 from ._task import Task
-from .tasks import BUILTIN_TASKS, make_task
+from .tasks import make_task
 
 EXIT_FAILED = 1
 
@@ -158,7 +158,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
 
 
 @click.command("calibrate")
-@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@task_argument
 @_task_options
 @click.option(
     "--model",
@@ -313,7 +313,7 @@ def _duration(seconds: float) -> str:
 
 
 @click.command("plan")
-@click.argument("task", type=click.Choice(sorted(BUILTIN_TASKS)))
+@task_argument
 @_task_options
 @click.option(
     "--target",

@@ -2,6 +2,8 @@
 
 - :class:`Hanoi`: Towers of Hanoi exactly as the paper ran it.
 - :class:`Arithmetic`: a seeded chain of multi-digit operations, one per step.
+- :class:`PromptTask`: given prompts, one step each, read by an :class:`AnswerParser` (a regex,
+  a JSON Schema or both); :func:`validate_response` reports every red flag of one response.
 
 >>> task = make_task("hanoi", {"disks": 2})
 >>> task.initial_state().pegs
@@ -20,15 +22,25 @@ from ._arithmetic import Arithmetic, ArithState
 from ._arithmetic_sim import ArithmeticSimulator
 from ._hanoi import Hanoi, HanoiAnswer, HanoiState, optimal_moves
 from ._hanoi_sim import HanoiSimulator
+from ._prompt import (
+    CHARS_PER_TOKEN,
+    AnswerParser,
+    PromptTask,
+    Validation,
+    estimate_tokens,
+    validate_response,
+)
 
 BUILTIN_TASKS: dict[str, type[Task[Any, Any]]] = {
     Arithmetic.name: Arithmetic,
     Hanoi.name: Hanoi,
+    PromptTask.name: PromptTask,
 }
 """The built-in task classes by :attr:`Task.name`."""
 
 BUILTIN_SIMULATORS: tuple[AnySimulator, ...] = (ArithmeticSimulator(), HanoiSimulator())
-"""One simulator per built-in task."""
+"""One simulator per built-in task whose prompts it can read; a :class:`PromptTask` needs none
+of its own: the simulated model answers its prompts when they are another task's."""
 
 
 def make_task(name: str, params: dict[str, Any]) -> Task[Any, Any]:
@@ -61,6 +73,8 @@ def make_task(name: str, params: dict[str, Any]) -> Task[Any, Any]:
 __all__ = [
     "BUILTIN_SIMULATORS",
     "BUILTIN_TASKS",
+    "CHARS_PER_TOKEN",
+    "AnswerParser",
     "ArithState",
     "Arithmetic",
     "ArithmeticSimulator",
@@ -68,6 +82,10 @@ __all__ = [
     "HanoiAnswer",
     "HanoiSimulator",
     "HanoiState",
+    "PromptTask",
+    "Validation",
+    "estimate_tokens",
     "make_task",
     "optimal_moves",
+    "validate_response",
 ]
