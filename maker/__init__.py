@@ -29,6 +29,9 @@ from ._formulas import (
     sample_cost,
 )
 from ._handle import RunHandle, RunStatistics
+from ._mcp import create_mcp_server
+from ._mcp_config import McpConfig, ModelConfig, load_mcp_config
+from ._mcp_tools import McpTools, ToolError
 from ._otel import TraceSink, export_log, export_run, tracer_provider_for
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
 from ._policy import Policy
@@ -69,7 +72,10 @@ __all__ = [
     "EventSink",
     "Limits",
     "MakerError",
+    "McpConfig",
+    "McpTools",
     "ModelCalibration",
+    "ModelConfig",
     "ModelEstimate",
     "ModelPlan",
     "PEstimate",
@@ -96,6 +102,7 @@ __all__ = [
     "SlidingWindow",
     "Tally",
     "Task",
+    "ToolError",
     "TraceSink",
     "UnknownTaskError",
     "VerifyResult",
@@ -105,6 +112,7 @@ __all__ = [
     "backoff_delay",
     "calibrate",
     "calibration_from_events",
+    "create_mcp_server",
     "create_service",
     "decision_events",
     "estimates_from_calibration",
@@ -116,6 +124,7 @@ __all__ = [
     "export_run",
     "is_calibration",
     "k_min",
+    "load_mcp_config",
     "p_run",
     "p_step",
     "plan",

@@ -607,6 +607,7 @@ def _register_commands() -> None:
     # Registered here rather than imported at the top: replay/ builds on maker's public API.
     from replay._commands import verify_command
 
+    from ._mcp import mcp_command
     from ._otel_cli import export_otel_command
     from ._serve_sim import serve_sim_command
     from ._service import serve_command
@@ -616,6 +617,7 @@ def _register_commands() -> None:
     app.add_command(verify_command, "verify")
     app.add_command(serve_command, "serve")
     app.add_command(export_otel_command, "export-otel")
+    app.add_command(mcp_command, "mcp")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 

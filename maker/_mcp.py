@@ -1,0 +1,353 @@
+"""``maker mcp``: MAKER's tools for MCP clients (coding agents, desktop assistants).
+
+The tools of :mod:`maker._mcp_tools` behind the official MCP Python SDK's low-level server,
+over stdio (the default, for local clients) or streamable HTTP on 127.0.0.1. Each tool's input
+schema is its msgspec argument struct's JSON schema; arguments are decoded by the same struct,
+so an unknown field, a wrong type or a value out of range is a tool error naming the field, and
+the server goes on serving.
+
+stdout belongs to the protocol on stdio: diagnostics go to stderr through :mod:`logging`, and
+the SDK's stdio transport moves file descriptor 1 aside, so even a stray ``print`` cannot
+corrupt the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import socket
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import click
+import msgspec
+
+from ._errors import ConfigError, MakerError
+from ._mcp_config import McpConfig, load_mcp_config
+from ._mcp_tools import TOOLS, McpTools, Progress, ToolError
+from ._options import rate_limit_options
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from mcp.server import Server, ServerRequestContext
+    from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult
+
+logger = logging.getLogger("maker.mcp")
+
+INSTRUCTIONS = (
+    "MAKER: error-corrected decisions by voting. `vote` samples a model until one parsed answer "
+    "leads by k (red-flagged responses never vote); `validate` checks one response; `kmin` and "
+    "`plan` apply the paper's formulas; `calibrate` measures p on prompts with known answers; "
+    "`run` starts a built-in task (`run_status`, `cancel`); `show` and `replay_verify` read the "
+    "log; `health` reports models and limits. Every call that reaches a model is a run in the "
+    "server's event log."
+)
+
+_DESCRIPTIONS: Mapping[str, str] = {
+    "vote": (
+        "One error-corrected decision (MAKER): samples the model (first at temperature 0, then "
+        "0.1) until one parsed answer has k more votes than any other. Responses over "
+        "max_output_tokens, cut off, or not matching pattern/schema are red-flagged and never "
+        "vote. Give k, or target with p (k_min by Eq 14). Returns the winner (parsed answer and "
+        "the original text), votes per candidate, samples, red flags, tokens, cost and run_id."
+    ),
+    "validate": (
+        "Red-flag check of one response against token limits, a regex pattern or a JSON "
+        "schema. Returns every flag with its reason, and the parsed answer when there is none."
+    ),
+    "kmin": (
+        "The paper's Eq 14: the smallest vote margin k for which all `steps` steps succeed "
+        "with probability `target` at per-step success p; with Eq 13's success probability at "
+        "that k and Eq 16's expected votes per step."
+    ),
+    "plan": (
+        "Choose model and k for a task of `steps` steps and a target: per model k_min at the "
+        "lower bound of p, probability of success, expected samples, cost (Eq 19, with the "
+        "red-flag factor v) and wall time; names the recommended (cheapest reliable) model."
+    ),
+    "calibrate": (
+        "Estimate a configured model's per-step success rate p by really calling it on prompts "
+        "with known answers. Returns p with its 95% Wilson interval, the valid rate v, red "
+        "flags, cost per call, and the recommended k (Eq 14 at the interval's lower bound)."
+    ),
+    "run": (
+        "Start a built-in task (hanoi, arithmetic) in the background; returns its run_id at "
+        "once. With wait=true, follows it to the end with progress notifications (step/total)."
+    ),
+    "run_status": (
+        "A run's state rebuilt from the log: status, steps, samples, red flags, cost. wait_s "
+        "follows a running run with progress notifications first."
+    ),
+    "cancel": "Cancel a run this server is running. It is recorded as cancelled and resumable.",
+    "show": "A run's summary from the server's log; without run_id, every run in the log.",
+    "replay_verify": (
+        "Re-execute a finished run from its recorded responses and compare the new events "
+        "with the log, field for field; reports the first divergence."
+    ),
+    "health": (
+        "The server's configuration (models, limits, log; never keys), whether each model "
+        "is reachable (a probe that generates nothing), and the scheduler's statistics."
+    ),
+}
+
+
+def input_schema(args_type: type[Any]) -> dict[str, Any]:
+    """The JSON schema of a tool's arguments, with its root inlined (MCP wants an object)."""
+    raw = msgspec.json.schema(args_type)
+    defs = dict(raw.get("$defs", {}))
+    name = raw["$ref"].rsplit("/", 1)[-1]
+    root = dict(defs.pop(name))
+    root.pop("title", None)
+    for obj in (root, *defs.values()):
+        for prop in obj.get("properties", {}).values():
+            _hoist_description(prop, defs)
+    if defs:
+        root["$defs"] = defs
+    return root
+
+
+def _hoist_description(prop: dict[str, Any], defs: Mapping[str, Any]) -> None:
+    """Put a property's description at its top, where clients show it: msgspec leaves it in
+    the non-null branch of an optional field, or on the definition a ``$ref`` names."""
+    if "description" in prop:
+        return
+    for branch in prop.get("anyOf", ()):
+        if "description" in branch:
+            prop["description"] = branch.pop("description")
+            return
+    ref = prop.get("$ref") or prop.get("items", {}).get("$ref")
+    if isinstance(ref, str):
+        target = defs.get(ref.rsplit("/", 1)[-1], {})
+        if "description" in target:
+            prop["description"] = target["description"]
+
+
+SCHEMAS: Mapping[str, dict[str, Any]] = {name: input_schema(t) for name, (t, _) in TOOLS.items()}
+"""Every tool's input schema by name."""
+
+
+def _text(data: Any) -> str:
+    return json.dumps(data, indent=1, allow_nan=False, default=str)
+
+
+def create_mcp_server(tools: McpTools) -> Server[Any]:
+    """An MCP low-level server whose tools call ``tools``."""
+    from mcp import types
+    from mcp.server import Server
+
+    listed = [
+        types.Tool(name=name, description=_DESCRIPTIONS[name], input_schema=SCHEMAS[name])
+        for name in TOOLS
+    ]
+
+    async def list_tools(
+        ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
+    ) -> ListToolsResult:
+        return types.ListToolsResult(tools=listed)
+
+    async def call_tool(
+        ctx: ServerRequestContext[Any], params: CallToolRequestParams
+    ) -> CallToolResult:
+        async def progress(done: float, total: float | None, message: str | None) -> None:
+            await ctx.session.report_progress(done, total, message)
+
+        return await call(tools, params.name, params.arguments, progress)
+
+    return Server(
+        "maker",
+        version=__version__,
+        instructions=INSTRUCTIONS,
+        on_list_tools=list_tools,
+        on_call_tool=call_tool,
+        get_tool_input_schema=SCHEMAS.get,
+    )
+
+
+async def call(
+    tools: McpTools, name: str, arguments: Mapping[str, Any] | None, progress: Progress | None
+) -> CallToolResult:
+    """Run one tool call to its result; every failure is a tool error, never a crash."""
+    from mcp import types
+
+    def error(message: str, data: dict[str, Any] | None = None) -> types.CallToolResult:
+        text = " ".join(message.split())
+        return types.CallToolResult(
+            content=[types.TextContent(text=text)],
+            structured_content={"error": text, **({"details": data} if data else {})},
+            is_error=True,
+        )
+
+    entry = TOOLS.get(name)
+    if entry is None:
+        return error(f"unknown tool {name!r}; the tools are {', '.join(TOOLS)}")
+    args_type, method = entry
+    try:
+        args = msgspec.convert(dict(arguments or {}), args_type)
+    except msgspec.ValidationError as exc:
+        return error(f"{name}: invalid arguments: {exc}")
+    run: Callable[[Any, Progress | None], Awaitable[dict[str, Any]]] = getattr(tools, method)
+    try:
+        data = await run(args, progress)
+    except ToolError as exc:
+        return error(f"{name}: {exc}", exc.data)
+    except (ConfigError, MakerError) as exc:
+        return error(f"{name}: {exc}")
+    except Exception as exc:
+        # A bug, not bad input: say so on stderr with the traceback, and keep serving.
+        logger.exception("tool %s failed", name)
+        return error(f"{name}: internal error: {type(exc).__name__}: {exc}")
+    return types.CallToolResult(
+        content=[types.TextContent(text=_text(data))], structured_content=data
+    )
+
+
+async def serve_stdio(config: McpConfig) -> None:
+    """Serve MCP over this process's stdin and stdout until the client closes them."""
+    from mcp.server.stdio import stdio_server
+
+    async with McpTools(config) as tools:
+        server = create_mcp_server(tools)
+        logger.info("maker mcp: serving on stdio (log %s)", config.log)
+        async with stdio_server() as (read, write):
+            await server.run(read, write, server.create_initialization_options())
+
+
+async def serve_http(
+    config: McpConfig, port: int, ready: Callable[[str], None] | None = None
+) -> None:
+    """Serve MCP as streamable HTTP on 127.0.0.1:``port`` (0 picks a free port) until
+    interrupted. ``ready`` receives the endpoint's URL once the server listens."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError("port", f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    async with McpTools(config) as tools:
+        server = create_mcp_server(tools)
+        # The SDK turns DNS-rebinding protection on for a host of 127.0.0.1.
+        app = server.streamable_http_app(host="127.0.0.1")
+        uv = uvicorn.Server(
+            uvicorn.Config(
+                app, log_config=None, access_log=False, lifespan="on", log_level="warning"
+            )
+        )
+        if ready is not None:
+            ready(url)
+        await uv.serve(sockets=[sock])
+
+
+def _signals_cancel(scope: anyio.CancelScope) -> None:
+    loop = asyncio.get_running_loop()
+    with suppress(NotImplementedError):  # no signal handlers on Windows
+        loop.add_signal_handler(signal.SIGTERM, scope.cancel)
+
+
+@click.command()
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    envvar="MAKER_MCP_CONFIG",
+    show_envvar=True,
+    help="TOML file: log, [[models]] with limits, [prices].",
+)
+@click.option(
+    "--log",
+    type=click.Path(dir_okay=False),
+    envvar="MAKER_MCP_LOG",
+    show_envvar=True,
+    help="The event log every tool call is recorded in (default maker-mcp.db).",
+)
+@click.option(
+    "--model",
+    "models",
+    multiple=True,
+    envvar="MAKER_MCP_MODELS",
+    show_envvar=True,
+    help="A model the tools may use (repeat; the first is the default): sim, openai:NAME, "
+    "anthropic:NAME, ollama:NAME. Replaces the file's list.",
+)
+@click.option("--base-url", help="API root of the one --model (OpenAI-compatible servers).")
+@click.option("--concurrency", type=click.IntRange(1), help="Cap on calls in flight per model.")
+@rate_limit_options
+@click.option("--http", is_flag=True, help="Serve streamable HTTP on 127.0.0.1, not stdio.")
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="HTTP port."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (to stderr) at INFO.")
+@click.pass_context
+def mcp_command(
+    ctx: click.Context,
+    config_file: Path | None,
+    log: str | None,
+    models: tuple[str, ...],
+    base_url: str | None,
+    concurrency: int | None,
+    rpm: int | None,
+    tpm: int | None,
+    timeout: float,
+    http: bool,
+    port: int,
+    verbose: bool,
+) -> None:
+    """Serve MAKER's tools to MCP clients: vote, validate, kmin, plan, calibrate, run,
+    run_status, cancel, show, replay_verify, health.
+
+    stdio by default (for local clients); --http serves streamable HTTP at
+    http://127.0.0.1:PORT/mcp. Settings come from --config, then MAKER_MCP_* variables, then
+    options. Diagnostics go to stderr only.
+    """
+    try:
+        import mcp  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException("maker mcp needs the MCP SDK: pip install 'maker[mcp]'") from exc
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+    def source(name: str) -> str:
+        found = ctx.get_parameter_source(name)
+        return "env" if found == click.core.ParameterSource.ENVIRONMENT else "cli"
+
+    explicit_timeout = ctx.get_parameter_source("timeout") != click.core.ParameterSource.DEFAULT
+    config = load_mcp_config(
+        config_file=config_file,
+        log=log,
+        log_source=source("log"),
+        models=models,
+        models_source=source("models"),
+        base_url=base_url,
+        concurrency=concurrency,
+        rpm=rpm,
+        tpm=tpm,
+        timeout=timeout if explicit_timeout else None,
+    )
+
+    async def main() -> None:
+        with anyio.CancelScope() as scope:
+            _signals_cancel(scope)
+            if http:
+
+                def ready(url: str) -> None:
+                    click.echo(f"maker mcp: listening on {url} (log {config.log})", err=True)
+
+                await serve_http(config, port, ready)
+            else:
+                await serve_stdio(config)
+
+    with suppress(KeyboardInterrupt):
+        anyio.run(main, backend="asyncio")
