@@ -357,7 +357,7 @@ class McpTools:
         self.clients: dict[str, Client] = {}
         self._stack = AsyncExitStack()
         self._engine: Engine | None = None
-        self._totals: dict[str, int] = {}
+        self._handles: dict[str, RunHandle] = {}
 
     async def __aenter__(self) -> McpTools:
         for model in self.config.models:
@@ -376,6 +376,11 @@ class McpTools:
 
     async def __aexit__(self, *exc: object) -> None:
         try:
+            with anyio.CancelScope(shield=True):
+                # The client is gone: runs it left going are cancelled, not waited for (each
+                # records run_finished "cancelled" and stays resumable).
+                for handle in list(self._handles.values()):
+                    await handle.cancel()
             await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
         finally:
             with anyio.CancelScope(shield=True):
@@ -401,8 +406,13 @@ class McpTools:
 
     def _start(self, task: Any, client: Client, policy: Policy, seed: int) -> RunHandle:
         if client is self.engine.client:
-            return self.engine.start(task, policy=policy, seed=seed)
-        return self.engine.start(task, policy=policy, seed=seed, client=client)
+            handle = self.engine.start(task, policy=policy, seed=seed)
+        else:
+            handle = self.engine.start(task, policy=policy, seed=seed, client=client)
+        # Keep the runs still going, for shutdown; a long-lived server keeps no dead ones.
+        self._handles = {i: h for i, h in self._handles.items() if not h.done}
+        self._handles[handle.run_id] = handle
+        return handle
 
     async def _events(self, run_id: str) -> list[AnyEvent]:
         await self.log.flush()

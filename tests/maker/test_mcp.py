@@ -269,22 +269,17 @@ async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumabl
         long = structured(await client.call_tool("run", {"task": "hanoi", "params": {"disks": 12}}))
         cancelled = structured(await client.call_tool("cancel", {"run_id": long["run_id"]}))
         again = await client.call_tool("cancel", {"run_id": long["run_id"]})
+        # A run the client leaves going when it disconnects is cancelled, not waited for.
+        orphan = structured(
+            await client.call_tool("run", {"task": "hanoi", "params": {"disks": 14}})
+        )
     assert cancelled["status"] == "cancelled"
     assert cancelled["resume"].startswith("maker resume ")
     assert "is not running" in error_text(again)
-    shown = await anyio.run_process(
-        [
-            sys.executable,
-            "-m",
-            "maker",
-            "show",
-            str(tmp_path / "mcp.db"),
-            "--run",
-            long["run_id"],
-            "--json",
-        ]
-    )
-    assert json.loads(shown.stdout)["status"] == "cancelled"
+    for run in (long, orphan):  # the log says so, read by the CLI as a user would
+        show = [sys.executable, "-m", "maker", "show", str(tmp_path / "mcp.db"), "--json"]
+        shown = await anyio.run_process([*show, "--run", run["run_id"]])
+        assert json.loads(shown.stdout)["status"] == "cancelled"
 
 
 # -- bad input -------------------------------------------------------------------------------
