@@ -120,7 +120,18 @@ class VoteArgs(_Args, frozen=True):
     max_samples: Annotated[
         int, Meta(ge=1, le=1000, description="Give up after this many samples (1-1000).")
     ] = 50
-    seed: Seed | None = None
+    seed: (
+        Annotated[
+            int,
+            Meta(
+                ge=0,
+                le=2**63 - 1,
+                description="Seed of the run (recorded); a fresh random one when absent, so "
+                "repeated votes draw independent samples.",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class ValidateArgs(_Args, frozen=True):

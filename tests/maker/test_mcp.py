@@ -282,6 +282,25 @@ async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumabl
         assert json.loads(shown.stdout)["status"] == "cancelled"
 
 
+async def test_cancelling_a_vote_call_cancels_its_run(tmp_path: Path) -> None:
+    config = tmp_path / "mcp.toml"
+    config.write_text('log = "mcp.db"\n[[models]]\nspec = "sim"\nlatency_ms = 400\nconcurrency = 1\n')
+    async with stdio_server(tmp_path, "--config", str(config)) as client:
+        # An unknown prompt draws one identical answer, one call at a time at 0.4 s each:
+        # k = 20 takes 8 s.
+        with anyio.move_on_after(1.0) as scope:
+            await client.call_tool("vote", {"user": "a question no task knows", "k": 20})
+        assert scope.cancelled_caught
+        with anyio.fail_after(30):
+            while True:
+                runs = structured(await client.call_tool("show", {}))["runs"]
+                if runs and runs[0]["status"] != "running":
+                    break
+                await anyio.sleep(0.05)
+    assert runs[0]["task"] == "prompt"
+    assert runs[0]["status"] == "cancelled"
+
+
 # -- bad input -------------------------------------------------------------------------------
 
 
