@@ -42,7 +42,7 @@ from ._client import Client
 from ._engine import Engine, RunResult, VerifyResult
 from ._errors import ConfigError, MakerError
 from ._formulas import k_min, p_run
-from ._options import prices_option, rate_limit_options, task_argument
+from ._options import build_task, prices_option, rate_limit_options, task_argument, task_options
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Limits, Scheduler
@@ -81,10 +81,7 @@ _probability = click.FloatRange(0.0, 1.0)
     required=True,
     help="SQLite event log to append the run to.",
 )
-@click.option("--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10).")
-@click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations.")
-@click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits.")
-@click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain.")
+@task_options
 @click.option(
     "--model",
     default="sim",
@@ -187,16 +184,7 @@ def run(
     progress: bool,
 ) -> None:
     """Run a built-in task, voting every step, with every event logged."""
-    params: dict[str, Any] = {}
-    if task == "hanoi":
-        _only(task, steps=steps, digits=digits, task_seed=task_seed)
-        params["disks"] = 10 if disks is None else disks
-    else:
-        _only(task, disks=disks)
-        for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
-            if value is not None:
-                params[name] = value
-    the_task = make_task(task, params)
+    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
     client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
     if k is not None and target is not None:
         raise UsageProblem("give --k or --target, not both")
@@ -265,12 +253,6 @@ def run(
         _print_result(result, log)
     if not result.ok:
         raise SystemExit(EXIT_FAILED)
-
-
-def _only(task: str, **given: object) -> None:
-    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
-    if extra:
-        raise UsageProblem(f"{', '.join(extra)} does not apply to the {task} task")
 
 
 def _make_client(

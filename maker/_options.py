@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from .tasks import BUILTIN_TASKS, PromptTask
+from ._task import Task
+from .tasks import BUILTIN_TASKS, PromptTask, make_task
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,3 +49,48 @@ task_argument = click.argument(
     type=click.Choice(sorted(name for name in BUILTIN_TASKS if name != PromptTask.name)),
 )
 """``TASK``: a built-in task whose parameters are options."""
+
+
+def task_options(command: F) -> F:
+    """``--disks``, ``--steps``, ``--digits`` and ``--task-seed``: what builds a built-in task
+    (see :func:`build_task`)."""
+    for option in reversed(_TASK_OPTIONS):  # decorators apply bottom-up; keep the help order
+        command = option(command)
+    return command
+
+
+_TASK_OPTIONS = (
+    click.option(
+        "--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10)."
+    ),
+    click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations."),
+    click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
+    click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
+)
+
+
+def build_task(
+    task: str,
+    *,
+    disks: int | None = None,
+    steps: int | None = None,
+    digits: int | None = None,
+    task_seed: int | None = None,
+) -> Task[Any, Any]:
+    """The built-in task the task options describe; an option of another task is a usage error."""
+    params: dict[str, Any] = {}
+    if task == "hanoi":
+        _only(task, steps=steps, digits=digits, task_seed=task_seed)
+        params["disks"] = 10 if disks is None else disks
+    else:
+        _only(task, disks=disks)
+        for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
+            if value is not None:
+                params[name] = value
+    return make_task(task, params)
+
+
+def _only(task: str, **given: object) -> None:
+    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if extra:
+        raise click.UsageError(f"{', '.join(extra)} does not apply to the {task} task")

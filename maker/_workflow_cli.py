@@ -19,60 +19,16 @@ import click
 
 from ._calibrate import CalibrationReport, calibrate
 from ._client import Client
-from ._options import prices_option, rate_limit_options, task_argument
+from ._options import build_task, prices_option, rate_limit_options, task_argument, task_options
 from ._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
-from ._task import Task
-from .tasks import make_task
 
 EXIT_FAILED = 1
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _task_options(command: F) -> F:
-    """The options that build a built-in task, as ``maker run`` has them."""
-    options = (
-        click.option(
-            "--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10)."
-        ),
-        click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations."),
-        click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
-        click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
-    )
-    for option in reversed(options):
-        command = option(command)
-    return command
-
-
-def build_task(
-    task: str,
-    *,
-    disks: int | None = None,
-    steps: int | None = None,
-    digits: int | None = None,
-    task_seed: int | None = None,
-) -> Task[Any, Any]:
-    """The built-in task the task options describe; an option of another task is a usage error."""
-    params: dict[str, Any] = {}
-    if task == "hanoi":
-        _only(task, steps=steps, digits=digits, task_seed=task_seed)
-        params["disks"] = 10 if disks is None else disks
-    else:
-        _only(task, disks=disks)
-        for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
-            if value is not None:
-                params[name] = value
-    return make_task(task, params)
-
-
-def _only(task: str, **given: object) -> None:
-    extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
-    if extra:
-        raise click.UsageError(f"{', '.join(extra)} does not apply to the {task} task")
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -159,7 +115,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
 
 @click.command("calibrate")
 @task_argument
-@_task_options
+@task_options
 @click.option(
     "--model",
     "models",
@@ -314,7 +270,7 @@ def _duration(seconds: float) -> str:
 
 @click.command("plan")
 @task_argument
-@_task_options
+@task_options
 @click.option(
     "--target",
     type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
