@@ -24,6 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import unquote
 
 import msgspec
 
@@ -114,9 +115,40 @@ def _schema_validator(schema: dict[str, Any]) -> Validator:
     except SchemaError as exc:
         problem = _one_line(f"invalid at {exc.json_path}: {exc.message}")
         raise ConfigError("schema", problem) from exc
+    _check_refs(schema, schema)
     # No format checker: which formats jsonschema can assert depends on optional packages, and
     # a red flag must not depend on what happens to be installed where a log is replayed.
     return Draft202012Validator(schema)
+
+
+def _check_refs(node: object, root: Mapping[str, Any]) -> None:
+    """Every ``$ref`` must point inside the schema: nothing is fetched (a red flag must not
+    depend on the network), and a dangling pointer would fail only when an answer reaches it.
+    """
+    if isinstance(node, list):
+        for item in node:
+            _check_refs(item, root)
+        return
+    if not isinstance(node, Mapping):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        if not ref.startswith("#"):
+            raise ConfigError(
+                "schema", f"$ref {ref!r} is not in the schema; put it under $defs (none is fetched)"
+            )
+        target: object = root
+        for part in [p for p in unquote(ref[1:]).split("/") if p]:
+            part = part.replace("~1", "/").replace("~0", "~")
+            if isinstance(target, Mapping) and part in target:
+                target = target[part]
+            elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            else:
+                raise ConfigError("schema", f"$ref {ref!r} points at nothing in the schema")
+    for key, value in node.items():
+        if key not in ("const", "enum", "default", "examples"):  # data, not subschemas
+            _check_refs(value, root)
 
 
 def _schema_problem(validator: Validator, value: Any) -> str | None:

@@ -236,6 +236,39 @@ def test_bad_parser_settings_name_their_field(
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("ref", "words"),
+    [
+        ("https://example.com/answer.json", "none is fetched"),
+        ("other.json#/x", "none is fetched"),
+        ("#/$defs/missing", "points at nothing"),
+        ("#/properties/n/items/7", "points at nothing"),
+    ],
+)
+def test_a_ref_must_resolve_inside_the_schema_before_any_answer_reaches_it(
+    ref: str, words: str
+) -> None:
+    schema = {"type": "object", "properties": {"n": {"$ref": ref}}, "$defs": {"i": {}}}
+    with pytest.raises(ConfigError) as info:
+        AnswerParser(schema=schema)
+    assert info.value.field == "schema"
+    assert words in str(info.value)
+
+
+def test_local_refs_resolve_with_escapes() -> None:
+    schema = {
+        "$defs": {"a/b": {"type": "integer"}, "pair": {"prefixItems": [{"type": "string"}]}},
+        "type": "object",
+        "properties": {"n": {"$ref": "#/$defs/a~1b"}, "s": {"$ref": "#/$defs/pair/prefixItems/0"}},
+        "enum": [{"$ref": "not a schema, data"}, {"n": 1, "s": "x"}],
+    }
+    parser = AnswerParser(schema=schema)
+    assert parser.parse('{"n": 1, "s": "x"}') == {"n": 1, "s": "x"}
+    with pytest.raises(RedFlag) as info:
+        parser.parse('{"n": "one", "s": "x"}')
+    assert info.value.reason == "schema"
+
+
 def test_a_schema_without_jsonschema_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "jsonschema", None)
     with pytest.raises(ConfigError) as info:
