@@ -305,8 +305,8 @@ def mcp_command(
     run_status, cancel, show, replay_verify, health.
 
     stdio by default (for local clients); --http serves streamable HTTP at
-    http://127.0.0.1:PORT/mcp. Settings come from --config, then MAKER_MCP_* variables, then
-    options. Diagnostics go to stderr only.
+    http://127.0.0.1:PORT/mcp. Options override MAKER_MCP_* variables (MAKER_MCP_MODELS is
+    space-separated), which override the --config file. Diagnostics go to stderr only.
     """
     try:
         import mcp  # noqa: F401
