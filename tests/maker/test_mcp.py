@@ -284,7 +284,9 @@ async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumabl
 
 async def test_cancelling_a_vote_call_cancels_its_run(tmp_path: Path) -> None:
     config = tmp_path / "mcp.toml"
-    config.write_text('log = "mcp.db"\n[[models]]\nspec = "sim"\nlatency_ms = 400\nconcurrency = 1\n')
+    config.write_text(
+        'log = "mcp.db"\n[[models]]\nspec = "sim"\nlatency_ms = 400\nconcurrency = 1\n'
+    )
     async with stdio_server(tmp_path, "--config", str(config)) as client:
         # An unknown prompt draws one identical answer, one call at a time at 0.4 s each:
         # k = 20 takes 8 s.
@@ -601,3 +603,15 @@ async def test_health_probes_providers_and_votes_reach_them_without_leaking_keys
     for text in (json.dumps(health), json.dumps(vote), stderr):
         assert secret not in text
     assert secret.encode() not in log_bytes
+
+
+async def test_models_from_the_environment_replace_the_default(tmp_path: Path) -> None:
+    env = {"MAKER_MCP_MODELS": "sim ollama:llama3.1:8b", "MAKER_MCP_LOG": "env.db"}
+    async with stdio_server(tmp_path, "--rpm", "120", env=env) as client:
+        health = structured(await client.call_tool("health", {"probe": False}))
+    config = health["config"]
+    assert [m["spec"] for m in config["models"]] == ["sim", "ollama:llama3.1:8b"]
+    assert config["default_model"] == "sim"
+    assert config["sources"] == {"models": "env", "limits": "cli", "log": "env"}
+    assert all(m["limits"]["rpm"] == 120 for m in config["models"])
+    assert all(m["reachable"] is None for m in config["models"])  # not probed when asked not to
