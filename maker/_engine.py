@@ -395,11 +395,44 @@ class Engine:
         self._tg.start_soon(self._background, run, handle)
         return handle
 
+    def start_resume(
+        self,
+        task: Task[S, A],
+        recording: Recording,
+        *,
+        policy: Policy | None = None,
+        sinks: Sequence[EventSink] = (),
+        client: Client | None = None,
+    ) -> RunHandle:
+        """Continue a recorded run in the background (as :meth:`resume` does) and return its
+        handle at once.
+
+        The handle's stream carries the re-executed prefix, then the live run, in seq order.
+        The recorded waits and the interruption the run continues from are not re-executed, so
+        they are in the log only. The result raises :class:`Divergence`, and nothing is
+        appended, if the prefix does not reproduce the log.
+        """
+        self._require_entered()
+        assert self._tg is not None
+        if not recording.resumable:
+            raise MakerError(f"run {recording.run_id} already finished; there is nothing to resume")
+        if recording.run_id in self._handles:
+            raise MakerError(f"run {recording.run_id} is already running")
+        handle = RunHandle(recording.run_id, self._log)
+        run = self._replaying(
+            task, recording, policy, (*sinks, handle.publish), verify_only=False, client=client
+        )
+        self._handles[handle.run_id] = handle
+        self._tg.start_soon(self._background, run, handle, True)
+        return handle
+
     def handle(self, run_id: str) -> RunHandle | None:
         """The handle of a run this engine started and that is still going, or None."""
         return self._handles.get(run_id)
 
-    async def _background(self, run: _Run[Any, Any], handle: RunHandle) -> None:
+    async def _background(
+        self, run: _Run[Any, Any], handle: RunHandle, resuming: bool = False
+    ) -> None:
         result: RunResult | None = None
         error: BaseException | None = None
         try:
@@ -408,13 +441,18 @@ class Engine:
                 if handle._cancel_requested:
                     scope.cancel()  # cancelled before it had its first turn
                 try:
+                    if resuming:
+                        await self._log.attach(run.run_id)
                     result = await self._execute(run)
                 except anyio.get_cancelled_exc_class():
                     raise
                 except Exception as exc:
-                    # A bug in task code: the run recorded it; the handle re-raises it to its
-                    # owner without disturbing the other runs in the group.
+                    # A bug in task code (the run recorded it) or a resumed prefix that diverged
+                    # (nothing was appended): the handle re-raises it to its owner without
+                    # disturbing the other runs in the group.
                     error = exc
+                    if isinstance(exc, ExceptionGroup) and exc.subgroup(Divergence) is not None:
+                        error = _first(exc, Divergence)
         finally:
             # Cancelled by handle.cancel() or by the enclosing scope: _finish recorded the run
             # as cancelled and built its result.
@@ -532,6 +570,7 @@ class Engine:
         sinks: Sequence[EventSink],
         *,
         verify_only: bool,
+        client: Client | None = None,
     ) -> _Run[S, A]:
         """A run that re-executes ``recording`` under its seed and (by default) its policy."""
         return _Run(
@@ -543,6 +582,7 @@ class Engine:
             (*self._sinks, *sinks),
             recording=recording,
             verify_only=verify_only,
+            client=client,
         )
 
     def _require_entered(self) -> None:

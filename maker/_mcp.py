@@ -44,7 +44,8 @@ INSTRUCTIONS = (
     "MAKER: error-corrected decisions by voting. `vote` samples a model until one parsed answer "
     "leads by k (red-flagged responses never vote); `validate` checks one response; `kmin` and "
     "`plan` apply the paper's formulas; `calibrate` measures p on prompts with known answers; "
-    "`run` starts a built-in task (`run_status`, `cancel`); `show` and `replay_verify` read the "
+    "`run` starts a built-in task (`run_status`, `cancel`, `resume`); `show` and `replay_verify` "
+    "read the "
     "log; `health` reports models and limits. Every call that reaches a model is a run in the "
     "server's event log."
 )
@@ -85,6 +86,11 @@ _DESCRIPTIONS: Mapping[str, str] = {
         "follows a running run with progress notifications first."
     ),
     "cancel": "Cancel a run this server is running. It is recorded as cancelled and resumable.",
+    "resume": (
+        "Continue a cancelled or crashed run from the log: the recorded prefix is re-executed "
+        "without calling the model again, then the run goes on live. wait=true follows it with "
+        "progress notifications. A finished run is reported unchanged."
+    ),
     "show": "A run's summary from the server's log; without run_id, every run in the log.",
     "replay_verify": (
         "Re-execute a finished run from its recorded responses and compare the new events "
@@ -302,7 +308,7 @@ def mcp_command(
     verbose: bool,
 ) -> None:
     """Serve MAKER's tools to MCP clients: vote, validate, kmin, plan, calibrate, run,
-    run_status, cancel, show, replay_verify, health.
+    run_status, cancel, resume, show, replay_verify, health.
 
     stdio by default (for local clients); --http serves streamable HTTP at
     http://127.0.0.1:PORT/mcp. Options override MAKER_MCP_* variables (MAKER_MCP_MODELS is

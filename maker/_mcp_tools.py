@@ -32,7 +32,7 @@ from events import (
     VoteCounted,
 )
 
-from ._calibrate import calibrate
+from ._calibrate import calibrate, is_calibration
 from ._client import Client, Probe
 from ._engine import Engine, RunResult
 from ._errors import ConfigError, MakerError
@@ -41,6 +41,7 @@ from ._handle import RunHandle
 from ._mcp_config import McpConfig
 from ._plan import ModelEstimate, plan
 from ._policy import Policy
+from ._recording import Divergence, Recording
 from ._redflags import RedFlagRules
 from ._scheduler import Scheduler
 from ._version import __version__
@@ -284,6 +285,19 @@ class CancelArgs(_Args, frozen=True):
     run_id: RunId
 
 
+class ResumeArgs(_Args, frozen=True):
+    """Continue a cancelled or crashed run in the background; a finished one is reported."""
+
+    run_id: RunId
+    wait: Annotated[
+        bool,
+        Meta(
+            description="Follow the run to its end, with progress notifications, instead of "
+            "returning at once."
+        ),
+    ] = False
+
+
 class ShowArgs(_Args, frozen=True):
     """A run's summary from the log; without run_id, the list of runs."""
 
@@ -420,10 +434,13 @@ class McpTools:
             handle = self.engine.start(task, policy=policy, seed=seed)
         else:
             handle = self.engine.start(task, policy=policy, seed=seed, client=client)
-        # Keep the runs still going, for shutdown; a long-lived server keeps no dead ones.
+        self._keep(handle)
+        return handle
+
+    def _keep(self, handle: RunHandle) -> None:
+        # The runs still going, for shutdown; a long-lived server keeps no dead ones.
         self._handles = {i: h for i, h in self._handles.items() if not h.done}
         self._handles[handle.run_id] = handle
-        return handle
 
     async def _events(self, run_id: str) -> list[AnyEvent]:
         await self.log.flush()
@@ -647,6 +664,12 @@ class McpTools:
         out["active"] = self.engine.handle(run_id) is not None
         if out["active"]:
             out["status"] = "running"
+        kept = self._handles.get(run_id)
+        if kept is not None and kept.done:
+            try:
+                await kept.result()
+            except Exception as exc:  # a resume that diverged appended nothing: say why here
+                out["error"] = f"{type(exc).__name__}: {exc}"
         return out
 
     async def cancel(self, args: CancelArgs, progress: Progress | None = None) -> dict[str, Any]:
@@ -660,6 +683,42 @@ class McpTools:
         out = await self._status(run_id)
         out["resume"] = f"maker resume {self.config.log} --run {run_id}"
         return out
+
+    async def resume(self, args: ResumeArgs, progress: Progress | None = None) -> dict[str, Any]:
+        """Continue a run from its log: the recorded prefix is re-executed (no recorded sample is
+        requested again), then the run goes on live through this server's scheduler."""
+        from replay import client_for
+
+        run_id = await self._run_id(args.run_id)
+        if self.engine.handle(run_id) is not None:
+            raise ToolError(f"run {run_id} is running; there is nothing to resume")
+        events = await self._events(run_id)
+        recording = Recording(events)
+        if is_calibration(recording.started):
+            raise ToolError(f"run {run_id} is a calibration: there is no chain to resume")
+        if not recording.resumable:
+            out = await self._status(run_id)
+            out["note"] = "the run had finished; nothing was changed"
+            return out
+        started = recording.started
+        model = started.models[0] if started.models else "sim"
+        if model == "sim":
+            # The simulated model of the recording, so that the live part draws as it did.
+            client = client_for(started)
+        else:
+            client = self.client(model)  # a provider the server configures, with its key
+        task = make_task(started.task, dict(started.task_params))
+        handle = self.engine.start_resume(task, recording, client=client)
+        self._keep(handle)
+        await anyio.lowlevel.checkpoint()
+        if not args.wait:
+            return {"run_id": run_id, "status": "running", "resumed_after_seq": events[-1].seq}
+        await self._follow(handle, task.max_steps(), progress, math.inf)
+        try:
+            await handle.result()
+        except Divergence as exc:
+            raise ToolError(f"run {run_id} cannot be resumed: {exc}") from exc
+        return await self._status(run_id)
 
     async def show(self, args: ShowArgs, progress: Progress | None = None) -> dict[str, Any]:
         """One run's summary, or every run in the log."""
@@ -808,6 +867,7 @@ TOOLS: Mapping[str, tuple[type[_Args], str]] = {
     "run": (RunArgs, "run"),
     "run_status": (RunStatusArgs, "run_status"),
     "cancel": (CancelArgs, "cancel"),
+    "resume": (ResumeArgs, "resume"),
     "show": (ShowArgs, "show"),
     "replay_verify": (ReplayVerifyArgs, "replay_verify"),
     "health": (HealthArgs, "health"),

@@ -38,6 +38,7 @@ TOOL_NAMES = {
     "run",
     "run_status",
     "cancel",
+    "resume",
     "show",
     "replay_verify",
     "health",
@@ -301,6 +302,41 @@ async def test_cancelling_a_vote_call_cancels_its_run(tmp_path: Path) -> None:
                 await anyio.sleep(0.05)
     assert runs[0]["task"] == "prompt"
     assert runs[0]["status"] == "cancelled"
+
+
+async def test_a_cancelled_run_resumes_through_the_server_to_the_uninterrupted_decisions(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "mcp.toml"
+    config.write_text('log = "mcp.db"\n[[models]]\nspec = "sim"\nlatency_ms = 2\n')
+    run = {"task": "hanoi", "params": {"disks": 7}, "k": 2, "seed": 8}
+    async with stdio_server(tmp_path, "--config", str(config)) as client:
+        started = structured(await client.call_tool("run", run))
+        await anyio.sleep(0.3)
+        cancelled = structured(await client.call_tool("cancel", {"run_id": started["run_id"]}))
+        resumed = structured(
+            await client.call_tool("resume", {"run_id": started["run_id"], "wait": True})
+        )
+        again = structured(await client.call_tool("resume", {"run_id": started["run_id"]}))
+        verified = structured(
+            await client.call_tool("replay_verify", {"run_id": started["run_id"]})
+        )
+        unbroken = structured(await client.call_tool("run", {**run, "wait": True}))
+    assert cancelled["status"] == "cancelled"
+    assert 0 < cancelled["steps"] < 127
+    assert resumed["status"] == "succeeded"
+    assert resumed["steps"] == 127
+    assert resumed["resumed"] == 1  # one resumption
+    assert again["note"] == "the run had finished; nothing was changed"
+    assert verified["ok"] is True
+    assert unbroken["status"] == "succeeded"
+
+    async def winners(run_id: str) -> list[str]:
+        events = await read_run(tmp_path / "mcp.db", run_id)
+        return [e.winner for e in events if isinstance(e, StepDecided)]
+
+    # The same seed decides the same, interrupted or not.
+    assert await winners(started["run_id"]) == await winners(unbroken["run_id"])
 
 
 # -- bad input -------------------------------------------------------------------------------

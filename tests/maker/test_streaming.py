@@ -10,11 +10,21 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from events import AnyEvent, EventLog, RunFinished, StateChanged, StepDecided
+from events import (
+    AnyEvent,
+    BreakerChanged,
+    EventLog,
+    RunFinished,
+    SampleCancelled,
+    SchedulerWaited,
+    StateChanged,
+    StepDecided,
+)
 from maker import (
     Completion,
     Engine,
     Limits,
+    MakerError,
     Policy,
     RunHandle,
     SampleRequest,
@@ -198,3 +208,58 @@ async def test_cancelling_the_enclosing_scope_records_every_run_as_cancelled(
     assert all(info.finished is not None for info in runs)
     assert {info.finished.status for info in runs if info.finished} == {"cancelled"}
     assert all(h.done for h in handles)
+
+
+async def test_a_run_resumed_in_the_background_streams_and_decides_as_if_unbroken(
+    tmp_path: Path,
+) -> None:
+    from maker import Recording
+
+    log = tmp_path / "resume.db"
+    async with Engine(log=log, client=SimulatedModel(LATENT)) as engine:
+        first = engine.start(Hanoi(6), policy=Policy(k=2), seed=5)
+        await _wait_for_steps(first, 10)
+        await first.cancel()
+        recording = Recording(await load_events(log, first.run_id))
+        handle = engine.start_resume(Hanoi(6), recording)
+        with pytest.raises(MakerError, match="already running"):
+            engine.start_resume(Hanoi(6), recording)
+        streamed = await _all(handle)
+        result = await handle.result()
+        unbroken = await engine.run(Hanoi(6), policy=Policy(k=2), seed=5)
+    assert result.ok
+    assert result.steps == unbroken.steps == 63
+    # The stream carries the re-executed prefix and the live rest, in seq order, each event as
+    # the log has it; only the recorded waits and the interruption it continues from are not
+    # re-executed, so they stay in the log alone.
+    logged = {e.seq: e for e in await load_events(log, first.run_id)}
+    seqs = [e.seq for e in streamed]
+    assert seqs == sorted(set(seqs))
+    assert all(type(logged[e.seq]) is type(e) for e in streamed)
+    left_out = {type(logged[seq]) for seq in set(logged) - set(seqs)}
+    assert left_out <= {SchedulerWaited, BreakerChanged, SampleCancelled, RunFinished}
+    decided = [e.winner for e in streamed if isinstance(e, StepDecided)]
+    later = [
+        e.winner for e in await load_events(log, unbroken.run_id) if isinstance(e, StepDecided)
+    ]
+    assert decided == later
+    assert (await verify_run(log, first.run_id)).ok
+
+
+async def test_a_background_resume_that_diverges_appends_nothing(tmp_path: Path) -> None:
+    from maker import Divergence, Recording
+
+    log = tmp_path / "diverge.db"
+    async with Engine(log=log, client=SimulatedModel(LATENT)) as engine:
+        first = engine.start(Hanoi(6), policy=Policy(k=2), seed=5)
+        await _wait_for_steps(first, 5)
+        await first.cancel()
+        before = await load_events(log, first.run_id)
+        # Another k decides differently from the recorded votes: the prefix cannot reproduce.
+        handle = engine.start_resume(Hanoi(6), Recording(before), policy=Policy(k=4))
+        with pytest.raises(Divergence):
+            await handle.result()
+        done = Recording(await load_events(log, (await engine.run(Hanoi(3))).run_id))
+        with pytest.raises(MakerError, match="nothing to resume"):
+            engine.start_resume(Hanoi(3), done)
+    assert await load_events(log, first.run_id) == before
