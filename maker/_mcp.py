@@ -289,7 +289,7 @@ def _signals_cancel(scope: anyio.CancelScope) -> None:
 @rate_limit_options
 @click.option("--http", is_flag=True, help="Serve streamable HTTP on 127.0.0.1, not stdio.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="HTTP port."
+    "--port", type=click.IntRange(0, 65535), default=8770, show_default=True, help="HTTP port (0: any free)."
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (to stderr) at INFO.")
 @click.pass_context
