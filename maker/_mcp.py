@@ -70,7 +70,8 @@ _DESCRIPTIONS: Mapping[str, str] = {
     "plan": (
         "Choose model and k for a task of `steps` steps and a target: per model k_min at the "
         "lower bound of p, probability of success, expected samples, cost (Eq 19, with the "
-        "red-flag factor v) and wall time; names the recommended (cheapest reliable) model."
+        "red-flag factor v) and wall time; names the recommended (cheapest reliable) model. "
+        "Estimates come from `models`, or from calibration runs in the log (`calibrations`)."
     ),
     "calibrate": (
         "Estimate a configured model's per-step success rate p by really calling it on prompts "
@@ -289,7 +290,11 @@ def _signals_cancel(scope: anyio.CancelScope) -> None:
 @rate_limit_options
 @click.option("--http", is_flag=True, help="Serve streamable HTTP on 127.0.0.1, not stdio.")
 @click.option(
-    "--port", type=click.IntRange(0, 65535), default=8770, show_default=True, help="HTTP port (0: any free)."
+    "--port",
+    type=click.IntRange(0, 65535),
+    default=8770,
+    show_default=True,
+    help="HTTP port (0: any free).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (to stderr) at INFO.")
 @click.pass_context

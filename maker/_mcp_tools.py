@@ -32,7 +32,7 @@ from events import (
     VoteCounted,
 )
 
-from ._calibrate import calibrate, is_calibration
+from ._calibrate import calibrate, calibration_from_events, is_calibration
 from ._client import Client, Probe
 from ._engine import Engine, RunResult
 from ._errors import ConfigError, MakerError
@@ -189,11 +189,19 @@ class PlanModel(_Args, frozen=True):
 class PlanArgs(_Args, frozen=True):
     """Choose model and k for a target (Eq 13, 14, 16, 19): the cheapest reliable model."""
 
+    steps: Steps
     models: Annotated[
         list[PlanModel],
-        Meta(min_length=1, max_length=50, description="The candidate models (1-50)."),
-    ]
-    steps: Steps
+        Meta(max_length=50, description="Candidate models with what is known of them."),
+    ] = msgspec.field(default_factory=list)
+    calibrations: Annotated[
+        list[RunId],
+        Meta(
+            max_length=50,
+            description="run_ids of calibrations in this server's log (from calibrate): "
+            "each model's p, its interval, v and cost per call are read from there.",
+        ),
+    ] = msgspec.field(default_factory=list)
     target: Target = 0.95
     concurrency: Annotated[int, Meta(ge=1, le=100_000, description="Samples in flight.")] = 1
 
@@ -523,6 +531,15 @@ class McpTools:
             )
             for m in args.models
         ]
+        for run_id in args.calibrations:
+            events = await self._events(await self._run_id(run_id))
+            try:
+                measured = calibration_from_events(events)
+            except ConfigError as exc:
+                raise ToolError(f"run {run_id} is not a calibration: {exc}") from exc
+            estimates.append(ModelEstimate.from_json(measured.to_json()))
+        if not estimates:
+            raise ToolError("give models, or calibrations to read them from")
         result = plan(estimates, steps=args.steps, target=args.target, concurrency=args.concurrency)
         return result.to_json()
 

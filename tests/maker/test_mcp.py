@@ -356,6 +356,7 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(tmp_pa
             "unconfigured model": ("vote", {"user": "q", "model": "openai:gpt-4.1-mini"}),
             "unknown task params": ("run", {"task": "hanoi", "params": {"pegs": 4}}),
             "unknown run": ("run_status", {"run_id": "nope"}),
+            "plan from nothing": ("plan", {"steps": 10}),
             "unknown tool": ("levitate", {}),
         }
         messages = {}
@@ -374,6 +375,7 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(tmp_pa
     assert "not configured" in messages["unconfigured model"]
     assert "pegs" in messages["unknown task params"]
     assert "no run nope" in messages["unknown run"]
+    assert "calibrations" in messages["plan from nothing"]
     assert "unknown tool" in messages["unknown tool"]
     assert all("\n" not in m and "Traceback" not in m for m in messages.values())
     assert still["k_min"] >= 1
@@ -547,6 +549,12 @@ async def test_configuration_from_file_env_and_cli_is_reported_and_applied(tmp_p
                 {"prompts": items, "pattern": RESULT, "seed": 1, "target": 0.9, "steps": 100},
             )
         )
+        # The paper's critical path: calibrate, then plan from the calibration in the log.
+        planned = structured(
+            await client.call_tool(
+                "plan", {"calibrations": [cal["run_id"]], "steps": 100, "target": 0.9}
+            )
+        )
     cfg = health["config"]
     assert cfg["log"] == str(tmp_path / "from-env.db")
     assert cfg["sources"] == {"models": "file", "limits": "cli", "log": "env", "prices": "file"}
@@ -563,6 +571,10 @@ async def test_configuration_from_file_env_and_cli_is_reported_and_applied(tmp_p
     assert cal["recommended_k"] >= 5
     assert (tmp_path / "from-env.db").exists()
     assert not (tmp_path / "from-file.db").exists()
+    (entry,) = planned["models"]
+    assert planned["recommended"] == "sim"
+    assert entry["k_min"] == cal["recommended_k"]  # both Eq 14 at the interval's lower bound
+    assert entry["expected_cost_usd"] > 0
 
 
 def test_a_bad_configuration_is_one_line_and_a_non_zero_exit(tmp_path: Path) -> None:
