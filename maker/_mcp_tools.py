@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, suppress
 from typing import Annotated, Any, Literal
@@ -391,6 +392,7 @@ class McpTools:
         self._stack = AsyncExitStack()
         self._engine: Engine | None = None
         self._handles: dict[str, RunHandle] = {}
+        self._summaries: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
 
     async def __aenter__(self) -> McpTools:
         for model in self.config.models:
@@ -676,11 +678,41 @@ class McpTools:
     async def _status(self, run_id: str) -> dict[str, Any]:
         from replay import summarize
 
-        events = await self._events(run_id)
-        out: dict[str, Any] = dict(summarize(events, per_step=False).to_json())
-        out["active"] = self.engine.handle(run_id) is not None
-        if out["active"]:
-            out["status"] = "running"
+        await self.log.flush()
+        info = await self.log.run(run_id)
+        handle = self.engine.handle(run_id)
+        if handle is not None:
+            # A running run is told from its handle's counters: folding its log at every poll
+            # would cost time in proportion to its events, minutes for a million-step run.
+            stats = handle.statistics()
+            started = info.started
+            return {
+                "run_id": run_id,
+                "task": started.task,
+                "task_params": started.task_params,
+                "models": list(started.models),
+                "k": started.policy.get("k"),
+                "seed": started.seed,
+                "status": "running",
+                "active": True,
+                "steps": stats.steps,
+                "steps_total": make_task(started.task, started.task_params).max_steps(),
+                "samples": stats.samples,
+                "events": stats.events,
+            }
+        key = (run_id, info.last_seq)
+        cached = self._summaries.get(key)
+        if cached is None:
+            # A run that is not going changes only if resumed, which moves its last seq.
+            events = await self._events(run_id)
+            cached = dict(summarize(events, per_step=False).to_json())
+            self._summaries[key] = cached
+            while len(self._summaries) > SUMMARY_CACHE:
+                self._summaries.popitem(last=False)
+        else:
+            self._summaries.move_to_end(key)
+        out = dict(cached)
+        out["active"] = False
         kept = self._handles.get(run_id)
         if kept is not None and kept.done:
             try:
@@ -802,6 +834,9 @@ class McpTools:
             "log": {"path": str(self.config.log), **self.log.statistics()._asdict()},
         }
 
+
+SUMMARY_CACHE = 64
+"""Summaries of runs that are not going, kept for repeated run_status and show calls."""
 
 PROBE_TIMEOUT_S = 10.0
 """Seconds a health probe of one model may take."""

@@ -268,13 +268,20 @@ async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumabl
         assert status["steps"] == 5
 
         long = structured(await client.call_tool("run", {"task": "hanoi", "params": {"disks": 12}}))
+        going = structured(await client.call_tool("run_status", {"run_id": long["run_id"]}))
         cancelled = structured(await client.call_tool("cancel", {"run_id": long["run_id"]}))
         again = await client.call_tool("cancel", {"run_id": long["run_id"]})
         # A run the client leaves going when it disconnects is cancelled, not waited for.
         orphan = structured(
             await client.call_tool("run", {"task": "hanoi", "params": {"disks": 14}})
         )
+    assert going["status"] == "running"
+    assert going["active"] is True
+    assert going["steps_total"] == 4095
+    assert going["steps"] < 4095
     assert cancelled["status"] == "cancelled"
+    assert cancelled["active"] is False
+    assert cancelled["steps"] >= going["steps"]
     assert cancelled["resume"].startswith("maker resume ")
     assert "is not running" in error_text(again)
     for run in (long, orphan):  # the log says so, read by the CLI as a user would
