@@ -509,6 +509,19 @@ async def test_the_http_transport_serves_the_same_tools(tmp_path: Path) -> None:
             )
             bad = await client.call_tool("vote", {"user": "q", "k": 0})
             health = structured(await client.call_tool("health", {}))
+            seen: list[float] = []
+
+            async def on_progress(
+                progress: float, total: float | None, message: str | None
+            ) -> None:
+                seen.append(progress)
+
+            run = {"task": "hanoi", "params": {"disks": 5}, "wait": True}
+            ran = structured(await client.call_tool("run", run, progress_callback=on_progress))
+            # A run still going when the server is stopped is recorded as cancelled.
+            left = structured(
+                await client.call_tool("run", {"task": "hanoi", "params": {"disks": 14}})
+            )
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert proc.stdout is not None
@@ -517,6 +530,12 @@ async def test_the_http_transport_serves_the_same_tools(tmp_path: Path) -> None:
     assert out["winner"]["answer"] == right
     assert "$.k" in error_text(bad)
     assert health["config"]["models"][0]["reachable"] is True
+    assert ran["status"] == "succeeded"
+    assert seen
+    assert seen[-1] == 31  # progress notifications arrive over HTTP too
+    show = [sys.executable, "-m", "maker", "show", str(tmp_path / "mcp.db"), "--json"]
+    shown = await anyio.run_process([*show, "--run", left["run_id"]])
+    assert json.loads(shown.stdout)["status"] == "cancelled"
     verify = await anyio.run_process(
         [sys.executable, "-m", "maker", "verify", str(tmp_path / "mcp.db")], check=False
     )
