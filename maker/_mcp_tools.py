@@ -395,18 +395,23 @@ class McpTools:
         self._summaries: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
 
     async def __aenter__(self) -> McpTools:
-        for model in self.config.models:
-            self.clients[model.spec] = model.client()
-        self.config.log.parent.mkdir(parents=True, exist_ok=True)
-        log = await self._stack.enter_async_context(EventLog(self.config.log))
-        self._engine = await self._stack.enter_async_context(
-            Engine(
-                log=log,
-                client=self.clients[self.config.default_model],
-                scheduler=self.scheduler,
-                prices=self.prices,
+        try:
+            for model in self.config.models:
+                self.clients[model.spec] = model.client()
+            self.config.log.parent.mkdir(parents=True, exist_ok=True)
+            log = await self._stack.enter_async_context(EventLog(self.config.log))
+            self._engine = await self._stack.enter_async_context(
+                Engine(
+                    log=log,
+                    client=self.clients[self.config.default_model],
+                    scheduler=self.scheduler,
+                    prices=self.prices,
+                )
             )
-        )
+        except BaseException:
+            # A model that cannot be set up, or a log that cannot be opened: release what was.
+            await self.__aexit__(None, None, None)
+            raise
         return self
 
     async def __aexit__(self, *exc: object) -> None:
