@@ -115,10 +115,19 @@ class VoteArgs(_Args, frozen=True):
     flag_truncated: Annotated[
         bool, Meta(description="Red flag: discard a response cut off at max_tokens.")
     ] = True
-    max_tokens: Annotated[
-        int,
-        Meta(ge=2, le=1_000_001, description="Output cap sent to the model (> max_output_tokens)."),
-    ] = 1000
+    max_tokens: (
+        Annotated[
+            int,
+            Meta(
+                ge=2,
+                le=1_000_001,
+                description="Output cap sent to the model, above max_output_tokens so that an "
+                "overlong answer is seen and flagged; max(1000, max_output_tokens + 250) by "
+                "default.",
+            ),
+        ]
+        | None
+    ) = None
     max_samples: Annotated[
         int, Meta(ge=1, le=1000, description="Give up after this many samples (1-1000).")
     ] = 50
@@ -480,9 +489,12 @@ class McpTools:
         task = PromptTask(
             [{"system": args.system, "user": args.user}], pattern=args.pattern, schema=args.schema
         )
+        max_tokens = args.max_tokens
+        if max_tokens is None:
+            max_tokens = max(1000, args.max_output_tokens + 250)
         policy = Policy(
             k=k,
-            max_tokens=args.max_tokens,
+            max_tokens=max_tokens,
             max_samples_per_step=max(args.max_samples, k),
             red_flags=_rules(args.max_output_tokens, args.flag_truncated),
         )
