@@ -55,7 +55,9 @@ _DESCRIPTIONS: Mapping[str, str] = {
         "One error-corrected decision (MAKER): samples the model (first at temperature 0, then "
         "0.1) until one parsed answer has k more votes than any other. Responses over "
         "max_output_tokens, cut off, or not matching pattern/schema are red-flagged and never "
-        "vote. Give k, or target with p (k_min by Eq 14). Returns the winner (parsed answer and "
+        "vote. Give k, or target with p (k_min by Eq 14). Without pattern or schema the whole "
+        "stripped response is the answer, so only terse answers can agree: ask for a final line "
+        "such as 'answer = ...' and give a pattern for it. Returns the winner (parsed answer and "
         "the original text), votes per candidate, samples, red flags, tokens, cost and run_id."
     ),
     "validate": (

@@ -432,7 +432,14 @@ def test_nothing_but_protocol_messages_reach_stdout(tmp_path: Path) -> None:
         ),
         _rpc(None, "notifications/initialized", {}),
         _rpc(2, "tools/list", {}),
-        _rpc(3, "tools/call", {"name": "vote", "arguments": {"system": system, "user": user}}),
+        _rpc(
+            3,
+            "tools/call",
+            {
+                "name": "vote",
+                "arguments": {"system": system, "user": user, "pattern": RESULT, "seed": 1},
+            },
+        ),
         _rpc(4, "tools/call", {"name": "vote", "arguments": {"bogus": 1}}),
         _rpc(5, "tools/call", {"name": "health", "arguments": {}}),
         _rpc(
