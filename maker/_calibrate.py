@@ -34,7 +34,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import anyio
 from anyio.abc import ObjectSendStream, TaskGroup
@@ -57,8 +57,8 @@ from events import (
 )
 
 from ._client import Client, Completion, SampleRequest
-from ._engine import EventObserver, EventSink, record_failure, sample_seed
-from ._errors import ClientError, ConfigError, RedFlag
+from ._engine import EventSink, SampleOutcome, attempt_sample, record_failure, sample_seed
+from ._errors import ConfigError, RedFlag
 from ._policy import Policy
 from ._pricing import PriceTable
 from ._scheduler import Scheduler
@@ -464,14 +464,6 @@ def calibration_from_events(
 # -- running it ----------------------------------------------------------------------------
 
 
-class _Outcome(NamedTuple):
-    sample_id: str
-    attempt: int
-    completion: Completion | None
-    error: ClientError | None
-    latency_s: float
-
-
 @dataclass(frozen=True)
 class _Setup:
     task: Task[Any, Any]
@@ -583,7 +575,7 @@ class _CalibrationRun:
         last: tuple[int, Prompt] | None = None
         failure: str | None = None
         # Buffered, so a finished worker exits at once.
-        send, receive = anyio.create_memory_object_stream[_Outcome](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[SampleOutcome](max_buffer_size=math.inf)
         async with send, receive, anyio.create_task_group() as tg:
             while failure is None:
                 while queue and len(self.in_flight) < setup.in_flight:
@@ -632,7 +624,7 @@ class _CalibrationRun:
     def _launch(
         self,
         tg: TaskGroup,
-        send: ObjectSendStream[_Outcome],
+        send: ObjectSendStream[SampleOutcome],
         request: SampleRequest,
         attempt: int,
         delay: float,
@@ -688,9 +680,9 @@ class _CalibrationRun:
     def _failed(
         self,
         tg: TaskGroup,
-        send: ObjectSendStream[_Outcome],
+        send: ObjectSendStream[SampleOutcome],
         request: SampleRequest,
-        outcome: _Outcome,
+        outcome: SampleOutcome,
     ) -> str | None:
         """Record a failed attempt; retry it as the engine does, or return why the run fails."""
         setup, error = self.setup, outcome.error
@@ -714,27 +706,12 @@ class _CalibrationRun:
         request: SampleRequest,
         attempt: int,
         delay: float,
-        send: ObjectSendStream[_Outcome],
+        send: ObjectSendStream[SampleOutcome],
     ) -> None:
         scheduler = self.setup.scheduler
-        if delay > 0:
-            await scheduler.sleep(delay)
-        began = time.perf_counter()
-        completion: Completion | None = None
-        error: ClientError | None = None
-        try:
-            completion = await scheduler.call(
-                self.client, request, EventObserver(self.emit, request)
-            )
-        except ClientError as exc:
-            error = exc
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            # A client that breaks its contract: a non-retryable transport failure.
-            error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
-        latency = time.perf_counter() - began
-        await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))
+        await send.send(
+            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit)
+        )
 
 
 def _describe(exc: BaseException) -> str:

@@ -182,12 +182,45 @@ class EngineStatistics(NamedTuple):
     appended: int
 
 
-class _Outcome(NamedTuple):
+class SampleOutcome(NamedTuple):
+    """What one attempt of one sample came to, as the step loop receives it."""
+
     sample_id: str
     attempt: int
     completion: Completion | None
     error: ClientError | None
     latency_s: float
+
+
+async def attempt_sample(
+    scheduler: Scheduler,
+    client: Client,
+    request: SampleRequest,
+    attempt: int,
+    delay: float,
+    emit: Callable[..., None],
+) -> SampleOutcome:
+    """One attempt of one sample through the scheduler, after ``delay`` seconds of backoff:
+    the completion or the transport error, and the seconds the call took.
+
+    A client that breaks its contract (raises anything but :class:`ClientError`) counts as a
+    non-retryable transport failure. The engine and calibration share this.
+    """
+    if delay > 0:
+        await scheduler.sleep(delay)
+    began = time.perf_counter()
+    completion: Completion | None = None
+    error: ClientError | None = None
+    try:
+        completion = await scheduler.call(client, request, EventObserver(emit, request))
+    except ClientError as exc:
+        error = exc
+    except anyio.get_cancelled_exc_class():
+        raise
+    except Exception as exc:
+        error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
+    latency = time.perf_counter() - began
+    return SampleOutcome(request.sample_id, attempt, completion, error, latency)
 
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
@@ -758,7 +791,7 @@ class _Run(Generic[S, A]):
         model = self.client.model
         # Buffered, so a finished worker exits at once; what the loop has not read when the step
         # is decided is cancelled with the rest.
-        send, receive = anyio.create_memory_object_stream[_Outcome](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[SampleOutcome](max_buffer_size=math.inf)
 
         def launch(request: SampleRequest, attempt: int, delay: float) -> None:
             in_flight[request.sample_id] = request
@@ -884,7 +917,7 @@ class _Run(Generic[S, A]):
         in_flight.clear()
 
     def _judge(
-        self, step: int, sample_id: str, completion: Completion, outcome: _Outcome
+        self, step: int, sample_id: str, completion: Completion, outcome: SampleOutcome
     ) -> A | None:
         """Record a response and return its answer, or record its red flag and return None."""
         cost = self.engine.prices.cost(
@@ -921,7 +954,7 @@ class _Run(Generic[S, A]):
     def _failed(
         self,
         request: SampleRequest,
-        outcome: _Outcome,
+        outcome: SampleOutcome,
         launch: Callable[[SampleRequest, int, float], None],
     ) -> str | None:
         """Record a failed attempt; retry it, or return why the run must fail."""
@@ -948,7 +981,7 @@ class _Run(Generic[S, A]):
         request: SampleRequest,
         attempt: int,
         delay: float,
-        send: ObjectSendStream[_Outcome],
+        send: ObjectSendStream[SampleOutcome],
     ) -> None:
         completion: Completion | None
         error: ClientError | None
@@ -959,7 +992,7 @@ class _Run(Generic[S, A]):
             if recorded is not None:
                 completion = recorded if isinstance(recorded, Completion) else None
                 error = recorded if isinstance(recorded, ClientError) else None
-                await send.send(_Outcome(request.sample_id, attempt, completion, error, 0.0))
+                await send.send(SampleOutcome(request.sample_id, attempt, completion, error, 0.0))
                 return
         if recording is not None:
             # Not recorded: it was in flight when the run stopped. Its turn comes after every
@@ -967,24 +1000,10 @@ class _Run(Generic[S, A]):
             await recording.take(request.sample_id, attempt)
             if self.verify_only:
                 await anyio.sleep_forever()
-        if delay > 0:
-            await self.engine.scheduler.sleep(delay)
-        began = time.perf_counter()
-        completion = None
-        error = None
-        try:
-            completion = await self.engine.scheduler.call(
-                self.client, request, EventObserver(self.emit, request)
-            )
-        except ClientError as exc:
-            error = exc
-        except anyio.get_cancelled_exc_class():
-            raise
-        except Exception as exc:
-            # A client that breaks its contract: treat as a non-retryable transport failure.
-            error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
-        latency = time.perf_counter() - began
-        await send.send(_Outcome(request.sample_id, attempt, completion, error, latency))
+        scheduler = self.engine.scheduler
+        await send.send(
+            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit)
+        )
 
 
 class EventObserver(SchedulerObserver):
