@@ -1,4 +1,4 @@
-"""Command-line commands of replay/: ``verify`` and ``revote``, for ``maker`` to register.
+"""Command-line logic of replay/: the ``verify`` command, and the re-vote behind ``maker replay``.
 
 Each command's logic is a plain function returning the exit code, so the ``maker`` CLI can expose
 it under another name or inside another command. Errors are raised, never printed: the CLI's
@@ -135,34 +135,5 @@ def describe(report: RevoteReport) -> list[str]:
 def verify_command(file: str, as_json: bool) -> None:
     """Check every run's hash chain, seqs and head; name the first bad seq of a broken run."""
     code = verify_command_impl(file, as_json)
-    if code:
-        raise SystemExit(code)
-
-
-@click.command("revote")
-@click.argument("file", type=click.Path(dir_okay=False))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
-@click.option("--k", "k", type=click.IntRange(1), help="Re-vote with this k (default: recorded).")
-@click.option(
-    "--rule",
-    type=click.Choice(["ahead", "first"]),
-    help="Re-vote with this voting rule (default: recorded).",
-)
-@click.option(
-    "--red-flag-tokens",
-    type=click.IntRange(1),
-    help="Flag responses over this many output tokens (default: recorded).",
-)
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def revote_command(
-    file: str,
-    run_id: str | None,
-    k: int | None,
-    rule: str | None,
-    red_flag_tokens: int | None,
-    as_json: bool,
-) -> None:
-    """Re-vote every step from the recorded samples with another k or red-flag rule, offline."""
-    code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json)
     if code:
         raise SystemExit(code)

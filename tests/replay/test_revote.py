@@ -25,7 +25,7 @@ from events import (
 from maker import ConfigError, Policy, Prompt, RedFlagRules, Task, UnknownTaskError
 from maker.tasks import Arithmetic, Hanoi, make_task
 from replay import UNCHANGED, BrokenLogError, RevoteReport, revote
-from replay._commands import describe, revote_command, revote_command_impl
+from replay._commands import describe, revote_command_impl
 
 from ..events._factory import run_events
 from ._logs import copy_log, load, record, tampering
@@ -311,9 +311,11 @@ def test_a_step_undecided_at_the_end_is_noted_and_not_revoted(runs: list[Run]) -
 
 
 def test_revote_command_text_and_json(runs: list[Run]) -> None:
+    from maker._cli import app
+
     run = runs[0]
     runner = CliRunner()
-    result = runner.invoke(revote_command, [str(run.path), "--run", run.run_id, "--k", "1"])
+    result = runner.invoke(app, ["replay", str(run.path), "--run", run.run_id, "--k", "1"])
     assert result.exit_code == 0, result.output
     report = revote(run.events, run.task, k=1)
     assert result.output.splitlines() == describe(report)
@@ -321,8 +323,18 @@ def test_revote_command_text_and_json(runs: list[Run]) -> None:
     assert f"{report.samples_saved} saved of {report.recorded_samples} recorded" in result.output
 
     result = runner.invoke(
-        revote_command,
-        [str(run.path), "--run", run.run_id[:10], "--k", "3", "--red-flag-tokens", "600", "--json"],
+        app,
+        [
+            "replay",
+            str(run.path),
+            "--run",
+            run.run_id[:10],
+            "--k",
+            "3",
+            "--red-flag-tokens",
+            "600",
+            "--json",
+        ],
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
