@@ -145,8 +145,9 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def _default_key_env(spec: str) -> str | None:
-    provider = spec.partition(":")[0]
-    return {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}.get(provider)
+    from .clients._common import KEY_VARIABLES
+
+    return KEY_VARIABLES.get(spec.partition(":")[0])
 
 
 class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):

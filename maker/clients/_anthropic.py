@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING, Any
 
 from .._client import Completion, SampleRequest
-from .._errors import ConfigError
-from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk, resolve_key
 
 if TYPE_CHECKING:
     import anthropic
@@ -66,11 +64,7 @@ class AnthropicClient(ProviderClient):
             import anthropic
         except ImportError as exc:
             raise missing_sdk(self.provider, "anthropic") from exc
-        key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-        if not key:
-            raise ConfigError(
-                "api_key", "no Anthropic API key: set ANTHROPIC_API_KEY or pass api_key"
-            )
+        key = resolve_key(api_key, self.provider, "Anthropic")
         self._client = anthropic.AsyncAnthropic(
             api_key=key, base_url=base_url, timeout=seconds, max_retries=0
         )

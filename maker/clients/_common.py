@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -143,6 +144,20 @@ def check_timeout(timeout: object) -> float:
     ):
         raise ConfigError("timeout", f"must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
+
+
+KEY_VARIABLES = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+"""The environment variable each provider's key comes from when none is passed."""
+
+
+def resolve_key(given: str | None, provider: str, title: str, hint: str = "") -> str:
+    """The key passed, else the provider's variable's; ConfigError("api_key") when neither is
+    set. ``title`` names the provider in the message, ``hint`` is appended to it."""
+    variable = KEY_VARIABLES[provider]
+    key = given if given is not None else os.environ.get(variable)
+    if not key:
+        raise ConfigError("api_key", f"no {title} API key: set {variable} or pass api_key{hint}")
+    return key
 
 
 def missing_sdk(provider: str, package: str) -> ConfigError:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import TYPE_CHECKING
 
 from .._client import Completion, SampleRequest
-from .._errors import ConfigError
-from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk, resolve_key
 
 if TYPE_CHECKING:
     import openai
@@ -75,13 +73,12 @@ class OpenAIClient(ProviderClient):
             import openai
         except ImportError as exc:
             raise missing_sdk(self.provider, "openai") from exc
-        key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-        if not key:
-            raise ConfigError(
-                "api_key",
-                "no OpenAI API key: set OPENAI_API_KEY or pass api_key "
-                "(any non-empty value serves a local OpenAI-compatible server)",
-            )
+        key = resolve_key(
+            api_key,
+            self.provider,
+            "OpenAI",
+            " (any non-empty value serves a local OpenAI-compatible server)",
+        )
         self._client = openai.AsyncOpenAI(
             api_key=key,
             base_url=base_url,
