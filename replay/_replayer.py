@@ -167,4 +167,7 @@ def _finished_result(events: Sequence[AnyEvent]) -> RunResult:
         reason=summary.reason,
         final_state=summary.final_state,
         max_samples_in_step=summary.max_samples_per_step,
+        cost_usd=summary.cost_usd,
+        input_tokens=summary.input_tokens,
+        output_tokens=summary.output_tokens,
     )

@@ -218,6 +218,11 @@ async def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     result = await resume_run(path)
     assert (result.run_id, result.status, result.steps) == (run_id, "succeeded", 10)
     assert await load_events(path) == before
+    # The report is the recorded run's, its usage included.
+    received = [e for e in before if isinstance(e, SampleReceived)]
+    assert result.input_tokens == sum(e.input_tokens for e in received) > 0
+    assert result.output_tokens == sum(e.output_tokens for e in received) > 0
+    assert result.cost_usd == pytest.approx(sum(e.cost_usd for e in received))
 
 
 async def test_resume_refuses_a_log_that_does_not_replay(tmp_path: Path) -> None:
