@@ -242,17 +242,20 @@ async def test_a_refused_connection_is_a_retryable_connection_error(fmt: str) ->
     assert_no_key(info.value)
 
 
+def wrong_base_url(fmt: str, server: SimServer) -> AnyClient:
+    """A client of ``fmt`` whose base URL reaches serve-sim but none of its routes."""
+    # The OpenAI SDK wants ".../v1": the bare root misses every route.
+    base = server.base_url + ("/nowhere" if fmt != "openai" else "")
+    if fmt == "openai":
+        return OpenAIClient("gpt-4.1", api_key=KEY, base_url=base)
+    return client_for(fmt, base)
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_a_wrong_path_is_a_bad_request_that_is_not_retried(fmt: str) -> None:
     async with serve_sim(SimServerConfig(sim="ideal")) as server:
-        # The OpenAI SDK wants ".../v1": the bare root misses every route.
-        base = server.base_url + ("/nowhere" if fmt != "openai" else "")
-        client: AnyClient
-        if fmt == "openai":
-            client = OpenAIClient("gpt-4.1", api_key=KEY, base_url=base)
-        else:
-            client = client_for(fmt, base)
+        client = wrong_base_url(fmt, server)
         async with client:
             with pytest.raises(ClientError) as info:
                 await client.complete(request())
@@ -621,13 +624,7 @@ async def test_a_model_the_server_does_not_know_fails_a_probe_saying_so(fmt: str
 @pytest.mark.parametrize("fmt", FORMATS)
 async def test_a_wrong_base_url_fails_a_probe_without_blaming_the_model(fmt: str) -> None:
     async with serve_sim(SimServerConfig(sim="ideal")) as server:
-        # The OpenAI SDK wants ".../v1": the bare root misses every route.
-        base = server.base_url + ("/nowhere" if fmt != "openai" else "")
-        client: AnyClient
-        if fmt == "openai":
-            client = OpenAIClient("gpt-4.1", api_key=KEY, base_url=base)
-        else:
-            client = client_for(fmt, base)
+        client = wrong_base_url(fmt, server)
         async with client:
             with pytest.raises(ClientError) as info:
                 await client.probe()
