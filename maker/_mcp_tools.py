@@ -26,6 +26,7 @@ from events import (
     EventLog,
     RedFlagged,
     RunFinished,
+    RunInfo,
     SampleReceived,
     StateChanged,
     StepDecided,
@@ -350,10 +351,6 @@ def choose_k(k: int | None, target: float | None, p: float | None, steps: int) -
     return k_min(p, target, steps)
 
 
-def _parser(pattern: str | None, schema: dict[str, Any] | None) -> AnswerParser:
-    return AnswerParser(pattern=pattern, schema=schema)
-
-
 def _rules(max_output_tokens: int, flag_truncated: bool = True) -> RedFlagRules:
     return RedFlagRules(max_output_tokens=max_output_tokens, flag_truncated=flag_truncated)
 
@@ -515,7 +512,7 @@ class McpTools:
         """Every red flag the response raises under these rules."""
         checked = validate_response(
             args.response,
-            parser=_parser(args.pattern, args.schema),
+            parser=AnswerParser(pattern=args.pattern, schema=args.schema),
             output_tokens=args.output_tokens,
             finish_reason=args.finish_reason,
             rules=_rules(args.max_output_tokens, args.flag_truncated),
@@ -684,13 +681,12 @@ class McpTools:
         self, args: RunStatusArgs, progress: Progress | None = None
     ) -> dict[str, Any]:
         """The run's summary; a running run is followed up to ``wait_s`` seconds first."""
-        run_id = await self._run_id(args.run_id)
-        handle = self.engine.handle(run_id)
+        info = await self._run_info(args.run_id)
+        handle = self.engine.handle(info.run_id)
         if handle is not None and args.wait_s > 0:
-            info = await self.log.run(run_id)
             total = make_task(info.started.task, info.started.task_params).max_steps()
             await self._follow(handle, total, progress, args.wait_s)
-        return await self._status(run_id)
+        return await self._status(info.run_id)
 
     async def _status(self, run_id: str) -> dict[str, Any]:
         from replay import summarize
@@ -821,9 +817,13 @@ class McpTools:
         return result.to_json()
 
     async def _run_id(self, run_id: str) -> str:
+        return (await self._run_info(run_id)).run_id
+
+    async def _run_info(self, run_id: str) -> RunInfo:
+        """The run ``run_id`` names (a prefix will do), or a ToolError."""
         await self.log.flush()
         try:
-            return (await self.log.run(run_id)).run_id
+            return await self.log.run(run_id)
         except UnknownRunError as exc:
             raise ToolError(f"no run {run_id} in {self.config.log}") from exc
 
