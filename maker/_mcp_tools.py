@@ -451,10 +451,7 @@ class McpTools:
         return self.clients[spec]
 
     def _start(self, task: Any, client: Client, policy: Policy, seed: int) -> RunHandle:
-        if client is self.engine.client:
-            handle = self.engine.start(task, policy=policy, seed=seed)
-        else:
-            handle = self.engine.start(task, policy=policy, seed=seed, client=client)
+        handle = self.engine.start(task, policy=policy, seed=seed, client=client)
         self._keep(handle)
         return handle
 

@@ -55,7 +55,6 @@ from ._options import rate_limit_options
 from ._policy import Policy
 from ._scheduler import Limits, Scheduler
 from ._sim import PRESETS, SimulatedModel
-from ._task import Task
 from .tasks import make_task
 
 if TYPE_CHECKING:
@@ -147,15 +146,6 @@ def _resume_point(request: web.Request) -> int:
     return seq
 
 
-def _start(
-    engine: Engine, task: Task[Any, Any], client: Client, policy: Policy, seed: int
-) -> RunHandle:
-    """Start a run on ``engine``, on ``client`` when it is not the engine's own."""
-    if client is engine.client:
-        return engine.start(task, policy=policy, seed=seed)
-    return engine.start(task, policy=policy, seed=seed, client=client)
-
-
 class _Service:
     """The handlers, and what they share: the engine, the clients made for requests, the
     streams open now (so that shutting down ends them at once)."""
@@ -198,7 +188,7 @@ class _Service:
             client = self._client_for(body)
         except (_BadRequest, ConfigError, UnknownTaskError) as exc:
             return _error(400, str(exc))
-        handle = _start(self.engine, task, client, policy, body.seed)
+        handle = self.engine.start(task, policy=policy, seed=body.seed, client=client)
         # One turn of the loop lets the run record run_started before anyone asks about it.
         await anyio.lowlevel.checkpoint()
         location = f"/runs/{handle.run_id}"
