@@ -57,7 +57,14 @@ from events import (
 )
 
 from ._client import Client, Completion, SampleRequest
-from ._engine import EventSink, SampleOutcome, attempt_sample, record_failure, sample_seed
+from ._engine import (
+    EventSink,
+    SampleOutcome,
+    attempt_sample,
+    judge_response,
+    record_failure,
+    sample_seed,
+)
 from ._errors import ConfigError, RedFlag
 from ._policy import Policy
 from ._pricing import PriceTable
@@ -638,33 +645,17 @@ class _CalibrationRun:
         cost = setup.prices.cost(
             completion.model, completion.input_tokens, completion.output_tokens
         )
-        self.emit(
-            SampleReceived,
+        answer = judge_response(
+            self.emit,
+            setup.task,
+            setup.policy,
             step=step,
             sample_id=request.sample_id,
-            text=completion.text,
-            model=completion.model,
+            completion=completion,
             latency_s=latency_s,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            finish_reason=completion.finish_reason,
-            temperature_sent=completion.temperature_sent,
-            cost_usd=cost,
+            cost=cost,
         )
-        flag = setup.policy.red_flags.check(completion)
-        if flag is None:
-            try:
-                answer = setup.task.parse(completion.text)
-            except RedFlag as exc:
-                flag = exc
-        if flag is not None:
-            self.emit(
-                RedFlagged,
-                step=step,
-                sample_id=request.sample_id,
-                reason=flag.reason,
-                detail=flag.detail,
-            )
+        if isinstance(answer, RedFlag):
             return
         candidate = canonical_json(setup.task.answer_to_json(answer))
         tally = self.tallies.setdefault(step, Counter())

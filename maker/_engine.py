@@ -192,6 +192,42 @@ class SampleOutcome(NamedTuple):
     latency_s: float
 
 
+def judge_response(
+    emit: Callable[..., None],
+    task: Task[Any, Any],
+    policy: Policy,
+    *,
+    step: int,
+    sample_id: str,
+    completion: Completion,
+    latency_s: float,
+    cost: float,
+) -> Any:
+    """Record a response, then read it: its answer, or the :class:`RedFlag` it raised (recorded
+    too). The engine and calibration share this; what counts a vote is theirs."""
+    emit(
+        SampleReceived,
+        step=step,
+        sample_id=sample_id,
+        text=completion.text,
+        model=completion.model,
+        latency_s=latency_s,
+        input_tokens=completion.input_tokens,
+        output_tokens=completion.output_tokens,
+        finish_reason=completion.finish_reason,
+        temperature_sent=completion.temperature_sent,
+        cost_usd=cost,
+    )
+    flag = policy.red_flags.check(completion)
+    if flag is None:
+        try:
+            return task.parse(completion.text)
+        except RedFlag as exc:
+            flag = exc
+    emit(RedFlagged, step=step, sample_id=sample_id, reason=flag.reason, detail=flag.detail)
+    return flag
+
+
 async def attempt_sample(
     scheduler: Scheduler,
     client: Client,
@@ -926,30 +962,20 @@ class _Run(Generic[S, A]):
         self.counters.cost += cost
         self.counters.input_tokens += completion.input_tokens
         self.counters.output_tokens += completion.output_tokens
-        self.emit(
-            SampleReceived,
+        judged = judge_response(
+            self.emit,
+            self.task,
+            self.policy,
             step=step,
             sample_id=sample_id,
-            text=completion.text,
-            model=completion.model,
+            completion=completion,
             latency_s=outcome.latency_s,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            finish_reason=completion.finish_reason,
-            temperature_sent=completion.temperature_sent,
-            cost_usd=cost,
+            cost=cost,
         )
-        flag = self.policy.red_flags.check(completion)
-        if flag is None:
-            try:
-                return self.task.parse(completion.text)
-            except RedFlag as exc:
-                flag = exc
-        self.emit(
-            RedFlagged, step=step, sample_id=sample_id, reason=flag.reason, detail=flag.detail
-        )
-        self.counters.red_flags[flag.reason] += 1
-        return None
+        if isinstance(judged, RedFlag):
+            self.counters.red_flags[judged.reason] += 1
+            return None
+        return judged  # type: ignore[no-any-return]
 
     def _failed(
         self,
