@@ -506,7 +506,13 @@ class _CalibrationRun:
         self.in_flight: dict[str, SampleRequest] = {}
         self.started_steps: set[int] = set()
 
-    def emit(self, event_type: type[Event], **fields: Any) -> None:
+    async def emit(self, event_type: type[Event], **fields: Any) -> None:
+        """Record an event once the log has room for it, as the engine does."""
+        await self.log.room()
+        self.emit_now(event_type, **fields)
+
+    def emit_now(self, event_type: type[Event], **fields: Any) -> None:
+        """Record an event at once: for the scheduler's waits and a cancelled run's last words."""
         event = event_type(run_id=self.run_id, seq=self.seq, ts=self.setup.clock(), **fields)
         self.log.append(event)
         self.seq += 1
@@ -525,7 +531,7 @@ class _CalibrationRun:
             "samples": setup.samples,
             **{key: described[key] for key in _RECORDED_POLICY},
         }
-        self.emit(
+        await self.emit(
             RunStarted,
             task=task.name,
             task_params=task.params(),
@@ -556,7 +562,7 @@ class _CalibrationRun:
         return self.fold.result()
 
     def _finish(self, status: RunStatus, reason: str, began: float) -> None:
-        self.emit(
+        self.emit_now(
             RunFinished,
             status=status,
             steps=len(self.started_steps),
@@ -568,7 +574,7 @@ class _CalibrationRun:
 
     def _cancel_in_flight(self) -> None:
         for sample_id, request in self.in_flight.items():
-            self.emit(
+            self.emit_now(
                 SampleCancelled, step=request.step, sample_id=sample_id, reason="run_cancelled"
             )
         self.in_flight.clear()
@@ -590,7 +596,7 @@ class _CalibrationRun:
                     state = setup.states[step]
                     if step not in self.started_steps:
                         self.started_steps.add(step)
-                        self.emit(StepStarted, step=step, state=task.state_to_json(state))
+                        await self.emit(StepStarted, step=step, state=task.state_to_json(state))
                     if last is None or last[0] != step:
                         last = (step, task.prompt(state))
                     prompt = last[1]
@@ -605,7 +611,7 @@ class _CalibrationRun:
                         max_tokens=setup.policy.max_tokens,
                         seed=sample_seed(setup.seed, sample_id),
                     )
-                    self.emit(
+                    await self.emit(
                         SampleRequested,
                         step=step,
                         sample_id=sample_id,
@@ -619,10 +625,10 @@ class _CalibrationRun:
                 outcome = await receive.receive()
                 request = self.in_flight.pop(outcome.sample_id)
                 if outcome.error is not None:
-                    failure = self._failed(tg, send, request, outcome)
+                    failure = await self._failed(tg, send, request, outcome)
                     continue
                 assert outcome.completion is not None
-                self._judge(request, outcome.completion, outcome.latency_s)
+                await self._judge(request, outcome.completion, outcome.latency_s)
             # After a failure, what is still in flight can no longer matter: stop it, say so.
             self._cancel_in_flight()
             tg.cancel_scope.cancel()
@@ -639,13 +645,15 @@ class _CalibrationRun:
         self.in_flight[request.sample_id] = request
         tg.start_soon(self._sample, request, attempt, delay, send)
 
-    def _judge(self, request: SampleRequest, completion: Completion, latency_s: float) -> None:
+    async def _judge(
+        self, request: SampleRequest, completion: Completion, latency_s: float
+    ) -> None:
         """Record a response, then its red flag or its vote."""
         setup, step = self.setup, request.step
         cost = setup.prices.cost(
             completion.model, completion.input_tokens, completion.output_tokens
         )
-        answer = judge_response(
+        answer = await judge_response(
             self.emit,
             setup.task,
             setup.policy,
@@ -660,7 +668,7 @@ class _CalibrationRun:
         candidate = canonical_json(setup.task.answer_to_json(answer))
         tally = self.tallies.setdefault(step, Counter())
         tally[candidate] += 1
-        self.emit(
+        await self.emit(
             VoteCounted,
             step=step,
             sample_id=request.sample_id,
@@ -668,7 +676,7 @@ class _CalibrationRun:
             tally=dict(tally),
         )
 
-    def _failed(
+    async def _failed(
         self,
         tg: TaskGroup,
         send: ObjectSendStream[SampleOutcome],
@@ -678,7 +686,7 @@ class _CalibrationRun:
         """Record a failed attempt; retry it as the engine does, or return why the run fails."""
         setup, error = self.setup, outcome.error
         assert error is not None
-        delay, reason = record_failure(
+        delay, reason = await record_failure(
             self.emit,
             seed=setup.seed,
             request=request,
@@ -701,7 +709,7 @@ class _CalibrationRun:
     ) -> None:
         scheduler = self.setup.scheduler
         await send.send(
-            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit)
+            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
         )
 
 

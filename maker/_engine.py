@@ -14,7 +14,7 @@ import random
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Self, TypeVar
@@ -78,8 +78,8 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
     return int.from_bytes(digest, "big") >> 1
 
 
-def record_failure(
-    emit: Callable[..., None],
+async def record_failure(
+    emit: Callable[..., Awaitable[None]],
     *,
     seed: int,
     request: SampleRequest,
@@ -105,7 +105,7 @@ def record_failure(
             retry_after_s=error.retry_after,
             draw=draw.random(),
         )
-    emit(
+    await emit(
         SampleFailed,
         step=request.step,
         sample_id=request.sample_id,
@@ -192,8 +192,8 @@ class SampleOutcome(NamedTuple):
     latency_s: float
 
 
-def judge_response(
-    emit: Callable[..., None],
+async def judge_response(
+    emit: Callable[..., Awaitable[None]],
     task: Task[Any, Any],
     policy: Policy,
     *,
@@ -205,7 +205,7 @@ def judge_response(
 ) -> Any:
     """Record a response, then read it: its answer, or the :class:`RedFlag` it raised (recorded
     too). The engine and calibration share this; what counts a vote is theirs."""
-    emit(
+    await emit(
         SampleReceived,
         step=step,
         sample_id=sample_id,
@@ -224,7 +224,7 @@ def judge_response(
             return task.parse(completion.text)
         except RedFlag as exc:
             flag = exc
-    emit(RedFlagged, step=step, sample_id=sample_id, reason=flag.reason, detail=flag.detail)
+    await emit(RedFlagged, step=step, sample_id=sample_id, reason=flag.reason, detail=flag.detail)
     return flag
 
 
@@ -709,7 +709,15 @@ class _Run(Generic[S, A]):
         self.steps = 0
         self.state: S = task.initial_state()
 
-    def emit(self, event_type: type[Event], **fields: Any) -> None:
+    async def emit(self, event_type: type[Event], **fields: Any) -> None:
+        """Record an event once the log has room for it: a run waits for a full log."""
+        if self.log.full and not self.replaying:
+            await self.log.room()
+        self.emit_now(event_type, **fields)
+
+    def emit_now(self, event_type: type[Event], **fields: Any) -> None:
+        """Record an event at once, even past the log's bound: for the scheduler's waits (its
+        callbacks cannot wait) and for the last words of a cancelled run."""
         recording = self.recording
         if recording is not None:
             if self.position < len(recording.expected):
@@ -726,7 +734,7 @@ class _Run(Generic[S, A]):
                 raise _RecordingEnded
             if self.position == len(recording.expected) and not self.resumed:
                 self.resumed = True
-                self.emit(RunResumed, replayed=self.position, version=__version__)
+                self.emit_now(RunResumed, replayed=self.position, version=__version__)
         event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
         self.log.append(event)
         self.seq += 1
@@ -736,7 +744,7 @@ class _Run(Generic[S, A]):
     async def execute(self) -> RunResult:
         started = time.perf_counter()
         task, policy = self.task, self.policy
-        self.emit(
+        await self.emit(
             RunStarted,
             task=task.name,
             task_params=task.params(),
@@ -753,19 +761,19 @@ class _Run(Generic[S, A]):
         budget = task.max_steps()
         try:
             if self.estimate is not None:
-                self._adapt(budget)
+                await self._adapt(budget)
             while not task.is_done(self.state):
                 if budget is not None and self.steps >= budget:
                     raise _StepFailed(f"the task is not done after its budget of {budget} steps")
                 answer = await self._vote(self.steps, self.state)
                 self.state = task.apply(self.state, answer)
-                self.emit(StateChanged, step=self.steps, state=task.state_to_json(self.state))
+                await self.emit(StateChanged, step=self.steps, state=task.state_to_json(self.state))
                 self.steps += 1
                 if self.estimate is not None:
                     votes = self.last_votes
                     agree = votes.get(self.last_winner, 0)
                     self.estimate.add(agree=agree, disagree=sum(votes.values()) - agree)
-                    self._adapt(budget)
+                    await self._adapt(budget)
         except _StepFailed as exc:
             status, reason = "failed", exc.reason
         except (Divergence, _RecordingEnded):
@@ -785,7 +793,7 @@ class _Run(Generic[S, A]):
     def _finish(self, status: RunStatus, reason: str, started: float) -> RunResult:
         c = self.counters
         wall = time.perf_counter() - started
-        self.emit(
+        self.emit_now(
             RunFinished,
             status=status,
             steps=self.steps,
@@ -818,7 +826,7 @@ class _Run(Generic[S, A]):
     async def _vote(self, step: int, state: S) -> A:
         task, policy, engine = self.task, self.policy, self.engine
         prompt = task.prompt(state)
-        self.emit(StepStarted, step=step, state=task.state_to_json(state))
+        await self.emit(StepStarted, step=step, state=task.state_to_json(state))
         tally = Tally(self.k, policy.rule)
         answers: dict[str, A] = {}
         in_flight: dict[str, SampleRequest] = {}
@@ -853,7 +861,7 @@ class _Run(Generic[S, A]):
                             max_tokens=policy.max_tokens,
                             seed=sample_seed(self.seed, sample_id),
                         )
-                        self.emit(
+                        await self.emit(
                             SampleRequested,
                             step=step,
                             sample_id=sample_id,
@@ -875,10 +883,10 @@ class _Run(Generic[S, A]):
                     request = in_flight.pop(outcome.sample_id)
                     engine._in_flight -= 1
                     if outcome.error is not None:
-                        failure = self._failed(request, outcome, launch)
+                        failure = await self._failed(request, outcome, launch)
                         continue
                     assert outcome.completion is not None
-                    answer = self._judge(step, outcome.sample_id, outcome.completion, outcome)
+                    answer = await self._judge(step, outcome.sample_id, outcome.completion, outcome)
                     if answer is None:
                         red_flags += 1
                         continue
@@ -886,7 +894,7 @@ class _Run(Generic[S, A]):
                     answers.setdefault(candidate, answer)
                     winner = tally.add(candidate)
                     self.counters.votes += 1
-                    self.emit(
+                    await self.emit(
                         VoteCounted,
                         step=step,
                         sample_id=outcome.sample_id,
@@ -895,7 +903,7 @@ class _Run(Generic[S, A]):
                     )
                 if winner is not None:
                     self.last_votes, self.last_winner = tally.votes, winner
-                    self.emit(
+                    await self.emit(
                         StepDecided,
                         step=step,
                         winner=winner,
@@ -915,7 +923,7 @@ class _Run(Generic[S, A]):
         assert winner is not None
         return answers[winner]
 
-    def _adapt(self, budget: int | None) -> None:
+    async def _adapt(self, budget: int | None) -> None:
         """Adaptive k: choose k for the steps ahead from the votes so far; record a change."""
         estimate = self.estimate
         assert estimate is not None
@@ -923,7 +931,7 @@ class _Run(Generic[S, A]):
         k = estimate.k(budget)
         if k != self.k or self.steps == 0:
             self.k = k
-            self.emit(
+            await self.emit(
                 KChanged,
                 step=self.steps,
                 k=k,
@@ -947,12 +955,12 @@ class _Run(Generic[S, A]):
             in_flight.clear()
             return
         for sample_id in in_flight:
-            self.emit(SampleCancelled, step=step, sample_id=sample_id, reason=reason)
+            self.emit_now(SampleCancelled, step=step, sample_id=sample_id, reason=reason)
             self.counters.cancelled += 1
         self.engine._in_flight -= len(in_flight)
         in_flight.clear()
 
-    def _judge(
+    async def _judge(
         self, step: int, sample_id: str, completion: Completion, outcome: SampleOutcome
     ) -> A | None:
         """Record a response and return its answer, or record its red flag and return None."""
@@ -962,7 +970,7 @@ class _Run(Generic[S, A]):
         self.counters.cost += cost
         self.counters.input_tokens += completion.input_tokens
         self.counters.output_tokens += completion.output_tokens
-        judged = judge_response(
+        judged = await judge_response(
             self.emit,
             self.task,
             self.policy,
@@ -977,7 +985,7 @@ class _Run(Generic[S, A]):
             return None
         return judged  # type: ignore[no-any-return]
 
-    def _failed(
+    async def _failed(
         self,
         request: SampleRequest,
         outcome: SampleOutcome,
@@ -987,7 +995,7 @@ class _Run(Generic[S, A]):
         error = outcome.error
         assert error is not None
         self.counters.failures += 1
-        delay, reason = record_failure(
+        delay, reason = await record_failure(
             self.emit,
             seed=self.seed,
             request=request,
@@ -1028,7 +1036,7 @@ class _Run(Generic[S, A]):
                 await anyio.sleep_forever()
         scheduler = self.engine.scheduler
         await send.send(
-            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit)
+            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
         )
 
 
