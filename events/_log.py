@@ -7,25 +7,21 @@ the disk instead of piling events up in memory. The writer drains the queue in b
 transactions on a worker thread, at least once per commit interval whatever the load. Readers
 open their own read-only connections and see committed prefixes only (WAL).
 
-The writer inserts a batch with a few multi-row ``INSERT`` statements rather than
-``executemany``: the sqlite3 module releases the GIL around every row it steps, and a thread that
-must win the GIL back from a busy event loop waits a switch interval (5 ms) each time, so a
-row-at-a-time writer beside a fast engine managed a few hundred rows a second.
+What a row holds, and how a batch is inserted, is the file's format (:mod:`events._formats`):
+new files are version 2, files of version 1 are read and continued in their own version.
 
-Each event row stores a hash chained to its predecessor in the run, and the ``run_heads`` table
-holds every run's last seq and hash, upserted in the same transaction as the rows it covers. The
+Each event row stores a hash chained to its predecessor in the run, and a heads table holds
+every run's last seq and hash, upserted in the same transaction as the rows it covers. The
 chain exposes edited, flipped, deleted and reordered rows; the head exposes rows cut off the end
 of a run, which a chain alone cannot (a shorter chain is still a valid chain).
 """
 
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator, Iterable, Sequence
+from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from types import TracebackType
 from typing import Literal, NamedTuple, Self
@@ -34,7 +30,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 
-from ._codec import decode, encode
+from . import _formats
 from ._errors import (
     CorruptEventError,
     EventLogError,
@@ -44,67 +40,10 @@ from ._errors import (
     SequenceError,
     UnknownRunError,
 )
-from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted, StepEvent, event_tag
+from ._formats import APPLICATION_ID, SCHEMAS, V1Writer, V2Writer, chain_hash, writer_for
+from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted
 
-APPLICATION_ID = 0x4D414B52  # "MAKR": marks a SQLite file as a maker log
-"""``PRAGMA application_id`` of every maker log."""
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS meta (
-    key TEXT PRIMARY KEY,
-    value TEXT NOT NULL
-) STRICT;
-CREATE TABLE IF NOT EXISTS events (
-    run_id TEXT NOT NULL,
-    seq INTEGER NOT NULL,
-    type TEXT NOT NULL,
-    step INTEGER,
-    ts REAL NOT NULL,
-    body BLOB NOT NULL,
-    hash BLOB NOT NULL,
-    PRIMARY KEY (run_id, seq)
-) STRICT, WITHOUT ROWID;
--- The last seq and hash of every run, written in the same transaction as its rows. Unlike the
--- events table it is updated in place: it is the seal that makes a truncated run detectable.
-CREATE TABLE IF NOT EXISTS run_heads (
-    run_id TEXT PRIMARY KEY,
-    seq INTEGER NOT NULL,
-    hash BLOB NOT NULL
-) STRICT;
-CREATE INDEX IF NOT EXISTS events_by_step ON events (run_id, step);
-CREATE INDEX IF NOT EXISTS events_by_type ON events (type, run_id);
-CREATE TRIGGER IF NOT EXISTS events_append_only_update BEFORE UPDATE ON events
-BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
-CREATE TRIGGER IF NOT EXISTS events_append_only_delete BEFORE DELETE ON events
-BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
--- REPLACE deletes the old row without firing delete triggers: refuse to insert over one.
-CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
-WHEN EXISTS (SELECT 1 FROM events WHERE run_id = NEW.run_id AND seq = NEW.seq)
-BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
-INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}');
-PRAGMA application_id = {APPLICATION_ID};
-PRAGMA user_version = {SCHEMA_VERSION};
-"""
-
-_INSERT = "INSERT INTO events (run_id, seq, type, step, ts, body, hash) VALUES "
-_ROW_VALUES = "(?, ?, ?, ?, ?, ?, ?)"
-_CHUNK = 4096  # rows per INSERT statement: 28,672 parameters, under SQLite's 32,766
-
-_UPSERT_HEAD = (
-    "INSERT INTO run_heads (run_id, seq, hash) VALUES (?, ?, ?)"
-    " ON CONFLICT (run_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash"
-)
-_ROW_OVERHEAD = 64  # bytes a queued row costs beside its body: the tuple, ids, hash, ts
-
-_Row = tuple[str, int, str, int | None, float, bytes, bytes]
-
-
-def chain_hash(previous: bytes, body: bytes) -> bytes:
-    """The hash stored with an event: BLAKE2b-128 over its predecessor's hash and its body.
-
-    The first event of a run chains to the empty string, so a run's last hash seals all of it.
-    """
-    return hashlib.blake2b(previous + body, digest_size=16).digest()
+__all__ = ["APPLICATION_ID", "EventLog", "LogStatistics", "RunInfo", "chain_hash"]
 
 
 class LogStatistics(NamedTuple):
@@ -168,6 +107,7 @@ class EventLog:
         poll_interval: float = 0.05,
         max_pending: int = 65536,
         max_pending_bytes: int = 64 * 1024 * 1024,
+        schema_version: int = SCHEMA_VERSION,
     ) -> None:
         if mode not in ("w", "r"):
             raise ValueError(f"mode must be 'w' or 'r', got {mode!r}")
@@ -181,6 +121,9 @@ class EventLog:
             raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         if max_pending_bytes < 1:
             raise ValueError(f"max_pending_bytes must be at least 1, got {max_pending_bytes}")
+        if schema_version not in SCHEMAS:
+            known = ", ".join(map(str, SCHEMAS))
+            raise ValueError(f"schema_version must be one of {known}, got {schema_version}")
         self.path = os.fspath(path)
         self.mode = mode
         self._batch_size = batch_size
@@ -188,9 +131,11 @@ class EventLog:
         self._poll_interval = poll_interval
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
+        self._new_version = schema_version
+        self._version = 0  # the file's, once open
         self._conn: sqlite3.Connection | None = None
+        self._format: V1Writer | V2Writer | None = None
         self._tg: TaskGroup | None = None
-        self._pending: list[_Row] = []
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._wake = anyio.Event()
         self._urgent = anyio.Event()
@@ -215,7 +160,10 @@ class EventLog:
         directory = os.path.dirname(self.path)
         if directory:
             os.makedirs(directory, exist_ok=True)
-        self._conn = await anyio.to_thread.run_sync(_open_for_writing, self.path)
+        conn, layout = await anyio.to_thread.run_sync(
+            _open_for_writing, self.path, self._new_version
+        )
+        self._conn, self._format, self._version = conn, layout, layout.version
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._writer)
@@ -256,7 +204,12 @@ class EventLog:
 
     async def _check_readable(self) -> None:
         _check_exists(self.path)
-        await anyio.to_thread.run_sync(_check_readable, self.path)
+        self._version = await anyio.to_thread.run_sync(_check_readable, self.path)
+
+    @property
+    def schema_version(self) -> int:
+        """The schema version of the open file (0 before it is opened)."""
+        return self._version
 
     # -- writing ---------------------------------------------------------------------------
 
@@ -307,15 +260,11 @@ class EventLog:
         expected = 0 if head is None else head[0] + 1
         if event.seq != expected:
             raise SequenceError(event.run_id, expected, event.seq)
-        body = encode(event)
-        digest = chain_hash(b"" if head is None else head[1], body)
-        self._heads[event.run_id] = (event.seq, digest)
-        step = event.step if isinstance(event, StepEvent) else None
-        self._pending.append(
-            (event.run_id, event.seq, event_tag(type(event)), step, event.ts, body, digest)
-        )
+        assert self._format is not None
+        queued = self._format.encode(event, b"" if head is None else head[1])
+        self._heads[event.run_id] = (event.seq, queued.digest)
         self._appended += 1
-        self._pending_bytes += len(body) + _ROW_OVERHEAD
+        self._pending_bytes += queued.size
         pending = self._appended - self._written
         if pending > self._high_water:
             self._high_water = pending
@@ -334,7 +283,10 @@ class EventLog:
         if head is None:
             await self.flush()
             assert self._conn is not None
-            head = await anyio.to_thread.run_sync(_load_head, self._conn, self.path, run_id)
+            assert self._format is not None
+            head = await anyio.to_thread.run_sync(
+                _load_head, self._conn, self._format, self.path, run_id
+            )
             self._heads[run_id] = head
         return head[0] + 1
 
@@ -352,13 +304,15 @@ class EventLog:
 
     async def _writer(self) -> None:
         assert self._conn is not None
-        conn = self._conn
+        assert self._format is not None
+        conn, layout = self._conn, self._format
         # Shielded for its whole life: a cancelled writer would lose the queued rows. It stops
         # only when the log closes, after draining the queue.
         with anyio.CancelScope(shield=True):
             while True:
                 await self._wake.wait()
-                if len(self._pending) < self._batch_size and self._commit_interval > 0:
+                queued = self._appended - self._written
+                if queued < self._batch_size and self._commit_interval > 0:
                     # Let a burst gather into one transaction: a commit costs more than a row.
                     # Under load the interval is the period of commits: the batch is all that
                     # came meanwhile, however much that is.
@@ -367,28 +321,26 @@ class EventLog:
                 self._wake = anyio.Event()
                 if self._urgent.is_set():
                     self._urgent = anyio.Event()
-                # Write what is queued now; rows appended meanwhile wait for the next round.
-                todo = len(self._pending)
+                # Write what is queued now, in transactions of at most batch_size rows; rows
+                # appended meanwhile wait for the next round.
+                todo = self._appended - self._written
                 while todo > 0:
-                    rows = self._pending[: min(todo, self._batch_size)]
-                    del self._pending[: len(rows)]
-                    todo -= len(rows)
-                    # Rows are queued in seq order per run, so the last one seen is the head.
-                    heads = {row[0]: (row[0], row[1], row[6]) for row in rows}
+                    batch = layout.take(min(todo, self._batch_size))
+                    if batch is None:
+                        break
+                    todo -= batch.events
                     try:
-                        await anyio.to_thread.run_sync(_write_batch, conn, rows, heads.values())
+                        await anyio.to_thread.run_sync(_write_batch, conn, layout, batch)
                     except sqlite3.Error as exc:
                         self._failure = exc
                         self._progress.set()
                         raise EventLogError(f"writing {self.path} failed: {exc}") from exc
-                    self._written += len(rows)
-                    self._pending_bytes -= sum(len(row[5]) for row in rows) + _ROW_OVERHEAD * len(
-                        rows
-                    )
+                    self._written += batch.events
+                    self._pending_bytes -= batch.size
                     self._batches += 1
                     progress, self._progress = self._progress, anyio.Event()
                     progress.set()
-                if self._closing and not self._pending:
+                if self._closing and self._written == self._appended:
                     return
 
     def statistics(self) -> LogStatistics:
@@ -419,21 +371,13 @@ class EventLog:
         ``after_seq`` skips what a reader has seen; ``steps=(first, last)`` keeps only the step
         events of that inclusive range.
         """
-        sql = "SELECT body FROM events WHERE run_id = ? AND seq > ?"
-        args: list[object] = [run_id, after_seq]
-        if steps is not None:
-            sql += " AND step BETWEEN ? AND ?"
-            args += [steps[0], steps[1]]
-        sql += " ORDER BY seq"
         async with self._reader() as conn:
-            found = False
-            async with conn.execute(sql, args) as cur:
-                while rows := await cur.fetchmany(1024):
-                    found = True
-                    for (body,) in rows:
-                        yield decode(body)
-            if not found and not await _run_exists(conn, run_id):
-                raise UnknownRunError(run_id)
+            read = _formats.v1_read if self._version == 1 else _formats.v2_read
+            # Closed here, not by the garbage collector: its cursor must go before the
+            # connection does, also when the caller stops early.
+            async with aclosing(read(conn, run_id, after_seq, steps)) as events:
+                async for event in events:
+                    yield event
 
     async def tail(self, run_id: str, *, after_seq: int = -1) -> AsyncGenerator[AnyEvent, None]:
         """Follow a run as it is written, until its ``run_finished`` event.
@@ -455,30 +399,8 @@ class EventLog:
     async def runs(self) -> list[RunInfo]:
         """Every run in the log, in the order they started."""
         async with self._reader() as conn:
-            started: dict[str, RunStarted] = {}
-            async with conn.execute(
-                "SELECT body FROM events WHERE seq = 0 ORDER BY ts, run_id"
-            ) as cur:
-                for (body,) in await cur.fetchall():
-                    event = decode(body)
-                    if isinstance(event, RunStarted):
-                        started[event.run_id] = event
-            finished: dict[str, RunFinished] = {}
-            async with conn.execute(
-                "SELECT body FROM events WHERE type = 'run_finished' ORDER BY run_id, seq"
-            ) as cur:
-                for (body,) in await cur.fetchall():
-                    event = decode(body)
-                    if isinstance(event, RunFinished):
-                        finished[event.run_id] = event
-            last: dict[str, int] = {}
-            async with conn.execute("SELECT run_id, MAX(seq) FROM events GROUP BY run_id") as cur:
-                for run_id, seq in await cur.fetchall():
-                    last[str(run_id)] = int(seq)
-        return [
-            RunInfo(run_id, start, finished.get(run_id), last.get(run_id, 0))
-            for run_id, start in started.items()
-        ]
+            listed = await (_formats.v1_runs if self._version == 1 else _formats.v2_runs)(conn)
+        return [RunInfo(*info) for info in listed]
 
     async def run(self, run_id: str | None = None) -> RunInfo:
         """One run: the one named, or the only run in the log."""
@@ -528,23 +450,16 @@ def _check_exists(path: str) -> None:
         raise NotALogError(path, "it is a directory")
 
 
-async def _run_exists(conn: aiosqlite.Connection, run_id: str) -> bool:
-    async with conn.execute("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (run_id,)) as cur:
-        return await cur.fetchone() is not None
-
-
-def _load_head(conn: sqlite3.Connection, path: str, run_id: str) -> tuple[int, bytes]:
+def _load_head(
+    conn: sqlite3.Connection, layout: V1Writer | V2Writer, path: str, run_id: str
+) -> tuple[int, bytes]:
     """A run's last seq and hash, refusing a run whose stored head disagrees with its rows.
 
     Continuing a truncated run would write its head anew and hide the truncation for good.
     """
     try:
-        last = conn.execute(
-            "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
-        ).fetchone()
-        sealed = conn.execute(
-            "SELECT seq, hash FROM run_heads WHERE run_id = ?", (run_id,)
-        ).fetchone()
+        last, sealed = _formats.head(conn, layout.version, run_id)
+        layout.attach(conn, run_id)
     except sqlite3.Error as exc:
         raise EventLogError(f"cannot read the head of run {run_id} in {path}: {exc}") from exc
     check = f"check it with 'maker verify {path}'"
@@ -556,16 +471,17 @@ def _load_head(conn: sqlite3.Connection, path: str, run_id: str) -> tuple[int, b
         )
     if sealed is None:
         raise CorruptEventError(f"{path}: run {run_id} has rows but no head; {check}")
-    head = (int(last[0]), bytes(last[1]))
-    if head != (int(sealed[0]), bytes(sealed[1])):
+    head = last
+    if head != sealed:
         raise CorruptEventError(
             f"{path}: run {run_id} ends at seq {head[0]} but its head says {sealed[0]}; {check}"
         )
     return head
 
 
-def _check_identity(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> bool:
-    """Check that ``conn`` is a maker log of our version. Returns True for an empty new file."""
+def _check_identity(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> int:
+    """Check that ``conn`` is a maker log of a version we read: returns the version, or 0 for
+    an empty new file."""
     try:
         row = conn.execute("PRAGMA application_id").fetchone()
         app_id = int(row[0]) if row else 0
@@ -577,28 +493,30 @@ def _check_identity(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> 
         raise NotALogError(path, str(exc)) from exc
     if app_id == 0 and objects == 0:
         if allow_new:
-            return True
+            return 0
         raise NotALogError(path, "the file is empty")
     if app_id != APPLICATION_ID:
         raise NotALogError(path, "a SQLite database of another application")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMAS:
         raise SchemaVersionError(path, version, SCHEMA_VERSION)
-    return False
+    return version
 
 
-def _check_readable(path: str) -> None:
-    """Open ``path`` read-only and check that it is a maker log of our version."""
+def _check_readable(path: str) -> int:
+    """Open ``path`` read-only, check that it is a maker log we read, and return its version."""
     try:
         conn = sqlite3.connect("file:" + _quote_path(path) + "?mode=ro", uri=True)
     except sqlite3.Error as exc:
         raise EventLogError(f"cannot open {path}: {exc}") from exc
     try:
-        _check_identity(conn, path, allow_new=False)
+        return _check_identity(conn, path, allow_new=False)
     finally:
         conn.close()
 
 
-def _open_for_writing(path: str) -> sqlite3.Connection:
+def _open_for_writing(
+    path: str, new_version: int
+) -> tuple[sqlite3.Connection, V1Writer | V2Writer]:
     """The writer's connection, on a worker thread (the writer uses it from worker threads, one
     call at a time, hence ``check_same_thread=False``)."""
     try:
@@ -608,47 +526,39 @@ def _open_for_writing(path: str) -> sqlite3.Connection:
     except sqlite3.Error as exc:
         raise EventLogError(f"cannot open {path}: {exc}") from exc
     try:
-        new = _check_identity(conn, path, allow_new=True)
+        version = _check_identity(conn, path, allow_new=True)
         # WAL lets readers run beside the one writer; NORMAL syncs at checkpoints, so a commit
         # survives a process crash, and power loss can cost only the last transactions.
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
-        if new:
-            conn.executescript(f"BEGIN;\n{_SCHEMA}\nCOMMIT;")
+        if version == 0:
+            # A new file is made in the version asked for (the current one by default); an
+            # existing file is written in its own.
+            version = new_version
+            conn.executescript(f"BEGIN;\n{SCHEMAS[version]}\nCOMMIT;")
+        layout = writer_for(conn, version)
     except sqlite3.Error as exc:
         conn.close()
         raise EventLogError(f"cannot prepare {path}: {exc}") from exc
     except BaseException:
         conn.close()
         raise
-    return conn
+    return conn, layout
 
 
 def _write_batch(
-    conn: sqlite3.Connection, rows: Sequence[_Row], heads: Iterable[tuple[str, int, bytes]]
+    conn: sqlite3.Connection, layout: V1Writer | V2Writer, batch: _formats.Batch
 ) -> None:
-    """Insert ``rows`` and seal their runs' heads in one transaction (on a worker thread).
-
-    A few statements of many rows each: every statement costs the GIL round trips the module
-    makes around it, not one per row (see the module's docstring).
-    """
+    """Write one batch and seal its runs' heads in one transaction (on a worker thread)."""
     conn.execute("BEGIN")
     try:
-        for i in range(0, len(rows), _CHUNK):
-            chunk = rows[i : i + _CHUNK]
-            conn.execute(_insert_sql(len(chunk)), [value for row in chunk for value in row])
-        conn.executemany(_UPSERT_HEAD, heads)
+        layout.write(conn, batch)
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-@functools.lru_cache(maxsize=64)
-def _insert_sql(rows: int) -> str:
-    return _INSERT + ", ".join([_ROW_VALUES] * rows)
 
 
 def _quote_path(path: str) -> str:

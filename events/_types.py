@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 """Version of the event schema and of the log file layout."""
 
 RunStatus = Literal["succeeded", "failed", "cancelled"]

@@ -1,12 +1,15 @@
 """Check a log's integrity: every run's hash chain, its seqs, its bodies and its sealed head.
 
-Each event row stores ``chain_hash(previous_hash, body)``, and the ``run_heads`` table holds each
-run's last seq and hash, written in the same transaction as the rows. Together they expose:
+Each event row stores ``chain_hash(previous_hash, body)`` (in a version 2 file the body followed
+by the blobs it refers to), and a heads table (``run_heads``, or ``runs`` in version 2) holds
+each run's last seq and hash, written in the same transaction as the rows. Together they
+expose:
 
 - a flipped bit or an edited field in a body (the row's hash no longer matches);
 - a flipped bit in a stored hash (the next row, or the head, still chains from the true one);
 - deleted rows (a gap in the seqs);
-- reordered rows (a row whose body names another seq);
+- reordered rows (a row whose body names another seq; in version 2, whose hash no longer
+  chains);
 - truncation, rows cut off the end of a run (the run ends before its head).
 
 The chain is a checksum, not a signature: someone who rewrites a run's whole chain and its head
@@ -22,7 +25,7 @@ from __future__ import annotations
 import itertools
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -30,6 +33,7 @@ from urllib.parse import quote
 from events import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    AnyEvent,
     CorruptEventError,
     EventLogError,
     NotALogError,
@@ -40,9 +44,11 @@ from events import (
     decode,
     event_tag,
 )
+from events._formats import SCHEMAS, V2Reader, v2_rows
 
-_Row = tuple[str, int, str, int | None, float, bytes, bytes]
-"""A stored row: (run_id, seq, type, step, ts, body, hash)."""
+_Row = tuple[str, int, str, int | None, float, bytes, bytes, "AnyEvent | Exception"]
+"""A stored row: (run_id, seq, type, step, ts, what its hash covers, hash, its decoded event or
+why it does not decode)."""
 
 _COLUMNS = "run_id, seq, type, step, ts, body, hash"
 
@@ -169,8 +175,7 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
             # Keep going: the runs SQLite can still read are worth checking one by one.
             problem = f"SQLite reports the file damaged: {damage}"
         heads = _read_heads(conn)
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY run_id, seq")
-        for run_id, group in itertools.groupby(rows, key=lambda row: str(row[0])):
+        for run_id, group in _all_rows(conn):
             checker = _RunChecker(run_id, heads.pop(run_id, None))
             checker.feed(group)
             runs.append(checker.result())
@@ -202,10 +207,7 @@ def check_run(path: str | os.PathLike[str], run_id: str) -> RunIntegrity:
         conn.execute("BEGIN")
         heads = _read_heads(conn, run_id)
         checker.head = heads.get(run_id)
-        rows = conn.execute(
-            f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
-        )
-        checker.feed(rows)
+        checker.feed(_run_rows(conn, run_id))
         result = checker.result()
     except sqlite3.DatabaseError as exc:
         result = checker.unreadable(_one_line(str(exc)))
@@ -260,7 +262,7 @@ def _check_identity(conn: sqlite3.Connection, path: str) -> None:
         raise NotALogError(path, "the file is empty")
     if app_id != APPLICATION_ID:
         raise NotALogError(path, "a SQLite database of another application")
-    if version != SCHEMA_VERSION:
+    if version not in SCHEMAS:
         raise SchemaVersionError(path, version, SCHEMA_VERSION)
 
 
@@ -301,16 +303,84 @@ def _quick_check(conn: sqlite3.Connection) -> str:
     return _one_line("; ".join(found))
 
 
+def _version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _v1_rows(cur: Iterable[Any]) -> Iterator[_Row]:
+    for run_id, seq, type_, step, ts, body, digest in cur:
+        body = bytes(body)
+        decoded: AnyEvent | Exception
+        try:
+            decoded = decode(body)
+        except (CorruptEventError, ValueError) as exc:
+            # ValueError: events.decode lets msgspec's UnicodeDecodeError through for bytes
+            # that are not UTF-8, which a flipped high bit produces.
+            decoded = exc
+        yield (
+            str(run_id),
+            int(seq),
+            str(type_),
+            None if step is None else int(step),
+            float(ts),
+            body,
+            bytes(digest),
+            decoded,
+        )
+
+
+def _v2_run_rows(
+    conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
+) -> Iterator[_Row]:
+    for row, decoded in v2_rows(conn, reader, key, run_id):
+        yield (run_id, row.seq, row.type, row.step, row.ts, row.covered, row.hash, decoded)
+
+
+def _v2_reader(conn: sqlite3.Connection) -> V2Reader:
+    reader = V2Reader()
+    reader.add_dictionaries(
+        (int(i), bytes(d)) for i, d in conn.execute("SELECT id, data FROM dictionaries")
+    )
+    return reader
+
+
+def _all_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, Iterator[_Row]]]:
+    """Every run's rows in seq order, run by run."""
+    if _version(conn) == 1:
+        rows = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY run_id, seq")
+        for run_id, group in itertools.groupby(_v1_rows(rows), key=lambda row: row[0]):
+            yield run_id, group
+        return
+    reader = _v2_reader(conn)
+    names = {int(k): str(r) for k, r in conn.execute("SELECT key, run_id FROM runs")}
+    keys = [int(k) for (k,) in conn.execute("SELECT DISTINCT run FROM events ORDER BY run")]
+    for key in sorted(set(keys) | set(names)):
+        # Rows whose run is gone from the runs table keep a name that says so.
+        run_id = names.get(key, f"<run key {key}>")
+        yield run_id, _v2_run_rows(conn, reader, key, run_id)
+
+
+def _run_rows(conn: sqlite3.Connection, run_id: str) -> Iterator[_Row]:
+    if _version(conn) == 1:
+        yield from _v1_rows(
+            conn.execute(f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,))
+        )
+        return
+    found = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if found is not None:
+        yield from _v2_run_rows(conn, _v2_reader(conn), int(found[0]), run_id)
+
+
 def _read_heads(
     conn: sqlite3.Connection, run_id: str | None = None
 ) -> dict[str, tuple[int, bytes]]:
+    table = "run_heads" if _version(conn) == 1 else "runs"
+    columns = "run_id, seq, hash" if table == "run_heads" else "run_id, head_seq, head_hash"
     try:
         if run_id is None:
-            cur = conn.execute("SELECT run_id, seq, hash FROM run_heads")
+            cur = conn.execute(f"SELECT {columns} FROM {table}")
         else:
-            cur = conn.execute(
-                "SELECT run_id, seq, hash FROM run_heads WHERE run_id = ?", (run_id,)
-            )
+            cur = conn.execute(f"SELECT {columns} FROM {table} WHERE run_id = ?", (run_id,))
     except sqlite3.OperationalError as exc:
         if "no such table" in str(exc):
             # Without the table every run is reported headless: truncation cannot be ruled out.
@@ -362,17 +432,17 @@ class _RunChecker:
         # A misplaced body waiting for its partner: (column seq, the seq its body names).
         self._misplaced: tuple[int, int] | None = None
 
-    def feed(self, rows: Iterable[Any]) -> None:
+    def feed(self, rows: Iterable[_Row]) -> None:
         for row in rows:
             self.events += 1
-            self._row(_as_row(row))
+            self._row(row)
 
     def _fail(self, seq: int, problem: str) -> None:
         if self.bad is None:
             self.bad, self.problem = seq, problem
 
     def _row(self, row: _Row) -> None:
-        _run_id, seq, type_, step, ts, body, digest = row
+        _run_id, seq, type_, step, ts, body, digest, decoded = row
         if self._hash_suspect is not None:
             suspect, should_be = self._hash_suspect
             self._hash_suspect = None
@@ -383,7 +453,7 @@ class _RunChecker:
                     suspect, f"hash mismatch at seq {suspect} (the row was edited or flipped)"
                 )
         if self._misplaced is not None:
-            self._look_for_partner(seq, body)
+            self._look_for_partner(seq, decoded)
         if self.bad is not None:
             return
         if seq != self.expected:
@@ -395,13 +465,10 @@ class _RunChecker:
         self.last_hash = digest
         should_be = chain_hash(self.previous, body)
         self.previous = digest
-        try:
-            event = decode(body)
-        except (CorruptEventError, ValueError) as exc:
-            # ValueError: events.decode lets msgspec's UnicodeDecodeError through for bytes that
-            # are not UTF-8, which a flipped high bit produces.
-            self._fail(seq, f"the body of seq {seq} does not decode ({_one_line(str(exc))})")
+        if isinstance(decoded, Exception):
+            self._fail(seq, f"the body of seq {seq} does not decode ({_one_line(str(decoded))})")
             return
+        event = decoded
         if event.seq != seq:
             self._misplaced = (seq, event.seq)
             self._fail(
@@ -434,17 +501,15 @@ class _RunChecker:
         if digest != should_be:
             self._hash_suspect = (seq, should_be)
 
-    def _look_for_partner(self, seq: int, body: bytes) -> None:
+    def _look_for_partner(self, seq: int, decoded: AnyEvent | Exception) -> None:
         assert self._misplaced is not None
         first, named = self._misplaced
         if seq != named:
             return
         self._misplaced = None
-        try:
-            back = decode(body).seq
-        except (CorruptEventError, ValueError):
+        if isinstance(decoded, Exception):
             return
-        if back == first:
+        if decoded.seq == first:
             self.problem = f"seq {first} and {named} swapped (rows out of order)"
 
     def _finish_suspect(self) -> None:
@@ -504,16 +569,3 @@ class _RunChecker:
             first_bad_seq=self.bad,
             problem=self.problem,
         )
-
-
-def _as_row(row: Any) -> _Row:
-    run_id, seq, type_, step, ts, body, digest = row
-    return (
-        str(run_id),
-        int(seq),
-        str(type_),
-        None if step is None else int(step),
-        float(ts),
-        bytes(body),
-        bytes(digest),
-    )

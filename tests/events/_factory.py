@@ -20,6 +20,7 @@ from events import (
     VoteCounted,
     canonical_json,
 )
+from events._formats import V2Reader, v2_rows
 
 
 def run_events(
@@ -164,10 +165,25 @@ def interleave(*runs: list[AnyEvent]) -> Iterator[AnyEvent]:
 
 
 def raw_rows(path: Path, run_id: str) -> list[tuple[int, str, int | None, float, bytes, bytes]]:
-    """A run's stored rows read with plain sqlite3: (seq, type, step, ts, body, hash)."""
+    """A run's stored rows read with plain sqlite3: (seq, type, step, ts, body, hash).
+
+    In a version 2 file ``type`` is the tag of the stored code and ``body`` is what the chain
+    hash covers (the body followed by the blobs it refers to), so chains check the same way.
+    """
     with closing(sqlite3.connect(path)) as conn:
-        rows = conn.execute(
-            "SELECT seq, type, step, ts, body, hash FROM events WHERE run_id = ? ORDER BY seq",
-            (run_id,),
-        ).fetchall()
-    return [(int(a), str(b), c, float(d), bytes(e), bytes(f)) for a, b, c, d, e, f in rows]
+        if conn.execute("PRAGMA user_version").fetchone()[0] == 1:
+            rows = conn.execute(
+                "SELECT seq, type, step, ts, body, hash FROM events WHERE run_id = ? ORDER BY seq",
+                (run_id,),
+            ).fetchall()
+            return [(int(a), str(b), c, float(d), bytes(e), bytes(f)) for a, b, c, d, e, f in rows]
+        found = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if found is None:
+            return []
+        key = found[0]
+        reader = V2Reader()
+        reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
+        return [
+            (row.seq, row.type, row.step, row.ts, row.covered, row.hash)
+            for row, _ in v2_rows(conn, reader, int(key), run_id)
+        ]

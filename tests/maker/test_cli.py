@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
+from events import RunFinished
 from maker._cli import main
 from maker.tasks import optimal_moves
+from replay import load_events
 
 
 def cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -252,13 +255,9 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path: Path) -> N
     command = lines[0].split("continue with: ")[1].split()
     assert command[:3] == ["maker", "resume", str(log)]
     run_id = command[4]
-    with sqlite3.connect(log) as conn:
-        last = json.loads(
-            conn.execute(
-                "SELECT body FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
-            ).fetchone()[0]
-        )
-    assert (last["type"], last["status"]) == ("run_finished", "cancelled")
+    last = anyio.run(load_events, log, run_id)[-1]
+    assert isinstance(last, RunFinished)
+    assert last.status == "cancelled"
     resumed = subprocess.run(
         [sys.executable, "-m", "maker", *command[1:], "--json", "--no-progress"],
         capture_output=True, text=True, timeout=120, check=False,
@@ -315,11 +314,9 @@ def test_replay_verify_verify_and_revote_from_the_command_line(
 
     # Edit one stored event: verify names it, and replay and resume refuse the log in one line.
     with sqlite3.connect(log) as conn:
-        (body,) = conn.execute("SELECT body FROM events WHERE seq = 7").fetchone()
-        event = json.loads(body)
-        event["ts"] += 1.0  # a forged timestamp: invisible to replay, caught by the chain
         conn.execute("DROP TRIGGER events_append_only_update")
-        conn.execute("UPDATE events SET body = ? WHERE seq = 7", (json.dumps(event).encode(),))
+        # A forged timestamp: invisible to replay, caught by the chain.
+        conn.execute("UPDATE events SET ts = ts + 1.0 WHERE seq = 7")
     code, out, _ = cli(capsys, "verify", str(log))
     assert code == 1
     assert "seq 7" in out

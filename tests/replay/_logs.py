@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from events import AnyEvent, EventLog
+from events import SCHEMA_VERSION, AnyEvent, EventLog
 from maker import Engine, Policy, RunResult, SimConfig, SimulatedModel, Task
 
 NOISY = SimConfig(p=0.85, malformed_rate=0.05, overlong_rate=0.05, hard_fraction=0.02)
@@ -25,11 +25,13 @@ def record(
     *,
     policy: Policy | None = None,
     config: SimConfig = NOISY,
+    schema_version: int = SCHEMA_VERSION,
 ) -> list[RunResult]:
-    """Run the task once per seed into the log at ``path``."""
+    """Run the task once per seed into the log at ``path`` (a new file of ``schema_version``)."""
 
     async def go() -> list[RunResult]:
-        async with Engine(log=path, client=SimulatedModel(config)) as engine:
+        log = EventLog(path, schema_version=schema_version)
+        async with log, Engine(log=log, client=SimulatedModel(config)) as engine:
             return [
                 await engine.run(make_task(), policy=policy or Policy(k=2), seed=seed)
                 for seed in seeds

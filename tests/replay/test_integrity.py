@@ -1,4 +1,7 @@
-"""Integrity checks on real logs: every kind of damage is found, at the right seq, on copies."""
+"""Integrity checks on real logs: every kind of damage is found, at the right seq, on copies.
+
+The logs here are made in the version 1 layout, which these tests tamper with row by row
+(version 1 logs are still verified); test_integrity_v2.py damages version 2 logs."""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ class Recorded:
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
     path = tmp_path_factory.mktemp("integrity") / "runs.db"
-    results = record(path, lambda: Hanoi(4), [1, 2, 3])
+    results = record(path, lambda: Hanoi(4), [1, 2, 3], schema_version=1)
     return Recorded(path, [r.run_id for r in results])
 
 
@@ -96,7 +99,7 @@ def test_a_log_being_written_verifies_clean_at_every_commit(tmp_path: Path) -> N
 
     async def go() -> list[LogReport]:
         reports: list[LogReport] = []
-        async with EventLog(path, batch_size=41) as log:
+        async with EventLog(path, batch_size=41, schema_version=1) as log:
             for i, event in enumerate(events):
                 log.append(event)
                 if i % 97 == 0:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import sys
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from events import EventLogError, KChanged
+from events import EventLogError, KChanged, StepDecided
+from events._compact import TYPE_CODES
 from maker import AdaptiveK, ConfigError, Policy, SimConfig, SimulatedModel
 from maker._calibrate import calibrate
 from maker._workflow_cli import report_command
@@ -29,10 +29,12 @@ PNG = b"\x89PNG\r\n\x1a\n"
 def _recount(path: Path, run_id: str) -> tuple[list[tuple[int, int]], dict[int, int]]:
     """The convergence curve and the votes of each decided step, counted in SQL from the rows."""
     with closing(sqlite3.connect(path)) as conn:
+        (key,) = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
 
         def steps(kind: str) -> set[int]:
             rows = conn.execute(
-                "SELECT DISTINCT step FROM events WHERE run_id = ? AND type = ?", (run_id, kind)
+                "SELECT DISTINCT step FROM events WHERE run = ? AND type = ?",
+                (key, TYPE_CODES[kind]),
             )
             return {int(s) for (s,) in rows}
 
@@ -40,16 +42,14 @@ def _recount(path: Path, run_id: str) -> tuple[list[tuple[int, int]], dict[int, 
         votes = {
             int(step): int(n)
             for step, n in conn.execute(
-                "SELECT step, COUNT(*) FROM events WHERE run_id = ? AND type = 'vote_counted'"
-                " GROUP BY step",
-                (run_id,),
+                "SELECT step, COUNT(*) FROM events WHERE run = ? AND type = ? GROUP BY step",
+                (key, TYPE_CODES["vote_counted"]),
             )
         }
-        # The decision's own tally must agree with the votes counted before it.
-        for step, body in conn.execute(
-            "SELECT step, body FROM events WHERE run_id = ? AND type = 'step_decided'", (run_id,)
-        ):
-            assert sum(json.loads(body)["votes"].values()) == votes[int(step)]
+    # The decision's own tally must agree with the votes counted before it.
+    for event in load(path, run_id):
+        if isinstance(event, StepDecided):
+            assert sum(event.votes.values()) == votes[event.step]
     last = max((votes[s] for s in decided), default=0)
     curve = [
         (r, sum(1 for s in started if s not in decided or votes.get(s, 0) > r))

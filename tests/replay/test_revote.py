@@ -358,7 +358,10 @@ def test_revote_command_refuses_a_broken_log(runs: list[Run], tmp_path: Path) ->
     run = runs[0]
     copy = copy_log(run.path, tmp_path / "copy.db")
     with tampering(copy) as conn:
-        conn.execute("DELETE FROM events WHERE run_id = ? AND seq = 5", (run.run_id,))
+        conn.execute(
+            "DELETE FROM events WHERE run = (SELECT key FROM runs WHERE run_id = ?) AND seq = 5",
+            (run.run_id,),
+        )
     with pytest.raises(BrokenLogError, match="at seq 5: seq 5 missing"):
         revote_command_impl(copy, run.run_id, 1, None, None, False)
 

@@ -1,0 +1,685 @@
+"""The two file layouts of a log: what a row holds, how a batch is written and how rows are read.
+
+Version 1 stores each event as JSON of the whole event, keyed by its run id text, with two
+indexes. Version 2 (the default for new files) stores an integer run key, the envelope (seq, type
+code, step, ts) in columns and only the other fields in a msgpack body; long and repeated values
+(states, candidates, texts) live once in ``blobs``, texts compressed with zstd (see
+:mod:`events._compact`). Both chain every row's hash to its predecessor and seal each run's head
+in the same transaction as its rows.
+
+The writer half of a format runs its ``encode`` on the event loop's thread (it chains the hash,
+which must follow the seq order) and its ``write`` on the writer's worker thread. Reads go
+through aiosqlite (:class:`EventLog`) or plain sqlite3 (integrity checks).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import sqlite3
+import struct
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
+from typing import Any, NamedTuple, Protocol
+
+import aiosqlite
+
+from ._codec import decode as decode_json
+from ._codec import encode as encode_json
+from ._compact import TYPE_BY_CODE, TYPE_CODES, Decoder, Encoder
+from ._errors import CorruptEventError, EventLogError, UnknownRunError
+from ._types import AnyEvent, Event, RunFinished, RunStarted, StepEvent, event_tag
+
+APPLICATION_ID = 0x4D414B52  # "MAKR": marks a SQLite file as a maker log
+"""``PRAGMA application_id`` of every maker log."""
+
+_APPEND_ONLY = """
+CREATE TRIGGER IF NOT EXISTS {table}_append_only_update BEFORE UPDATE ON {table}
+BEGIN SELECT RAISE(ABORT, 'the {table} table is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS {table}_append_only_delete BEFORE DELETE ON {table}
+BEGIN SELECT RAISE(ABORT, 'the {table} table is append-only'); END;
+"""
+
+_ROW_OVERHEAD = 64  # bytes a queued row costs beside its body: the tuple, ids, hash, ts
+_FETCH = 1024  # rows a reader fetches at a time
+
+
+def _multirow(prefix: str, columns: int, rows: int) -> str:
+    return prefix + ", ".join(["(" + ", ".join("?" * columns) + ")"] * rows)
+
+
+_insert_sql = functools.lru_cache(maxsize=64)(_multirow)
+
+
+def _insert_many(
+    conn: sqlite3.Connection, prefix: str, columns: int, rows: Sequence[tuple[Any, ...]]
+) -> None:
+    """Insert ``rows`` in a few multi-row statements.
+
+    Not ``executemany``: the sqlite3 module releases the GIL around every row it steps, and a
+    thread that must win it back from a busy event loop waits a switch interval (5 ms) each
+    time. A statement of thousands of rows pays that once.
+    """
+    chunk = 32000 // columns  # parameters per statement stay under SQLite's 32,766
+    for i in range(0, len(rows), chunk):
+        part = rows[i : i + chunk]
+        conn.execute(_insert_sql(prefix, columns, len(part)), [v for row in part for v in row])
+
+
+def chain_hash(previous: bytes, body: bytes) -> bytes:
+    """The hash stored with an event: BLAKE2b-128 over its predecessor's hash and its body
+    (in version 2, the envelope columns, the body and the data of every blob it refers to).
+
+    The first event of a run chains to the empty string, so a run's last hash seals all of it.
+    """
+    return hashlib.blake2b(previous + body, digest_size=16).digest()
+
+
+class Queued(NamedTuple):
+    """What :meth:`WriterFormat.encode` queued for one event."""
+
+    digest: bytes
+    """The event's chain hash."""
+    size: int
+    """Bytes it adds to the queue."""
+
+
+class Batch(Protocol):
+    """Everything queued since the last batch, to be written in one transaction."""
+
+    events: int
+    size: int
+
+
+class WriterFormat(Protocol):
+    """The writing half of a layout: queue rows on the loop's thread, write them on another."""
+
+    version: int
+
+    def encode(self, event: Event, previous: bytes) -> Queued: ...
+    def take(self, limit: int) -> Batch | None: ...
+    def write(self, conn: sqlite3.Connection, batch: Batch) -> None: ...
+    def attach(self, conn: sqlite3.Connection, run_id: str) -> None: ...
+
+
+class StoredHead(NamedTuple):
+    """A run's last row and its sealed head, as the file holds them."""
+
+    last: tuple[int, bytes] | None
+    sealed: tuple[int, bytes] | None
+
+
+class StoredRow(NamedTuple):
+    """One stored row, as an integrity check reads it, with what its hash must cover."""
+
+    seq: int
+    type: str
+    """The type tag, or ``"?<code>"`` for an unknown code."""
+    step: int | None
+    ts: float
+    body: bytes
+    hash: bytes
+    covered: bytes
+    """The bytes the chain hash covers (version 1: the body; version 2: body and blobs)."""
+
+
+# -- version 1 -------------------------------------------------------------------------------
+
+V1_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    step INTEGER,
+    ts REAL NOT NULL,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) STRICT, WITHOUT ROWID;
+-- The last seq and hash of every run, written in the same transaction as its rows. Unlike the
+-- events table it is updated in place: it is the seal that makes a truncated run detectable.
+CREATE TABLE IF NOT EXISTS run_heads (
+    run_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    hash BLOB NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS events_by_step ON events (run_id, step);
+CREATE INDEX IF NOT EXISTS events_by_type ON events (type, run_id);
+{_APPEND_ONLY.format(table="events")}
+-- REPLACE deletes the old row without firing delete triggers: refuse to insert over one.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE run_id = NEW.run_id AND seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1');
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = 1;
+"""
+
+_V1Row = tuple[str, int, str, int | None, float, bytes, bytes]
+
+
+class _V1Batch:
+    def __init__(self, rows: list[_V1Row], size: int) -> None:
+        self.rows = rows
+        self.events = len(rows)
+        self.size = size
+
+
+class V1Writer:
+    """Writes version 1 rows: for logs made before version 2, which stay in their version."""
+
+    version = 1
+
+    def __init__(self) -> None:
+        self._rows: list[_V1Row] = []
+        self._size = 0
+
+    def encode(self, event: Event, previous: bytes) -> Queued:
+        body = encode_json(event)
+        digest = chain_hash(previous, body)
+        step = event.step if isinstance(event, StepEvent) else None
+        self._rows.append(
+            (event.run_id, event.seq, event_tag(type(event)), step, event.ts, body, digest)
+        )
+        size = len(body) + _ROW_OVERHEAD
+        self._size += size
+        return Queued(digest, size)
+
+    def take(self, limit: int) -> _V1Batch | None:
+        """The first ``limit`` queued rows (and fewer if fewer are queued)."""
+        if not self._rows:
+            return None
+        rows, self._rows = self._rows[:limit], self._rows[limit:]
+        size = sum(len(row[5]) for row in rows) + _ROW_OVERHEAD * len(rows)
+        self._size -= size
+        return _V1Batch(rows, size)
+
+    def write(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        assert isinstance(batch, _V1Batch)
+        rows = batch.rows
+        # Rows are queued in seq order per run, so the last one seen is the head.
+        heads = {row[0]: (row[0], row[1], row[6]) for row in rows}
+        _insert_many(conn, "INSERT INTO events VALUES ", 7, rows)
+        conn.executemany(
+            "INSERT INTO run_heads (run_id, seq, hash) VALUES (?, ?, ?) ON CONFLICT (run_id)"
+            " DO UPDATE SET seq = excluded.seq, hash = excluded.hash",
+            heads.values(),
+        )
+
+    def attach(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Nothing to learn: version 1 rows name their run."""
+
+
+def v1_head(conn: sqlite3.Connection, run_id: str) -> StoredHead:
+    last = conn.execute(
+        "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
+    ).fetchone()
+    sealed = conn.execute("SELECT seq, hash FROM run_heads WHERE run_id = ?", (run_id,)).fetchone()
+    return StoredHead(_pair(last), _pair(sealed))
+
+
+async def v1_read(
+    conn: aiosqlite.Connection, run_id: str, after_seq: int, steps: tuple[int, int] | None
+) -> AsyncGenerator[AnyEvent, None]:
+    sql = "SELECT body FROM events WHERE run_id = ? AND seq > ?"
+    args: list[object] = [run_id, after_seq]
+    if steps is not None:
+        sql += " AND step BETWEEN ? AND ?"
+        args += [steps[0], steps[1]]
+    sql += " ORDER BY seq"
+    found = False
+    async with conn.execute(sql, args) as cur:
+        while rows := await cur.fetchmany(_FETCH):
+            found = True
+            for (body,) in rows:
+                yield decode_json(body)
+    if not found:
+        async with conn.execute("SELECT 1 FROM events WHERE run_id = ? LIMIT 1", (run_id,)) as cur:
+            if await cur.fetchone() is None:
+                raise UnknownRunError(run_id)
+
+
+async def v1_runs(
+    conn: aiosqlite.Connection,
+) -> list[tuple[str, RunStarted, RunFinished | None, int]]:
+    started: dict[str, RunStarted] = {}
+    async with conn.execute("SELECT body FROM events WHERE seq = 0 ORDER BY ts, run_id") as cur:
+        for (body,) in await cur.fetchall():
+            event = decode_json(body)
+            if isinstance(event, RunStarted):
+                started[event.run_id] = event
+    finished: dict[str, RunFinished] = {}
+    async with conn.execute(
+        "SELECT body FROM events WHERE type = 'run_finished' ORDER BY run_id, seq"
+    ) as cur:
+        for (body,) in await cur.fetchall():
+            event = decode_json(body)
+            if isinstance(event, RunFinished):
+                finished[event.run_id] = event
+    last: dict[str, int] = {}
+    async with conn.execute("SELECT run_id, MAX(seq) FROM events GROUP BY run_id") as cur:
+        for run_id, seq in await cur.fetchall():
+            last[str(run_id)] = int(seq)
+    return [
+        (run_id, start, finished.get(run_id), last.get(run_id, 0))
+        for run_id, start in started.items()
+    ]
+
+
+# -- version 2 -------------------------------------------------------------------------------
+
+V2_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) STRICT;
+-- One row per run: its key in the events table, and its head (last seq and hash), written in
+-- the same transaction as its rows. Updated in place: the seal that makes truncation visible.
+CREATE TABLE IF NOT EXISTS runs (
+    key INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL UNIQUE,
+    head_seq INTEGER NOT NULL,
+    head_hash BLOB NOT NULL,
+    finished_seq INTEGER
+) STRICT;
+CREATE TABLE IF NOT EXISTS events (
+    run INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    type INTEGER NOT NULL,
+    step INTEGER,
+    ts REAL NOT NULL,
+    body BLOB NOT NULL,
+    hash BLOB NOT NULL,
+    PRIMARY KEY (run, seq)
+) STRICT, WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blobs (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS dictionaries (
+    id INTEGER PRIMARY KEY,
+    data BLOB NOT NULL
+) STRICT;
+{_APPEND_ONLY.format(table="events")}
+{_APPEND_ONLY.format(table="blobs")}
+{_APPEND_ONLY.format(table="dictionaries")}
+-- REPLACE deletes the old row without firing delete triggers: refuse to insert over one.
+CREATE TRIGGER IF NOT EXISTS events_append_only_replace BEFORE INSERT ON events
+WHEN EXISTS (SELECT 1 FROM events WHERE run = NEW.run AND seq = NEW.seq)
+BEGIN SELECT RAISE(ABORT, 'the events table is append-only'); END;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '2');
+PRAGMA application_id = {APPLICATION_ID};
+PRAGMA user_version = 2;
+"""
+
+_V2Row = tuple[int, int, int, int | None, float, bytes, bytes]
+_ENVELOPE = struct.Struct(">qHqd")
+
+
+def v2_covered(run_id: str, seq: int, type_code: int, step: int | None, ts: float) -> bytes:
+    """The envelope a version 2 row's hash covers before its body: the columns the body leaves
+    out (run, seq, type, step, ts), so an edited column breaks the chain as an edited body
+    does."""
+    return run_id.encode() + _ENVELOPE.pack(seq, type_code, -1 if step is None else step, ts)
+
+
+_RUN_FINISHED = TYPE_CODES[event_tag(RunFinished)]
+
+
+class _V2Batch:
+    def __init__(
+        self,
+        events: list[_V2Row],
+        blobs: list[tuple[int, bytes]],
+        dictionaries: list[tuple[int, bytes]],
+        runs: list[tuple[int, str, int, bytes, int | None]],
+        size: int,
+    ) -> None:
+        self.rows = events
+        self.blobs = blobs
+        self.dictionaries = dictionaries
+        self.runs = runs
+        self.events = len(events)
+        self.size = size
+
+
+class V2Writer:
+    """Writes version 2 rows. Construct it on the writer's thread with :meth:`open`."""
+
+    version = 2
+
+    def __init__(
+        self,
+        *,
+        next_key: int,
+        next_blob_id: int,
+        next_dictionary_id: int,
+        dictionaries: dict[int, bytes],
+        keys: dict[str, int],
+    ) -> None:
+        self._encoder = Encoder(
+            next_blob_id=next_blob_id,
+            next_dictionary_id=next_dictionary_id,
+            dictionaries=dictionaries,
+        )
+        self._next_key = next_key
+        self._keys = keys
+        self._rows: list[_V2Row] = []
+        # For each queued row: how many queued blobs and bytes precede its end, so a batch of
+        # the first rows takes the blobs they refer to.
+        self._marks: list[tuple[int, int]] = []
+        self._blobs: list[tuple[int, bytes]] = []
+        self._dictionaries: list[tuple[int, bytes]] = []
+        self._size = 0
+
+    @classmethod
+    def open(cls, conn: sqlite3.Connection) -> V2Writer:
+        """A writer that continues the ids of the file behind ``conn``."""
+        (key,) = conn.execute("SELECT coalesce(max(key), 0) FROM runs").fetchone()
+        (blob,) = conn.execute("SELECT coalesce(max(id), 0) FROM blobs").fetchone()
+        dictionaries = {
+            int(i): bytes(d) for i, d in conn.execute("SELECT id, data FROM dictionaries")
+        }
+        return cls(
+            next_key=int(key) + 1,
+            next_blob_id=int(blob) + 1,
+            next_dictionary_id=max(dictionaries, default=0) + 1,
+            dictionaries=dictionaries,
+            keys={},
+        )
+
+    def attach(self, conn: sqlite3.Connection, run_id: str) -> None:
+        """Learn an existing run's key, so appending continues it."""
+        row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is not None:
+            self._keys[run_id] = int(row[0])
+
+    def encode(self, event: Event, previous: bytes) -> Queued:
+        key = self._keys.get(event.run_id)
+        if key is None:
+            key = self._keys[event.run_id] = self._next_key
+            self._next_key += 1
+        encoded = self._encoder.encode(event)
+        new = self._encoder.take_new_dictionaries()
+        if new:
+            self._dictionaries.extend(new)
+        envelope = v2_covered(event.run_id, event.seq, encoded.type_code, encoded.step, event.ts)
+        digest = chain_hash(previous, envelope + encoded.digest)
+        self._rows.append(
+            (key, event.seq, encoded.type_code, encoded.step, event.ts, encoded.body, digest)
+        )
+        size = len(encoded.body) + _ROW_OVERHEAD
+        for blob in encoded.blobs:
+            self._blobs.append(blob)
+            size += len(blob[1]) + 16
+        self._size += size
+        self._marks.append((len(self._blobs), self._size))
+        return Queued(digest, size)
+
+    def take(self, limit: int) -> _V2Batch | None:
+        """The first ``limit`` queued rows with the blobs and dictionaries they need."""
+        if not self._rows:
+            return None
+        n = min(limit, len(self._rows))
+        blobs, size = self._marks[n - 1]
+        rows, self._rows = self._rows[:n], self._rows[n:]
+        taken_blobs, self._blobs = self._blobs[:blobs], self._blobs[blobs:]
+        self._marks = [(b - blobs, z - size) for b, z in self._marks[n:]]
+        self._size -= size
+        # Dictionaries are few and small: each batch takes all there are so far.
+        dictionaries, self._dictionaries = self._dictionaries, []
+        # Rows are queued in seq order per run, so the last one seen is the head.
+        heads: dict[int, tuple[int, bytes, int | None]] = {}
+        for row in rows:
+            previous = heads.get(row[0])
+            finished = row[1] if row[2] == _RUN_FINISHED else None
+            if finished is None and previous is not None:
+                finished = previous[2]
+            heads[row[0]] = (row[1], row[6], finished)
+        ids = {key: run_id for run_id, key in self._keys.items() if key in heads}
+        runs = [(key, ids[key], seq, digest, fin) for key, (seq, digest, fin) in heads.items()]
+        return _V2Batch(rows, taken_blobs, dictionaries, runs, size)
+
+    def write(self, conn: sqlite3.Connection, batch: Batch) -> None:
+        assert isinstance(batch, _V2Batch)
+        # Dictionaries and blobs first: a committed event never refers to a missing one.
+        if batch.dictionaries:
+            _insert_many(conn, "INSERT INTO dictionaries VALUES ", 2, batch.dictionaries)
+        if batch.blobs:
+            _insert_many(conn, "INSERT INTO blobs VALUES ", 2, batch.blobs)
+        if batch.rows:
+            _insert_many(conn, "INSERT INTO events VALUES ", 7, batch.rows)
+        conn.executemany(
+            "INSERT INTO runs (key, run_id, head_seq, head_hash, finished_seq)"
+            " VALUES (?, ?, ?, ?, ?) ON CONFLICT (key) DO UPDATE SET"
+            " head_seq = excluded.head_seq, head_hash = excluded.head_hash,"
+            " finished_seq = coalesce(excluded.finished_seq, finished_seq)",
+            batch.runs,
+        )
+
+
+def v2_head(conn: sqlite3.Connection, run_id: str) -> StoredHead:
+    row = conn.execute(
+        "SELECT key, head_seq, head_hash FROM runs WHERE run_id = ?", (run_id,)
+    ).fetchone()
+    if row is None:
+        return StoredHead(None, None)
+    last = conn.execute(
+        "SELECT seq, hash FROM events WHERE run = ? ORDER BY seq DESC LIMIT 1", (row[0],)
+    ).fetchone()
+    return StoredHead(_pair(last), (int(row[1]), bytes(row[2])))
+
+
+class BlobCache:
+    """Blobs a reader has fetched, the most recent kept (a bounded LRU)."""
+
+    def __init__(self, entries: int = 8192) -> None:
+        self._entries = entries
+        self._data: OrderedDict[int, bytes] = OrderedDict()
+
+    def missing(self, ids: Iterable[int]) -> list[int]:
+        data = self._data
+        out = []
+        for i in ids:
+            if i in data:
+                data.move_to_end(i)
+            else:
+                out.append(i)
+        return out
+
+    def add(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        data = self._data
+        for i, blob in rows:
+            data[int(i)] = bytes(blob)
+        while len(data) > self._entries:
+            data.popitem(last=False)
+
+    @property
+    def data(self) -> dict[int, bytes]:
+        return self._data
+
+
+class V2Reader:
+    """Decodes version 2 rows for one reading connection: dictionaries, blobs, run keys."""
+
+    def __init__(self) -> None:
+        self.decoder = Decoder()
+        self._dictionaries: set[int] = set()
+        self.blobs = BlobCache()
+
+    def add_dictionaries(self, rows: Iterable[tuple[int, bytes]]) -> None:
+        for i, data in rows:
+            if int(i) not in self._dictionaries:
+                self._dictionaries.add(int(i))
+                self.decoder.add_dictionary(int(i), bytes(data))
+
+    def needed(self, bodies: Iterable[bytes]) -> list[int]:
+        """The blob ids these bodies refer to that are not cached yet (for one bulk fetch)."""
+        wanted: dict[int, None] = {}
+        for body in bodies:
+            try:
+                for ref in self.decoder.refs(body):
+                    wanted[ref] = None
+            except CorruptEventError:
+                continue  # decode() names the problem, row by row
+        return self.blobs.missing(wanted)
+
+    def decode(
+        self, run_id: str, seq: int, ts: float, type_code: int, step: int | None, body: bytes
+    ) -> AnyEvent:
+        return self.decoder.decode(
+            run_id=run_id,
+            seq=seq,
+            ts=ts,
+            type_code=type_code,
+            step=step,
+            body=body,
+            blobs=self.blobs.data,
+        )
+
+    def covered(self, body: bytes) -> bytes:
+        """What the chain hash of a row with ``body`` covers."""
+        return self.decoder.digest(body, self.blobs.data)
+
+
+def _ids_sql(table: str, n: int) -> str:
+    return f"SELECT id, data FROM {table} WHERE id IN ({', '.join('?' * n)})"
+
+
+async def _v2_fetch(conn: aiosqlite.Connection, reader: V2Reader, bodies: list[bytes]) -> None:
+    missing = reader.needed(bodies)
+    for i in range(0, len(missing), 900):
+        part = missing[i : i + 900]
+        async with conn.execute(_ids_sql("blobs", len(part)), part) as cur:
+            reader.blobs.add((int(i), bytes(d)) for i, d in await cur.fetchall())
+
+
+async def _v2_dictionaries(conn: aiosqlite.Connection, reader: V2Reader) -> None:
+    async with conn.execute("SELECT id, data FROM dictionaries") as cur:
+        reader.add_dictionaries((int(i), bytes(d)) for i, d in await cur.fetchall())
+
+
+async def _v2_decode_rows(
+    conn: aiosqlite.Connection, reader: V2Reader, run_id: str, rows: Sequence[Any]
+) -> list[AnyEvent]:
+    await _v2_fetch(conn, reader, [bytes(row[4]) for row in rows])
+    out: list[AnyEvent] = []
+    for seq, type_code, step, ts, body in rows:
+        try:
+            event = reader.decode(run_id, seq, ts, type_code, step, bytes(body))
+        except CorruptEventError:
+            # A dictionary written after this reader began (a live log): look once more.
+            await _v2_dictionaries(conn, reader)
+            event = reader.decode(run_id, seq, ts, type_code, step, bytes(body))
+        out.append(event)
+    return out
+
+
+async def v2_read(
+    conn: aiosqlite.Connection, run_id: str, after_seq: int, steps: tuple[int, int] | None
+) -> AsyncGenerator[AnyEvent, None]:
+    async with conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise UnknownRunError(run_id)
+    reader = V2Reader()
+    await _v2_dictionaries(conn, reader)
+    sql = "SELECT seq, type, step, ts, body FROM events WHERE run = ? AND seq > ?"
+    args: list[object] = [row[0], after_seq]
+    if steps is not None:
+        # No index by step in version 2 (it would cost more bytes than a run's samples): the
+        # run's rows are scanned. Readers of step ranges are rare and short.
+        sql += " AND step BETWEEN ? AND ?"
+        args += [steps[0], steps[1]]
+    sql += " ORDER BY seq"
+    async with conn.execute(sql, args) as cur:
+        while rows := list(await cur.fetchmany(_FETCH)):
+            for event in await _v2_decode_rows(conn, reader, run_id, rows):
+                yield event
+
+
+async def v2_runs(
+    conn: aiosqlite.Connection,
+) -> list[tuple[str, RunStarted, RunFinished | None, int]]:
+    reader = V2Reader()
+    await _v2_dictionaries(conn, reader)
+    async with conn.execute("SELECT key, run_id, head_seq, finished_seq FROM runs") as cur:
+        runs = await cur.fetchall()
+    out: list[tuple[str, RunStarted, RunFinished | None, int]] = []
+    for key, run_id, head_seq, finished_seq in runs:
+        wanted = [0] if finished_seq is None else [0, int(finished_seq)]
+        async with conn.execute(
+            "SELECT seq, type, step, ts, body FROM events WHERE run = ? AND seq IN"
+            f" ({', '.join('?' * len(wanted))}) ORDER BY seq",
+            [key, *wanted],
+        ) as cur:
+            rows = list(await cur.fetchall())
+        events = await _v2_decode_rows(conn, reader, str(run_id), rows)
+        started = events[0] if events else None
+        if not isinstance(started, RunStarted):
+            continue  # v1 leaves a run without a run_started out too
+        finished = events[-1] if isinstance(events[-1], RunFinished) else None
+        out.append((str(run_id), started, finished, int(head_seq)))
+    out.sort(key=lambda info: (info[1].ts, info[0]))
+    return out
+
+
+def v2_rows(
+    conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
+) -> Iterator[tuple[StoredRow, AnyEvent | CorruptEventError]]:
+    """A run's stored rows in seq order, each with its decoded event or why it does not decode,
+    for integrity checks (plain sqlite3, inside the caller's read transaction)."""
+    cur = conn.execute(
+        "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
+    )
+    while rows := cur.fetchmany(_FETCH):
+        bodies = [bytes(row[4]) for row in rows]
+        missing = reader.needed(bodies)
+        for i in range(0, len(missing), 900):
+            part = missing[i : i + 900]
+            reader.blobs.add(conn.execute(_ids_sql("blobs", len(part)), part).fetchall())
+        for (seq, code, step, ts, _, digest), body in zip(rows, bodies, strict=True):
+            tag = TYPE_BY_CODE.get(int(code))
+            decoded: AnyEvent | CorruptEventError
+            envelope = v2_covered(run_id, int(seq), int(code), step, float(ts))
+            try:
+                covered = envelope + reader.covered(body)
+                decoded = reader.decode(run_id, int(seq), float(ts), int(code), step, body)
+            except CorruptEventError as exc:
+                covered, decoded = envelope + body, exc
+            row = StoredRow(
+                int(seq),
+                tag if tag is not None else f"?{code}",
+                None if step is None else int(step),
+                float(ts),
+                body,
+                bytes(digest),
+                covered,
+            )
+            yield row, decoded
+
+
+def _pair(row: Any) -> tuple[int, bytes] | None:
+    return None if row is None else (int(row[0]), bytes(row[1]))
+
+
+def writer_for(conn: sqlite3.Connection, version: int) -> V1Writer | V2Writer:
+    """The writer of a file's own version (on the writer's thread)."""
+    if version == 1:
+        return V1Writer()
+    if version == 2:
+        return V2Writer.open(conn)
+    raise EventLogError(f"no writer for schema version {version}")  # pragma: no cover
+
+
+def head(conn: sqlite3.Connection, version: int, run_id: str) -> StoredHead:
+    """A run's last row and sealed head in a file of ``version``."""
+    return v1_head(conn, run_id) if version == 1 else v2_head(conn, run_id)
+
+
+SCHEMAS = {1: V1_SCHEMA, 2: V2_SCHEMA}
+"""The DDL of each version a new file can be created in."""
