@@ -171,10 +171,10 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
 
+    if args.log is not None and os.path.exists(args.log):
+        parser.error(f"{args.log} exists: give a new --log path")
     tmp = tempfile.mkdtemp(prefix="million-")
     log = args.log or os.path.join(tmp, "million.db")
-    if os.path.exists(log):
-        parser.error(f"{log} exists: give a new --log path")
     figures: dict[str, Any] = {"disks": args.disks, "k": args.k, "seed": args.seed, "log": log}
     try:
         if not args.json:
