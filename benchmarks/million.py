@@ -40,7 +40,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-BATCH = 4096
+from benchmarks._sqlite import BATCH, raw_inserts
+
 MILESTONES = (1_000, 10_000, 100_000, 1_000_000)
 """Steps at which the run's RSS is read, besides a quarter, a half and three quarters of it."""
 
@@ -115,45 +116,6 @@ def _log_bytes(path: str) -> int:
     return sum(os.path.getsize(path + tail) for tail in ("", "-wal") if os.path.exists(path + tail))
 
 
-def _raw_inserts(source: str, target: str) -> tuple[int, int, float]:
-    """Copy every table of ``source`` into a fresh file; time only the inserts and commits.
-
-    Returns the events table's rows, all rows and the seconds spent inserting.
-    """
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-    dst = sqlite3.connect(target, isolation_level=None)
-    dst.execute("PRAGMA journal_mode=WAL")
-    dst.execute("PRAGMA synchronous=NORMAL")
-    layout = src.execute(
-        "SELECT type, name, sql FROM sqlite_master"
-        " WHERE sql IS NOT NULL AND name NOT LIKE 'sqlite_%'"
-    ).fetchall()
-    # Tables first, so that indexes and triggers find theirs.
-    order = {"table": 0, "index": 1, "view": 2, "trigger": 3}
-    tables = [name for kind, name, _ in layout if kind == "table"]
-    for _, _, sql in sorted(layout, key=lambda row: order.get(row[0], 9)):
-        dst.execute(sql)
-    all_rows = event_rows = 0
-    spent = 0.0
-    for table in tables:
-        quoted = '"' + table.replace('"', '""') + '"'
-        width = len(src.execute(f"SELECT * FROM {quoted} LIMIT 0").description)
-        insert = f"INSERT INTO {quoted} VALUES ({', '.join('?' * width)})"
-        cursor = src.execute(f"SELECT * FROM {quoted}")
-        while rows := cursor.fetchmany(BATCH):
-            began = time.perf_counter()
-            dst.execute("BEGIN")
-            dst.executemany(insert, rows)
-            dst.execute("COMMIT")
-            spent += time.perf_counter() - began
-            all_rows += len(rows)
-            if table == "events":
-                event_rows += len(rows)
-    src.close()
-    dst.close()
-    return event_rows, all_rows, spent
-
-
 def _mib(kb: int) -> float:
     return round(kb / 1024, 1)
 
@@ -216,7 +178,7 @@ def main() -> None:
                 figures[f"{name}_wall_s"] = round(done.wall_s, 3)
                 figures[f"{name}_peak_rss_mib"] = _mib(done.maxrss_kb)
         if not args.skip_raw:
-            event_rows, all_rows, raw_s = _raw_inserts(log, os.path.join(tmp, "raw.db"))
+            event_rows, all_rows, raw_s = raw_inserts(log, os.path.join(tmp, "raw.db"))
             engine_rows_per_s = all_rows / result["engine_wall_s"]
             figures |= {
                 "rows_events_table": event_rows,
