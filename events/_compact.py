@@ -21,13 +21,13 @@ Wire formats (never change them; add new codes instead):
 
 - Body: msgpack array. Ext code 1 = blob reference (id, little-endian in 1, 2, 4 or 8 bytes);
   ext 2 = the n-th distinct blob already referenced in this body (1 byte, saves bytes on
-  repeats); ext 3 = an int outside msgpack's range (signed decimal ASCII); ext 4 = an inline
-  ``Any`` value as JSON (for values msgpack cannot hold, i.e. huge ints).
+  repeats); ext 3 = an int outside msgpack's range (signed decimal ASCII), in a body or inside
+  a msgpack blob.
 - Field encodings: ``sample_id`` equal to ``f"{step}:{n}"`` is the int ``n``; a float that is
   integral, not ``-0.0`` and below 2**53 in magnitude is an int (decode makes it a float again);
   ``dict[str, int]`` is a flat array ``[key, count, key, count, ...]`` in insertion order.
 - Blob data: one kind byte, then the payload. Bits 0-1 of the kind say what the payload is
-  (0 UTF-8 string, 1 msgpack value, 2 JSON value); bits 2-3 how it is stored (0 as is, 1 zstd
+  (0 UTF-8 string, 1 msgpack value; 2 and 3 unused); bits 2-3 how it is stored (0 as is, 1 zstd
   frame, 2 zstd frame with a dictionary, whose id follows the kind as a LEB128 varint).
 
 This module does no I/O and reads no clock: the store owns the tables and the transactions.
@@ -89,11 +89,9 @@ TYPE_BY_CODE: Final[Mapping[int, str]] = types.MappingProxyType(
 _EXT_REF: Final = 1
 _EXT_BACKREF: Final = 2
 _EXT_BIGINT: Final = 3
-_EXT_JSON: Final = 4
 
 _PAYLOAD_STR: Final = 0
 _PAYLOAD_MSGPACK: Final = 1
-_PAYLOAD_JSON: Final = 2
 _STORE_RAW: Final = 0
 _STORE_ZSTD: Final = 1 << 2
 _STORE_ZSTD_DICT: Final = 2 << 2
@@ -336,7 +334,7 @@ class Encoder:
         self._next_blob_id = next_blob_id
         self._next_dictionary_id = next_dictionary_id
         self._lru_entries = lru_entries
-        # value (str for strings, msgpack/JSON bytes for Any values) -> (id, data, reference)
+        # value (str for strings, msgpack bytes for Any values) -> (id, data, reference)
         self._lru: OrderedDict[str | bytes, _Hit] = OrderedDict()
         self._plain = zstandard.ZstdCompressor(compression_params=_frame_params())
         self._dict_id: int | None = None
@@ -424,14 +422,10 @@ class Encoder:
             return value
         try:
             packed = _msgpack_encode(value)
-            payload = _PAYLOAD_MSGPACK
-        except OverflowError:  # an int beyond 64 bits somewhere inside: JSON holds any int
-            packed = _json_encode(value)
-            payload = _PAYLOAD_JSON
+        except OverflowError:  # an int beyond 64 bits somewhere inside: spell those out
+            packed = _msgpack_encode(_widen(value))
         if len(packed) < INTERN_MIN:
-            if payload == _PAYLOAD_MSGPACK:
-                return msgspec.Raw(packed)
-            return msgspec.msgpack.Ext(_EXT_JSON, packed)
+            return msgspec.Raw(packed)
         ids = self._ids
         if ids is None:
             ids = self._ids = {}
@@ -439,7 +433,7 @@ class Encoder:
             self._fresh = []
         hit = self._lru.get(packed)
         if hit is None:
-            hit = self._new_blob(packed, self._store(payload, packed))
+            hit = self._new_blob(packed, self._store(_PAYLOAD_MSGPACK, packed))
         else:
             self._lru.move_to_end(packed)
         return self._reference(ids, hit)
@@ -576,8 +570,19 @@ def _big(value: int) -> msgspec.msgpack.Ext:
 
 
 _msgpack_encode: Final[Callable[[Any], bytes]] = msgspec.msgpack.Encoder().encode
-_json_encode: Final[Callable[[Any], bytes]] = msgspec.json.Encoder().encode
-_json_decode: Final[Callable[[bytes], Any]] = msgspec.json.Decoder().decode
+
+
+def _widen(value: Any) -> Any:
+    """``value`` with every int that msgpack cannot hold as a big-int ext (dict keys aside:
+    an ext is not hashable, so such a key stays and fails to encode)."""
+    t = type(value)
+    if t is int:
+        return value if _MSGPACK_INT_MIN <= value <= _MSGPACK_INT_MAX else _big(value)
+    if t is list or t is tuple:
+        return [_widen(v) for v in value]
+    if t is dict:
+        return {k: _widen(v) for k, v in value.items()}
+    return value
 
 
 # -- generated per-type code ---------------------------------------------------------------
@@ -828,14 +833,7 @@ class Decoder:
             if len(data) != 1 or data[0] >= len(self._seen):
                 raise CorruptEventError("bad back reference")
             return self._blob(self._seen[data[0]])
-        if code == _EXT_BIGINT:
-            text = bytes(data)
-            if not text.lstrip(b"-").isdigit():
-                raise CorruptEventError("bad big int")
-            return int(text)
-        if code == _EXT_JSON:
-            return _json_decode(bytes(data))
-        raise CorruptEventError(f"unknown ext code {code}")
+        return _value_ext(code, data)
 
     def _blob(self, blob_id: int) -> Any:
         data = self._blobs.get(blob_id)
@@ -852,20 +850,18 @@ class Decoder:
         payload, value = cached
         if payload == _PAYLOAD_STR:
             return value
-        # Decoded msgpack/JSON values are mutable: decode a fresh copy per reference, so two
-        # events (or two fields) never share one list or dict.
-        if payload == _PAYLOAD_MSGPACK:
-            return _msgpack_decode_plain(value)
-        return _json_decode(value)
+        # Decoded msgpack values are mutable: decode a fresh copy per reference, so two events
+        # (or two fields) never share one list or dict.
+        return _msgpack_decode_value(value)
 
     def _unpack(self, data: bytes) -> tuple[int, Any]:
-        """(payload kind, the str or the msgpack/JSON bytes) of one blob's data."""
+        """(payload kind, the str or the msgpack bytes) of one blob's data."""
         if not data:
             raise CorruptEventError("empty blob")
         kind = data[0]
         payload = kind & 0b11
         store = kind & ~0b11
-        if payload > _PAYLOAD_JSON:
+        if payload > _PAYLOAD_MSGPACK:
             raise CorruptEventError(f"bad blob kind {kind}")
         if store == _STORE_RAW:
             raw = data[1:]
@@ -879,10 +875,7 @@ class Decoder:
         if payload == _PAYLOAD_STR:
             return payload, raw.decode("utf-8")
         # Validate once here, so a bad payload fails the same way on every reference.
-        if payload == _PAYLOAD_MSGPACK:
-            _msgpack_decode_plain(raw)
-        else:
-            _json_decode(raw)
+        _msgpack_decode_value(raw)
         return payload, raw
 
     def _decompressor(self, dictionary_id: int) -> zstandard.ZstdDecompressor:
@@ -913,7 +906,18 @@ class Decoder:
         return out
 
 
-_msgpack_decode_plain: Final[Callable[[bytes], Any]] = msgspec.msgpack.Decoder().decode
+def _value_ext(code: int, data: memoryview) -> Any:
+    if code == _EXT_BIGINT:
+        text = bytes(data)
+        if not text.lstrip(b"-").isdigit() or not text[-1:].isdigit():
+            raise CorruptEventError("bad big int")
+        return int(text)
+    raise CorruptEventError(f"unknown ext code {code}")
+
+
+_msgpack_decode_value: Final[Callable[[bytes], Any]] = msgspec.msgpack.Decoder(
+    ext_hook=_value_ext
+).decode
 
 
 def _ref_id(data: memoryview) -> int:
