@@ -305,7 +305,9 @@ class Encoder:
 
     ``next_blob_id`` and ``next_dictionary_id`` continue an existing file (max id + 1);
     ``dictionaries`` are the file's dictionaries, the newest (highest id) of which is used for
-    compression from the start. The LRU of ``lru_entries`` values decides what is deduplicated:
+    compression from the start. The LRU of at most ``lru_entries`` values and ``lru_bytes``
+    bytes (values plus their blob data: 2 KB model texts would make 65,536 entries ~170 MB)
+    decides what is deduplicated:
     a value is stored again once it has fallen out, which costs bytes, never correctness.
 
     The LRU assumes every blob it handed out is stored. If a transaction holding blobs is rolled
@@ -329,6 +331,7 @@ class Encoder:
         next_dictionary_id: int = 1,
         dictionaries: Mapping[int, bytes] | None = None,
         lru_entries: int = 65536,
+        lru_bytes: int = 64 << 20,
         train_dictionary: bool = True,
     ) -> None:
         if next_blob_id < 1 or next_dictionary_id < 1:
@@ -338,6 +341,8 @@ class Encoder:
         self._next_blob_id = next_blob_id
         self._next_dictionary_id = next_dictionary_id
         self._lru_entries = lru_entries
+        self._lru_budget = lru_bytes
+        self._lru_size = 0
         # value (str for strings, msgpack bytes for Any values) -> (id, data, reference)
         self._lru: OrderedDict[str | bytes, _Hit] = OrderedDict()
         self._plain = zstandard.ZstdCompressor(compression_params=_frame_params())
@@ -372,6 +377,7 @@ class Encoder:
             # Blobs made for this event were never handed out, yet the LRU knows them.
             self._ids = None
             self._lru.clear()
+            self._lru_size = 0
             raise
 
     def take_new_dictionaries(self) -> list[tuple[int, bytes]]:
@@ -478,8 +484,10 @@ class Encoder:
         hit = _Hit(blob_id, data, _ref(blob_id))
         lru = self._lru
         lru[key] = hit
-        if len(lru) > self._lru_entries:
-            lru.popitem(last=False)
+        self._lru_size += len(key) + len(data)
+        while len(lru) > self._lru_entries or (self._lru_size > self._lru_budget and len(lru) > 1):
+            old_key, old = lru.popitem(last=False)
+            self._lru_size -= len(old_key) + len(old.data)
         self._fresh.append((blob_id, data))
         return hit
 

@@ -423,6 +423,17 @@ def test_a_value_evicted_from_the_lru_is_stored_again_and_still_decodes() -> Non
     assert len(store.blobs) == 4
 
 
+def test_the_lru_is_bounded_in_bytes_too() -> None:
+    big = ["x" * 1000 + str(i) for i in range(3)]
+    stream: list[Event] = [
+        events.RedFlagged(run_id="r", seq=i, ts=0.0, step=0, sample_id="0:0", reason=v)
+        for i, v in enumerate([*big, big[2], big[0]])
+    ]
+    store = round_trip(stream, Encoder(lru_bytes=2500))
+    # Two values and their data fit in 2,500 bytes; the third pushed out the first.
+    assert [len(encoded.blobs) for _, encoded in store.rows] == [1, 1, 1, 0, 1]
+
+
 def test_a_body_with_more_than_256_distinct_blobs_round_trips() -> None:
     keys = [f"candidate number {i:04d} of many" for i in range(300)]
     tally = {k: i for i, k in enumerate(keys)}
