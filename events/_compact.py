@@ -21,13 +21,13 @@ Wire formats (never change them; add new codes instead):
 
 - Body: msgpack array. Ext code 1 = blob reference (id, little-endian in 1, 2, 4 or 8 bytes);
   ext 2 = the n-th distinct blob already referenced in this body (1 byte, saves bytes on
-  repeats); ext 3 = an int outside msgpack's range (signed decimal ASCII); ext 4 = an inline
-  ``Any`` value as JSON (for values msgpack cannot hold, i.e. huge ints).
+  repeats); ext 3 = an int outside msgpack's range (signed decimal ASCII), in a body or inside
+  a msgpack blob.
 - Field encodings: ``sample_id`` equal to ``f"{step}:{n}"`` is the int ``n``; a float that is
   integral, not ``-0.0`` and below 2**53 in magnitude is an int (decode makes it a float again);
   ``dict[str, int]`` is a flat array ``[key, count, key, count, ...]`` in insertion order.
 - Blob data: one kind byte, then the payload. Bits 0-1 of the kind say what the payload is
-  (0 UTF-8 string, 1 msgpack value, 2 JSON value); bits 2-3 how it is stored (0 as is, 1 zstd
+  (0 UTF-8 string, 1 msgpack value; 2 and 3 unused); bits 2-3 how it is stored (0 as is, 1 zstd
   frame, 2 zstd frame with a dictionary, whose id follows the kind as a LEB128 varint).
 
 This module does no I/O and reads no clock: the store owns the tables and the transactions.
@@ -89,11 +89,9 @@ TYPE_BY_CODE: Final[Mapping[int, str]] = types.MappingProxyType(
 _EXT_REF: Final = 1
 _EXT_BACKREF: Final = 2
 _EXT_BIGINT: Final = 3
-_EXT_JSON: Final = 4
 
 _PAYLOAD_STR: Final = 0
 _PAYLOAD_MSGPACK: Final = 1
-_PAYLOAD_JSON: Final = 2
 _STORE_RAW: Final = 0
 _STORE_ZSTD: Final = 1 << 2
 _STORE_ZSTD_DICT: Final = 2 << 2
@@ -108,6 +106,10 @@ _MSGPACK_INT_MAX: Final = 2**64 - 1
 _MAX_FRAME_CONTENT: Final = 1 << 30
 """A frame claiming more than this is corrupt: the limit keeps a flipped byte from asking the
 decompressor for gigabytes."""
+
+_COMPRESS_VALUES_MIN: Final = 96
+"""msgpack values shorter than this are not worth a compression attempt: Hanoi states (40-60
+bytes of small ints) never shrank, and each attempt cost ~1 us (measured)."""
 
 _ZSTD_LEVEL: Final = 3
 """Level 19 saves ~2 bytes per Hanoi text over level 3 at ~20x the time (measured), and encode
@@ -303,7 +305,9 @@ class Encoder:
 
     ``next_blob_id`` and ``next_dictionary_id`` continue an existing file (max id + 1);
     ``dictionaries`` are the file's dictionaries, the newest (highest id) of which is used for
-    compression from the start. The LRU of ``lru_entries`` values decides what is deduplicated:
+    compression from the start. The LRU of at most ``lru_entries`` values and ``lru_bytes``
+    bytes (values plus their blob data: 2 KB model texts would make 65,536 entries ~170 MB)
+    decides what is deduplicated:
     a value is stored again once it has fallen out, which costs bytes, never correctness.
 
     The LRU assumes every blob it handed out is stored. If a transaction holding blobs is rolled
@@ -327,6 +331,7 @@ class Encoder:
         next_dictionary_id: int = 1,
         dictionaries: Mapping[int, bytes] | None = None,
         lru_entries: int = 65536,
+        lru_bytes: int = 64 << 20,
         train_dictionary: bool = True,
     ) -> None:
         if next_blob_id < 1 or next_dictionary_id < 1:
@@ -336,7 +341,9 @@ class Encoder:
         self._next_blob_id = next_blob_id
         self._next_dictionary_id = next_dictionary_id
         self._lru_entries = lru_entries
-        # value (str for strings, msgpack/JSON bytes for Any values) -> (id, data, reference)
+        self._lru_budget = lru_bytes
+        self._lru_size = 0
+        # value (str for strings, msgpack bytes for Any values) -> (id, data, reference)
         self._lru: OrderedDict[str | bytes, _Hit] = OrderedDict()
         self._plain = zstandard.ZstdCompressor(compression_params=_frame_params())
         self._dict_id: int | None = None
@@ -370,6 +377,7 @@ class Encoder:
             # Blobs made for this event were never handed out, yet the LRU knows them.
             self._ids = None
             self._lru.clear()
+            self._lru_size = 0
             raise
 
     def take_new_dictionaries(self) -> list[tuple[int, bytes]]:
@@ -424,14 +432,10 @@ class Encoder:
             return value
         try:
             packed = _msgpack_encode(value)
-            payload = _PAYLOAD_MSGPACK
-        except OverflowError:  # an int beyond 64 bits somewhere inside: JSON holds any int
-            packed = _json_encode(value)
-            payload = _PAYLOAD_JSON
+        except OverflowError:  # an int beyond 64 bits somewhere inside: spell those out
+            packed = _msgpack_encode(_widen(value))
         if len(packed) < INTERN_MIN:
-            if payload == _PAYLOAD_MSGPACK:
-                return msgspec.Raw(packed)
-            return msgspec.msgpack.Ext(_EXT_JSON, packed)
+            return msgspec.Raw(packed)
         ids = self._ids
         if ids is None:
             ids = self._ids = {}
@@ -439,7 +443,7 @@ class Encoder:
             self._fresh = []
         hit = self._lru.get(packed)
         if hit is None:
-            hit = self._new_blob(packed, self._store(payload, packed))
+            hit = self._new_blob(packed, self._store(_PAYLOAD_MSGPACK, packed))
         else:
             self._lru.move_to_end(packed)
         return self._reference(ids, hit)
@@ -480,15 +484,17 @@ class Encoder:
         hit = _Hit(blob_id, data, _ref(blob_id))
         lru = self._lru
         lru[key] = hit
-        if len(lru) > self._lru_entries:
-            lru.popitem(last=False)
+        self._lru_size += len(key) + len(data)
+        while len(lru) > self._lru_entries or (self._lru_size > self._lru_budget and len(lru) > 1):
+            old_key, old = lru.popitem(last=False)
+            self._lru_size -= len(old_key) + len(old.data)
         self._fresh.append((blob_id, data))
         return hit
 
     def _store(self, payload: int, raw: bytes) -> bytes:
         """The smallest of: as is, plain zstd (before any dictionary), zstd with it."""
         best = bytes((payload | _STORE_RAW,)) + raw
-        if len(raw) < INTERN_MIN:
+        if len(raw) < (INTERN_MIN if payload == _PAYLOAD_STR else _COMPRESS_VALUES_MIN):
             return best
         if self._dict_compressor is not None:
             framed = self._dict_compressor.compress(raw)
@@ -576,8 +582,19 @@ def _big(value: int) -> msgspec.msgpack.Ext:
 
 
 _msgpack_encode: Final[Callable[[Any], bytes]] = msgspec.msgpack.Encoder().encode
-_json_encode: Final[Callable[[Any], bytes]] = msgspec.json.Encoder().encode
-_json_decode: Final[Callable[[bytes], Any]] = msgspec.json.Decoder().decode
+
+
+def _widen(value: Any) -> Any:
+    """``value`` with every int that msgpack cannot hold as a big-int ext (dict keys aside:
+    an ext is not hashable, so such a key stays and fails to encode)."""
+    t = type(value)
+    if t is int:
+        return value if _MSGPACK_INT_MIN <= value <= _MSGPACK_INT_MAX else _big(value)
+    if t is list or t is tuple:
+        return [_widen(v) for v in value]
+    if t is dict:
+        return {k: _widen(v) for k, v in value.items()}
+    return value
 
 
 # -- generated per-type code ---------------------------------------------------------------
@@ -820,30 +837,30 @@ class Decoder:
         return None
 
     def _ext(self, code: int, data: memoryview) -> Any:
+        # One call per reference on every read: _ref_id and the blob lookup are inlined.
         if code == _EXT_REF:
-            blob_id = _ref_id(data)
+            if len(data) not in _REF_SIZES:
+                raise CorruptEventError("bad blob reference")
+            blob_id = int.from_bytes(data, "little")
             self._seen.append(blob_id)
-            return self._blob(blob_id)
-        if code == _EXT_BACKREF:
+        elif code == _EXT_BACKREF:
             if len(data) != 1 or data[0] >= len(self._seen):
                 raise CorruptEventError("bad back reference")
-            return self._blob(self._seen[data[0]])
-        if code == _EXT_BIGINT:
-            text = bytes(data)
-            if not text.lstrip(b"-").isdigit():
-                raise CorruptEventError("bad big int")
-            return int(text)
-        if code == _EXT_JSON:
-            return _json_decode(bytes(data))
-        raise CorruptEventError(f"unknown ext code {code}")
-
-    def _blob(self, blob_id: int) -> Any:
-        data = self._blobs.get(blob_id)
-        if data is None:
+            blob_id = self._seen[data[0]]
+        else:
+            return _value_ext(code, data)
+        found = self._blobs.get(blob_id)
+        if found is None:
             raise CorruptEventError(f"missing blob {blob_id}")
-        data = bytes(data)
+        data_ = bytes(found)
         cache = self._cache
-        cached = cache.get(data)
+        cached = cache.get(data_)
+        if cached is not None and cached[0] == _PAYLOAD_STR:
+            return cached[1]
+        return self._blob(data_, cached)
+
+    def _blob(self, data: bytes, cached: tuple[int, Any] | None) -> Any:
+        cache = self._cache
         if cached is None:
             cached = self._unpack(data)
             if len(cache) >= _CACHE_ENTRIES:
@@ -852,20 +869,18 @@ class Decoder:
         payload, value = cached
         if payload == _PAYLOAD_STR:
             return value
-        # Decoded msgpack/JSON values are mutable: decode a fresh copy per reference, so two
-        # events (or two fields) never share one list or dict.
-        if payload == _PAYLOAD_MSGPACK:
-            return _msgpack_decode_plain(value)
-        return _json_decode(value)
+        # Decoded msgpack values are mutable: decode a fresh copy per reference, so two events
+        # (or two fields) never share one list or dict.
+        return _msgpack_decode_value(value)
 
     def _unpack(self, data: bytes) -> tuple[int, Any]:
-        """(payload kind, the str or the msgpack/JSON bytes) of one blob's data."""
+        """(payload kind, the str or the msgpack bytes) of one blob's data."""
         if not data:
             raise CorruptEventError("empty blob")
         kind = data[0]
         payload = kind & 0b11
         store = kind & ~0b11
-        if payload > _PAYLOAD_JSON:
+        if payload > _PAYLOAD_MSGPACK:
             raise CorruptEventError(f"bad blob kind {kind}")
         if store == _STORE_RAW:
             raw = data[1:]
@@ -879,10 +894,7 @@ class Decoder:
         if payload == _PAYLOAD_STR:
             return payload, raw.decode("utf-8")
         # Validate once here, so a bad payload fails the same way on every reference.
-        if payload == _PAYLOAD_MSGPACK:
-            _msgpack_decode_plain(raw)
-        else:
-            _json_decode(raw)
+        _msgpack_decode_value(raw)
         return payload, raw
 
     def _decompressor(self, dictionary_id: int) -> zstandard.ZstdDecompressor:
@@ -913,11 +925,25 @@ class Decoder:
         return out
 
 
-_msgpack_decode_plain: Final[Callable[[bytes], Any]] = msgspec.msgpack.Decoder().decode
+def _value_ext(code: int, data: memoryview) -> Any:
+    if code == _EXT_BIGINT:
+        text = bytes(data)
+        if not text.lstrip(b"-").isdigit() or not text[-1:].isdigit():
+            raise CorruptEventError("bad big int")
+        return int(text)
+    raise CorruptEventError(f"unknown ext code {code}")
+
+
+_msgpack_decode_value: Final[Callable[[bytes], Any]] = msgspec.msgpack.Decoder(
+    ext_hook=_value_ext
+).decode
+
+
+_REF_SIZES: Final = frozenset({1, 2, 4, 8})
 
 
 def _ref_id(data: memoryview) -> int:
-    if len(data) not in (1, 2, 4, 8):
+    if len(data) not in _REF_SIZES:
         raise CorruptEventError("bad blob reference")
     return int.from_bytes(data, "little")
 
@@ -927,6 +953,10 @@ def _bad(name: str, value: Any) -> CorruptEventError:
 
 
 def _untally(value: Any, name: str) -> dict[str, int]:
+    if type(value) is list and len(value) == 2:  # most tallies have one candidate
+        key, count = value
+        if type(key) is str and type(count) is int:
+            return {key: count}
     if type(value) is not list or len(value) % 2:
         raise _bad(name, value)
     keys = value[0::2]
