@@ -655,7 +655,9 @@ def hanoi_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("compact") / "hanoi9.db"
 
     async def run() -> None:
-        async with Engine(log=path, client=SimulatedModel(preset="paper")) as engine:
+        # A version 1 log, read back row by row as JSON: the v1 body bytes are the yardstick.
+        log = events.EventLog(path, schema_version=1)
+        async with log, Engine(log=log, client=SimulatedModel(preset="paper")) as engine:
             result = await engine.run(Hanoi(9), policy=Policy(k=3), seed=1)
             assert result.status == "succeeded"
 
