@@ -55,7 +55,18 @@ def client_for(started: RunStarted, **options: Any) -> Client:
     if model == "sim":
         known = {f.name for f in fields(SimConfig)}
         params = {k: v for k, v in started.model_params.items() if k in known}
-        return SimulatedModel(SimConfig(**params))
+        config = SimConfig(**params)
+        preset = started.model_params.get("preset")
+        if isinstance(preset, str):
+            # A preset is recorded by name beside its values; rebuilt by name, the model
+            # describes itself as recorded, so a resumed run_started reproduces.
+            try:
+                named = SimulatedModel(preset=preset)
+            except ConfigError:
+                named = None
+            if named is not None and named.config == config:
+                return named
+        return SimulatedModel(config)
     from maker.clients import make_client
 
     recorded = started.model_params

@@ -28,7 +28,7 @@ from events import (
     StepDecided,
     UnknownRunError,
 )
-from maker import Divergence, Engine, Policy, RunResult, SimulatedModel
+from maker import Engine, Policy, RunResult, SimulatedModel
 from maker.tasks import Hanoi
 from replay import load_events, resume_run, verify_log, verify_run
 
@@ -266,7 +266,7 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
 
 
 async def _resume_paper(path: Path) -> RunResult:
-    return await resume_run(path, client=SimulatedModel(preset="paper"))
+    return await resume_run(path)  # the preset's model is rebuilt from run_started
 
 
 def _resumed_problems(path: Path, winners: list[str]) -> list[str]:
@@ -290,11 +290,6 @@ def _resumed_problems(path: Path, winners: list[str]) -> list[str]:
     return problems
 
 
-@pytest.mark.xfail(
-    raises=Divergence,
-    strict=True,
-    reason="replay.client_for drops the recorded 'preset', so run_started differs on resume",
-)
 def test_resume_rebuilds_the_simulated_model_of_a_preset(tmp_path: Path) -> None:
     path = tmp_path / "preset.db"
 
