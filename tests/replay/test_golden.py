@@ -7,9 +7,14 @@ beside the old ones.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sqlite3
+import subprocess
 import sys
+from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +100,15 @@ async def _write(version: str) -> None:
                 sinks=[cancel_at_three],
             )  # fmt: skip
     await resume_run(resumed)
+    paths = [hanoi, arithmetic, resumed]
+    if version != "v1":
+        # Long enough for the compact layout to train its zstd dictionary (1,024 strings).
+        long = GOLDEN / f"{version}-long.db"
+        async with Engine(log=long, client=SimulatedModel(NOISY), scheduler=fast) as engine:
+            await engine.run(Hanoi(9), policy=Policy(k=2), seed=13, run_id="golden-long")
+        paths.append(long)
     expected = {}
-    for path in (hanoi, arithmetic, resumed):
+    for path in paths:
         events = await load_events(path)
         summary = summarize(events)
         expected[path.name] = {
@@ -106,7 +118,28 @@ async def _write(version: str) -> None:
             "samples": summary.samples,
             "winners": [e.winner for e in events if isinstance(e, StepDecided)],
         }
+        with closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _export(path, _export_path(path))
     (GOLDEN / f"{version}-expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+
+
+def _export_path(log: Path) -> Path:
+    # The long log's export is megabytes: only its digest is kept.
+    return log.with_suffix(".export.sha256" if "long" in log.name else ".export.jsonl")
+
+
+def _export(log: Path, out: Path) -> None:
+    """``maker export`` of a log's one run, as a user would call it."""
+    lines = subprocess.run(
+        [sys.executable, "-m", "maker", "export", str(log)],
+        check=True, capture_output=True, timeout=120,
+    ).stdout  # fmt: skip
+    if out.suffix == ".sha256":
+        lines = hashlib.sha256(lines).hexdigest().encode() + b"\n"
+    out.write_bytes(lines)
+    for extra in ("-wal", "-shm"):  # a reader's files, empty once it closed
+        Path(f"{log}{extra}").unlink(missing_ok=True)
 
 
 def _versions() -> list[str]:
@@ -149,7 +182,31 @@ async def test_golden_logs_decode_verify_and_replay(
 
 
 def _task_for(name: str) -> Any:
-    return Arithmetic(steps=6, digits=4, seed=3) if "arithmetic" in name else Hanoi(3)
+    if "arithmetic" in name:
+        return Arithmetic(steps=6, digits=4, seed=3)
+    return Hanoi(9) if "long" in name else Hanoi(3)
+
+
+@pytest.mark.parametrize(("version", "name"), _cases())
+def test_golden_logs_export_the_json_lines_recorded_with_them(
+    tmp_path: Path, version: str, name: str
+) -> None:
+    """Decoding never changes: the v1 exports were made by the code before version 2 existed,
+    and each later version's by the code that wrote its logs."""
+    recorded = _export_path(GOLDEN / name)
+    out = tmp_path / recorded.name
+    _export(_copy(name, tmp_path), out)
+    assert out.read_text().splitlines() == recorded.read_text().splitlines()
+
+
+def test_the_long_golden_log_compresses_its_texts_with_a_trained_dictionary(
+    tmp_path: Path,
+) -> None:
+    path = _copy(f"v{SCHEMA_VERSION}-long.db", tmp_path)
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT count(*) FROM dictionaries").fetchone()[0] == 1
+        kinds = Counter(data[0] >> 2 & 3 for (data,) in conn.execute("SELECT data FROM blobs"))
+    assert kinds[2] > 100  # zstd with the dictionary (see events._compact's blob kinds)
 
 
 def _copy(name: str, tmp_path: Path) -> Path:
