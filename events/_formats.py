@@ -23,6 +23,7 @@ from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import aiosqlite
+import msgspec
 
 from ._codec import decode as decode_json
 from ._codec import encode as encode_json
@@ -607,23 +608,26 @@ async def v2_runs(
 ) -> list[tuple[str, RunStarted, RunFinished | None, int]]:
     reader = V2Reader()
     await _v2_dictionaries(conn, reader)
-    async with conn.execute("SELECT key, run_id, head_seq, finished_seq FROM runs") as cur:
-        runs = await cur.fetchall()
-    out: list[tuple[str, RunStarted, RunFinished | None, int]] = []
-    for key, run_id, head_seq, finished_seq in runs:
-        wanted = [0] if finished_seq is None else [0, int(finished_seq)]
-        async with conn.execute(
-            "SELECT seq, type, step, ts, body FROM events WHERE run = ? AND seq IN"
-            f" ({', '.join('?' * len(wanted))}) ORDER BY seq",
-            [key, *wanted],
-        ) as cur:
-            rows = list(await cur.fetchall())
-        events = await _v2_decode_rows(conn, reader, str(run_id), rows)
-        started = events[0] if events else None
-        if not isinstance(started, RunStarted):
-            continue  # v1 leaves a run without a run_started out too
-        finished = events[-1] if isinstance(events[-1], RunFinished) else None
-        out.append((str(run_id), started, finished, int(head_seq)))
+    # One query for every run: its first row and its last run_finished, by primary key.
+    async with conn.execute(
+        "SELECT r.run_id, r.head_seq, e.seq, e.type, e.step, e.ts, e.body FROM runs r"
+        " JOIN events e ON e.run = r.key AND (e.seq = 0 OR e.seq = r.finished_seq)"
+        " ORDER BY r.key, e.seq"
+    ) as cur:
+        rows = list(await cur.fetchall())
+    heads = {str(row[0]): int(row[1]) for row in rows}
+    started: dict[str, RunStarted] = {}
+    finished: dict[str, RunFinished] = {}
+    for i in range(0, len(rows), _FETCH):
+        part = rows[i : i + _FETCH]
+        events = await _v2_decode_rows(conn, reader, "", [row[2:] for row in part])
+        for (run_id, _, seq, *_), event in zip(part, events, strict=True):
+            event = msgspec.structs.replace(event, run_id=str(run_id))
+            if isinstance(event, RunStarted) and seq == 0:
+                started[event.run_id] = event
+            elif isinstance(event, RunFinished):
+                finished[event.run_id] = event
+    out = [(rid, start, finished.get(rid), heads[rid]) for rid, start in started.items()]
     out.sort(key=lambda info: (info[1].ts, info[0]))
     return out
 
