@@ -18,6 +18,7 @@ The plots:
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import os
 from array import array
@@ -72,8 +73,8 @@ class HardStep:
 
 class StepVotes(Mapping[int, int]):
     """Decided step -> the valid votes counted until its decision, stored compactly: an
-    ``array('I')`` indexed by step (4 bytes a step, 0 for a step not decided, since a decision
-    needs at least one vote). The only per-step series a report keeps."""
+    ``array('I')`` indexed by step holding votes + 1 (0 for a step not decided), 4 bytes a
+    step. The only per-step series a report keeps."""
 
     def __init__(self) -> None:
         self._votes = array("I")
@@ -84,13 +85,13 @@ class StepVotes(Mapping[int, int]):
             return
         if step >= len(self._votes):
             self._votes.extend(bytes(4 * (step + 1 - len(self._votes))))
-        if self._votes[step] == 0 and votes > 0:
+        if self._votes[step] == 0:
             self._decided += 1
-        self._votes[step] = max(1, votes)
+        self._votes[step] = votes + 1
 
     def __getitem__(self, step: int) -> int:
         if 0 <= step < len(self._votes) and self._votes[step]:
-            return self._votes[step]
+            return self._votes[step] - 1
         raise KeyError(step)
 
     def __iter__(self) -> Iterator[int]:
@@ -100,7 +101,10 @@ class StepVotes(Mapping[int, int]):
         return self._decided
 
     def __repr__(self) -> str:
-        return f"StepVotes({dict(self)!r})"
+        # Bounded: a task's or a dataclass's repr must not spell out a million steps.
+        shown = dict(itertools.islice(self.items(), 8))
+        more = f", ... {len(self) - len(shown)} more" if len(self) > len(shown) else ""
+        return f"StepVotes({shown!r}{more})"
 
 
 class _Sampled:
@@ -142,7 +146,7 @@ class ReportData:
 
     Memory does not grow with the run but for :attr:`votes_to_decide` (4 bytes a step): the
     response series are sampled down to at most ``points`` entries and the red flags binned
-    to at most ``points`` bins (see :func:`report_data`).
+    to at most :data:`FLAG_BINS` bins (see :func:`report_data`).
     """
 
     summary: RunSummary
@@ -157,8 +161,9 @@ class ReportData:
     stay counted to the end."""
     hardest: tuple[HardStep, ...]
     red_flags_by_step: dict[int, dict[str, int]]
-    """Step -> red flags by reason, for the steps that had any. When more than ``points`` steps
-    had some, the keys are the first steps of bins of :attr:`red_flags_step_width` steps."""
+    """Step -> red flags by reason, for the steps that had any. When more than
+    :data:`FLAG_BINS` steps had some, the keys are the first steps of bins of
+    :attr:`red_flags_step_width` steps."""
     cost_over_time: tuple[tuple[float, float], ...]
     """(seconds since the run started, cumulative USD) at each response received; sampled
     evenly down to about ``points`` entries for a longer run, always ending with the last."""
@@ -215,7 +220,10 @@ class ReportData:
 
 
 POINTS = 4096
-"""How many entries a report keeps of each response series, and bins of red flags."""
+"""How many entries a report keeps of each response series."""
+
+FLAG_BINS = 1024
+"""How many steps (or bins of steps) a report keeps red flags for; the plot draws 100 bins."""
 
 
 @dataclass(slots=True)
@@ -257,7 +265,7 @@ class _ReportFold:
     def _flag(self, step: int, reason: str) -> None:
         key = step - step % self.flag_width
         self.flags.setdefault(key, Counter())[reason] += 1
-        if len(self.flags) > self.points:
+        while len(self.flags) > FLAG_BINS:
             # Too many flagged steps to list one by one: coarsen to bins twice as wide.
             self.flag_width *= 2
             merged: dict[int, Counter[str]] = {}
@@ -345,7 +353,7 @@ def report_data(
     histogram are counts by round; the hardest steps come from a heap of ``hardest``; the cost
     and latency series keep every response up to ``points`` of them, then an even sample of at
     most ``points`` (the last response always included); red flags are kept by step up to
-    ``points`` flagged steps, then in bins of a power-of-two width. Only
+    :data:`FLAG_BINS` flagged steps, then in bins of a power-of-two width. Only
     :attr:`ReportData.votes_to_decide` grows with the run, at 4 bytes a step.
 
     Raises :class:`maker.ConfigError` for events of several runs or none.

@@ -146,8 +146,8 @@ class RevoteReport:
     changed: tuple[StepRevote, ...] = ()
     """The changed steps in full: all of them, or the first ``max_changed`` when the steps
     were not kept."""
-    changed_steps_: array[int] = field(default_factory=lambda: array("I"))
-    short_steps_: array[int] = field(default_factory=lambda: array("I"))
+    changed_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
+    short_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
 
     @property
     def changed_steps(self) -> list[int]:
