@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -30,7 +31,6 @@ from events import (
     EventLog,
     EventLogError,
     RedFlagged,
-    RunFinished,
     RunStarted,
     StateChanged,
     StepDecided,
@@ -404,18 +404,33 @@ def _print_result(result: RunResult, log: Path) -> None:
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(file: Path, run_id: str | None, as_json: bool) -> None:
+@click.option(
+    "--steps",
+    "steps",
+    type=click.IntRange(0),
+    default=0,
+    show_default=True,
+    help="Also list the N steps that needed the most samples.",
+)
+def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
     """What happened in a run: status, steps, samples per step, red flags, wall time."""
-    from replay import summarize
+    from replay import summarize_async
 
     async def load() -> Any:
+        # Folded as it is read: a million-step run is never in memory, and the listed steps
+        # come from a heap of N.
         async with EventLog(file, mode="r") as log:
             info = await log.run(run_id)
-            return summarize([e async for e in log.read(info.run_id)], per_step=False)
+            async with aclosing(log.read(info.run_id)) as events:
+                return await summarize_async(events, per_step=steps if steps else False)
 
     summary = anyio.run(load)
+    hardest = sorted(summary.step_records, key=lambda r: (-r.samples, r.step))
     if as_json:
-        sys.stdout.write(json.dumps(summary.to_json()) + "\n")
+        out = summary.to_json()
+        if steps:
+            out["hardest_steps"] = [r.to_json() for r in hardest]
+        sys.stdout.write(json.dumps(out) + "\n")
         return
     data = summary.to_json()
     table = Table(show_header=False, box=None, pad_edge=False)
@@ -441,6 +456,20 @@ def show(file: Path, run_id: str | None, as_json: bool) -> None:
         table.add_row("resumed", f"{data['resumed']} time(s)")
     table.add_row("wall time", f"{data['wall_s']:.2f} s")
     _out.print(table)
+    if hardest:
+        listed = Table(title="steps that needed the most samples", box=None, pad_edge=False)
+        for column in ("step", "samples", "red flags", "failures", "votes"):
+            listed.add_column(column)
+        for record in hardest:
+            votes = ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True))
+            listed.add_row(
+                str(record.step),
+                str(record.samples),
+                str(record.red_flags),
+                str(record.failures),
+                votes or "-",
+            )
+        _out.print(listed)
 
 
 @app.command()
@@ -465,8 +494,10 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
             info = await log.run(run_id)
             sink = out.open("wb") if out is not None else sys.stdout.buffer
             try:
-                async for event in log.read(info.run_id):
-                    sink.write(encode(event) + b"\n")
+                # One event at a time, in seq order: the run is never in memory.
+                async with aclosing(log.read(info.run_id)) as events:
+                    async for event in events:
+                        sink.write(encode(event) + b"\n")
             finally:
                 if out is not None:
                     sink.close()
@@ -483,17 +514,23 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 @click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
 def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> None:
     """Continue a crashed or cancelled run; a finished run is reported unchanged."""
-    from replay import load_events, resume_run
+    from replay import resume_run
 
     async def go() -> tuple[RunResult, bool]:
-        events = await load_events(file, run_id)
-        finished = events[-1]
-        done = isinstance(finished, RunFinished) and finished.status != "cancelled"
-        budget = None
-        if isinstance(events[0], RunStarted):
-            budget = make_task(events[0].task, events[0].task_params).max_steps()
+        # The run's start and end come from the log's run index; resume_run reads the recorded
+        # prefix as it re-executes it, so the run is never loaded whole.
+        async with EventLog(file, mode="r") as log:
+            info = await log.run(run_id)
+        finished = info.finished
+        done = (
+            finished is not None
+            and finished.seq == info.last_seq
+            and finished.status != "cancelled"
+        )
+        started = info.started
+        budget = make_task(started.task, started.task_params).max_steps()
         with _ProgressSink(budget, 0, enabled=progress and not as_json and not done) as sink:
-            return await resume_run(file, events[0].run_id, sinks=[sink]), done
+            return await resume_run(file, info.run_id, sinks=[sink]), done
 
     try:
         result, was_done = anyio.run(go)

@@ -621,15 +621,16 @@ class Engine:
             pass  # a run that never finished: everything recorded was reproduced
         if divergence is not None:
             return VerifyResult(
-                recording.run_id, False, run.position, len(recording.expected), divergence
+                recording.run_id, False, run.position, await recording.length(), divergence
             )
-        if run.position < len(recording.expected):
-            missing = recording.expected[run.position]
+        await recording.ready(run.position)
+        missing = recording.expected_at(run.position)
+        if missing is not None:
             short = Divergence(missing.seq, msgspec.to_builtins(missing), None)
             return VerifyResult(
-                recording.run_id, False, run.position, len(recording.expected), short
+                recording.run_id, False, run.position, await recording.length(), short
             )
-        return VerifyResult(recording.run_id, True, run.position, len(recording.expected), None)
+        return VerifyResult(recording.run_id, True, run.position, await recording.length(), None)
 
     def _replaying(
         self,
@@ -711,6 +712,8 @@ class _Run(Generic[S, A]):
 
     async def emit(self, event_type: type[Event], **fields: Any) -> None:
         """Record an event once the log has room for it: a run waits for a full log."""
+        if self.recording is not None:
+            await self.recording.ready(self.position)  # read the recording on to this step's end
         if self.log.full and not self.replaying:
             await self.log.room()
         self.emit_now(event_type, **fields)
@@ -720,10 +723,11 @@ class _Run(Generic[S, A]):
         callbacks cannot wait) and for the last words of a cancelled run."""
         recording = self.recording
         if recording is not None:
-            if self.position < len(recording.expected):
+            if recording.pending(self.position):
                 if issubclass(event_type, OBSERVATIONAL_TYPES):
                     return  # waits are not reproduced; the recorded ones stay in the log
-                expected = recording.expected[self.position]
+                expected = recording.expected_at(self.position)
+                assert expected is not None
                 event = event_type(run_id=self.run_id, seq=expected.seq, ts=expected.ts, **fields)
                 recording.check(self.position, event)
                 self.position += 1
@@ -732,7 +736,7 @@ class _Run(Generic[S, A]):
                 return
             if self.verify_only:
                 raise _RecordingEnded
-            if self.position == len(recording.expected) and not self.resumed:
+            if not self.resumed:
                 self.resumed = True
                 self.emit_now(RunResumed, replayed=self.position, version=__version__)
         event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
@@ -944,7 +948,7 @@ class _Run(Generic[S, A]):
     @property
     def replaying(self) -> bool:
         """Whether events are still being checked against a recording rather than appended."""
-        return self.recording is not None and self.position < len(self.recording.expected)
+        return self.recording is not None and self.recording.pending(self.position)
 
     def _cancel_all(
         self, step: int, in_flight: dict[str, SampleRequest], reason: str = "decided"

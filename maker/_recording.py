@@ -1,10 +1,12 @@
 """A recorded run, as the engine needs it to re-execute: the events it must reproduce, and the
-sample outcomes to serve in the order they were recorded.
+sample outcomes to serve in the order they were recorded, read from the log as it goes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import anyio
@@ -14,12 +16,14 @@ from events import (
     OBSERVATIONAL_TYPES,
     AnyEvent,
     Event,
+    EventLog,
     RunFinished,
     RunResumed,
     RunStarted,
     SampleCancelled,
     SampleFailed,
     SampleReceived,
+    StepStarted,
 )
 
 from ._client import Completion
@@ -65,7 +69,62 @@ def comparable(event: Event) -> dict[str, Any]:
     return data
 
 
-def decision_events(events: Sequence[AnyEvent]) -> list[AnyEvent]:
+class _Decisions:
+    """:func:`decision_events` as a push filter, so that a log can be read one event at a time.
+
+    An interruption (``sample_cancelled`` events with reason ``run_cancelled``, then a cancelled
+    ``run_finished``) is held back until what follows it is known: a ``run_resumed`` marker drops
+    it, anything else releases it. That lookahead is the samples in flight when the run was
+    cancelled, so it stays within one step.
+    """
+
+    __slots__ = ("_closed", "_held", "_out")
+
+    def __init__(self, out: Callable[[AnyEvent], None]) -> None:
+        self._out = out
+        self._held: list[AnyEvent] = []
+        self._closed = False  # _held ends with a cancelled run_finished
+
+    def push(self, event: AnyEvent) -> None:
+        if isinstance(event, OBSERVATIONAL_TYPES):
+            return
+        if self._closed:
+            if isinstance(event, RunResumed):
+                # Drop the interruption this resumption continues from.
+                self._held.clear()
+                self._closed = False
+                return
+            self._release()
+        if isinstance(event, RunResumed):
+            # Not after a cancellation (a crash): nothing to drop, and the marker itself is no
+            # decision. What is held stays held: a later resumption may still drop it.
+            return
+        if isinstance(event, SampleCancelled) and event.reason == "run_cancelled":
+            self._held.append(event)
+            return
+        if isinstance(event, RunFinished) and event.status == "cancelled":
+            self._held.append(event)
+            self._closed = True
+            return
+        if self._held:
+            self._release()
+        self._out(event)
+
+    def end(self, *, drop_interruption: bool) -> None:
+        """The events ran out. ``drop_interruption``: a run cancelled at its end resumes from
+        before its cancellation, so a recording leaves that interruption out too."""
+        if not (drop_interruption and self._closed):
+            self._release()
+        self._held.clear()
+        self._closed = False
+
+    def _release(self) -> None:
+        held, self._held, self._closed = self._held, [], False
+        for event in held:
+            self._out(event)
+
+
+def decision_events(events: Iterable[AnyEvent]) -> list[AnyEvent]:
     """The events a re-execution must reproduce, in order.
 
     Leaves out observational events (waits, breaker changes) and interruptions: a
@@ -73,76 +132,95 @@ def decision_events(events: Sequence[AnyEvent]) -> list[AnyEvent]:
     samples the cancellation abandoned.
     """
     out: list[AnyEvent] = []
+    decisions = _Decisions(out.append)
     for event in events:
-        if isinstance(event, OBSERVATIONAL_TYPES):
-            continue
-        if isinstance(event, RunResumed):
-            # Drop the interruption this resumption continues from.
-            if out and isinstance(out[-1], RunFinished) and out[-1].status == "cancelled":
-                out.pop()
-                while (
-                    out
-                    and isinstance(out[-1], SampleCancelled)
-                    and out[-1].reason == "run_cancelled"
-                ):
-                    out.pop()
-            continue
-        out.append(event)
+        decisions.push(event)
+    decisions.end(drop_interruption=False)
     return out
 
 
-class Recording:
-    """One run's recorded events, prepared for re-execution.
+Key = tuple[str, int]
+"""A sample attempt: (sample_id, attempt)."""
 
-    The engine compares every event it emits with :attr:`expected` in order, and its sample
-    workers take their outcomes from the recording in the recorded order, so the decisions
-    follow the same path. What the recording does not hold (the samples of a crashed or
-    cancelled run's future) is left to the live client when resuming.
+
+class Recording:
+    """One run's recorded events, prepared for re-execution, read in seq order as it goes.
+
+    The engine compares every event it emits with the recorded one at the same position
+    (:meth:`expected_at`, :meth:`check`), and its sample workers take their outcomes from the
+    recording in the recorded order (:meth:`has`, :meth:`take`, :meth:`delivered`), so the
+    decisions follow the same path. What the recording does not hold (the samples of a crashed
+    or cancelled run's future) is left to the live client when resuming.
+
+    The events are read lazily: the recording holds a window from the next event to reproduce
+    to the end of the step it belongs to (:meth:`ready` reads on), and the outcomes of that
+    window not yet delivered. A million-step log is re-executed in the memory of one step.
+    ``Recording(events)`` reads a sequence already in memory; :meth:`open` reads a log.
+
+    Known up front: :attr:`started`, :attr:`run_id`, :attr:`next_seq`, :attr:`finished` and
+    :attr:`resumable`. How many events there are to reproduce is known only at the end
+    (:meth:`length` reads the rest).
     """
 
     def __init__(self, events: Sequence[AnyEvent]) -> None:
         if not events or not isinstance(events[0], RunStarted):
             raise MakerError("a recording must start with the run's run_started event")
-        self.started: RunStarted = events[0]
-        self.run_id = self.started.run_id
-        self.next_seq = events[-1].seq + 1
-        self.finished: RunFinished | None = (
-            events[-1] if isinstance(events[-1], RunFinished) else None
+        last = events[-1]
+        self._setup(
+            events[0],
+            last.seq + 1,
+            last if isinstance(last, RunFinished) else None,
+            iter(events),
         )
-        expected = decision_events(events)
-        if (
-            expected
-            and isinstance(expected[-1], RunFinished)
-            and expected[-1].status == ("cancelled")
-        ):
-            # A cancelled run resumes from before its cancellation.
-            expected.pop()
-            while (
-                expected
-                and isinstance(expected[-1], SampleCancelled)
-                and expected[-1].reason == "run_cancelled"
-            ):
-                expected.pop()
-        self.expected: list[AnyEvent] = expected
-        self._keys: list[tuple[str, int]] = []
-        self._outcomes: dict[tuple[str, int], SampleReceived | SampleFailed] = {}
-        attempts: dict[str, int] = {}
-        for event in expected:
-            if isinstance(event, SampleReceived | SampleFailed):
-                attempt = attempts.get(event.sample_id, 0) + 1
-                attempts[event.sample_id] = attempt
-                if isinstance(event, SampleFailed) and event.attempt != attempt:
-                    raise MakerError(
-                        f"seq {event.seq}: sample {event.sample_id} records attempt "
-                        f"{event.attempt} where {attempt} was expected"
-                    )
-                key = (event.sample_id, attempt)
-                self._keys.append(key)
-                self._outcomes[key] = event
-        self._cursor = 0
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, log: EventLog, run_id: str | None = None) -> AsyncIterator[Recording]:
+        """The recording of one run of ``log`` (the only run when ``run_id`` is None), read
+        from the log as the re-execution needs it; the read ends when the context does.
+
+        The run's start, end and last seq come from :meth:`events.EventLog.run`; events
+        appended after that (a resumption's own) are not part of the recording.
+        """
+        info = await log.run(run_id)
+        finished = info.finished
+        if finished is not None and finished.seq != info.last_seq:
+            finished = None  # the run went on after that end (it was resumed)
+        recording = cls.__new__(cls)
+        async with aclosing(log.read(info.run_id)) as source:
+            recording._setup(info.started, info.last_seq + 1, finished, source)
+            yield recording
+
+    def _setup(
+        self,
+        started: RunStarted,
+        next_seq: int,
+        finished: RunFinished | None,
+        source: Iterator[AnyEvent] | AsyncIterator[AnyEvent],
+    ) -> None:
+        self.started: RunStarted = started
+        self.run_id = started.run_id
+        self.next_seq = next_seq
+        """The seq a resumption appends first."""
+        self.finished: RunFinished | None = finished
+        """The run's ``run_finished`` when it is the last event recorded."""
         self.policy_changed = False
         """Set when re-executing under a different policy: run_started's policy is not compared."""
-        self._remaining = set(self._keys)
+        self._sync = source if isinstance(source, Iterator) else None
+        self._async = source if not isinstance(source, Iterator) else None
+        self._last_seq = next_seq - 1
+        self._decisions = _Decisions(self._admit)
+        self._window: deque[AnyEvent] = deque()
+        self._base = 0  # the position of _window[0]
+        self._read = 0  # decision events read so far: the position after the window
+        self._boundary = -1  # the position of the last step_started read
+        self._ended = False  # every event has been read
+        self._counting = False  # length(): count the rest, keep none of it
+        self._step = -1
+        self._attempts: dict[str, int] = {}
+        self._queue: deque[Key] = deque()  # outcomes read and not yet delivered, in order
+        self._outcomes: dict[Key, SampleReceived | SampleFailed] = {}
+        self._lock = anyio.Lock()
         self._advanced = anyio.Event()
 
     @property
@@ -150,9 +228,96 @@ class Recording:
         """Whether the run can continue: it never finished, or it was cancelled."""
         return self.finished is None or self.finished.status == "cancelled"
 
+    # -- reading ---------------------------------------------------------------------------
+
+    def _admit(self, event: AnyEvent) -> None:
+        """Take in the next decision event (the filter's output)."""
+        position = self._read
+        self._read += 1
+        if self._counting:
+            return
+        self._window.append(event)
+        if isinstance(event, StepStarted):
+            self._boundary = position
+            if event.step != self._step:
+                # Attempts are numbered within a step: the outcomes of earlier steps are all in.
+                self._step = event.step
+                self._attempts.clear()
+        elif isinstance(event, SampleReceived | SampleFailed):
+            attempt = self._attempts.get(event.sample_id, 0) + 1
+            self._attempts[event.sample_id] = attempt
+            if isinstance(event, SampleFailed) and event.attempt != attempt:
+                raise MakerError(
+                    f"seq {event.seq}: sample {event.sample_id} records attempt "
+                    f"{event.attempt} where {attempt} was expected"
+                )
+            key = (event.sample_id, attempt)
+            self._queue.append(key)
+            self._outcomes[key] = event
+
+    async def _read_one(self) -> None:
+        """Read one more event of the log into the window (or find that there is none)."""
+        if self._sync is not None:
+            event = next(self._sync, None)
+        else:
+            assert self._async is not None
+            event = await anext(self._async, None)
+        if event is None or event.seq > self._last_seq:
+            self._ended = True
+            self._decisions.end(drop_interruption=True)
+            return
+        if event.seq == 0 and not isinstance(event, RunStarted):
+            raise MakerError("a recording must start with the run's run_started event")
+        self._decisions.push(event)
+
+    async def ready(self, position: int) -> None:
+        """Read on until the window holds the event at ``position`` and the rest of its step.
+
+        The engine awaits this before it emits the event at ``position``: then every event it
+        emits without waiting (cancellations after a decision, the run's end) and every
+        outcome of the step its workers ask for (:meth:`has`) is in the window.
+        """
+        if self._ended or self._boundary > position:
+            return
+        async with self._lock:
+            while not self._ended and self._boundary <= position:
+                await self._read_one()
+
+    def pending(self, position: int) -> bool:
+        """Whether recorded events remain to be reproduced from ``position`` on.
+
+        True while that is not known yet (the window stops short of ``position``).
+        """
+        return position - self._base < len(self._window) or not self._ended
+
+    def expected_at(self, position: int) -> AnyEvent | None:
+        """The recorded event to reproduce at ``position``; None when the recording ended
+        before it. The window must hold it (see :meth:`ready`)."""
+        index = position - self._base
+        if 0 <= index < len(self._window):
+            return self._window[index]
+        if index >= 0 and self._ended:
+            return None
+        raise MakerError(f"position {position} is not in the recording's window (call ready)")
+
+    async def length(self) -> int:
+        """How many events a re-execution must reproduce. Reads the rest of the log, counting
+        and keeping nothing: call it once the re-execution is over."""
+        async with self._lock:
+            self._counting = True
+            while not self._ended:
+                await self._read_one()
+        return self._read
+
+    # -- outcomes --------------------------------------------------------------------------
+
     def has(self, sample_id: str, attempt: int) -> bool:
-        """Whether this attempt's outcome is still to be served from the recording."""
-        return (sample_id, attempt) in self._remaining
+        """Whether this attempt's outcome is still to be served from the recording.
+
+        Asked of a sample launched in the step being re-executed: its outcome, if recorded,
+        comes before the end of that step's events, which the window holds.
+        """
+        return (sample_id, attempt) in self._outcomes
 
     async def take(self, sample_id: str, attempt: int) -> Completion | ClientError | None:
         """This attempt's recorded outcome, once every earlier outcome has been delivered.
@@ -162,25 +327,40 @@ class Recording:
         """
         key = (sample_id, attempt)
         while True:
-            if self._cursor < len(self._keys) and self._keys[self._cursor] == key:
+            queue = self._queue
+            if queue and queue[0] == key:
                 return _outcome(self._outcomes[key])
-            if key not in self._remaining and self._cursor >= len(self._keys):
-                return None
+            if not queue and key not in self._outcomes:
+                if self._ended:
+                    return None
+                # No outcome waits in the window: whether another is recorded decides between
+                # waiting for its turn and going live. Read on to the next one, or the end.
+                async with self._lock:
+                    while not self._ended and not self._queue:
+                        await self._read_one()
+                continue
             advanced = self._advanced
             await advanced.wait()
 
     def delivered(self, sample_id: str, attempt: int) -> None:
         """The engine consumed this outcome: let the next recorded one through."""
         key = (sample_id, attempt)
-        if self._cursor < len(self._keys) and self._keys[self._cursor] == key:
-            self._remaining.discard(key)
-            self._cursor += 1
+        if self._queue and self._queue[0] == key:
+            self._queue.popleft()
+            del self._outcomes[key]
             advanced, self._advanced = self._advanced, anyio.Event()
             advanced.set()
 
+    # -- comparing -------------------------------------------------------------------------
+
     def check(self, position: int, event: Event) -> None:
-        """Raise :class:`Divergence` unless ``event`` reproduces the recorded event there."""
-        expected = self.expected[position]
+        """Raise :class:`Divergence` unless ``event`` reproduces the recorded event there.
+
+        A reproduced event leaves the window.
+        """
+        expected = self.expected_at(position)
+        if expected is None:
+            raise MakerError(f"the recording ended before position {position}")
         got = comparable(event)
         want = comparable(expected)
         if self.policy_changed and isinstance(event, RunStarted):
@@ -191,6 +371,9 @@ class Recording:
             raise Divergence(
                 expected.seq, msgspec.to_builtins(expected), msgspec.to_builtins(event)
             )
+        while self._base <= position and self._window:
+            self._window.popleft()
+            self._base += 1
 
 
 def _outcome(event: SampleReceived | SampleFailed) -> Completion | ClientError:

@@ -1,7 +1,7 @@
 """Turn logs into answers: rebuild what a run did from its events alone, check a log's
 integrity, re-execute and resume runs, and re-vote them offline under another policy."""
 
-from ._fold import RunSummary, StepRecord, summarize
+from ._fold import Fold, RunSummary, StepRecord, summarize, summarize_async
 from ._integrity import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
 from ._replayer import (
     RecordedModel,
@@ -11,12 +11,22 @@ from ._replayer import (
     task_for,
     verify_run,
 )
-from ._report import HardStep, ReportData, render_html, report_data, write_plots, write_report
-from ._revote import UNCHANGED, RevoteReport, StepRevote, revote
+from ._report import (
+    HardStep,
+    ReportData,
+    StepVotes,
+    render_html,
+    report_data,
+    report_data_async,
+    write_plots,
+    write_report,
+)
+from ._revote import UNCHANGED, RevoteReport, StepRevote, revote, revote_async
 
 __all__ = [
     "UNCHANGED",
     "BrokenLogError",
+    "Fold",
     "HardStep",
     "LogReport",
     "RecordedModel",
@@ -26,14 +36,18 @@ __all__ = [
     "RunSummary",
     "StepRecord",
     "StepRevote",
+    "StepVotes",
     "check_run",
     "client_for",
     "load_events",
     "render_html",
     "report_data",
+    "report_data_async",
     "resume_run",
     "revote",
+    "revote_async",
     "summarize",
+    "summarize_async",
     "task_for",
     "verify_log",
     "verify_run",

@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
+from contextlib import aclosing
 from typing import Any
 
 import anyio
 import click
 
-from events import AnyEvent, EventLog, RunStarted
+from events import EventLog
 from maker.tasks import make_task
 
 from ._integrity import check_run, verify_log
-from ._revote import UNCHANGED, RevoteReport, revote
+from ._revote import UNCHANGED, RevoteReport, revote_async
 
 EXIT_OK = 0
 EXIT_BROKEN = 1
@@ -61,18 +63,7 @@ def revote_command_impl(
         raise click.UsageError(f"--rule must be 'ahead' or 'first', got {rule!r}")
     if red_flag_tokens is not None and red_flag_tokens < 1:
         raise click.UsageError(f"--red-flag-tokens must be at least 1, got {red_flag_tokens}")
-    events = anyio.run(_load, os.fspath(file), run_id)
-    started = events[0]
-    if not isinstance(started, RunStarted):
-        raise click.UsageError(f"run {started.run_id} does not begin with run_started")
-    task = make_task(started.task, started.task_params)
-    report = revote(
-        events,
-        task,
-        k=int(started.policy.get("k", 1)) if k is None else k,
-        rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
-        max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
-    )
+    report = anyio.run(_revote, os.fspath(file), run_id, k, rule, red_flag_tokens)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -81,15 +72,28 @@ def revote_command_impl(
     return EXIT_OK
 
 
-async def _load(path: str, run_id: str | None) -> list[AnyEvent]:
+async def _revote(
+    path: str, run_id: str | None, k: int | None, rule: str | None, red_flag_tokens: int | None
+) -> RevoteReport:
+    """Re-vote the run as it is read from the log: memory holds one step's responses."""
     async with EventLog(path, mode="r") as log:
         info = await log.run(run_id)
         # Refuse a damaged run before reading it: its samples could not be trusted.
         check_run(path, info.run_id)
-        return [event async for event in log.read(info.run_id)]
+        started = info.started
+        task = make_task(started.task, started.task_params)
+        async with aclosing(log.read(info.run_id)) as events:
+            return await revote_async(
+                events,
+                task,
+                k=int(started.policy.get("k", 1)) if k is None else k,
+                rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
+                max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
+                keep_steps=False,
+            )
 
 
-def _steps(steps: list[int]) -> str:
+def _steps(steps: Sequence[int]) -> str:
     shown = ", ".join(str(s) for s in steps[:_LISTED])
     more = f", … ({len(steps) - _LISTED} more)" if len(steps) > _LISTED else ""
     return f"{len(steps)} ({shown}{more})" if steps else "none"
@@ -118,10 +122,10 @@ def describe(report: RevoteReport) -> list[str]:
         f"red flags: {new_flags}" + (f" (recorded: {old_flags})" if new_flags != old_flags else "")
     )
     lines = [
-        f"run {report.run_id}: re-voted {len(report.steps)} decided steps offline, "
+        f"run {report.run_id}: re-voted {report.revoted} decided steps offline, "
         + "; ".join(changes),
-        f"  decide differently: {_steps(report.changed_steps)}",
-        f"  need more samples than recorded: {_steps(report.short_steps)}",
+        f"  decide differently: {_steps(report.changed_steps_)}",
+        f"  need more samples than recorded: {_steps(report.short_steps_)}",
         f"  samples: {report.needed_samples} needed by the {report.decided_steps} steps that "
         f"decide, {report.samples_saved} saved of {report.recorded_samples} recorded",
     ]

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
+import heapq
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from events import (
     AnyEvent,
@@ -71,8 +72,10 @@ class StepRecord:
 class RunSummary:
     """A run's figures, rebuilt from its events alone.
 
-    With ``per_step`` (the default) :attr:`step_records` holds a :class:`StepRecord` per step,
-    in step order.
+    With ``per_step=True`` (the default) :attr:`step_records` holds a :class:`StepRecord` per
+    step, in step order; with ``per_step=n`` only the n steps that requested the most samples
+    (in step order); with ``per_step=False`` none. The other figures are totals and running
+    maxima, so a fold without step records holds nothing per step.
     """
 
     run_id: str = ""
@@ -91,6 +94,14 @@ class RunSummary:
     cancelled: int = 0
     red_flags: Counter[str] = field(default_factory=Counter)
     samples_per_step: dict[int, int] = field(default_factory=dict)
+    """Decided step -> samples it requested; filled only by a ``per_step=True`` fold (the
+    figures below do not need it)."""
+    decided_steps: int = 0
+    """How many steps were decided."""
+    decided_samples: int = 0
+    """Samples requested by the decided steps, in all."""
+    max_decided_samples: int = 0
+    """The most samples any decided step requested."""
     input_tokens: int = 0
     output_tokens: int = 0
     first_ts: float = 0.0
@@ -112,14 +123,14 @@ class RunSummary:
     @property
     def mean_samples_per_step(self) -> float:
         """Samples requested per decided step."""
-        if not self.samples_per_step:
+        if not self.decided_steps:
             return 0.0
-        return sum(self.samples_per_step.values()) / len(self.samples_per_step)
+        return self.decided_samples / self.decided_steps
 
     @property
     def max_samples_per_step(self) -> int:
         """The most samples any decided step requested."""
-        return max(self.samples_per_step.values(), default=0)
+        return self.max_decided_samples
 
     @property
     def rule(self) -> str:
@@ -157,35 +168,109 @@ class RunSummary:
         }
 
 
+OPEN_STEPS = 1024
+"""How many steps a bounded fold keeps open at once. The engine decides one step at a time (a
+calibration keeps as many in flight as its concurrency), so a step is complete long before it
+is this far behind the newest one."""
+
+R = TypeVar("R")
+
+
+class OpenSteps(Generic[R]):
+    """Per-step accumulators of a streaming fold, for the steps still receiving events.
+
+    At most ``limit`` are open: past that, the lowest-numbered (oldest) one is handed to
+    ``close`` and forgotten, and :meth:`close_all` hands over the rest at the end. A step is
+    handed over once, complete, as long as no step receives events after ``limit`` newer steps
+    have started (true of every run the engine records).
+    """
+
+    def __init__(
+        self, new: Callable[[int], R], close: Callable[[R], None], limit: int = OPEN_STEPS
+    ) -> None:
+        self._new, self._close, self._limit = new, close, max(1, limit)
+        self._open: OrderedDict[int, R] = OrderedDict()
+
+    def get(self, step: int) -> R:
+        record = self._open.get(step)
+        if record is None:
+            record = self._open[step] = self._new(step)
+            if len(self._open) > self._limit:
+                self._close(self._open.popitem(last=False)[1])
+        return record
+
+    def close_all(self) -> None:
+        while self._open:
+            self._close(self._open.popitem(last=False)[1])
+
+
+class TopSteps(Generic[R]):
+    """The ``n`` best items by ``key`` (largest first) of a stream, in O(n) memory: a heap."""
+
+    def __init__(self, n: int, key: Callable[[R], tuple[Any, ...]]) -> None:
+        self._n, self._key = max(0, n), key
+        self._heap: list[tuple[tuple[Any, ...], int, R]] = []
+        self._count = 0  # a tie-breaker, so that items themselves are never compared
+
+    def add(self, item: R) -> None:
+        if self._n == 0:
+            return
+        entry = (self._key(item), self._count, item)
+        self._count += 1
+        if len(self._heap) < self._n:
+            heapq.heappush(self._heap, entry)
+        elif entry[0] > self._heap[0][0]:
+            heapq.heapreplace(self._heap, entry)
+
+    def best(self) -> list[R]:
+        """The kept items, best first."""
+        return [item for _, _, item in sorted(self._heap, key=lambda e: e[0], reverse=True)]
+
+
 class _Steps:
     """Step records by step number; a resumed run may touch a step in two sessions."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
+    def __init__(self, per_step: bool | int) -> None:
+        self.all = per_step is True
+        self.enabled = per_step is True or (not isinstance(per_step, bool) and per_step > 0)
         self.by_step: dict[int, StepRecord] = {}
+        # Bounded: the most-sampled steps (lowest step first among equals), through a heap.
+        self.top: TopSteps[StepRecord] = TopSteps(
+            0 if isinstance(per_step, bool) else per_step, lambda r: (r.samples, -r.step)
+        )
+        self.open: OpenSteps[StepRecord] = OpenSteps(
+            lambda step: StepRecord(step=step), self.top.add
+        )
 
     def get(self, step: int) -> StepRecord | None:
         if not self.enabled:
             return None
+        if not self.all:
+            return self.open.get(step)
         record = self.by_step.get(step)
         if record is None:
             record = self.by_step[step] = StepRecord(step=step)
         return record
 
+    def records(self) -> list[StepRecord]:
+        if self.all:
+            return [self.by_step[n] for n in sorted(self.by_step)]
+        self.open.close_all()
+        return sorted(self.top.best(), key=lambda r: r.step)
 
-def summarize(events: Iterable[AnyEvent], *, per_step: bool = True) -> RunSummary:
-    """Fold one run's events, in seq order, into its :class:`RunSummary`.
 
-    ``per_step=False`` skips the per-step records (and their states), for a quick look at a
-    very long run.
+class Fold:
+    """:func:`summarize` one event at a time: :meth:`add` each event in seq order, then read
+    :meth:`summary`. For callers that read the events themselves (and fold several views in
+    one pass)."""
 
-    ``wall_s`` adds up the ``run_finished`` durations of the run's sessions (a run cancelled and
-    resumed has two); a session killed outright left none, so its time is not counted. When no
-    session finished, :meth:`RunSummary.to_json` falls back to the span of the timestamps.
-    """
-    s = RunSummary()
-    steps = _Steps(per_step)
-    for event in events:
+    def __init__(self, *, per_step: bool | int = True) -> None:
+        self._s = RunSummary()
+        self._steps = _Steps(per_step)
+
+    def add(self, event: AnyEvent) -> None:
+        s = self._s
+        steps = self._steps
         s.events += 1
         if s.events == 1:
             s.first_ts = event.ts
@@ -230,7 +315,11 @@ def summarize(events: Iterable[AnyEvent], *, per_step: bool = True) -> RunSummar
                 if (record := steps.get(event.step)) is not None:
                     record.votes = dict(event.tally)
             case StepDecided():
-                s.samples_per_step[event.step] = event.samples
+                s.decided_steps += 1
+                s.decided_samples += event.samples
+                s.max_decided_samples = max(s.max_decided_samples, event.samples)
+                if steps.all:
+                    s.samples_per_step[event.step] = event.samples
                 if (record := steps.get(event.step)) is not None:
                     record.winner, record.votes = event.winner, dict(event.votes)
             case StateChanged():
@@ -247,5 +336,38 @@ def summarize(events: Iterable[AnyEvent], *, per_step: bool = True) -> RunSummar
                 s.wall_s = (s.wall_s or 0.0) + event.wall_s
             case _:
                 pass
-    s.step_records = [steps.by_step[n] for n in sorted(steps.by_step)]
-    return s
+
+    def summary(self) -> RunSummary:
+        """The summary of the events added so far (call once, at the end)."""
+        self._s.step_records = self._steps.records()
+        return self._s
+
+
+def summarize(events: Iterable[AnyEvent], *, per_step: bool | int = True) -> RunSummary:
+    """Fold one run's events, in seq order, into its :class:`RunSummary`.
+
+    The events are consumed one at a time, so a generator (or :func:`summarize_async` over a
+    log's reader) folds any run in bounded memory, unless ``per_step=True`` (the default)
+    keeps a :class:`StepRecord` for every step (and its state): O(steps). ``per_step=n`` keeps
+    the n steps that requested the most samples, in O(n) (a heap, and at most
+    :data:`OPEN_STEPS` steps being folded at once); ``per_step=False`` keeps none: for a quick
+    look at a very long run.
+
+    ``wall_s`` adds up the ``run_finished`` durations of the run's sessions (a run cancelled and
+    resumed has two); a session killed outright left none, so its time is not counted. When no
+    session finished, :meth:`RunSummary.to_json` falls back to the span of the timestamps.
+    """
+    fold = Fold(per_step=per_step)
+    for event in events:
+        fold.add(event)
+    return fold.summary()
+
+
+async def summarize_async(
+    events: AsyncIterable[AnyEvent], *, per_step: bool | int = True
+) -> RunSummary:
+    """:func:`summarize` over an async iterable, such as :meth:`events.EventLog.read`."""
+    fold = Fold(per_step=per_step)
+    async for event in events:
+        fold.add(event)
+    return fold.summary()

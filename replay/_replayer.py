@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
@@ -29,12 +30,16 @@ from maker import (
 )
 from maker.tasks import make_task
 
-from ._fold import summarize
+from ._fold import summarize_async
 from ._integrity import check_run
 
 
 async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -> list[AnyEvent]:
-    """Every event of one run (the only run when ``run_id`` is None), in seq order."""
+    """Every event of one run (the only run when ``run_id`` is None), in seq order.
+
+    All in memory: for small logs and tests. The commands read with :meth:`events.EventLog.read`
+    and fold as they go instead.
+    """
     async with EventLog(path, mode="r") as log:
         info = await log.run(run_id)
         return [event async for event in log.read(info.run_id)]
@@ -105,15 +110,16 @@ async def verify_run(
     """Re-execute a recorded run and compare it, event for event, with its log.
 
     ``task`` and ``policy`` default to the ones the log names; pass changed ones to check that
-    a change does not alter behaviour on this run.
+    a change does not alter behaviour on this run. The log is read as the re-execution goes
+    (see :meth:`maker.Recording.open`): memory holds about one step, however long the run.
     """
-    _, recording = await _recording(path, run_id)
-    task = task if task is not None else task_for(recording.started)
     log = EventLog(path, mode="r")
-    scheduler = Scheduler(Limits.from_json(recording.started.limits))
-    client = RecordedModel(recording.started)
-    async with log, Engine(log=log, client=client, scheduler=scheduler) as engine:
-        return await engine.verify(task, recording, policy=policy, sinks=sinks)
+    async with log, _recording(log, run_id) as recording:
+        task = task if task is not None else task_for(recording.started)
+        scheduler = Scheduler(Limits.from_json(recording.started.limits))
+        client = RecordedModel(recording.started)
+        async with Engine(log=log, client=client, scheduler=scheduler) as engine:
+            return await engine.verify(task, recording, policy=policy, sinks=sinks)
 
 
 async def resume_run(
@@ -131,36 +137,38 @@ async def resume_run(
     A log whose integrity check fails is refused with :class:`BrokenLogError`.
 
     The task, the live client, the policy and the scheduler's limits default to the ones the
-    log records; a provider's key comes from the environment (it is never in the log).
+    log records; a provider's key comes from the environment (it is never in the log). The
+    recorded prefix is read from the log as it is re-executed, and a finished run is folded
+    as it is read: neither holds the whole run in memory.
     """
-    events, recording = await _recording(path, run_id)
-    if not recording.resumable:
-        return _finished_result(events)
-    task = task if task is not None else task_for(recording.started)
-    client = client if client is not None else client_for(recording.started)
-    if scheduler is None:
-        scheduler = Scheduler(Limits.from_json(recording.started.limits))
-    async with Engine(log=path, client=client, scheduler=scheduler) as engine:
-        return await engine.resume(task, recording, policy=policy, sinks=sinks)
+    async with EventLog(path, mode="r") as log, _recording(log, run_id) as recording:
+        if not recording.resumable:
+            return await _finished_result(log, recording.run_id)
+        task = task if task is not None else task_for(recording.started)
+        client = client if client is not None else client_for(recording.started)
+        if scheduler is None:
+            scheduler = Scheduler(Limits.from_json(recording.started.limits))
+        async with Engine(log=path, client=client, scheduler=scheduler) as engine:
+            return await engine.resume(task, recording, policy=policy, sinks=sinks)
 
 
-async def _recording(
-    path: str | os.PathLike[str], run_id: str | None
-) -> tuple[list[AnyEvent], Recording]:
-    """A run's events and its recording, refused if the log is broken or holds no chain."""
-    events = await load_events(path, run_id)
-    check_run(path, events[0].run_id)
-    recording = Recording(events)
-    if is_calibration(recording.started):
+@asynccontextmanager
+async def _recording(log: EventLog, run_id: str | None) -> AsyncIterator[Recording]:
+    """A run's recording, read from ``log``; refused if the log is broken or holds no chain."""
+    info = await log.run(run_id)
+    check_run(log.path, info.run_id)
+    if is_calibration(info.started):
         raise MakerError(
-            f"run {recording.run_id} is a calibration: its steps are independent samples, "
+            f"run {info.run_id} is a calibration: its steps are independent samples, "
             "not a chain to replay or resume"
         )
-    return events, recording
+    async with Recording.open(log, info.run_id) as recording:
+        yield recording
 
 
-def _finished_result(events: Sequence[AnyEvent]) -> RunResult:
-    summary = summarize(events)
+async def _finished_result(log: EventLog, run_id: str) -> RunResult:
+    async with aclosing(log.read(run_id)) as events:
+        summary = await summarize_async(events, per_step=False)
     if summary.status not in ("succeeded", "failed", "cancelled"):
         raise ConfigError("run", f"run {summary.run_id} has status {summary.status!r}")
     return RunResult(

@@ -18,11 +18,13 @@ The plots:
 from __future__ import annotations
 
 import html
+import itertools
 import json
 import os
+from array import array
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,7 +41,7 @@ from events import (
 )
 from maker import ConfigError
 
-from ._fold import RunSummary, summarize
+from ._fold import Fold, OpenSteps, RunSummary, TopSteps
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -69,28 +71,111 @@ class HardStep:
         return len(self.tally)
 
 
+class StepVotes(Mapping[int, int]):
+    """Decided step -> the valid votes counted until its decision, stored compactly: an
+    ``array('I')`` indexed by step holding votes + 1 (0 for a step not decided), 4 bytes a
+    step. The only per-step series a report keeps."""
+
+    def __init__(self) -> None:
+        self._votes = array("I")
+        self._decided = 0
+
+    def set(self, step: int, votes: int) -> None:
+        if step < 0:
+            return
+        if step >= len(self._votes):
+            self._votes.extend(bytes(4 * (step + 1 - len(self._votes))))
+        if self._votes[step] == 0:
+            self._decided += 1
+        self._votes[step] = votes + 1
+
+    def __getitem__(self, step: int) -> int:
+        if 0 <= step < len(self._votes) and self._votes[step]:
+            return self._votes[step] - 1
+        raise KeyError(step)
+
+    def __iter__(self) -> Iterator[int]:
+        return (step for step, votes in enumerate(self._votes) if votes)
+
+    def __len__(self) -> int:
+        return self._decided
+
+    def __repr__(self) -> str:
+        # Bounded: a task's or a dataclass's repr must not spell out a million steps.
+        shown = dict(itertools.islice(self.items(), 8))
+        more = f", ... {len(self) - len(shown)} more" if len(self) > len(shown) else ""
+        return f"StepVotes({shown!r}{more})"
+
+
+class _Sampled:
+    """A series thinned to at most ``points`` entries: every entry until then, then every
+    2nd, 4th, ... (the stride doubles whenever the buffer fills), plus always the last entry.
+    An even, deterministic sample of the run in O(points) memory."""
+
+    def __init__(self, points: int) -> None:
+        self._points = max(2, points)
+        self._xs = array("d")
+        self._ys = array("d")
+        self._stride = 1
+        self._seen = 0
+        self._last: tuple[float, float] | None = None
+
+    def add(self, x: float, y: float = 0.0) -> None:
+        if self._seen % self._stride == 0:
+            self._xs.append(x)
+            self._ys.append(y)
+            if len(self._xs) > self._points:
+                self._xs, self._ys = self._xs[::2], self._ys[::2]
+                self._stride *= 2
+            self._last = None
+        else:
+            self._last = (x, y)
+        self._seen += 1
+
+    def pairs(self) -> tuple[tuple[float, float], ...]:
+        out = tuple(zip(self._xs, self._ys, strict=True))
+        return out + ((self._last,) if self._last is not None else ())
+
+    def xs(self) -> tuple[float, ...]:
+        return tuple(self._xs) + ((self._last[0],) if self._last is not None else ())
+
+
 @dataclass(frozen=True, kw_only=True)
 class ReportData:
-    """The numbers behind every plot of a run's report, folded from its events alone."""
+    """The numbers behind every plot of a run's report, folded from its events alone.
+
+    Memory does not grow with the run but for :attr:`votes_to_decide` (4 bytes a step): the
+    response series are sampled down to at most ``points`` entries and the red flags binned
+    to at most :data:`FLAG_BINS` bins (see :func:`report_data`).
+    """
 
     summary: RunSummary
     steps_started: int
     """Distinct steps the run began voting on."""
-    votes_to_decide: dict[int, int]
-    """Decided step -> the valid votes counted until its decision."""
+    votes_to_decide: Mapping[int, int]
+    """Decided step -> the valid votes counted until its decision (a compact
+    :class:`StepVotes`)."""
     undecided: tuple[int, ...]
     """``undecided[r]``: steps not decided after r voting rounds (votes), r = 0, 1, ... R, where
     R is the most votes any step needed. ``undecided[0] == steps_started``; steps never decided
     stay counted to the end."""
     hardest: tuple[HardStep, ...]
     red_flags_by_step: dict[int, dict[str, int]]
-    """Step -> red flags by reason, for the steps that had any."""
+    """Step -> red flags by reason, for the steps that had any. When more than
+    :data:`FLAG_BINS` steps had some, the keys are the first steps of bins of
+    :attr:`red_flags_step_width` steps."""
     cost_over_time: tuple[tuple[float, float], ...]
-    """(seconds since the run started, cumulative USD) at each response received."""
+    """(seconds since the run started, cumulative USD) at each response received; sampled
+    evenly down to about ``points`` entries for a longer run, always ending with the last."""
     latencies: tuple[float, ...]
-    """Seconds of every response received, in the order received."""
+    """Seconds of every response received, in the order received; sampled like
+    :attr:`cost_over_time` for a longer run."""
     k_changes: tuple[tuple[int, int], ...] = ()
     """(step, new k) of every change adaptive k made, in order."""
+    red_flags_step_width: int = 1
+    """How many steps each key of :attr:`red_flags_by_step` covers."""
+    votes_histogram: dict[int, int] = field(default_factory=dict)
+    """Votes -> how many decided steps needed that many."""
 
     @property
     def ks(self) -> list[int]:
@@ -134,81 +219,159 @@ class ReportData:
         }
 
 
-def report_data(events: Iterable[AnyEvent], *, hardest: int = HARDEST) -> ReportData:
+POINTS = 4096
+"""How many entries a report keeps of each response series."""
+
+FLAG_BINS = 1024
+"""How many steps (or bins of steps) a report keeps red flags for; the plot draws 100 bins."""
+
+
+@dataclass(slots=True)
+class _OpenStep:
+    step: int
+    started: bool = False
+    votes: int = 0
+    samples: int = 0
+    red_flags: int = 0
+    tally: dict[str, int] = field(default_factory=dict)
+    decided: bool = False
+
+
+class _ReportFold:
+    """The fold behind :func:`report_data`: one event at a time, in bounded memory."""
+
+    def __init__(self, hardest: int, points: int) -> None:
+        self.fold = Fold(per_step=False)
+        self.points = max(2, points)
+        self.run_id: str | None = None
+        self.started_at = 0.0
+        self.steps_started = 0
+        self.decided = StepVotes()
+        self.needed: Counter[int] = Counter()
+        self.top: TopSteps[_OpenStep] = TopSteps(hardest, lambda h: (h.votes, h.samples, -h.step))
+        self.open: OpenSteps[_OpenStep] = OpenSteps(_OpenStep, self._close)
+        self.flags: dict[int, Counter[str]] = {}
+        self.flag_width = 1
+        self.cost = 0.0
+        self.cost_over_time = _Sampled(self.points)
+        self.latencies = _Sampled(self.points)
+        self.k_changes: list[tuple[int, int]] = []
+
+    def _close(self, step: _OpenStep) -> None:
+        if step.started:
+            self.steps_started += 1
+            self.top.add(step)
+
+    def _flag(self, step: int, reason: str) -> None:
+        key = step - step % self.flag_width
+        self.flags.setdefault(key, Counter())[reason] += 1
+        while len(self.flags) > FLAG_BINS:
+            # Too many flagged steps to list one by one: coarsen to bins twice as wide.
+            self.flag_width *= 2
+            merged: dict[int, Counter[str]] = {}
+            for start, counts in self.flags.items():
+                merged.setdefault(start - start % self.flag_width, Counter()).update(counts)
+            self.flags = merged
+
+    def add(self, event: AnyEvent) -> None:
+        if self.run_id is None:
+            self.run_id = event.run_id
+            self.started_at = event.ts
+        elif event.run_id != self.run_id:
+            raise ConfigError("events", "a report covers one run; got 2 or more runs")
+        self.fold.add(event)
+        match event:
+            case RunStarted():
+                self.started_at = event.ts
+            case StepStarted():
+                self.open.get(event.step).started = True
+            case SampleRequested():
+                self.open.get(event.step).samples += 1
+            case SampleReceived():
+                self.cost += event.cost_usd
+                self.cost_over_time.add(event.ts - self.started_at, self.cost)
+                self.latencies.add(event.latency_s)
+            case RedFlagged():
+                self.open.get(event.step).red_flags += 1
+                self._flag(event.step, event.reason)
+            case VoteCounted():
+                step = self.open.get(event.step)
+                step.votes += 1
+                step.tally = dict(event.tally)
+            case StepDecided():
+                step = self.open.get(event.step)
+                step.decided = True
+                step.tally = dict(event.votes)
+                self.decided.set(event.step, step.votes)
+                self.needed[step.votes] += 1
+            case KChanged():
+                self.k_changes.append((event.step, event.k))
+            case _:
+                pass
+
+    def result(self) -> ReportData:
+        if self.run_id is None:
+            raise ConfigError("events", "no events to report on")
+        self.open.close_all()
+        rounds = max(self.needed, default=0)
+        undecided = [self.steps_started]
+        for r in range(1, rounds + 1):
+            undecided.append(undecided[-1] - self.needed[r])
+        hard = tuple(
+            HardStep(
+                step=h.step,
+                votes=h.votes,
+                samples=h.samples,
+                red_flags=h.red_flags,
+                tally=h.tally,
+                decided=h.decided,
+            )
+            for h in self.top.best()
+        )
+        return ReportData(
+            summary=self.fold.summary(),
+            steps_started=self.steps_started,
+            votes_to_decide=self.decided,
+            undecided=tuple(undecided),
+            hardest=hard,
+            red_flags_by_step={s: dict(c) for s, c in sorted(self.flags.items())},
+            cost_over_time=self.cost_over_time.pairs(),
+            latencies=self.latencies.xs(),
+            k_changes=tuple(self.k_changes),
+            red_flags_step_width=self.flag_width,
+            votes_histogram=dict(sorted(self.needed.items())),
+        )
+
+
+def report_data(
+    events: Iterable[AnyEvent], *, hardest: int = HARDEST, points: int = POINTS
+) -> ReportData:
     """Fold one run's events, in seq order, into the numbers its report plots.
+
+    The events are consumed one at a time (pass a generator, or use :func:`report_data_async`
+    over a log's reader) and memory stays bounded: the convergence curve and the votes
+    histogram are counts by round; the hardest steps come from a heap of ``hardest``; the cost
+    and latency series keep every response up to ``points`` of them, then an even sample of at
+    most ``points`` (the last response always included); red flags are kept by step up to
+    :data:`FLAG_BINS` flagged steps, then in bins of a power-of-two width. Only
+    :attr:`ReportData.votes_to_decide` grows with the run, at 4 bytes a step.
 
     Raises :class:`maker.ConfigError` for events of several runs or none.
     """
-    events = list(events)
-    if not events:
-        raise ConfigError("events", "no events to report on")
-    run_ids = {event.run_id for event in events}
-    if len(run_ids) != 1:
-        raise ConfigError("events", f"a report covers one run; got {len(run_ids)} runs")
-    summary = summarize(events)
-    started_at = events[0].ts
-    steps: set[int] = set()
-    votes: Counter[int] = Counter()
-    samples: Counter[int] = Counter()
-    flags: dict[int, Counter[str]] = {}
-    tallies: dict[int, dict[str, int]] = {}
-    decided: dict[int, int] = {}
-    cost = 0.0
-    cost_over_time: list[tuple[float, float]] = []
-    latencies: list[float] = []
-    k_changes: list[tuple[int, int]] = []
+    fold = _ReportFold(hardest, points)
     for event in events:
-        match event:
-            case RunStarted():
-                started_at = event.ts
-            case StepStarted():
-                steps.add(event.step)
-            case SampleRequested():
-                samples[event.step] += 1
-            case SampleReceived():
-                cost += event.cost_usd
-                cost_over_time.append((event.ts - started_at, cost))
-                latencies.append(event.latency_s)
-            case RedFlagged():
-                flags.setdefault(event.step, Counter())[event.reason] += 1
-            case VoteCounted():
-                votes[event.step] += 1
-                tallies[event.step] = dict(event.tally)
-            case StepDecided():
-                decided[event.step] = votes[event.step]
-                tallies[event.step] = dict(event.votes)
-            case KChanged():
-                k_changes.append((event.step, event.k))
-            case _:
-                pass
-    rounds = max(decided.values(), default=0)
-    needed = Counter(decided.values())
-    undecided = [len(steps)]
-    for r in range(1, rounds + 1):
-        undecided.append(undecided[-1] - needed[r])
-    ranked = sorted(steps, key=lambda s: (-votes[s], -samples[s], s))[: max(0, hardest)]
-    hard = tuple(
-        HardStep(
-            step=s,
-            votes=votes[s],
-            samples=samples[s],
-            red_flags=sum(flags.get(s, Counter()).values()),
-            tally=tallies.get(s, {}),
-            decided=s in decided,
-        )
-        for s in ranked
-    )
-    return ReportData(
-        summary=summary,
-        steps_started=len(steps),
-        votes_to_decide=decided,
-        undecided=tuple(undecided),
-        hardest=hard,
-        red_flags_by_step={s: dict(c) for s, c in sorted(flags.items())},
-        cost_over_time=tuple(cost_over_time),
-        latencies=tuple(latencies),
-        k_changes=tuple(k_changes),
-    )
+        fold.add(event)
+    return fold.result()
+
+
+async def report_data_async(
+    events: AsyncIterable[AnyEvent], *, hardest: int = HARDEST, points: int = POINTS
+) -> ReportData:
+    """:func:`report_data` over an async iterable, such as :meth:`events.EventLog.read`."""
+    fold = _ReportFold(hardest, points)
+    async for event in events:
+        fold.add(event)
+    return fold.result()
 
 
 # -- drawing -------------------------------------------------------------------------------
@@ -272,7 +435,7 @@ def _plot_votes(ax: Axes, data: ReportData) -> None:
     ax.set_title("Votes needed per decided step")
     ax.set_xlabel("votes")
     ax.set_ylabel("steps")
-    counts = Counter(data.votes_to_decide.values())
+    counts = data.votes_histogram or Counter(data.votes_to_decide.values())
     if not counts:
         _empty(ax, "no step was decided")
         return
@@ -292,6 +455,9 @@ def _plot_red_flags(ax: Axes, data: ReportData) -> None:
         return
     last = max(max(data.red_flags_by_step), data.summary.steps - 1, 0)
     width = max(1, -(-(last + 1) // _RED_FLAG_BINS))  # steps per bin, rounded up
+    # Folded flags may come binned already: a plot bin holds whole folded bins.
+    step_width = max(1, data.red_flags_step_width)
+    width = -(-width // step_width) * step_width
     reasons = sorted({r for flags in data.red_flags_by_step.values() for r in flags})
     bins = (last // width) + 1
     starts = [b * width for b in range(bins)]
@@ -356,15 +522,21 @@ def write_plots(data: ReportData, out_dir: str | os.PathLike[str]) -> list[Path]
 
 
 def write_report(
-    events: Iterable[AnyEvent], out_dir: str | os.PathLike[str], *, hardest: int = HARDEST
+    events: Iterable[AnyEvent] | ReportData,
+    out_dir: str | os.PathLike[str],
+    *,
+    hardest: int = HARDEST,
 ) -> Path:
     """Write ``index.html`` and its PNG plots for one run into ``out_dir``; return the page.
+
+    ``events`` are the run's events (folded by :func:`report_data`), or the data already folded
+    (by :func:`report_data_async` from a log, say; ``hardest`` then does not apply).
 
     Needs matplotlib (``pip install 'maker[report]'``); without it raises
     :class:`maker.ConfigError` saying so, before writing anything.
     """
     _new_figure()  # fail on a missing matplotlib before touching the directory
-    data = report_data(events, hardest=hardest)
+    data = events if isinstance(events, ReportData) else report_data(events, hardest=hardest)
     out = Path(out_dir)
     write_plots(data, out)
     page = out / "index.html"

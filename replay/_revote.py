@@ -16,8 +16,9 @@ reported as such: what those extra samples would have said is unknown.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
-from dataclasses import dataclass
+from array import array
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
 from events import (
@@ -46,6 +47,9 @@ class _Unchanged(enum.Enum):
     def __repr__(self) -> str:
         return "UNCHANGED"
 
+
+MAX_CHANGED = 100
+"""How many changed steps a re-vote that does not keep its steps gives in full."""
 
 UNCHANGED: Final = _Unchanged.UNCHANGED
 """Keep the setting the run recorded (the default of every :func:`revote` option)."""
@@ -110,7 +114,13 @@ class StepRevote:
 
 @dataclass(frozen=True, kw_only=True)
 class RevoteReport:
-    """A whole run re-voted: the new policy, the recorded one, and every decided step."""
+    """A whole run re-voted: the new policy, the recorded one, and its decided steps.
+
+    The figures are totals folded as the events went by. :attr:`steps` holds every re-voted
+    step when :func:`revote` was asked to keep them (the default); otherwise it is empty and
+    :attr:`changed` holds the first changed steps in full. The lists of changed and short steps
+    are kept as compact arrays (4 bytes a listed step).
+    """
 
     run_id: str
     k: int
@@ -120,39 +130,34 @@ class RevoteReport:
     recorded_k: int
     recorded_rule: str
     recorded_red_flags: dict[str, Any]
-    steps: tuple[StepRevote, ...]
+    steps: tuple[StepRevote, ...] = ()
     notes: tuple[str, ...] = ()
     """Caveats that apply to this run (a threshold past the recorded cap, an undecided step)."""
+    revoted: int = 0
+    """How many decided steps were re-voted."""
+    decided_steps: int = 0
+    """How many re-voted steps the recorded responses decide under the new policy."""
+    recorded_samples: int = 0
+    """Responses the re-voted steps received."""
+    needed_samples: int = 0
+    """Responses the new policy consumed, over the steps that decide."""
+    samples_saved: int = 0
+    """Over the steps that decide: recorded responses minus those the new policy needed."""
+    changed: tuple[StepRevote, ...] = ()
+    """The changed steps in full: all of them, or the first ``max_changed`` when the steps
+    were not kept."""
+    changed_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
+    short_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
 
     @property
     def changed_steps(self) -> list[int]:
         """Steps that would have decided for another answer."""
-        return [s.step for s in self.steps if s.changed]
+        return list(self.changed_steps_)
 
     @property
     def short_steps(self) -> list[int]:
         """Steps that would have needed more samples than were recorded."""
-        return [s.step for s in self.steps if not s.decided]
-
-    @property
-    def samples_saved(self) -> int:
-        """Over the steps that decide: recorded responses minus those the new policy needed."""
-        return sum(s.saved for s in self.steps)
-
-    @property
-    def recorded_samples(self) -> int:
-        """Responses the re-voted steps received."""
-        return sum(s.recorded_samples for s in self.steps)
-
-    @property
-    def needed_samples(self) -> int:
-        """Responses the new policy consumed, over the steps that decide."""
-        return sum(s.needed for s in self.steps if s.needed is not None)
-
-    @property
-    def decided_steps(self) -> int:
-        """How many re-voted steps the recorded responses decide under the new policy."""
-        return sum(1 for s in self.steps if s.decided)
+        return list(self.short_steps_)
 
     def to_json(self, *, steps: bool = False) -> dict[str, Any]:
         """JSON-compatible builtins. The changed steps are given in full; ``steps`` adds all."""
@@ -166,14 +171,14 @@ class RevoteReport:
                 "rule": self.recorded_rule,
                 "red_flags": self.recorded_red_flags,
             },
-            "steps": len(self.steps),
+            "steps": self.revoted,
             "decided_steps": self.decided_steps,
             "changed_steps": self.changed_steps,
             "short_steps": self.short_steps,
             "recorded_samples": self.recorded_samples,
             "needed_samples": self.needed_samples,
             "samples_saved": self.samples_saved,
-            "changed": [s.to_json() for s in self.steps if s.changed],
+            "changed": [s.to_json() for s in self.changed],
             "notes": list(self.notes),
         }
         if steps:
@@ -190,8 +195,16 @@ def revote(
     max_output_tokens: int | Unchanged | None = UNCHANGED,
     flag_truncated: bool | Unchanged = UNCHANGED,
     checks: tuple[RedFlagCheck, ...] | Unchanged = UNCHANGED,
+    keep_steps: bool = True,
+    max_changed: int = MAX_CHANGED,
 ) -> RevoteReport:
     """Re-vote every decided step of one run (its events in seq order) under a new policy.
+
+    The events are consumed one at a time, holding the responses of one step: pass a
+    generator, or use :func:`revote_async` over a log's reader. ``keep_steps`` (the default)
+    keeps every :class:`StepRevote` in :attr:`RevoteReport.steps`, O(steps); without it the
+    report holds totals, the changed and short step numbers (4 bytes each) and the first
+    ``max_changed`` changed steps in full: what ``maker replay --k`` prints.
 
     ``rule``, ``max_output_tokens`` (None disables the length rule), ``flag_truncated`` and
     ``checks`` default to what the run recorded. User checks are code, so the log keeps only
@@ -218,61 +231,167 @@ def revote(
     (21, 7, [])
     """
     stream = iter(events)
-    started = next(stream, None)
-    if not isinstance(started, RunStarted):
-        raise ConfigError("events", "a run's events must begin with its run_started event")
-    recorded_flags = dict(started.policy.get("red_flags", {}))
-    recorded_rule = str(started.policy.get("rule", "ahead"))
-    new_rule = recorded_rule if rule is UNCHANGED else rule
-    if new_rule not in ("ahead", "first"):
-        raise ConfigError("rule", f"must be 'ahead' or 'first', got {new_rule!r}")
-    if not isinstance(k, int) or k < 1:
-        raise ConfigError("k", f"must be at least 1, got {k}")
-    rules = _rules(recorded_flags, max_output_tokens, flag_truncated, checks)
-    the_rule: VoteRule = "first" if new_rule == "first" else "ahead"
-
-    steps: list[StepRevote] = []
-    pending: dict[int, list[SampleReceived]] = {}
+    fold = _RevoteFold(
+        next(stream, None),
+        task,
+        k=k,
+        rule=rule,
+        max_output_tokens=max_output_tokens,
+        flag_truncated=flag_truncated,
+        checks=checks,
+        keep_steps=keep_steps,
+        max_changed=max_changed,
+    )
     for event in stream:
+        fold.add(event)
+    return fold.result()
+
+
+async def revote_async(
+    events: AsyncIterable[AnyEvent],
+    task: Task[Any, Any],
+    *,
+    k: int,
+    rule: VoteRule | Unchanged = UNCHANGED,
+    max_output_tokens: int | Unchanged | None = UNCHANGED,
+    flag_truncated: bool | Unchanged = UNCHANGED,
+    checks: tuple[RedFlagCheck, ...] | Unchanged = UNCHANGED,
+    keep_steps: bool = True,
+    max_changed: int = MAX_CHANGED,
+) -> RevoteReport:
+    """:func:`revote` over an async iterable, such as :meth:`events.EventLog.read`."""
+    stream = aiter(events)
+    fold = _RevoteFold(
+        await anext(stream, None),
+        task,
+        k=k,
+        rule=rule,
+        max_output_tokens=max_output_tokens,
+        flag_truncated=flag_truncated,
+        checks=checks,
+        keep_steps=keep_steps,
+        max_changed=max_changed,
+    )
+    async for event in stream:
+        fold.add(event)
+    return fold.result()
+
+
+class _RevoteFold:
+    """The fold behind :func:`revote`: one event at a time, holding one step's responses."""
+
+    def __init__(
+        self,
+        started: AnyEvent | None,
+        task: Task[Any, Any],
+        *,
+        k: int,
+        rule: VoteRule | Unchanged,
+        max_output_tokens: int | Unchanged | None,
+        flag_truncated: bool | Unchanged,
+        checks: tuple[RedFlagCheck, ...] | Unchanged,
+        keep_steps: bool,
+        max_changed: int,
+    ) -> None:
+        if not isinstance(started, RunStarted):
+            raise ConfigError("events", "a run's events must begin with its run_started event")
+        self.started = started
+        self.recorded_flags = dict(started.policy.get("red_flags", {}))
+        self.recorded_rule = str(started.policy.get("rule", "ahead"))
+        new_rule = self.recorded_rule if rule is UNCHANGED else rule
+        if new_rule not in ("ahead", "first"):
+            raise ConfigError("rule", f"must be 'ahead' or 'first', got {new_rule!r}")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError("k", f"must be at least 1, got {k}")
+        self.rules = _rules(self.recorded_flags, max_output_tokens, flag_truncated, checks)
+        self.rule: VoteRule = "first" if new_rule == "first" else "ahead"
+        self.task, self.k = task, k
+        self.keep_steps, self.max_changed = keep_steps, max(0, max_changed)
+        self.steps: list[StepRevote] = []
+        self.changed: list[StepRevote] = []
+        self.changed_steps = array("I")
+        self.short_steps = array("I")
+        self.revoted = self.decided = self.recorded = self.needed = self.saved = 0
+        self.pending: dict[int, list[SampleReceived]] = {}
+        self.abandoned: int | None = None  # the last earlier step left undecided with responses
+
+    def add(self, event: AnyEvent) -> None:
         if isinstance(event, StepStarted):
             # A resumed run may restart a step it had begun; the responses it received stay.
-            pending.setdefault(event.step, [])
+            # Steps before this one are over: one left undecided is remembered by number only.
+            for step in [s for s in self.pending if s < event.step]:
+                if self.pending.pop(step):
+                    self.abandoned = step if self.abandoned is None else max(self.abandoned, step)
+            self.pending.setdefault(event.step, [])
         elif isinstance(event, SampleReceived):
-            pending.setdefault(event.step, []).append(event)
+            self.pending.setdefault(event.step, []).append(event)
         elif isinstance(event, StepDecided):
-            received = pending.pop(event.step, [])
-            steps.append(_revote_step(event, received, task, rules, k, the_rule))
+            received = self.pending.pop(event.step, [])
+            self._count(_revote_step(event, received, self.task, self.rules, self.k, self.rule))
 
-    notes = [
-        "after a step that decides differently, later steps are judged on samples drawn for "
-        "the recorded states, so their outcome is counterfactual"
-    ]
-    cap = started.policy.get("max_tokens")
-    if (
-        rules.max_output_tokens is not None
-        and isinstance(cap, int)
-        and rules.max_output_tokens >= cap
-    ):
-        notes.append(
-            f"responses were cut at max_tokens={cap} when recorded, so a threshold of "
-            f"{rules.max_output_tokens} output tokens flags nothing the cap did not cut"
+    def _count(self, step: StepRevote) -> None:
+        self.revoted += 1
+        self.recorded += step.recorded_samples
+        if step.decided:
+            self.decided += 1
+            self.needed += step.needed or 0
+            self.saved += step.saved
+        else:
+            self.short_steps.append(step.step)
+        if step.changed:
+            self.changed_steps.append(step.step)
+            if self.keep_steps or len(self.changed) < self.max_changed:
+                self.changed.append(step)
+        if self.keep_steps:
+            self.steps.append(step)
+
+    def result(self) -> RevoteReport:
+        started, rules = self.started, self.rules
+        notes = [
+            "after a step that decides differently, later steps are judged on samples drawn "
+            "for the recorded states, so their outcome is counterfactual"
+        ]
+        cap = started.policy.get("max_tokens")
+        if (
+            rules.max_output_tokens is not None
+            and isinstance(cap, int)
+            and rules.max_output_tokens >= cap
+        ):
+            notes.append(
+                f"responses were cut at max_tokens={cap} when recorded, so a threshold of "
+                f"{rules.max_output_tokens} output tokens flags nothing the cap did not cut"
+            )
+        undecided = sorted(step for step, got in self.pending.items() if got)
+        if self.abandoned is not None:
+            undecided.append(self.abandoned)
+        if undecided:
+            notes.append(
+                f"step {max(undecided)} was undecided when the recording ended and is not re-voted"
+            )
+        if not self.keep_steps and len(self.changed_steps) > len(self.changed):
+            notes.append(
+                f"{len(self.changed_steps)} steps decide differently; the first "
+                f"{len(self.changed)} are given in full"
+            )
+        return RevoteReport(
+            run_id=started.run_id,
+            k=self.k,
+            rule=self.rule,
+            red_flags=rules.describe(),
+            recorded_k=int(started.policy.get("k", 0)),
+            recorded_rule=self.recorded_rule,
+            recorded_red_flags=self.recorded_flags,
+            steps=tuple(self.steps),
+            notes=tuple(notes),
+            revoted=self.revoted,
+            decided_steps=self.decided,
+            recorded_samples=self.recorded,
+            needed_samples=self.needed,
+            samples_saved=self.saved,
+            changed=tuple(self.changed),
+            changed_steps_=self.changed_steps,
+            short_steps_=self.short_steps,
         )
-    undecided = sorted(step for step, got in pending.items() if got)
-    if undecided:
-        notes.append(
-            f"step {undecided[-1]} was undecided when the recording ended and is not re-voted"
-        )
-    return RevoteReport(
-        run_id=started.run_id,
-        k=k,
-        rule=the_rule,
-        red_flags=rules.describe(),
-        recorded_k=int(started.policy.get("k", 0)),
-        recorded_rule=recorded_rule,
-        recorded_red_flags=recorded_flags,
-        steps=tuple(steps),
-        notes=tuple(notes),
-    )
 
 
 def _rules(
