@@ -374,6 +374,49 @@ class Scheduler:
             if limiter is not None:
                 limiter.release()
 
+    def call_now(
+        self,
+        client: Client,
+        request: SampleRequest,
+        observer: SchedulerObserver | None = None,
+    ) -> Completion | None:
+        """:meth:`call` without awaiting, or None when the call would have to wait.
+
+        It answers when the client can answer at once (``complete_now``, see
+        :class:`~maker._client.ImmediateClient`) and no limit of the model is in force: no
+        concurrency, RPM or TPM cap and a closed breaker. Nothing is counted when it returns
+        None, so the caller then makes the call with :meth:`call`. Failures count and move the
+        breaker as they do in :meth:`call`.
+        """
+        complete_now = getattr(client, "complete_now", None)
+        if complete_now is None:
+            return None
+        gate = self._gate(client.model)
+        breaker = gate.breaker
+        if (
+            gate.limiter is not None
+            or gate.rpm is not None
+            or gate.tpm is not None
+            or breaker.state != "closed"
+            or breaker.down_since is not None
+        ):
+            return None
+        self._in_flight += 1
+        self._calls += 1
+        try:
+            completion: Completion | None = complete_now(request)
+        except ClientError:
+            self._failures += 1
+            self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=False)
+            raise
+        finally:
+            self._in_flight -= 1
+        if completion is None:
+            self._calls -= 1  # not made: call() counts it
+            return None
+        self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=True)
+        return completion
+
     async def _timed(self, client: Client, request: SampleRequest, limits: Limits) -> Completion:
         timeout = limits.timeout_s
         # An in-process model does no I/O and cannot hang; arming a deadline for each of its

@@ -238,6 +238,19 @@ class SimulatedModel:
             await anyio.sleep(response.latency_s)
         return msgspec.structs.replace(response.completion, temperature_sent=request.temperature)
 
+    def complete_now(self, request: SampleRequest) -> Completion | None:
+        """The answer :meth:`complete` gives, at once; None when the model has latency."""
+        if self.config.latency_ms > 0:
+            return None
+        response = self.respond(
+            request.system,
+            request.user,
+            max_tokens=request.max_tokens,
+            seed=request.seed,
+            model=request.model,
+        )
+        return msgspec.structs.replace(response.completion, temperature_sent=request.temperature)
+
     async def probe(self) -> None:
         """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
 
