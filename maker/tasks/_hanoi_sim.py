@@ -19,6 +19,8 @@ from ._hanoi import (
     legal_moves,
     literal,
     move_top,
+    plain_move,
+    plain_pegs,
     state_json,
     strategy_answer,
 )
@@ -53,6 +55,28 @@ def _disks(pegs: Pegs) -> int:
     return max((d for peg in pegs for d in peg), default=0)
 
 
+def _literal_pegs(text: str) -> Pegs | None:
+    try:
+        raw = literal(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, list) or len(raw) != 3:
+        return None
+    if not all(isinstance(p, list) and all(type(d) is int for d in p) for p in raw):
+        return None
+    return (tuple(raw[0]), tuple(raw[1]), tuple(raw[2]))
+
+
+def _literal_move(text: str) -> Move | None:
+    try:
+        raw = literal(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, list) or len(raw) != 3 or not all(type(v) is int for v in raw):
+        return None
+    return (raw[0], raw[1], raw[2])
+
+
 class HanoiSimulator:
     """Answers the prompts of :class:`maker.tasks.Hanoi` for the simulated model.
 
@@ -73,30 +97,22 @@ class HanoiSimulator:
         current = _CURRENT.search(user)
         if direction is None or previous is None or current is None:
             return None
-        try:
-            raw_pegs = literal(current.group(1))
-            raw_prev = None if previous.group(1) == "None" else literal(previous.group(1))
-        except ValueError:
-            return None
-        if not isinstance(raw_pegs, list) or len(raw_pegs) != 3:
-            return None
-        if not all(isinstance(p, list) and all(type(d) is int for d in p) for p in raw_pegs):
-            return None
-        pegs: Pegs = (tuple(raw_pegs[0]), tuple(raw_pegs[1]), tuple(raw_pegs[2]))
+        # Hanoi writes both as plain JSON, read in one call; other text is read as literals.
+        pegs = plain_pegs(current.group(1))
+        if pegs is None:
+            pegs = _literal_pegs(current.group(1))
+            if pegs is None:
+                return None
         n = _disks(pegs)
         if not 1 <= n <= MAX_DISKS or sorted(d for p in pegs for d in p) != list(range(1, n + 1)):
             return None
         if direction != direction_for(n):
             return None
         prev: Move | None = None
-        if raw_prev is not None:
-            if (
-                not isinstance(raw_prev, list)
-                or len(raw_prev) != 3
-                or not all(type(v) is int for v in raw_prev)
-            ):
+        if previous.group(1) != "None":
+            prev = plain_move(previous.group(1)) or _literal_move(previous.group(1))
+            if prev is None:
                 return None
-            prev = (raw_prev[0], raw_prev[1], raw_prev[2])
         return HanoiState(pegs=pegs, previous_move=prev)
 
     def state_key(self, state: HanoiState) -> str:
