@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from itertools import chain
 
 from events import canonical_json
 
@@ -52,7 +53,7 @@ def _move_text(move: Move | list[int], compact: bool = False) -> str:
 
 
 def _disks(pegs: Pegs) -> int:
-    return max((d for peg in pegs for d in peg), default=0)
+    return max(chain.from_iterable(pegs), default=0)
 
 
 def _literal_pegs(text: str) -> Pegs | None:
