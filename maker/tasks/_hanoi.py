@@ -72,9 +72,12 @@ def legal_moves(pegs: Pegs) -> list[Move]:
 
 def move_top(pegs: Pegs, src: int, dst: int) -> Pegs:
     """The pegs after the top disk of ``src`` went onto ``dst``, legal or not."""
-    out = [list(p) for p in pegs]
-    out[dst].append(out[src].pop())
-    return (tuple(out[0]), tuple(out[1]), tuple(out[2]))
+    # Pegs are tuples: only the two that change are rebuilt, by slicing rather than via lists.
+    out = list(pegs)
+    disk = out[src][-1]
+    out[src] = out[src][:-1]
+    out[dst] = (*out[dst], disk)
+    return (out[0], out[1], out[2])
 
 
 def strategy_answer(state: HanoiState, direction: int) -> HanoiAnswer | None:
