@@ -409,3 +409,31 @@ async def test_a_sample_that_cannot_answer_at_once_runs_in_a_task_and_is_cancell
     events = await read_events(tmp_path / "log.db", result.run_id)
     cancelled = [(e.sample_id, e.reason) for e in events if isinstance(e, SampleCancelled)]
     assert sorted(cancelled) == [(s, "decided") for s in ("0:2", "0:3", "1:2", "1:3")]
+
+
+async def test_a_run_answered_at_once_still_yields_and_is_cancelled_between_calls(
+    tmp_path: Path,
+) -> None:
+    # No sample of this run ever waits; the step loop's own checkpoint is where it stops.
+    with anyio.CancelScope() as scope:
+
+        def stop(event: object) -> None:
+            if isinstance(event, StepDecided) and event.step == 3:
+                scope.cancel()
+
+        async with Engine(log=tmp_path / "log.db", client=AtOnceClient()) as engine:
+            await engine.run(Count(10), policy=Policy(k=2), seed=1, run_id="r", sinks=[stop])
+    events = await read_events(tmp_path / "log.db", "r")
+    tail = [(event_tag(type(e)), getattr(e, "sample_id", None)) for e in events[-6:]]
+    assert tail == [
+        ("step_started", None),
+        ("sample_requested", "4:0"),
+        ("sample_requested", "4:1"),
+        ("sample_cancelled", "4:0"),
+        ("sample_cancelled", "4:1"),
+        ("run_finished", None),
+    ]
+    last = events[-1]
+    assert isinstance(last, RunFinished)
+    assert (last.status, last.steps) == ("cancelled", 4)
+    assert {e.reason for e in events if isinstance(e, SampleCancelled)} == {"run_cancelled"}
