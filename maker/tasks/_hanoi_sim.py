@@ -52,6 +52,13 @@ def _move_text(move: Move | list[int], compact: bool = False) -> str:
     return text.replace(" ", "") if compact else text
 
 
+def _search_from(start: str, pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """``pattern.search(text)`` for a pattern whose matches all begin with ``start``: the
+    search starts where ``start`` first occurs (the prompt's long rules are not rescanned)."""
+    at = text.find(start)
+    return None if at < 0 else pattern.search(text, at)
+
+
 def _disks(pegs: Pegs) -> int:
     return max(chain.from_iterable(pegs), default=0)
 
@@ -86,6 +93,11 @@ class HanoiSimulator:
     strategy cannot reach peg 2 is not one Hanoi makes, so it is not ours).
     """
 
+    def __init__(self) -> None:
+        # The answer lines of the answer rendered last, per compactness: a step's samples
+        # mostly render one answer (the right one), and its pegs' text is most of a render.
+        self._lines: tuple[HanoiAnswer, dict[bool, tuple[str, str]]] | None = None
+
     @property
     def task_name(self) -> str:
         """``"hanoi"``."""
@@ -94,8 +106,8 @@ class HanoiSimulator:
     def read_prompt(self, system: str, user: str) -> HanoiState | None:
         """The state in a Hanoi user prompt, or None if the prompt is not Hanoi's."""
         direction = next((d for text, d in _CIRCLES.items() if text in user), None)
-        previous = _PREVIOUS.search(user)
-        current = _CURRENT.search(user)
+        previous = _search_from("Previous move:", _PREVIOUS, user)
+        current = _search_from("Current State:", _CURRENT, user)
         if direction is None or previous is None or current is None:
             return None
         # Hanoi writes both as plain JSON, read in one call; other text is read as literals.
@@ -163,14 +175,25 @@ class HanoiSimulator:
         d, f, t = answer.move
         reason = rng.choice(_REASONS).format(d=d, f=f, t=t)
         compact = rng.random() < 0.2
-        move_line = f"move = {_move_text(answer.move, compact)}"
-        state_line = f"next_state = {_pegs_text(answer.next_state, compact)}"
+        move_line, state_line = self._answer_lines(answer, compact)
         style = rng.randrange(3)
         if style == 0:
             return f"{reason}\n{move_line}\n{state_line}"
         if style == 1:
             return f"{reason}\n\n```\n{move_line}\n{state_line}\n```"
         return f"{reason}\n```{move_line}```\n```{state_line}```"
+
+    def _answer_lines(self, answer: HanoiAnswer, compact: bool) -> tuple[str, str]:
+        last = self._lines
+        if last is None or last[0] is not answer:
+            last = self._lines = (answer, {})
+        lines = last[1].get(compact)
+        if lines is None:
+            lines = last[1][compact] = (
+                f"move = {_move_text(answer.move, compact)}",
+                f"next_state = {_pegs_text(answer.next_state, compact)}",
+            )
+        return lines
 
     def render_malformed(self, state: HanoiState, rng: random.Random) -> str:
         """A response the strict parser rejects, drawn from the ways answers go wrong."""
