@@ -929,12 +929,13 @@ class _Run(Generic[S, A]):
                         tally=tally.votes,
                     )
                 if winner is not None:
-                    self.last_votes, self.last_winner = tally.votes, winner
+                    votes = tally.votes
+                    self.last_votes, self.last_winner = votes, winner
                     await self.emit(
                         StepDecided,
                         step=step,
                         winner=winner,
-                        votes=tally.votes,
+                        votes=votes,
                         samples=ordinal,
                         red_flags=red_flags,
                     )
