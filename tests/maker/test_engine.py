@@ -337,6 +337,10 @@ class AtOnceClient(ScriptedClient):
         super().__init__(script, **kw)
         self.at_once: list[tuple[str, int]] = []
 
+    async def complete(self, request: SampleRequest) -> Completion:
+        # Defined here too: the scheduler trusts complete_now only beside its own complete.
+        return await super().complete(request)
+
     def complete_now(self, request: SampleRequest) -> Completion | None:
         if request.sample_id in self.hold:
             return None

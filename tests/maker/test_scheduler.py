@@ -26,6 +26,7 @@ from maker import (
     Scheduler,
     SchedulerObserver,
     SchedulerStatistics,
+    SimulatedModel,
     SlidingWindow,
     Wait,
     backoff_delay,
@@ -93,6 +94,9 @@ class Recorder:
 
 class AtOnce(Recorder):
     """A Recorder that can also answer without awaiting (``complete_now``)."""
+
+    async def complete(self, req: SampleRequest) -> Completion:
+        return await super().complete(req)
 
     def complete_now(self, req: SampleRequest) -> Completion | None:
         self.calls.append(self.time.now)
@@ -431,3 +435,19 @@ def test_call_now_returns_none_uncounted_when_the_client_cannot_answer_at_once()
 
     assert scheduler.call_now(Later(time), request()) is None
     assert scheduler.statistics() == SchedulerStatistics(0, 0, 0, 0, 0)
+
+
+def test_call_now_leaves_a_subclass_that_overrides_only_complete_to_its_complete() -> None:
+    # A subclass that makes the simulated model wait, count or fail overrides complete: its
+    # inherited complete_now would skip that, so the scheduler does not use it.
+    class Gated(SimulatedModel):
+        async def complete(self, request: SampleRequest) -> Completion:
+            raise AssertionError("not called here")
+
+    scheduler = Scheduler()
+    assert scheduler.call_now(Gated(preset="ideal"), request()) is None
+    patched = SimulatedModel(preset="ideal")
+    patched.complete = Gated(preset="ideal").complete  # type: ignore[method-assign]
+    assert scheduler.call_now(patched, request()) is None
+    assert scheduler.call_now(SimulatedModel(preset="ideal"), request()) is not None
+    assert scheduler.statistics().calls == 1
