@@ -58,6 +58,22 @@ class Client(Protocol):
 
 
 @runtime_checkable
+class ImmediateClient(Protocol):
+    """A client that can sometimes answer without awaiting anything: an in-process model.
+
+    Optional beside :class:`Client`: the scheduler calls :meth:`complete_now` when no limit of
+    the model is in force, which spares the engine a task per sample. Implement it only if the
+    answer is the one :meth:`Client.complete` would give and it never blocks (there is no
+    timeout around it).
+    """
+
+    def complete_now(self, request: SampleRequest) -> Completion | None:
+        """Answer one request at once, or None when it has to wait (then ``complete`` is
+        called); raise :class:`maker.ClientError` as ``complete`` would."""
+        ...
+
+
+@runtime_checkable
 class Probe(Protocol):
     """A client that can check its model is there without paying for a generation.
 

@@ -13,15 +13,17 @@ import os
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, Self, TypeVar
 
 import anyio
 import msgspec
-from anyio.abc import ObjectSendStream, TaskGroup
+from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
+from anyio.lowlevel import checkpoint
 
 from events import (
     OBSERVATIONAL_TYPES,
@@ -253,6 +255,30 @@ async def attempt_sample(
         error = exc
     except anyio.get_cancelled_exc_class():
         raise
+    except Exception as exc:
+        error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
+    latency = time.perf_counter() - began
+    return SampleOutcome(request.sample_id, attempt, completion, error, latency)
+
+
+def attempt_sample_now(
+    scheduler: Scheduler,
+    client: Client,
+    request: SampleRequest,
+    attempt: int,
+    emit: Callable[..., None],
+) -> SampleOutcome | None:
+    """:func:`attempt_sample` without awaiting, when the scheduler can answer at once (see
+    :meth:`Scheduler.call_now`); None when the attempt has to be made by ``attempt_sample``."""
+    began = time.perf_counter()
+    completion: Completion | None = None
+    error: ClientError | None = None
+    try:
+        completion = scheduler.call_now(client, request, EventObserver(emit, request))
+        if completion is None:
+            return None
+    except ClientError as exc:
+        error = exc
     except Exception as exc:
         error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
     latency = time.perf_counter() - began
@@ -748,6 +774,8 @@ class _Run(Generic[S, A]):
     async def execute(self) -> RunResult:
         started = time.perf_counter()
         task, policy = self.task, self.policy
+        # Each state is serialised once: the JSON that ends one step starts the next.
+        state_json = task.state_to_json(self.state)
         await self.emit(
             RunStarted,
             task=task.name,
@@ -757,7 +785,7 @@ class _Run(Generic[S, A]):
             model_params=self.client.describe(),
             seed=self.seed,
             version=__version__,
-            initial_state=task.state_to_json(self.state),
+            initial_state=state_json,
             limits=self.engine.scheduler.limits_for(self.client.model).describe(),
         )
         status: RunStatus = "succeeded"
@@ -769,9 +797,10 @@ class _Run(Generic[S, A]):
             while not task.is_done(self.state):
                 if budget is not None and self.steps >= budget:
                     raise _StepFailed(f"the task is not done after its budget of {budget} steps")
-                answer = await self._vote(self.steps, self.state)
+                answer = await self._vote(self.steps, self.state, state_json)
                 self.state = task.apply(self.state, answer)
-                await self.emit(StateChanged, step=self.steps, state=task.state_to_json(self.state))
+                state_json = task.state_to_json(self.state)
+                await self.emit(StateChanged, step=self.steps, state=state_json)
                 self.steps += 1
                 if self.estimate is not None:
                     votes = self.last_votes
@@ -827,29 +856,27 @@ class _Run(Generic[S, A]):
         )
         return self.result
 
-    async def _vote(self, step: int, state: S) -> A:
+    async def _vote(self, step: int, state: S, state_json: Any) -> A:
         task, policy, engine = self.task, self.policy, self.engine
         prompt = task.prompt(state)
-        await self.emit(StepStarted, step=step, state=task.state_to_json(state))
+        await self.emit(StepStarted, step=step, state=state_json)
         tally = Tally(self.k, policy.rule)
         answers: dict[str, A] = {}
         in_flight: dict[str, SampleRequest] = {}
         ordinal = 0
         red_flags = 0
         model = self.client.model
-        # Buffered, so a finished worker exits at once; what the loop has not read when the step
-        # is decided is cancelled with the rest.
-        send, receive = anyio.create_memory_object_stream[SampleOutcome](max_buffer_size=math.inf)
+        attempts = _Attempts(self)
 
         def launch(request: SampleRequest, attempt: int, delay: float) -> None:
             in_flight[request.sample_id] = request
             engine._in_flight += 1
-            tg.start_soon(self._sample, request, attempt, delay, send)
+            attempts.launch(request, attempt, delay)
 
         failure: str | None = None
         winner: str | None = None
         try:
-            async with send, receive, anyio.create_task_group() as tg:
+            async with attempts:
                 while winner is None and failure is None:
                     deficit = tally.needed() + policy.speculative - len(in_flight)
                     while deficit > 0 and ordinal < policy.max_samples_per_step:
@@ -881,7 +908,7 @@ class _Run(Generic[S, A]):
                     if not in_flight:
                         failure = _undecided(step, ordinal, policy, tally)
                         break
-                    outcome = await receive.receive()
+                    outcome = await attempts.next()
                     if self.recording is not None:
                         self.recording.delivered(outcome.sample_id, outcome.attempt)
                     request = in_flight.pop(outcome.sample_id)
@@ -906,19 +933,21 @@ class _Run(Generic[S, A]):
                         tally=tally.votes,
                     )
                 if winner is not None:
-                    self.last_votes, self.last_winner = tally.votes, winner
+                    votes = tally.votes
+                    self.last_votes, self.last_winner = votes, winner
                     await self.emit(
                         StepDecided,
                         step=step,
                         winner=winner,
-                        votes=tally.votes,
+                        votes=votes,
                         samples=ordinal,
                         red_flags=red_flags,
                     )
                     self.counters.max_in_step = max(self.counters.max_in_step, ordinal)
                 # Whatever is still in flight can no longer matter: stop it and say so.
+                if in_flight:
+                    attempts.cancel()
                 self._cancel_all(step, in_flight)
-                tg.cancel_scope.cancel()
         except anyio.get_cancelled_exc_class():
             self._cancel_all(step, in_flight, "run_cancelled")
             raise
@@ -1042,6 +1071,84 @@ class _Run(Generic[S, A]):
         await send.send(
             await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
         )
+
+
+class _Attempts:
+    """Makes the attempts of one step's samples and hands their outcomes to the step loop.
+
+    A launched attempt waits until the loop wants an outcome, which is when a sample task would
+    first run; then the attempts launched so far are made in launch order, so the calls, and
+    the events they record, keep one order however each is made. An attempt the scheduler can
+    answer at once (:meth:`Scheduler.call_now`) is made inline; any other runs in a task of a
+    task group opened on first need. A step whose samples all answer at once thus needs no
+    task, stream or task group, which at zero latency were most of a step's cost.
+    """
+
+    def __init__(self, run: _Run[Any, Any]) -> None:
+        self._run = run
+        # A replay serves recorded outcomes in their recorded turns, which only a task can
+        # wait for.
+        self._at_once = run.recording is None
+        self._launched: list[tuple[SampleRequest, int, float]] = []
+        self._ready: deque[SampleOutcome] = deque()
+        self._stack = AsyncExitStack()
+        self._tg: TaskGroup | None = None
+        self._send: ObjectSendStream[SampleOutcome] | None = None
+        self._receive: ObjectReceiveStream[SampleOutcome] | None = None
+        self._yielded = False
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        return await self._stack.__aexit__(exc_type, exc, tb)
+
+    def launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
+        """Queue an attempt, made when the loop next asks for an outcome."""
+        self._launched.append((request, attempt, delay))
+
+    async def next(self) -> SampleOutcome:
+        """The next outcome: of an attempt answered at once, else of the first task to end."""
+        if not self._yielded:
+            # Once a step, so that a step answered at once still lets the log writer and
+            # other runs have their turn, and a cancellation its chance.
+            await checkpoint()
+            self._yielded = True
+        run = self._run
+        for request, attempt, delay in self._launched:
+            if self._at_once and delay <= 0:
+                outcome = attempt_sample_now(
+                    run.engine.scheduler, run.client, request, attempt, run.emit_now
+                )
+                if outcome is not None:
+                    self._ready.append(outcome)
+                    continue
+            if self._tg is None:
+                # Buffered, so a finished worker exits at once; what the loop has not read
+                # when the step is decided is cancelled with the rest.
+                send, receive = anyio.create_memory_object_stream[SampleOutcome](
+                    max_buffer_size=math.inf
+                )
+                self._send = await self._stack.enter_async_context(send)
+                self._receive = await self._stack.enter_async_context(receive)
+                self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+            assert self._send is not None
+            self._tg.start_soon(run._sample, request, attempt, delay, self._send)
+        self._launched.clear()
+        if self._ready:
+            return self._ready.popleft()
+        assert self._receive is not None
+        return await self._receive.receive()
+
+    def cancel(self) -> None:
+        """Stop the attempts still running in tasks."""
+        if self._tg is not None:
+            self._tg.cancel_scope.cancel()
 
 
 class EventObserver(SchedulerObserver):

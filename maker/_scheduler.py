@@ -11,6 +11,7 @@ tested without real waiting.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections import deque
@@ -374,6 +375,48 @@ class Scheduler:
             if limiter is not None:
                 limiter.release()
 
+    def call_now(
+        self,
+        client: Client,
+        request: SampleRequest,
+        observer: SchedulerObserver | None = None,
+    ) -> Completion | None:
+        """:meth:`call` without awaiting, or None when the call would have to wait.
+
+        It answers when the client can answer at once (``complete_now``, see
+        :class:`~maker._client.ImmediateClient`) and no limit of the model is in force: no
+        concurrency, RPM or TPM cap and a closed breaker. Nothing is counted when it returns
+        None, so the caller then makes the call with :meth:`call`. Failures count and move the
+        breaker as they do in :meth:`call`.
+        """
+        if not _answers_at_once(client):
+            return None
+        gate = self._gate(client.model)
+        breaker = gate.breaker
+        if (
+            gate.limiter is not None
+            or gate.rpm is not None
+            or gate.tpm is not None
+            or breaker.state != "closed"
+            or breaker.down_since is not None
+        ):
+            return None
+        self._in_flight += 1
+        self._calls += 1
+        try:
+            completion: Completion | None = client.complete_now(request)  # type: ignore[attr-defined]
+        except ClientError:
+            self._failures += 1
+            self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=False)
+            raise
+        finally:
+            self._in_flight -= 1
+        if completion is None:
+            self._calls -= 1  # not made: call() counts it
+            return None
+        self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=True)
+        return completion
+
     async def _timed(self, client: Client, request: SampleRequest, limits: Limits) -> Completion:
         timeout = limits.timeout_s
         # An in-process model does no I/O and cannot hang; arming a deadline for each of its
@@ -447,6 +490,26 @@ class Scheduler:
             if change == "open":
                 self._opens += 1
             observer.breaker_changed(BreakerChange(model, change, breaker.failures))
+
+
+def _answers_at_once(client: Client) -> bool:
+    """Whether ``client.complete_now`` may stand for its ``complete``.
+
+    Only when one class defines both: a subclass that overrides ``complete`` alone (to wait,
+    count or fail, as tests and wrappers do) must still be called through it.
+    """
+    if "complete" in getattr(client, "__dict__", ()):
+        return False  # patched on the instance
+    return _defines_both(type(client))
+
+
+@functools.lru_cache(maxsize=256)
+def _defines_both(cls: type) -> bool:
+    def owner(name: str) -> type | None:
+        return next((klass for klass in cls.__mro__ if name in vars(klass)), None)
+
+    now = owner("complete_now")
+    return now is not None and now is owner("complete")
 
 
 def _token_estimate(request: SampleRequest) -> int:

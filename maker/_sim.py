@@ -42,7 +42,17 @@ _READING_CACHE = 256
 class _Reading:
     """A prompt read once: its simulator, state, hardness and right answer; rivals on demand."""
 
-    __slots__ = ("_rivals", "hard", "key", "oracle", "rivals_count", "salt", "sim", "state")
+    __slots__ = (
+        "_rivals",
+        "hard",
+        "key",
+        "oracle",
+        "p_correct",
+        "rivals_count",
+        "salt",
+        "sim",
+        "state",
+    )
 
     def __init__(self, sim: AnySimulator, state: Any, config: SimConfig) -> None:
         self.sim = sim
@@ -50,6 +60,7 @@ class _Reading:
         self.key = sim.state_key(state)
         self.salt = config.salt
         self.hard = _unit(f"hard:{config.salt}:{self.key}") < config.hard_fraction
+        self.p_correct = config.p_hard if self.hard else config.p_normal
         self.rivals_count = 1 if self.hard else config.rivals
         self.oracle = sim.oracle(state)
         self._rivals: tuple[Any, ...] | None = None
@@ -227,16 +238,20 @@ class SimulatedModel:
 
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request, after the simulated latency."""
-        response = self.respond(
-            request.system,
-            request.user,
-            max_tokens=request.max_tokens,
-            seed=request.seed,
-            model=request.model,
+        response = self._respond(
+            request.system, request.user, request.max_tokens, request.seed, request.temperature
         )
         if response.latency_s > 0:
             await anyio.sleep(response.latency_s)
-        return msgspec.structs.replace(response.completion, temperature_sent=request.temperature)
+        return response.completion
+
+    def complete_now(self, request: SampleRequest) -> Completion | None:
+        """The answer :meth:`complete` gives, at once; None when the model has latency."""
+        if self.config.latency_ms > 0:
+            return None
+        return self._respond(
+            request.system, request.user, request.max_tokens, request.seed, request.temperature
+        ).completion
 
     async def probe(self) -> None:
         """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
@@ -251,6 +266,12 @@ class SimulatedModel:
         model: str | None = None,
     ) -> SimResponse:
         """The response to one prompt, as a pure function of the prompt, ``seed`` and config."""
+        return self._respond(system, user, max_tokens, seed, None)
+
+    def _respond(
+        self, system: str, user: str, max_tokens: int, seed: int, temperature: float | None
+    ) -> SimResponse:
+        # ``temperature`` is only recorded as sent: it changes nothing in the answer.
         cfg = self.config
         rng = random.Random(seed)
         input_tokens = max(1, (len(system) + len(user)) // 4)
@@ -259,42 +280,32 @@ class SimulatedModel:
         if found is None:
             text = "I could not identify the task in this prompt."
             return self._response(
-                text, "stop", input_tokens, 12, latency, "unknown", None, False, max_tokens
+                text, input_tokens, 12, latency, "unknown", None, False, max_tokens, temperature
             )
-        sim, state, hard, oracle = found.sim, found.state, found.hard, found.oracle
+        sim, state, hard = found.sim, found.state, found.hard
+        kind: SampleKind
+        correct: bool | None = None
         draw = rng.random()
         if draw < cfg.malformed_rate:
-            text = sim.render_malformed(state, rng)
-            tokens = self._normal_tokens(rng)
-            return self._response(
-                text, "stop", input_tokens, tokens, latency, "malformed", None, hard, max_tokens
-            )
-        overlong = draw < cfg.malformed_rate + cfg.overlong_rate
-        if overlong:
-            p_correct = 1.0 - cfg.overlong_error
+            kind, text = "malformed", sim.render_malformed(state, rng)
         else:
-            p_correct = cfg.p_hard if hard else cfg.p_normal
-        correct = rng.random() < p_correct
-        answer = oracle if correct else None
-        if answer is None:
-            correct = False
-            rivals = found.rivals
-            if not rivals:
-                text = sim.render_malformed(state, rng)
-                tokens = self._normal_tokens(rng)
-                return self._response(
-                    text, "stop", input_tokens, tokens, latency, "malformed", None, hard, max_tokens
-                )
-            answer = rivals[rng.randrange(len(rivals))]
-        text = sim.render(answer, rng)
-        if not overlong:
-            tokens = self._normal_tokens(rng)
-            return self._response(
-                text, "stop", input_tokens, tokens, latency, "normal", correct, hard, max_tokens
-            )
-        tokens = rng.randint(760, 1400)
+            overlong = draw < cfg.malformed_rate + cfg.overlong_rate
+            p_correct = 1.0 - cfg.overlong_error if overlong else found.p_correct
+            correct = rng.random() < p_correct
+            answer = found.oracle if correct else None
+            if answer is None:
+                correct = False
+                rivals = found.rivals
+                if rivals:
+                    answer = rivals[rng.randrange(len(rivals))]
+            if answer is None:
+                kind, text, correct = "malformed", sim.render_malformed(state, rng), None
+            else:
+                kind = "overlong" if overlong else "normal"
+                text = sim.render(answer, rng)
+        tokens = rng.randint(760, 1400) if kind == "overlong" else self._normal_tokens(rng)
         return self._response(
-            text, "stop", input_tokens, tokens, latency, "overlong", correct, hard, max_tokens
+            text, input_tokens, tokens, latency, kind, correct, hard, max_tokens, temperature
         )
 
     def _read(self, system: str, user: str) -> _Reading | None:
@@ -336,7 +347,6 @@ class SimulatedModel:
     def _response(
         self,
         text: str,
-        finish_reason: str,
         input_tokens: int,
         output_tokens: int,
         latency: float,
@@ -344,7 +354,9 @@ class SimulatedModel:
         correct: bool | None,
         hard: bool,
         max_tokens: int,
+        temperature: float | None,
     ) -> SimResponse:
+        finish_reason = "stop"
         if output_tokens > max_tokens:
             # Cut off at the cap, as a real API does: the answer lines are lost.
             text, finish_reason, output_tokens = text[: len(text) // 3], "length", max_tokens
@@ -354,6 +366,7 @@ class SimulatedModel:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             model=self._name,
+            temperature_sent=temperature,
         )
         return SimResponse(
             completion=completion, latency_s=latency, kind=kind, correct=correct, hard=hard

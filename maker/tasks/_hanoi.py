@@ -72,9 +72,12 @@ def legal_moves(pegs: Pegs) -> list[Move]:
 
 def move_top(pegs: Pegs, src: int, dst: int) -> Pegs:
     """The pegs after the top disk of ``src`` went onto ``dst``, legal or not."""
-    out = [list(p) for p in pegs]
-    out[dst].append(out[src].pop())
-    return (tuple(out[0]), tuple(out[1]), tuple(out[2]))
+    # Pegs are tuples: only the two that change are rebuilt, by slicing rather than via lists.
+    out = list(pegs)
+    disk = out[src][-1]
+    out[src] = out[src][:-1]
+    out[dst] = (*out[dst], disk)
+    return (out[0], out[1], out[2])
 
 
 def strategy_answer(state: HanoiState, direction: int) -> HanoiAnswer | None:
@@ -158,6 +161,32 @@ _INT = re.compile(r"-?[0-9]+")
 
 
 _JSON = msgspec.json.Decoder()
+
+# The shapes every well-formed answer and prompt has, decoded and type-checked in one C call.
+_MOVE_JSON = msgspec.json.Decoder(Move)
+_PEGS_JSON = msgspec.json.Decoder(Pegs)
+_BIG = 2**62  # ints past this are left to literal(): literal_eval has a digit limit
+
+
+def plain_move(text: str) -> Move | None:
+    """``text`` as a move if it is JSON for three modest ints, else None (then use
+    :func:`literal`, which reads every such text the same)."""
+    try:
+        move = _MOVE_JSON.decode(text)
+    except ValueError:  # malformed, mistyped, unencodable, or past int's digit limit
+        return None
+    if not (-_BIG < move[0] < _BIG and -_BIG < move[1] < _BIG and -_BIG < move[2] < _BIG):
+        return None
+    return move
+
+
+def plain_pegs(text: str) -> Pegs | None:
+    """``text`` as three pegs if it is JSON for three lists of ints, else None (then use
+    :func:`literal`). The ints are not bounded here: callers check the disk set."""
+    try:
+        return _PEGS_JSON.decode(text)
+    except ValueError:  # malformed, mistyped, unencodable, or past int's digit limit
+        return None
 
 
 def _only_ints(value: Any) -> bool:
@@ -317,6 +346,7 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
             raise ConfigError("disks", f"must be in 1..{MAX_DISKS}, got {disks}")
         self.disks = disks
         self.direction = direction_for(disks)
+        self._disk_set = frozenset(range(1, disks + 1))
 
     def __repr__(self) -> str:
         return f"Hanoi(disks={self.disks})"
@@ -407,13 +437,36 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
         states = _STATE_RE.findall(text)
         if not states:
             raise RedFlag("malformed", "no next_state line")
+        # Nearly every answer is plain JSON holding each disk once: that is read and checked
+        # in one pass. Anything else takes the general path, which names each red flag.
+        answer = self._read_plain(moves[-1], states[-1])
+        if answer is not None:
+            return answer
+        return self._read_general(moves[-1], states[-1])
+
+    def _read_plain(self, move_text: str, state_text: str) -> HanoiAnswer | None:
+        """The answer if both texts are plain JSON and the disks are 1..n once each, else
+        None. Whatever it accepts, :meth:`_read_general` reads the same."""
+        move = plain_move(move_text)
+        if move is None:
+            return None
+        pegs = plain_pegs(state_text)
+        if pegs is None:
+            return None
+        disks = pegs[0] + pegs[1] + pegs[2]
+        # n disks that together are 1..n: each is there exactly once.
+        if len(disks) != self.disks or set(disks) != self._disk_set:
+            return None
+        return HanoiAnswer(move=move, next_state=pegs)
+
+    def _read_general(self, move_text: str, state_text: str) -> HanoiAnswer:
         try:
-            move_value = literal(moves[-1])
+            move_value = literal(move_text)
         except ValueError:
             raise RedFlag("malformed", "move is not a Python literal") from None
         move = _as_move(move_value)
         try:
-            state_value = literal(states[-1])
+            state_value = literal(state_text)
         except ValueError:
             raise RedFlag("malformed", "next_state is not a Python literal") from None
         pegs = _as_pegs(state_value)

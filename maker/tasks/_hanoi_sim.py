@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import re
+from itertools import chain
 
 from events import canonical_json
 
@@ -19,6 +20,8 @@ from ._hanoi import (
     legal_moves,
     literal,
     move_top,
+    plain_move,
+    plain_pegs,
     state_json,
     strategy_answer,
 )
@@ -49,8 +52,37 @@ def _move_text(move: Move | list[int], compact: bool = False) -> str:
     return text.replace(" ", "") if compact else text
 
 
+def _search_from(start: str, pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+    """``pattern.search(text)`` for a pattern whose matches all begin with ``start``: the
+    search starts where ``start`` first occurs (the prompt's long rules are not rescanned)."""
+    at = text.find(start)
+    return None if at < 0 else pattern.search(text, at)
+
+
 def _disks(pegs: Pegs) -> int:
-    return max((d for peg in pegs for d in peg), default=0)
+    return max(chain.from_iterable(pegs), default=0)
+
+
+def _literal_pegs(text: str) -> Pegs | None:
+    try:
+        raw = literal(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, list) or len(raw) != 3:
+        return None
+    if not all(isinstance(p, list) and all(type(d) is int for d in p) for p in raw):
+        return None
+    return (tuple(raw[0]), tuple(raw[1]), tuple(raw[2]))
+
+
+def _literal_move(text: str) -> Move | None:
+    try:
+        raw = literal(text)
+    except ValueError:
+        return None
+    if not isinstance(raw, list) or len(raw) != 3 or not all(type(v) is int for v in raw):
+        return None
+    return (raw[0], raw[1], raw[2])
 
 
 class HanoiSimulator:
@@ -61,6 +93,11 @@ class HanoiSimulator:
     strategy cannot reach peg 2 is not one Hanoi makes, so it is not ours).
     """
 
+    def __init__(self) -> None:
+        # The answer lines of the answer rendered last, per compactness: a step's samples
+        # mostly render one answer (the right one), and its pegs' text is most of a render.
+        self._lines: tuple[HanoiAnswer, dict[bool, tuple[str, str]]] | None = None
+
     @property
     def task_name(self) -> str:
         """``"hanoi"``."""
@@ -69,34 +106,26 @@ class HanoiSimulator:
     def read_prompt(self, system: str, user: str) -> HanoiState | None:
         """The state in a Hanoi user prompt, or None if the prompt is not Hanoi's."""
         direction = next((d for text, d in _CIRCLES.items() if text in user), None)
-        previous = _PREVIOUS.search(user)
-        current = _CURRENT.search(user)
+        previous = _search_from("Previous move:", _PREVIOUS, user)
+        current = _search_from("Current State:", _CURRENT, user)
         if direction is None or previous is None or current is None:
             return None
-        try:
-            raw_pegs = literal(current.group(1))
-            raw_prev = None if previous.group(1) == "None" else literal(previous.group(1))
-        except ValueError:
-            return None
-        if not isinstance(raw_pegs, list) or len(raw_pegs) != 3:
-            return None
-        if not all(isinstance(p, list) and all(type(d) is int for d in p) for p in raw_pegs):
-            return None
-        pegs: Pegs = (tuple(raw_pegs[0]), tuple(raw_pegs[1]), tuple(raw_pegs[2]))
+        # Hanoi writes both as plain JSON, read in one call; other text is read as literals.
+        pegs = plain_pegs(current.group(1))
+        if pegs is None:
+            pegs = _literal_pegs(current.group(1))
+            if pegs is None:
+                return None
         n = _disks(pegs)
         if not 1 <= n <= MAX_DISKS or sorted(d for p in pegs for d in p) != list(range(1, n + 1)):
             return None
         if direction != direction_for(n):
             return None
         prev: Move | None = None
-        if raw_prev is not None:
-            if (
-                not isinstance(raw_prev, list)
-                or len(raw_prev) != 3
-                or not all(type(v) is int for v in raw_prev)
-            ):
+        if previous.group(1) != "None":
+            prev = plain_move(previous.group(1)) or _literal_move(previous.group(1))
+            if prev is None:
                 return None
-            prev = (raw_prev[0], raw_prev[1], raw_prev[2])
         return HanoiState(pegs=pegs, previous_move=prev)
 
     def state_key(self, state: HanoiState) -> str:
@@ -146,14 +175,25 @@ class HanoiSimulator:
         d, f, t = answer.move
         reason = rng.choice(_REASONS).format(d=d, f=f, t=t)
         compact = rng.random() < 0.2
-        move_line = f"move = {_move_text(answer.move, compact)}"
-        state_line = f"next_state = {_pegs_text(answer.next_state, compact)}"
+        move_line, state_line = self._answer_lines(answer, compact)
         style = rng.randrange(3)
         if style == 0:
             return f"{reason}\n{move_line}\n{state_line}"
         if style == 1:
             return f"{reason}\n\n```\n{move_line}\n{state_line}\n```"
         return f"{reason}\n```{move_line}```\n```{state_line}```"
+
+    def _answer_lines(self, answer: HanoiAnswer, compact: bool) -> tuple[str, str]:
+        last = self._lines
+        if last is None or last[0] is not answer:
+            last = self._lines = (answer, {})
+        lines = last[1].get(compact)
+        if lines is None:
+            lines = last[1][compact] = (
+                f"move = {_move_text(answer.move, compact)}",
+                f"next_state = {_pegs_text(answer.next_state, compact)}",
+            )
+        return lines
 
     def render_malformed(self, state: HanoiState, rng: random.Random) -> str:
         """A response the strict parser rejects, drawn from the ways answers go wrong."""

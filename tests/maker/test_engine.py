@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -26,9 +28,11 @@ from maker import (
     ClientError,
     Completion,
     Engine,
+    Limits,
     Policy,
     RedFlagRules,
     SampleRequest,
+    Scheduler,
     SimConfig,
     SimulatedModel,
 )
@@ -323,3 +327,117 @@ async def test_hanoi_ten_disks_on_the_simulated_model_follows_the_optimal_soluti
     assert len(steps_started) == 1023
     received = sum(isinstance(e, SampleReceived) for e in events)
     assert received == result.samples - result.cancelled_samples
+
+
+class AtOnceClient(ScriptedClient):
+    """The scripted client that can also answer without awaiting, as the in-process model
+    does; a held sample still has to wait, so it is made in a task."""
+
+    def __init__(self, script: Callable[[SampleRequest, int], Reply] = correct, **kw: Any):
+        super().__init__(script, **kw)
+        self.at_once: list[tuple[str, int]] = []
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        # Defined here too: the scheduler trusts complete_now only beside its own complete.
+        return await super().complete(request)
+
+    def complete_now(self, request: SampleRequest) -> Completion | None:
+        if request.sample_id in self.hold:
+            return None
+        attempt = self._attempts.get(request.sample_id, 0) + 1
+        self._attempts[request.sample_id] = attempt
+        self.at_once.append((request.sample_id, attempt))
+        reply = self.script(request, attempt)
+        if isinstance(reply, ClientError):
+            raise reply
+        if isinstance(reply, Completion):
+            return reply
+        return Completion(
+            text=reply, finish_reason="stop", input_tokens=12, output_tokens=30, model="fake"
+        )
+
+
+def noisy(request: SampleRequest, attempt: int) -> Reply:
+    """Transport failures, red flags and wrong votes, as a function of the sample id only."""
+    ordinal = int(request.sample_id.split(":")[1])
+    current = int(request.user.rsplit("=", 1)[1])
+    if (request.step + ordinal) % 4 == 1 and attempt < 3:
+        return ClientError("busy", kind="rate_limited", retryable=True)
+    if (request.step * 3 + ordinal) % 7 == 2:
+        return "I am not sure."
+    if (request.step + 2 * ordinal) % 5 == 3:
+        return f"next = {current + 2}"
+    return correct(request, attempt)
+
+
+@pytest.mark.parametrize("speculative", [0, 2])
+async def test_samples_answered_at_once_record_what_sample_tasks_record(
+    tmp_path: Path, speculative: int
+) -> None:
+    # Retries without backoff, so that every attempt of the at-once client is made at once.
+    limits = Limits(backoff_base_s=0.0)
+    policy = Policy(k=2, speculative=speculative)
+    runs = []
+    for name, client in (("tasks", ScriptedClient(noisy)), ("at_once", AtOnceClient(noisy))):
+        path = tmp_path / f"{name}.db"
+        async with Engine(log=path, client=client, scheduler=Scheduler(limits)) as engine:
+            result = await engine.run(Count(8), policy=policy, seed=5)
+            assert engine.statistics().in_flight == 0
+        runs.append(
+            (client, result, [comparable(e) for e in await read_events(path, result.run_id)])
+        )
+    (tasks, by_tasks, events), (at_once, by_calls, same) = runs
+    assert same == events
+    assert (by_calls.status, by_calls.steps, by_calls.samples) == (
+        by_tasks.status,
+        by_tasks.steps,
+        by_tasks.samples,
+    )
+    assert {e["type"] for e in events} >= {"sample_failed", "red_flagged", "vote_counted"}
+    assert tasks.started
+    assert not at_once.started
+    assert isinstance(at_once, AtOnceClient)
+    assert at_once.at_once == tasks.started
+
+
+async def test_a_sample_that_cannot_answer_at_once_runs_in_a_task_and_is_cancelled_unused(
+    tmp_path: Path,
+) -> None:
+    client = AtOnceClient(hold={"0:2", "0:3"})
+    async with Engine(log=tmp_path / "log.db", client=client) as engine:
+        result = await engine.run(Count(2), policy=Policy(k=2, speculative=2), seed=1)
+        assert engine.statistics().in_flight == 0
+    assert result.ok
+    assert sorted(client.cancelled) == ["0:2", "0:3"]
+    assert [s for s, _ in client.at_once] == ["0:0", "0:1", "1:0", "1:1", "1:2", "1:3"]
+    events = await read_events(tmp_path / "log.db", result.run_id)
+    cancelled = [(e.sample_id, e.reason) for e in events if isinstance(e, SampleCancelled)]
+    assert sorted(cancelled) == [(s, "decided") for s in ("0:2", "0:3", "1:2", "1:3")]
+
+
+async def test_a_run_answered_at_once_still_yields_and_is_cancelled_between_calls(
+    tmp_path: Path,
+) -> None:
+    # No sample of this run ever waits; the step loop's own checkpoint is where it stops.
+    with anyio.CancelScope() as scope:
+
+        def stop(event: object) -> None:
+            if isinstance(event, StepDecided) and event.step == 3:
+                scope.cancel()
+
+        async with Engine(log=tmp_path / "log.db", client=AtOnceClient()) as engine:
+            await engine.run(Count(10), policy=Policy(k=2), seed=1, run_id="r", sinks=[stop])
+    events = await read_events(tmp_path / "log.db", "r")
+    tail = [(event_tag(type(e)), getattr(e, "sample_id", None)) for e in events[-6:]]
+    assert tail == [
+        ("step_started", None),
+        ("sample_requested", "4:0"),
+        ("sample_requested", "4:1"),
+        ("sample_cancelled", "4:0"),
+        ("sample_cancelled", "4:1"),
+        ("run_finished", None),
+    ]
+    last = events[-1]
+    assert isinstance(last, RunFinished)
+    assert (last.status, last.steps) == ("cancelled", 4)
+    assert {e.reason for e in events if isinstance(e, SampleCancelled)} == {"run_cancelled"}

@@ -15,7 +15,7 @@ from events import canonical_json
 from maker._errors import ConfigError, RedFlag
 from maker._simulator import Simulator
 from maker.tasks import Hanoi, HanoiAnswer, HanoiSimulator, HanoiState, optimal_moves
-from maker.tasks._hanoi import legal_moves, literal, move_top
+from maker.tasks._hanoi import _MOVE_RE, _STATE_RE, legal_moves, literal, move_top
 
 SIM = HanoiSimulator()
 
@@ -322,6 +322,55 @@ def test_literal_agrees_with_literal_eval_on_lists(data: st.DataObject) -> None:
     pegs = [flat(data.draw(ints)) for _ in range(data.draw(st.integers(1, 4)))]
     for text in (pegs[0], "[" + ",".join(pegs) + data.draw(blank) + "]"):
         assert literal_or_error(text) == literal_eval_or_error(text)
+
+
+def flag_or(read: Callable[[], object]) -> object:
+    try:
+        return read()
+    except RedFlag as flag:
+        return ("flag", flag.reason, flag.detail)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_parse_reads_and_flags_as_its_general_path_does(data: st.DataObject) -> None:
+    # parse reads plain JSON answers itself (_read_plain): it must never differ from the
+    # general path, neither in the answer nor in a red flag's detail.
+    task = Hanoi(data.draw(st.integers(1, 6)))
+    # Half the time the texts are plain answers, perhaps with one odd value, so that both
+    # paths get their share.
+    plain_only = data.draw(st.booleans())
+    blank = st.sampled_from(["", "", " ", "\n", "\t", "\r", " \n "])
+    odd = st.sampled_from(["1.0", "True", "true", "+1", "01", "0x1", "9" * 5000, "-0", "1e2"])
+    value = st.integers(-3, 9).map(str) | st.integers(-(10**25), 10**25).map(str) | odd
+
+    def listed(items: list[str]) -> str:
+        body = ",".join(data.draw(blank) + item + data.draw(blank) for item in items)
+        trailing = "" if plain_only or not items else data.draw(st.sampled_from(["", ","]))
+        return "[" + data.draw(blank) + body + trailing + "]"
+
+    if plain_only:
+        move = listed(
+            [str(v) for v in data.draw(st.lists(st.integers(-3, 9), min_size=3, max_size=3))]
+        )
+        disks = [str(d) for d in range(task.disks, 0, -1)]
+        if data.draw(st.integers(0, 3)) == 0:
+            disks[data.draw(st.integers(0, task.disks - 1))] = data.draw(value)
+        a, b = sorted(data.draw(st.lists(st.integers(0, task.disks), min_size=2, max_size=2)))
+        pegs = [disks[:a], disks[a:b], disks[b:]]
+    else:
+        move = listed(data.draw(st.lists(value, min_size=2, max_size=4)))
+        pegs = data.draw(st.lists(st.lists(value, max_size=4), min_size=2, max_size=4))
+    state = listed([listed(peg) for peg in pegs])
+    general = flag_or(lambda: task._read_general(move, state))
+    plain = task._read_plain(move, state)
+    if plain is not None:
+        assert plain == general
+    text = f"move = {move}\nnext_state = {state}"
+    moves, states = _MOVE_RE.findall(text), _STATE_RE.findall(text)
+    if moves and states:
+        assert (moves[-1], states[-1]) == (move, state)
+        assert flag_or(lambda: task.parse(text)) == general
 
 
 def test_repairing_parser_accepts_what_the_strict_one_rejects() -> None:

@@ -25,6 +25,8 @@ from maker import (
     SampleRequest,
     Scheduler,
     SchedulerObserver,
+    SchedulerStatistics,
+    SimulatedModel,
     SlidingWindow,
     Wait,
     backoff_delay,
@@ -88,6 +90,30 @@ class Recorder:
             )
         finally:
             self.in_flight -= 1
+
+
+class AtOnce(Recorder):
+    """A Recorder that can also answer without awaiting (``complete_now``)."""
+
+    async def complete(self, req: SampleRequest) -> Completion:
+        return await super().complete(req)
+
+    def complete_now(self, req: SampleRequest) -> Completion | None:
+        self.calls.append(self.time.now)
+        error = self.fail(len(self.calls)) if self.fail else None
+        if error is not None:
+            raise error
+        return Completion(
+            text="now", finish_reason="stop", input_tokens=20, output_tokens=30, model="fake"
+        )
+
+
+class Changes(SchedulerObserver):
+    def __init__(self) -> None:
+        self.changes: list[BreakerChange] = []
+
+    def breaker_changed(self, change: BreakerChange) -> None:
+        self.changes.append(change)
 
 
 # -- backoff -------------------------------------------------------------------------------
@@ -359,3 +385,69 @@ async def test_the_same_seed_draws_the_same_backoff(tmp_path: Path) -> None:
     assert delays[0] == delays[1]
     assert len(delays[0]) == 2
     assert all(d > 0 for d in delays[0])
+
+
+# -- answering at once ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "limits", [Limits(concurrency=4), Limits(rpm=1000), Limits(tpm=100_000)], ids=str
+)
+def test_call_now_answers_only_a_client_that_can_and_only_when_no_limit_is_in_force(
+    limits: Limits,
+) -> None:
+    time = FakeTime()
+    free = Scheduler(clock=time.clock, sleep=time.sleep)
+    completion = free.call_now(AtOnce(time), request())
+    assert completion is not None
+    assert completion.text == "now"
+    assert free.call_now(Recorder(time), request()) is None  # it has no complete_now
+    assert free.statistics() == SchedulerStatistics(0, 0, 1, 0, 0)
+    limited = Scheduler(limits, clock=time.clock, sleep=time.sleep)
+    client = AtOnce(time)
+    assert limited.call_now(client, request()) is None
+    assert client.calls == []
+    assert limited.statistics().calls == 0
+
+
+def test_call_now_failures_count_and_open_the_breaker_then_calls_must_wait() -> None:
+    time = FakeTime()
+    scheduler = Scheduler(Limits(breaker_threshold=2), clock=time.clock, sleep=time.sleep)
+    client = AtOnce(time, fail=lambda n: ClientError("down", kind="unavailable", retryable=True))
+    observer = Changes()
+    for i in range(2):
+        with pytest.raises(ClientError, match="down"):
+            scheduler.call_now(client, request(f"0:{i}"), observer)
+    assert [c.state for c in observer.changes] == ["open"]
+    assert scheduler.breaker_state("fake") == "open"
+    assert scheduler.call_now(client, request("0:2")) is None  # the breaker makes it wait
+    stats = scheduler.statistics()
+    assert (stats.calls, stats.failures, stats.breaker_opens, stats.in_flight) == (2, 2, 1, 0)
+
+
+def test_call_now_returns_none_uncounted_when_the_client_cannot_answer_at_once() -> None:
+    time = FakeTime()
+    scheduler = Scheduler(clock=time.clock, sleep=time.sleep)
+
+    class Later(AtOnce):
+        def complete_now(self, req: SampleRequest) -> Completion | None:
+            return None
+
+    assert scheduler.call_now(Later(time), request()) is None
+    assert scheduler.statistics() == SchedulerStatistics(0, 0, 0, 0, 0)
+
+
+def test_call_now_leaves_a_subclass_that_overrides_only_complete_to_its_complete() -> None:
+    # A subclass that makes the simulated model wait, count or fail overrides complete: its
+    # inherited complete_now would skip that, so the scheduler does not use it.
+    class Gated(SimulatedModel):
+        async def complete(self, request: SampleRequest) -> Completion:
+            raise AssertionError("not called here")
+
+    scheduler = Scheduler()
+    assert scheduler.call_now(Gated(preset="ideal"), request()) is None
+    patched = SimulatedModel(preset="ideal")
+    patched.complete = Gated(preset="ideal").complete  # type: ignore[method-assign]
+    assert scheduler.call_now(patched, request()) is None
+    assert scheduler.call_now(SimulatedModel(preset="ideal"), request()) is not None
+    assert scheduler.statistics().calls == 1

@@ -704,3 +704,17 @@ def test_prompt_of_no_known_task(prompt: tuple[str, str]) -> None:
             Hanoi(3).parse(r.completion.text)
         with pytest.raises(RedFlag):
             Arithmetic().parse(r.completion.text)
+
+
+def test_complete_now_is_complete_without_awaiting_and_declines_with_latency() -> None:
+    task = Hanoi(4)
+    prompt = task.prompt(task.initial_state())
+    model = SimulatedModel(SimConfig(p=0.7, malformed_rate=0.1, overlong_rate=0.1))
+    for seed in range(200):
+        request = SampleRequest(
+            sample_id=f"0:{seed}", step=0, model="sim", system=prompt.system, user=prompt.user,
+            temperature=0.1, max_tokens=1000, seed=seed,
+        )  # fmt: skip
+        assert model.complete_now(request) == anyio.run(model.complete, request)
+    slow = SimulatedModel(SimConfig(latency_ms=5.0))
+    assert slow.complete_now(request) is None
