@@ -18,6 +18,7 @@ of a run, which a chain alone cannot (a shorter chain is still a valid chain).
 
 from __future__ import annotations
 
+import math
 import os
 import sqlite3
 import time
@@ -309,15 +310,19 @@ class EventLog:
         # Shielded for its whole life: a cancelled writer would lose the queued rows. It stops
         # only when the log closes, after draining the queue.
         with anyio.CancelScope(shield=True):
+            began = -math.inf  # when the last round of commits began
             while True:
                 await self._wake.wait()
                 queued = self._appended - self._written
-                if queued < self._batch_size and self._commit_interval > 0:
-                    # Let a burst gather into one transaction: a commit costs more than a row.
-                    # Under load the interval is the period of commits: the batch is all that
-                    # came meanwhile, however much that is.
-                    with anyio.move_on_after(self._commit_interval):
+                # Let a burst gather into one transaction (a commit costs more than a row), but
+                # only until one interval after the last round began: under load, the time the
+                # writes themselves take counts against the interval, so rounds start at least
+                # once per interval and the batch is all that came meanwhile.
+                wait = began + self._commit_interval - anyio.current_time()
+                if queued < self._batch_size and wait > 0:
+                    with anyio.move_on_after(wait):
                         await self._urgent.wait()
+                began = anyio.current_time()
                 self._wake = anyio.Event()
                 if self._urgent.is_set():
                     self._urgent = anyio.Event()
