@@ -671,7 +671,7 @@ def _pair(row: Any) -> tuple[int, bytes] | None:
     return None if row is None else (int(row[0]), bytes(row[1]))
 
 
-def writer_for(conn: sqlite3.Connection, version: int) -> V1Writer | V2Writer:
+def writer_for(conn: sqlite3.Connection, version: int) -> WriterFormat:
     """The writer of a file's own version (on the writer's thread)."""
     if version == 1:
         return V1Writer()

@@ -41,7 +41,7 @@ from ._errors import (
     SequenceError,
     UnknownRunError,
 )
-from ._formats import APPLICATION_ID, SCHEMAS, V1Writer, V2Writer, chain_hash, writer_for
+from ._formats import APPLICATION_ID, SCHEMAS, WriterFormat, chain_hash, writer_for
 from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted
 
 __all__ = ["APPLICATION_ID", "EventLog", "LogStatistics", "RunInfo", "chain_hash"]
@@ -135,7 +135,7 @@ class EventLog:
         self._new_version = schema_version
         self._version = 0  # the file's, once open
         self._conn: sqlite3.Connection | None = None
-        self._format: V1Writer | V2Writer | None = None
+        self._format: WriterFormat | None = None
         self._tg: TaskGroup | None = None
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._wake = anyio.Event()
@@ -456,7 +456,7 @@ def _check_exists(path: str) -> None:
 
 
 def _load_head(
-    conn: sqlite3.Connection, layout: V1Writer | V2Writer, path: str, run_id: str
+    conn: sqlite3.Connection, layout: WriterFormat, path: str, run_id: str
 ) -> tuple[int, bytes]:
     """A run's last seq and hash, refusing a run whose stored head disagrees with its rows.
 
@@ -519,9 +519,7 @@ def _check_readable(path: str) -> int:
         conn.close()
 
 
-def _open_for_writing(
-    path: str, new_version: int
-) -> tuple[sqlite3.Connection, V1Writer | V2Writer]:
+def _open_for_writing(path: str, new_version: int) -> tuple[sqlite3.Connection, WriterFormat]:
     """The writer's connection, on a worker thread (the writer uses it from worker threads, one
     call at a time, hence ``check_same_thread=False``)."""
     try:
@@ -552,9 +550,7 @@ def _open_for_writing(
     return conn, layout
 
 
-def _write_batch(
-    conn: sqlite3.Connection, layout: V1Writer | V2Writer, batch: _formats.Batch
-) -> None:
+def _write_batch(conn: sqlite3.Connection, layout: WriterFormat, batch: _formats.Batch) -> None:
     """Write one batch and seal its runs' heads in one transaction (on a worker thread)."""
     conn.execute("BEGIN")
     try:
