@@ -71,6 +71,11 @@ def client_for(started: RunStarted, **options: Any) -> Client:
                 named = None
             if named is not None and named.config == config:
                 return named
+            # The preset's values have changed since the run: rebuild what the run used, under
+            # the name it recorded, so its run_started still reproduces.
+            recorded = SimulatedModel(config)
+            recorded.preset = preset
+            return recorded
         return SimulatedModel(config)
     from maker.clients import make_client
 

@@ -36,6 +36,7 @@ from maker import (
     SimResponse,
     SimulatedModel,
     Task,
+    p_step,
 )
 from maker.tasks import Arithmetic, ArithState, Hanoi, HanoiState
 
@@ -594,6 +595,28 @@ def test_presets_follow_the_paper() -> None:
     model = SimulatedModel(preset="o3-mini")
     assert model.config is PRESETS["o3-mini"]
     assert SimulatedModel().config == PRESETS["paper"]
+
+
+def test_the_paper_preset_makes_the_papers_k_enough_for_its_run() -> None:
+    """The paper ran 1,048,575 steps at k = 3 without an error, and its table gives k_min = 3 at
+    t = 0.95. The preset's hard states (its guess at correlated errors) must keep that true.
+
+    Per state class the step errs as in the gambler's ruin against one rival (Eq 9, an upper
+    bound for normal states, whose errors split over two rivals); a run succeeds when no step
+    errs."""
+    config = PRESETS["paper"]
+    steps = 2**20 - 1
+
+    def p_success(k: int) -> float:
+        normal = (1.0 - config.hard_fraction) * (1.0 - p_step(config.p_normal, k))
+        hard = config.hard_fraction * (1.0 - p_step(config.p_hard, k))
+        return math.exp(-steps * (normal + hard))
+
+    assert p_success(3) >= 0.95
+    assert p_success(2) < 0.05
+    # The hard states still err together more often than independent errors would.
+    assert config.p_hard < config.p_normal
+    assert steps * config.hard_fraction * (1 - config.p_hard) ** 2 > 0.25
 
 
 def test_ideal_never_errs_nor_flags() -> None:

@@ -180,6 +180,27 @@ async def test_resume_after_a_crash_continues_to_the_same_decisions(
     assert (await verify_run(crashed)).ok
 
 
+async def test_resume_rebuilds_a_preset_whose_values_changed_since_the_run(tmp_path: Path) -> None:
+    # A run recorded under a preset name whose values have since changed resumes with the
+    # values it recorded, still under that name, so its run_started reproduces.
+    model = SimulatedModel(NOISY)
+    model.preset = "paper"
+    full = tmp_path / "full.db"
+    async with Engine(log=full, client=model) as engine:
+        await engine.run(Hanoi(4), policy=Policy(k=3), seed=5)
+    events = await load_events(full)
+    assert events[0].model_params["preset"] == "paper"
+    assert events[0].model_params["p"] == NOISY.p != SimConfig().p
+    crashed = tmp_path / "crashed.db"
+    await _copy_prefix(events, len(events) // 2, crashed)
+
+    result = await resume_run(crashed)
+    assert result.ok
+    resumed = await load_events(crashed)
+    assert winners(resumed) == winners(events)
+    assert (await verify_run(crashed)).ok
+
+
 async def test_resume_after_a_cancellation_continues_the_same_run(tmp_path: Path) -> None:
     reference = tmp_path / "ref.db"
     await record(reference, Hanoi(5), seed=4)
