@@ -686,7 +686,7 @@ class McpTools:
         return await self._status(info.run_id)
 
     async def _status(self, run_id: str) -> dict[str, Any]:
-        from replay import summarize
+        from replay import summarize_async
 
         await self.log.flush()
         info = await self.log.run(run_id)
@@ -714,8 +714,10 @@ class McpTools:
         cached = self._summaries.get(key)
         if cached is None:
             # A run that is not going changes only if resumed, which moves its last seq.
-            events = await self._events(run_id)
-            cached = dict(summarize(events, per_step=False).to_json())
+            await self.log.flush()
+            # Folded as it is read: a finished run of any length in bounded memory.
+            async with aclosing(self.log.read(run_id)) as events:
+                cached = dict((await summarize_async(events, per_step=False)).to_json())
             self._summaries[key] = cached
             while len(self._summaries) > SUMMARY_CACHE:
                 self._summaries.popitem(last=False)

@@ -115,6 +115,13 @@ class Server:
         return f"http://{host}:{self.port}"
 
 
+async def _no_events() -> AsyncIterator[AnyEvent]:
+    """An empty stream: the fold of a run that has not recorded ``run_started`` yet."""
+    nothing: tuple[AnyEvent, ...] = ()
+    for event in nothing:
+        yield event
+
+
 def _error(status: int, message: str) -> web.Response:
     from aiohttp import web
 
@@ -156,10 +163,10 @@ class _Service:
         make_client: Callable[[str], Client] | None,
         heartbeat_s: float,
     ) -> None:
-        from replay import summarize  # replay/ builds on maker's public API: import it lazily
+        from replay import summarize_async  # replay/ builds on maker's public API: lazily
 
         self.engine = engine
-        self.summarize = summarize
+        self.summarize = summarize_async
         self.make_client = make_client
         self.heartbeat_s = heartbeat_s
         self.clients: dict[str, Client] = {}
@@ -245,10 +252,10 @@ class _Service:
             # It has already ended: cancelling changes nothing; answer with how it ended.
             from aiohttp import web
 
-            from replay import summarize
-
-            events = [event async for event in self.log.read(run_id)]
-            return web.json_response(summarize(events, per_step=False).to_json())
+            # Folded as it is read: a finished run of any length in bounded memory.
+            async with aclosing(self.log.read(run_id)) as events:
+                summary = await self.summarize(events, per_step=False)
+            return web.json_response(summary.to_json())
         try:
             result = await handle.cancel()
         except Exception as exc:  # a bug in task code ended the run before the cancel
@@ -283,12 +290,12 @@ class _Service:
         run_id = request.match_info["run_id"]
         await self._flush()
         try:
-            events = [event async for event in self.log.read(run_id)]
+            async with aclosing(self.log.read(run_id)) as events:
+                summary = await self.summarize(events, per_step=False)
         except UnknownRunError:
             if self.engine.handle(run_id) is None:
                 return _error(404, f"no run {run_id}")
-            events = []  # started, but it has not recorded run_started yet
-        summary = self.summarize(events, per_step=False)
+            summary = await self.summarize(_no_events(), per_step=False)  # no run_started yet
         summary.run_id = run_id
         return web.json_response(summary.to_json())
 

@@ -73,9 +73,9 @@ def client_for(started: RunStarted, **options: Any) -> Client:
                 return named
             # The preset's values have changed since the run: rebuild what the run used, under
             # the name it recorded, so its run_started still reproduces.
-            recorded = SimulatedModel(config)
-            recorded.preset = preset
-            return recorded
+            renamed = SimulatedModel(config)
+            renamed.preset = preset
+            return renamed
         return SimulatedModel(config)
     from maker.clients import make_client
 

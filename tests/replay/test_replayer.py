@@ -16,6 +16,7 @@ from events import (
     RedFlagged,
     RunFinished,
     RunResumed,
+    RunStarted,
     SampleCancelled,
     SampleFailed,
     SampleReceived,
@@ -189,8 +190,10 @@ async def test_resume_rebuilds_a_preset_whose_values_changed_since_the_run(tmp_p
     async with Engine(log=full, client=model) as engine:
         await engine.run(Hanoi(4), policy=Policy(k=3), seed=5)
     events = await load_events(full)
-    assert events[0].model_params["preset"] == "paper"
-    assert events[0].model_params["p"] == NOISY.p != SimConfig().p
+    started = events[0]
+    assert isinstance(started, RunStarted)
+    assert started.model_params["preset"] == "paper"
+    assert started.model_params["p"] == NOISY.p != SimConfig().p
     crashed = tmp_path / "crashed.db"
     await _copy_prefix(events, len(events) // 2, crashed)
 
