@@ -17,6 +17,8 @@ the parent's death is dropped whole, so the file holds exactly a prefix of what 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
 import os
 import pickle
@@ -52,7 +54,11 @@ from ._process import (
 )
 from ._types import AnyEvent, Event
 
-_READ: Final = 1 << 16  # a pipe holds 64 KiB: a read returns no more
+_PIPE_SIZE: Final = 1 << 20
+"""Bytes the input pipe holds (Linux's limit for an unprivileged process). What the parent wrote
+into the pipe survives its death, and the kernel takes it at once even while a commit keeps this
+process from reading: what the parent still held when it died is what a kill loses."""
+_READ: Final = _PIPE_SIZE
 _PARENT_CHECK: Final = 1.0
 """Seconds between checks, while idle, that the parent is still the one that started us."""
 
@@ -110,6 +116,7 @@ class _Writer:
         self._urgent = False
 
     def run(self, fd: int) -> None:
+        _widen_pipe(fd)
         poll = select.poll()
         poll.register(fd, select.POLLIN)
         began = -math.inf  # when the last round of commits began
@@ -221,6 +228,13 @@ class _Writer:
             self._committed += batch.events
             self._batches += 1
             self._out.send(DONE, COMMITTED.pack(self._committed, self._batches))
+
+
+def _widen_pipe(fd: int) -> None:
+    setsize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
+    if setsize is not None:
+        with contextlib.suppress(OSError):  # a lower system limit: the pipe stays as it is
+            fcntl.fcntl(fd, setsize, _PIPE_SIZE)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
