@@ -369,6 +369,8 @@ class EventLog:
     async def _attach_in_process(self, process: WriterProcess, run_id: str) -> int:
         if self._closing:
             raise LogClosedError(f"{self.path} is closing")
+        if self._failure is not None:  # nobody would answer
+            raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
         request = process.attach(run_id)
         self._wake.set()
         await request.done.wait()

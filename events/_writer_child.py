@@ -18,7 +18,6 @@ the parent's death is dropped whole, so the file holds exactly a prefix of what 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import os
 import pickle
@@ -231,6 +230,10 @@ class _Writer:
 
 
 def _widen_pipe(fd: int) -> None:
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not a POSIX system
+        return
     setsize = getattr(fcntl, "F_SETPIPE_SZ", None)  # Linux only
     if setsize is not None:
         with contextlib.suppress(OSError):  # a lower system limit: the pipe stays as it is

@@ -693,4 +693,27 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_FAILED)
+    except BaseExceptionGroup as group:
+        # A log writer that fails mid-run (its process killed, the disk full) ends the log's
+        # task group with its error: one line, like any other log error.
+        failed = _log_errors(group)
+        if failed is None:
+            raise
+        _fail(str(failed[0]), EXIT_FAILED)
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _log_errors(group: BaseExceptionGroup[BaseException]) -> list[EventLogError] | None:
+    """The log errors a group holds, or None if it holds anything else."""
+    found: list[EventLogError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _log_errors(exc)
+            if inner is None:
+                return None
+            found += inner
+        elif isinstance(exc, EventLogError):
+            found.append(exc)
+        else:
+            return None
+    return found or None

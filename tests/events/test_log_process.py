@@ -215,6 +215,27 @@ async def test_a_killed_writer_is_a_clear_error_not_a_hang(tmp_path: Path) -> No
         assert await read_all(fresh, "r") == evs[:5]
 
 
+async def test_an_attach_is_refused_once_the_writer_died_not_awaited_forever(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    await write_log(path, run_events("old", 1, finished=False))
+    with pytest.raises(BaseExceptionGroup) as group:  # noqa: PT012
+        with anyio.fail_after(HANG_GUARD):
+            async with EventLog(path) as log:
+                pid = log.writer_pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                # Sent before the death is noticed: answered by the death.
+                with pytest.raises(LogClosedError, match="killed by SIGKILL"):
+                    await log.attach("old")
+                # Asked after: nobody is left to answer, so it is refused at once.
+                with pytest.raises(LogClosedError, match="killed by SIGKILL"):
+                    await log.attach("old")
+    (error,) = group.value.exceptions
+    assert str(error) == f"writing {path} failed: the log writer process was killed by SIGKILL"
+
+
 async def test_the_writer_runs_in_its_own_session_and_ignores_sigint(tmp_path: Path) -> None:
     """A Ctrl-C at the terminal must reach the parent, which closes the log in order, and not
     the writer, which would lose what it had."""

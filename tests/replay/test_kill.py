@@ -187,6 +187,47 @@ def test_runs_killed_anywhere_resume_to_the_same_decisions(
     assert killed >= KILLS_PER_CASE - 1  # nearly every run was cut mid-way
 
 
+@pytest.mark.skipif(not HAVE_PROC, reason="the writer process is found in /proc")
+def test_a_run_whose_writer_process_is_killed_fails_in_one_line_and_resumes(
+    tmp_path: Path, reference: tuple[list[str], int]
+) -> None:
+    winners, total = reference
+    path = tmp_path / "writer.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "maker", "run", "hanoi", "--disks", str(DISKS),
+         "--seed", str(SEED), "--log", str(path), "--no-progress", "--json"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _count(path) < total // 3:
+            assert proc.poll() is None, "the run ended before its writer was killed"
+            assert time.monotonic() < deadline, "the run committed too little in 120 s"
+            time.sleep(0.002)  # polling the file, not measuring time
+        (writer,) = _writers_of(proc.pid)
+        os.kill(writer, signal.SIGKILL)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1
+    lines = err.decode().strip().splitlines()
+    assert len(lines) == 1, lines  # one line, not a traceback
+    assert lines[0].startswith(
+        f"maker: error: writing {path} failed: the log writer process was killed by SIGKILL"
+    )
+
+    async def resume_and_check() -> None:
+        result = await resume_run(path)
+        assert result.ok, result.reason
+        events = await load_events(path)
+        assert [e.winner for e in events if isinstance(e, StepDecided)] == winners
+
+    anyio.run(resume_and_check)
+
+
 # -- kill -9 under the fastest load ---------------------------------------------------------
 #
 # A zero-latency model never makes the engine wait, so the writer shares the event loop with an
