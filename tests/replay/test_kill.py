@@ -94,8 +94,8 @@ def _running(pid: int) -> bool:
     return state != b"Z"  # a zombie has exited; only its parent's reaping is left
 
 
-def _wait_for_writers(pids: list[int]) -> float:
-    """Wait for a killed run's writer processes to exit; how long that took."""
+def _wait_for_writers(pids: list[int]) -> None:
+    """Wait for a killed run's writer processes to exit by themselves."""
     began = time.monotonic()
     while any(_running(pid) for pid in pids):
         elapsed = time.monotonic() - began
@@ -105,22 +105,21 @@ def _wait_for_writers(pids: list[int]) -> float:
                     os.kill(pid, signal.SIGKILL)  # not left behind by a failed test
             raise AssertionError(f"the writer process outlived its killed parent by {elapsed} s")
         time.sleep(0.005)  # polling for the exit, not measuring time
-    return time.monotonic() - began
 
 
-def _kill(proc: subprocess.Popen[bytes], writer: WriterKind) -> float:
-    """SIGKILL a run, then wait for its writer process to exit; how long the writer took."""
+def _kill(proc: subprocess.Popen[bytes], writer: WriterKind) -> bool:
+    """SIGKILL a run, then wait for its writer process to exit. False if it had none left (a
+    run that had closed its log, about to exit by itself)."""
     writers = _writers_of(proc.pid) if writer == "process" else []
-    if writer == "process":
-        # The log opens before the first event, and the first event is what a kill waits for.
-        assert writers, "the run has no writer process"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    return _wait_for_writers(writers)
+    _wait_for_writers(writers)
+    return bool(writers)
 
 
-def _run_and_kill(path: Path, after_events: int) -> bool:
-    """Start a run; SIGKILL it once the log holds ``after_events`` events. True if killed."""
+def _run_and_kill(path: Path, after_events: int) -> tuple[bool, bool]:
+    """Start a run; SIGKILL it once the log holds ``after_events`` events. Whether it was
+    killed, and whether a writer process was then waited for."""
     writer: WriterKind = "process" if HAVE_PROC else "thread"
     proc = subprocess.Popen(
         [sys.executable, "-m", "maker", "run", "hanoi", "--disks", str(DISKS),
@@ -133,10 +132,9 @@ def _run_and_kill(path: Path, after_events: int) -> bool:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             if _count(path) >= after_events:
-                _kill(proc, writer)
-                return True
+                return True, _kill(proc, writer)
             time.sleep(0.002)  # polling the file, not measuring time
-        return False
+        return False, False
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -162,11 +160,12 @@ def test_runs_killed_anywhere_resume_to_the_same_decisions(
 ) -> None:
     winners, total = reference
     rng = random.Random(1000 + case)
-    killed = 0
+    killed = waited = 0
     for i in range(KILLS_PER_CASE):
         path = tmp_path / f"kill{i}.db"
-        if _run_and_kill(path, rng.randint(1, total - 1)):
-            killed += 1
+        was_killed, had_writer = _run_and_kill(path, rng.randint(1, total - 1))
+        killed += was_killed
+        waited += had_writer
 
         async def resume_and_check(log: Path = path, full_check: bool = i == 0) -> None:
             result = await resume_run(log)
@@ -185,6 +184,8 @@ def test_runs_killed_anywhere_resume_to_the_same_decisions(
 
         anyio.run(resume_and_check)
     assert killed >= KILLS_PER_CASE - 1  # nearly every run was cut mid-way
+    if HAVE_PROC:  # and nearly every one left a writer process, which exited by itself
+        assert waited >= KILLS_PER_CASE - 2
 
 
 @pytest.mark.skipif(not HAVE_PROC, reason="the writer process is found in /proc")
@@ -283,11 +284,11 @@ def fast_reference(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 def _kill_fast_run(
     path: Path, progress: Path, interval: float, delay: float, writer: WriterKind
-) -> tuple[_kill_child.Emitted, float, bool]:
+) -> tuple[_kill_child.Emitted, float, bool, bool]:
     """Run the child; SIGKILL it ``delay`` s after its first event, and wait for its writer.
 
-    Returns what it had emitted, how long after its first event it died, and whether it was
-    killed (False: it finished first).
+    Returns what it had emitted, how long after its first event it died, whether it was
+    killed (False: it finished first), and whether a writer process was waited for.
     """
     _kill_child.create(str(progress))
     env = dict(os.environ)
@@ -311,13 +312,14 @@ def _kill_fast_run(
         while proc.poll() is None and time.monotonic() < began + delay:
             time.sleep(0.005)
         killed = proc.poll() is None
+        waited = False
         if killed:
             alive = time.monotonic() - began
-            _kill(proc, writer)
+            waited = _kill(proc, writer)
         else:
             proc.wait()
             alive = time.monotonic() - began
-        return _kill_child.read(str(progress)), alive, killed
+        return _kill_child.read(str(progress)), alive, killed, waited
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -342,12 +344,15 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
     # The process writer loses at most what was not shipped, whatever the commit interval.
     allowed = COMMIT_ALLOWANCE + (interval if writer == "thread" else SHIP_INTERVAL)
     failures: list[str] = []
-    killed = 0
+    killed = waited = 0
     for i in range(FAST_KILLS):
         path, progress = tmp_path / f"fast{i}.db", tmp_path / f"fast{i}.progress"
         delay = rng.uniform(*KILL_WINDOWS[writer])
-        emitted, alive, was_killed = _kill_fast_run(path, progress, interval, delay, writer)
+        emitted, alive, was_killed, had_writer = _kill_fast_run(
+            path, progress, interval, delay, writer
+        )
         killed += was_killed
+        waited += had_writer
         tag = f"kill {i} ({writer} writer, interval {interval} s, after {alive:.2f} s)"
 
         # (a) what the file holds is a verified prefix
@@ -393,6 +398,8 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
         failures += [f"{tag}: (c) {problem}" for problem in _resumed_problems(path, fast_reference)]
 
     assert killed >= FAST_KILLS - 1, "runs finished before the kill; raise FAST_DISKS"
+    if writer == "process":
+        assert waited >= killed - 1, "killed runs had no writer process to wait for"
     assert not failures, "\n".join(failures)
 
 
