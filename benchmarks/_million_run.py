@@ -1,12 +1,16 @@
 """The run of `benchmarks.million`, in a process of its own so that its memory is its own.
 
     python -m benchmarks._million_run LOG --disks N --k K --seed S [--milestones 1000,10000]
+                                      [--writer process|thread]
 
-It is `maker run hanoi --preset paper` (the same client, engine and log settings as the CLI),
-plus an event sink that counts events by type and, when a milestone step is decided, reads this
-process's RSS and the log's counters. It prints one JSON line per milestone and one with the
-result at the end: a few short lines, flushed as they come, so the parent can show progress
-without the pipe ever filling.
+It is `maker run hanoi --preset paper` (the same client, engine and log settings as the CLI,
+the log's writer in a process of its own unless ``--writer thread``), plus an event sink that
+counts events by type and, when a milestone step is decided, reads the run's RSS and the log's
+counters. The run's RSS (``rss_kb``) is this process's plus its log writer process's
+(``writer_rss_kb``); at the end ``hwm_kb`` adds the two peaks (``writer_hwm_kb``), an upper
+bound of their peak together. It prints one JSON line per milestone and one with the result at
+the end: a few short lines, flushed as they come, so the parent can show progress without the
+pipe ever filling.
 """
 
 from __future__ import annotations
@@ -25,10 +29,11 @@ from maker import PRESETS, Engine, Policy, SimulatedModel
 from maker.tasks import Hanoi
 
 
-def status_kb(field: str) -> int:
-    """A ``VmRSS``-style field of /proc/self/status, in KiB (0 where there is no /proc)."""
+def status_kb(field: str, pid: int | None = None) -> int:
+    """A ``VmRSS``-style field of a process's /proc status (this one's by default), in KiB (0
+    where there is no /proc, or no such process)."""
     try:
-        with open("/proc/self/status") as status:
+        with open(f"/proc/{'self' if pid is None else pid}/status") as status:
             for line in status:
                 if line.startswith(field + ":"):
                     return int(line.split()[1])
@@ -43,12 +48,17 @@ def _say(**fields: Any) -> None:
 
 class _Watch:
     def __init__(
-        self, milestones: list[int], began: float, stats: Callable[[], LogStatistics]
+        self,
+        milestones: list[int],
+        began: float,
+        stats: Callable[[], LogStatistics],
+        writer_pid: int | None,
     ) -> None:
         self.types: Counter[str] = Counter()
         self._milestones = sorted(milestones, reverse=True)  # popped from the end
         self._began = began
         self._stats = stats
+        self._writer_pid = writer_pid
 
     def __call__(self, event: Event) -> None:
         self.types[event_tag(type(event))] += 1
@@ -57,28 +67,39 @@ class _Watch:
             while self._milestones and steps >= self._milestones[-1]:
                 self._milestones.pop()
                 stats = self._stats()
+                writer_kb = writer_status_kb("VmRSS", self._writer_pid)
                 _say(
                     milestone=steps,
                     # Rows appended but not committed: memory the writer has yet to free.
                     pending=stats.pending,
                     commits=stats.batches,
-                    rss_kb=status_kb("VmRSS"),
+                    rss_kb=status_kb("VmRSS") + writer_kb,
+                    writer_rss_kb=writer_kb,
                     elapsed_s=round(time.perf_counter() - self._began, 3),
                     events=sum(self.types.values()),
                 )
 
 
+def writer_status_kb(field: str, pid: int | None) -> int:
+    """The field of the log writer process, 0 without one (the thread writer)."""
+    return 0 if pid is None else status_kb(field, pid)
+
+
 async def _run(args: argparse.Namespace) -> None:
     milestones = [int(m) for m in args.milestones.split(",") if m]
-    async with Engine(log=args.log, client=SimulatedModel(PRESETS["paper"])) as engine:
+    client = SimulatedModel(PRESETS["paper"])
+    async with Engine(log=args.log, client=client, log_writer=args.writer) as engine:
         began = time.perf_counter()
-        watch = _Watch(milestones, began, engine.log.statistics)
+        writer_pid = engine.log.writer_pid
+        watch = _Watch(milestones, began, engine.log.statistics, writer_pid)
         result = await engine.run(
             Hanoi(args.disks), policy=Policy(k=args.k), seed=args.seed, sinks=[watch]
         )
         await engine.log.flush()
         wall = time.perf_counter() - began
         stats = engine.log.statistics()
+        writer_rss = writer_status_kb("VmRSS", writer_pid)
+        writer_hwm = writer_status_kb("VmHWM", writer_pid)
         _say(
             result=True,
             run_id=result.run_id,
@@ -89,8 +110,10 @@ async def _run(args: argparse.Namespace) -> None:
             appended=stats.appended,
             batches=stats.batches,
             events_by_type=dict(watch.types),
-            rss_kb=status_kb("VmRSS"),
-            hwm_kb=status_kb("VmHWM"),
+            rss_kb=status_kb("VmRSS") + writer_rss,
+            hwm_kb=status_kb("VmHWM") + writer_hwm,
+            writer_rss_kb=writer_rss,
+            writer_hwm_kb=writer_hwm,
         )
 
 
@@ -101,6 +124,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--milestones", default="", help="steps decided at which to read RSS")
+    parser.add_argument("--writer", choices=["process", "thread"], default="process")
     anyio.run(_run, parser.parse_args())
 
 

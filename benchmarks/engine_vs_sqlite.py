@@ -5,7 +5,11 @@ then inserts the same rows (every table) into a fresh file with the same SQLite 
 WAL, synchronous NORMAL) in plain batched ``executemany`` transactions, and prints both rates and
 their ratio.
 
-    python -m benchmarks.engine_vs_sqlite [--disks 15] [--k 3] [--seed 0] [--json]
+    python -m benchmarks.engine_vs_sqlite [--disks 15] [--k 3] [--seed 0]
+                                          [--writer process|thread] [--json]
+
+``--writer`` is where the log's writer runs (``maker run --log-writer``): a process of its own
+(the default, as for ``maker run``) or a thread of the engine's process.
 """
 
 from __future__ import annotations
@@ -18,15 +22,18 @@ import time
 
 import anyio
 
-from events import EventLog
+from events import EventLog, WriterKind
 from maker import Engine, Policy, RunResult, SimulatedModel
 from maker.tasks import Hanoi
 
 from ._sqlite import BATCH, raw_inserts
 
 
-async def _engine_run(path: str, disks: int, k: int, seed: int) -> tuple[RunResult, float, int]:
-    async with Engine(log=path, client=SimulatedModel(preset="paper")) as engine:
+async def _engine_run(
+    path: str, disks: int, k: int, seed: int, writer: WriterKind
+) -> tuple[RunResult, float, int]:
+    client = SimulatedModel(preset="paper")
+    async with Engine(log=path, client=client, log_writer=writer) as engine:
         began = time.perf_counter()
         result = await engine.run(Hanoi(disks), policy=Policy(k=k), seed=seed)
         await engine.log.flush()
@@ -40,12 +47,15 @@ def main() -> None:
     parser.add_argument("--disks", type=int, default=15)
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--writer", choices=["process", "thread"], default="process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "engine.db")
-        result, wall, events = anyio.run(_engine_run, log_path, args.disks, args.k, args.seed)
+        result, wall, events = anyio.run(
+            _engine_run, log_path, args.disks, args.k, args.seed, args.writer
+        )
         event_rows, all_rows, raw_wall = raw_inserts(log_path, os.path.join(tmp, "raw.db"))
 
         async def count() -> int:
@@ -57,6 +67,7 @@ def main() -> None:
     figures = {
         "disks": args.disks,
         "k": args.k,
+        "writer": args.writer,
         "status": result.status,
         "steps": result.steps,
         "samples": result.samples,
@@ -74,7 +85,10 @@ def main() -> None:
     if args.json:
         print(json.dumps(figures))
         return
-    print(f"{args.disks}-disk Hanoi, simulated model (paper preset), k={args.k}: {result.status}")
+    print(
+        f"{args.disks}-disk Hanoi, simulated model (paper preset), k={args.k},"
+        f" {args.writer} writer: {result.status}"
+    )
     print(f"  steps {result.steps}, samples {result.samples}, events {events}")
     print(
         f"  engine:     {wall:8.2f} s   {figures['steps_per_s']:>10} steps/s"

@@ -13,7 +13,7 @@ from ._errors import (
     SequenceError,
     UnknownRunError,
 )
-from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, chain_hash
+from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
 from ._types import (
     EVENT_TYPES,
     OBSERVATIONAL_TYPES,
@@ -74,6 +74,7 @@ __all__ = [
     "StepStarted",
     "UnknownRunError",
     "VoteCounted",
+    "WriterKind",
     "canonical_json",
     "chain_hash",
     "decode",

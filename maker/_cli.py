@@ -34,6 +34,7 @@ from events import (
     RunStarted,
     StateChanged,
     StepDecided,
+    WriterKind,
     encode,
 )
 
@@ -70,6 +71,17 @@ def app() -> None:
 
 
 _probability = click.FloatRange(0.0, 1.0)
+
+# A run at full speed spends a third of its main thread on the log; in a process of its own the
+# encoding, hashing and SQLite take another core. Starting it costs about a quarter of a second.
+_log_writer_option = click.option(
+    "--log-writer",
+    "log_writer",
+    type=click.Choice(["process", "thread"]),
+    default="process",
+    show_default=True,
+    help="Where the log's writer runs: a process of its own, or a thread of this one.",
+)
 
 
 @app.command()
@@ -152,6 +164,7 @@ _probability = click.FloatRange(0.0, 1.0)
     metavar="EXPORTER",
     help="Trace the run live: console, otlp or json:FILE (default: the OTEL_* variables).",
 )
+@_log_writer_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
 def run(
@@ -180,6 +193,7 @@ def run(
     max_samples: int,
     seed: int,
     otel: str | None,
+    log_writer: WriterKind,
     as_json: bool,
     progress: bool,
 ) -> None:
@@ -229,7 +243,7 @@ def run(
         result = anyio.run(
             _run,
             the_task,
-            _Setup(client, scheduler, price_table),
+            _Setup(client, scheduler, price_table, log_writer),
             policy,
             seed,
             log,
@@ -287,6 +301,7 @@ class _Setup(NamedTuple):
     client: Client
     scheduler: Scheduler
     prices: PriceTable
+    log_writer: WriterKind
 
 
 async def _run(
@@ -302,7 +317,11 @@ async def _run(
     try:
         with _ProgressSink(total, policy.k, enabled=show) as sink:
             async with Engine(
-                log=log, client=setup.client, scheduler=setup.scheduler, prices=setup.prices
+                log=log,
+                client=setup.client,
+                scheduler=setup.scheduler,
+                prices=setup.prices,
+                log_writer=setup.log_writer,
             ) as engine:
                 return await engine.run(task, policy=policy, seed=seed, sinks=[sink, *sinks])
     finally:
@@ -510,9 +529,12 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 @app.command()
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@_log_writer_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
 @click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
-def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> None:
+def resume(
+    file: Path, run_id: str | None, log_writer: WriterKind, as_json: bool, progress: bool
+) -> None:
     """Continue a crashed or cancelled run; a finished run is reported unchanged."""
     from replay import resume_run
 
@@ -530,7 +552,8 @@ def resume(file: Path, run_id: str | None, as_json: bool, progress: bool) -> Non
         started = info.started
         budget = make_task(started.task, started.task_params).max_steps()
         with _ProgressSink(budget, 0, enabled=progress and not as_json and not done) as sink:
-            return await resume_run(file, info.run_id, sinks=[sink]), done
+            result = await resume_run(file, info.run_id, sinks=[sink], log_writer=log_writer)
+            return result, done
 
     try:
         result, was_done = anyio.run(go)
@@ -670,4 +693,27 @@ def main(argv: list[str] | None = None) -> None:
         _fail("interrupted", 130)
     except OSError as exc:
         _fail(f"{exc.filename or ''}: {exc.strerror or exc}".lstrip(": "), EXIT_FAILED)
+    except BaseExceptionGroup as group:
+        # A log writer that fails mid-run (its process killed, the disk full) ends the log's
+        # task group with its error: one line, like any other log error.
+        failed = _log_errors(group)
+        if failed is None:
+            raise
+        _fail(str(failed[0]), EXIT_FAILED)
     raise SystemExit(code if isinstance(code, int) else 0)
+
+
+def _log_errors(group: BaseExceptionGroup[BaseException]) -> list[EventLogError] | None:
+    """The log errors a group holds, or None if it holds anything else."""
+    found: list[EventLogError] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            inner = _log_errors(exc)
+            if inner is None:
+                return None
+            found += inner
+        elif isinstance(exc, EventLogError):
+            found.append(exc)
+        else:
+            return None
+    return found or None

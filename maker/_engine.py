@@ -45,6 +45,7 @@ from events import (
     StepDecided,
     StepStarted,
     VoteCounted,
+    WriterKind,
     canonical_json,
 )
 
@@ -378,7 +379,9 @@ class Engine:
     'succeeded in 7 steps'
 
     ``log`` is an open :class:`events.EventLog` (the caller owns it) or a path (the engine opens
-    and closes it). ``client`` defaults to the simulated model with the paper's statistics.
+    and closes it, with its writer on a thread, or in a process of its own with
+    ``log_writer="process"``: the choice for runs at full speed, see :class:`events.EventLog`).
+    ``client`` defaults to the simulated model with the paper's statistics.
     ``clock`` stamps events' ``ts``; it never influences a decision. ``scheduler`` holds the
     per-model limits (concurrency, RPM, TPM, timeouts, breaker); share one between engines to
     share the limits. ``prices`` turns token counts into ``cost_usd`` (Eq 20).
@@ -393,12 +396,15 @@ class Engine:
         sinks: Sequence[EventSink] = (),
         scheduler: Scheduler | None = None,
         prices: PriceTable | None = None,
+        log_writer: WriterKind | None = None,
     ) -> None:
         if isinstance(log, EventLog):
+            if log_writer is not None:
+                raise ConfigError("log_writer", "applies to a log path; an open log has its writer")
             self._log = log
             self._owns_log = False
         else:
-            self._log = EventLog(log)
+            self._log = EventLog(log) if log_writer is None else EventLog(log, writer=log_writer)
             self._owns_log = True
         if client is None:
             from ._sim import SimulatedModel

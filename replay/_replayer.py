@@ -8,7 +8,7 @@ from contextlib import aclosing, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
-from events import AnyEvent, EventLog, RunStarted
+from events import AnyEvent, EventLog, RunStarted, WriterKind
 from maker import (
     Client,
     Completion,
@@ -136,6 +136,7 @@ async def resume_run(
     policy: Policy | None = None,
     scheduler: Scheduler | None = None,
     sinks: Sequence[EventSink] = (),
+    log_writer: WriterKind | None = None,
 ) -> RunResult:
     """Continue a crashed or cancelled run in its log; report a finished run unchanged.
 
@@ -144,7 +145,8 @@ async def resume_run(
     The task, the live client, the policy and the scheduler's limits default to the ones the
     log records; a provider's key comes from the environment (it is never in the log). The
     recorded prefix is read from the log as it is re-executed, and a finished run is folded
-    as it is read: neither holds the whole run in memory.
+    as it is read: neither holds the whole run in memory. ``log_writer`` is where the
+    continued run's log writer runs (see :class:`maker.Engine`).
     """
     async with EventLog(path, mode="r") as log, _recording(log, run_id) as recording:
         if not recording.resumable:
@@ -153,7 +155,8 @@ async def resume_run(
         client = client if client is not None else client_for(recording.started)
         if scheduler is None:
             scheduler = Scheduler(Limits.from_json(recording.started.limits))
-        async with Engine(log=path, client=client, scheduler=scheduler) as engine:
+        engine = Engine(log=path, client=client, scheduler=scheduler, log_writer=log_writer)
+        async with engine:
             return await engine.resume(task, recording, policy=policy, sinks=sinks)
 
 

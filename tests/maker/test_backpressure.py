@@ -1,7 +1,9 @@
 """Backpressure: a run waits for a log whose writer cannot keep up, and loses nothing.
 
 The slow writer is real: another connection holds SQLite's write lock, so the log's writer
-blocks in its transaction while the engine runs on the zero-latency simulated model.
+blocks in its transaction while the engine runs on the zero-latency simulated model. Every test
+runs with both writers: a thread of this process, and a process of its own (which blocks on the
+lock just the same: SQLite's locks are the file's, across processes).
 """
 
 from __future__ import annotations
@@ -13,19 +15,23 @@ import anyio
 import msgspec
 import pytest
 
-from events import Event, EventLog
+from events import Event, EventLog, WriterKind
 from maker import Engine, Policy, SimulatedModel
 from maker.tasks import Hanoi
 from replay import load_events, verify_run
 from tests.events._factory import run_events
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.parametrize("writer", ["thread", "process"])]
 
 HANG_GUARD = 60  # seconds; a guard against a hang, never a timing assertion
 
 
 async def _blocked_run(
-    tmp_path: Path, *, max_pending: int = 65536, max_pending_bytes: int = 64 << 20
+    tmp_path: Path,
+    writer: WriterKind,
+    *,
+    max_pending: int = 65536,
+    max_pending_bytes: int = 64 << 20,
 ) -> tuple[list[Event], list[int], list[int], EventLog, Path]:
     """Run 7-disk Hanoi with the writer blocked until the run has waited for room once.
 
@@ -36,7 +42,10 @@ async def _blocked_run(
     seen: list[Event] = []
     lengths: list[int] = []
     sizes: list[int] = []
-    async with EventLog(path, max_pending=max_pending, max_pending_bytes=max_pending_bytes) as log:
+    log = EventLog(
+        path, max_pending=max_pending, max_pending_bytes=max_pending_bytes, writer=writer
+    )
+    async with log:
 
         def sink(event: Event) -> None:
             seen.append(event)
@@ -68,8 +77,10 @@ async def _blocked_run(
     return seen, lengths, sizes, log, path
 
 
-async def test_a_run_waits_for_a_full_queue_and_never_passes_its_bound(tmp_path: Path) -> None:
-    seen, lengths, _, log, path = await _blocked_run(tmp_path, max_pending=300)
+async def test_a_run_waits_for_a_full_queue_and_never_passes_its_bound(
+    tmp_path: Path, writer: WriterKind
+) -> None:
+    seen, lengths, _, log, path = await _blocked_run(tmp_path, writer, max_pending=300)
     stats = log.statistics()
     assert stats.waits >= 1
     assert stats.waited_s > 0
@@ -84,9 +95,9 @@ async def test_a_run_waits_for_a_full_queue_and_never_passes_its_bound(tmp_path:
     assert (await verify_run(path)).ok
 
 
-async def test_the_queue_is_bounded_by_bytes_too(tmp_path: Path) -> None:
+async def test_the_queue_is_bounded_by_bytes_too(tmp_path: Path, writer: WriterKind) -> None:
     bound = 40_000
-    seen, lengths, sizes, log, path = await _blocked_run(tmp_path, max_pending_bytes=bound)
+    seen, lengths, sizes, log, path = await _blocked_run(tmp_path, writer, max_pending_bytes=bound)
     assert log.statistics().waits >= 1
     assert max(sizes) >= bound * 0.9  # it filled up
     # The byte bound admits the event that crosses it, then waits: never more than one event
@@ -98,10 +109,10 @@ async def test_the_queue_is_bounded_by_bytes_too(tmp_path: Path) -> None:
     assert max(lengths) == log.statistics().high_water
 
 
-async def test_put_waits_for_room_and_append_does_not(tmp_path: Path) -> None:
+async def test_put_waits_for_room_and_append_does_not(tmp_path: Path, writer: WriterKind) -> None:
     evs = run_events("r", 2)[:6]
     path = tmp_path / "log.db"
-    async with EventLog(path, max_pending=2) as log:
+    async with EventLog(path, max_pending=2, writer=writer) as log:
         blocker = sqlite3.connect(path, timeout=HANG_GUARD, isolation_level=None)
         try:
             blocker.execute("BEGIN IMMEDIATE")

@@ -1,9 +1,11 @@
 """The child process of the kill tests: one Hanoi run at full speed, reporting through an mmap.
 
     python -m tests.replay._kill_child LOG PROGRESS --disks N --k K --seed S --commit-interval C
+                                       [--writer thread|process]
 
 The run uses the in-process simulated model at zero latency, so the engine never waits for a
-model and the log writer has to keep up on the same event loop. An event sink stamps every
+model and the log writer has to keep up: on the same event loop (``--writer thread``), or in a
+process of its own that this one feeds (``--writer process``). An event sink stamps every
 emitted event into the mmap'd file PROGRESS (see :class:`Progress`), which the parent reads at
 any moment without ever blocking the child: a pipe could fill up and stall the run it measures.
 """
@@ -83,7 +85,7 @@ def read(path: str) -> Emitted:
 async def _run(args: argparse.Namespace) -> None:
     progress = Progress(args.progress)
     async with (
-        EventLog(args.log, commit_interval=args.commit_interval) as log,
+        EventLog(args.log, commit_interval=args.commit_interval, writer=args.writer) as log,
         Engine(log=log, client=SimulatedModel(preset="paper"), sinks=[progress]) as engine,
     ):
         await engine.run(Hanoi(args.disks), policy=Policy(k=args.k), seed=args.seed)
@@ -97,6 +99,7 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit-interval", type=float, required=True)
+    parser.add_argument("--writer", choices=["thread", "process"], default="thread")
     args = parser.parse_args()
     if not os.path.exists(args.progress):
         create(args.progress)

@@ -1,0 +1,283 @@
+"""The log with its writer in a process of its own (``writer="process"``).
+
+The layout-independent contract tests of test_log.py, and test_log_v2.py's checks of version 2,
+run again here with the process writer; then what only the process writer has: the same rows as
+the thread writer byte for byte, a writer process that dies, its own session, and its counters.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import anyio
+import msgspec
+import pytest
+
+from events import (
+    EventLog,
+    EventLogError,
+    LogClosedError,
+    NotALogError,
+    RunStarted,
+    SchemaVersionError,
+    StateChanged,
+    StepStarted,
+)
+from events._types import AnyEvent
+from maker import Engine, Policy, SimulatedModel
+from maker.tasks import Hanoi
+from replay import load_events
+
+from ._factory import run_events
+from .test_log import (  # noqa: F401  (collected here again, with the process writer)
+    HANG_GUARD,
+    read_all,
+    test_a_closed_log_refuses_to_append,
+    test_a_directory_is_not_a_log,
+    test_a_failed_write_surfaces_and_leaves_a_consistent_prefix,
+    test_a_text_file_is_not_a_log,
+    test_an_empty_file_is_not_a_log_to_read_but_becomes_one_to_write,
+    test_an_error_in_the_body_still_writes_everything_and_propagates,
+    test_another_sqlite_application_is_not_a_log,
+    test_appending_a_run_again_after_reopen_without_attach_is_refused,
+    test_cancelled_from_outside_while_idle_still_writes_everything,
+    test_cancelled_scope_still_writes_everything_appended,
+    test_chain_detects_a_changed_body,
+    test_closing_flushes_everything,
+    test_invalid_arguments_are_refused,
+    test_missing_file_in_read_mode_is_an_error_and_not_created,
+    test_no_append_accepted_while_closing_is_lost,
+    test_read_a_step_range,
+    test_read_after_seq,
+    test_read_can_stop_early,
+    test_read_mode_refuses_to_append,
+    test_read_sees_only_committed_events,
+    test_run_matches_a_unique_prefix,
+    test_run_without_id_needs_exactly_one_run,
+    test_runs_lists_started_and_finished,
+    test_runs_of_an_empty_log,
+    test_sequence_error_on_gap_or_repeat,
+    test_statistics_count_appended_written_and_pending,
+    test_tail_follows_a_run_being_written,
+    test_tail_from_another_log_object_polls,
+    test_tail_stops_at_run_finished_and_honours_after_seq,
+    test_unknown_run,
+    test_unknown_schema_version,
+    test_write_mode_creates_missing_directories,
+    write_log,
+)
+from .test_log_v2 import (  # noqa: F401
+    test_a_failed_batch_leaves_no_head_and_no_blob,
+    test_attach_refuses_a_truncated_run_or_one_without_a_head,
+    test_file_layout_of_version_2,
+    test_heads_in_runs_match_the_last_rows_after_every_batch,
+    test_tables_are_append_only_and_the_chain_covers_the_blobs,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture(autouse=True)
+def _process_writer(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = EventLog.__init__.__kwdefaults__
+    assert defaults is not None
+    monkeypatch.setitem(defaults, "schema_version", 2)
+    monkeypatch.setitem(defaults, "writer", "process")
+
+
+def tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in key order: the whole content of a log."""
+    with closing(sqlite3.connect(path)) as conn:
+        names = [
+            str(name)
+            for (name,) in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+            )
+        ]
+        return {
+            name: conn.execute(f"SELECT * FROM {name} ORDER BY 1, 2").fetchall() for name in names
+        }
+
+
+def awkward_events(run_id: str) -> list[AnyEvent]:
+    """Values a serialisation could change: ints beyond 64 bits (msgpack cannot hold them),
+    tuples, int keys, bytes, unicode, -0.0, and integral floats."""
+    values: list[Any] = [
+        {"value": 2**70, "index": -(2**65)},
+        (1, (2, 3), [4.0, -0.0]),
+        {1: "one", 2: [None, True]},
+        b"\x00\xff raw",
+        "naïve ☃ text " * 3,
+        [[3, 2, 1], [], []],
+    ]
+    out: list[AnyEvent] = [
+        RunStarted(
+            run_id=run_id, seq=0, ts=1.0, task="t", task_params={"big": 10**30}, policy={},
+            models=["m"], model_params={}, seed=2**64 + 1, version="x", initial_state=values[0],
+        )
+    ]  # fmt: skip
+    for step, value in enumerate(values):
+        out.append(StepStarted(run_id=run_id, seq=len(out), ts=2.0 + step, step=step, state=value))
+        out.append(StateChanged(run_id=run_id, seq=len(out), ts=2.5, step=step, state=value))
+    return out
+
+
+@pytest.mark.parametrize("version", [1, 2])
+async def test_the_same_rows_as_the_thread_writer(tmp_path: Path, version: int) -> None:
+    # A real run's events (enough texts to train the v2 dictionary), then awkward values.
+    source = tmp_path / "source.db"
+    async with (
+        EventLog(source, writer="thread") as log,
+        Engine(log=log, client=SimulatedModel(preset="paper")) as engine,
+    ):
+        result = await engine.run(Hanoi(9), policy=Policy(k=3), seed=3)
+    events = [*await load_events(source, result.run_id), *awkward_events("awkward")]
+    for writer in ("thread", "process"):
+        async with EventLog(
+            tmp_path / f"{writer}.db", writer=writer, schema_version=version, batch_size=500
+        ) as log:
+            for i, event in enumerate(events):
+                log.append(event)
+                if i % 997 == 0:
+                    await anyio.lowlevel.checkpoint()
+    thread, process = tables(tmp_path / "thread.db"), tables(tmp_path / "process.db")
+    assert thread == process
+    if version == 2:
+        assert thread["dictionaries"]  # the comparison covered a trained dictionary
+    read = {}
+    for writer in ("thread", "process"):
+        async with EventLog(tmp_path / f"{writer}.db", mode="r") as log:
+            read[writer] = await read_all(log, "awkward")
+    assert read["process"] == read["thread"]
+    assert len(read["process"]) == len(awkward_events("x"))
+
+
+async def test_pending_bytes_are_the_serialised_size_and_return_to_zero(tmp_path: Path) -> None:
+    evs = run_events("r", 20)
+    async with EventLog(tmp_path / "log.db", commit_interval=600) as log:
+        log.append(evs[0])
+        first = log.statistics().pending_bytes
+        assert first == len(msgspec.msgpack.encode(evs[0]))
+        await log.flush()  # the first round commits at once; the next is due in 600 s
+        for ev in evs[1:]:
+            log.append(ev)
+        stats = log.statistics()
+        assert (stats.written, stats.pending) == (1, len(evs) - 1)
+        assert stats.pending_bytes == sum(len(msgspec.msgpack.encode(ev)) for ev in evs[1:])
+        assert stats.high_water_bytes == stats.pending_bytes
+        # Not an ordering point, a chance: once the events are shipped, the flush must still
+        # ask the writer process for a commit (or wait for the interval, and hit the guard).
+        await anyio.sleep(0.1)
+        with anyio.fail_after(HANG_GUARD):
+            await log.flush()
+        stats = log.statistics()
+        assert (stats.written, stats.pending, stats.pending_bytes) == (len(evs), 0, 0)
+        assert stats.batches == 2
+        assert stats.high_water == len(evs) - 1
+
+
+async def test_a_killed_writer_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    path = tmp_path / "log.db"
+    evs = run_events("r", 10)
+    closed: list[BaseException] = []
+    with pytest.raises(BaseExceptionGroup) as group:  # noqa: PT012
+        with anyio.fail_after(HANG_GUARD):
+            async with EventLog(path) as log:
+                for ev in evs[:5]:
+                    log.append(ev)
+                await log.flush()
+                pid = log.writer_pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                for ev in evs[5:8]:
+                    log.append(ev)
+                try:
+                    await log.flush()
+                except LogClosedError as exc:
+                    closed.append(exc)
+    (error,) = group.value.exceptions
+    assert isinstance(error, EventLogError)
+    assert str(error) == (
+        f"writing {path} failed: the log writer process was killed by SIGKILL"
+        " (3 events appended and not committed)"
+    )
+    assert closed
+    assert "killed by SIGKILL" in str(closed[0])
+    with pytest.raises(LogClosedError):
+        log.append(evs[8])
+    # What was committed before the kill is there, whole.
+    async with EventLog(path, mode="r") as fresh:
+        assert await read_all(fresh, "r") == evs[:5]
+
+
+async def test_an_attach_is_refused_once_the_writer_died_not_awaited_forever(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    await write_log(path, run_events("old", 1, finished=False))
+    with pytest.raises(BaseExceptionGroup) as group:  # noqa: PT012
+        with anyio.fail_after(HANG_GUARD):
+            async with EventLog(path) as log:
+                pid = log.writer_pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                # Sent before the death is noticed: answered by the death.
+                with pytest.raises(LogClosedError, match="killed by SIGKILL"):
+                    await log.attach("old")
+                # Asked after: nobody is left to answer, so it is refused at once.
+                with pytest.raises(LogClosedError, match="killed by SIGKILL"):
+                    await log.attach("old")
+    (error,) = group.value.exceptions
+    assert str(error) == f"writing {path} failed: the log writer process was killed by SIGKILL"
+
+
+async def test_the_writer_runs_in_its_own_session_and_ignores_sigint(tmp_path: Path) -> None:
+    """A Ctrl-C at the terminal must reach the parent, which closes the log in order, and not
+    the writer, which would lose what it had."""
+    evs = run_events("r", 3)
+    async with EventLog(tmp_path / "log.db") as log:
+        log.append(evs[0])
+        await log.flush()
+        pid = log.writer_pid
+        assert pid is not None
+        assert os.getsid(pid) != os.getsid(0)
+        os.kill(pid, signal.SIGINT)
+        for ev in evs[1:]:
+            log.append(ev)
+        await log.flush()
+        assert log.statistics().written == len(evs)
+    assert log.writer_pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # reaped: it exited when the log closed
+
+
+async def test_opening_fails_alike_with_both_writers(tmp_path: Path) -> None:
+    other = tmp_path / "other.db"
+    with closing(sqlite3.connect(other)) as conn:
+        conn.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY)")
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database\n" * 100)
+    future = tmp_path / "future.db"
+    await write_log(future, run_events("r", 1))
+    with closing(sqlite3.connect(future)) as conn:
+        conn.execute("PRAGMA user_version = 99")
+    cases = [(other, NotALogError), (text, NotALogError), (future, SchemaVersionError)]
+    cases.append((tmp_path, EventLogError))  # a directory
+    for path, kind in cases:
+        seen = []
+        for writer in ("thread", "process"):
+            with pytest.raises(kind) as info:
+                async with EventLog(path, writer=writer):
+                    pass
+            seen.append((type(info.value), str(info.value)))
+        assert seen[0] == seen[1]
+
+
+def test_an_unknown_writer_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="writer must be 'thread' or 'process'"):
+        EventLog(tmp_path / "x.db", writer="fork")  # type: ignore[arg-type]
