@@ -383,6 +383,7 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
         self.direction = direction_for(disks)
         self._disk_set = frozenset(range(1, disks + 1))
         self._last_read: tuple[str, str, HanoiAnswer] | None = None
+        self._system: str | None = None
 
     def __repr__(self) -> str:
         return f"Hanoi(disks={self.disks})"
@@ -409,6 +410,13 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
 
     def system_prompt(self) -> str:
         """The system prompt: rules, goal, the 3-disk example and the exact answer format."""
+        # Built once: every step sends it, and one string object keeps its hash (a model that
+        # caches by prompt hashes 1.3 KB a step otherwise).
+        if self._system is None:
+            self._system = self._system_text()
+        return self._system
+
+    def _system_text(self) -> str:
         return (
             "You are a helpful assistant. Solve this puzzle for me.\n"
             f"There are three pegs and {self.disks} disks of different sizes stacked on the "
