@@ -387,6 +387,11 @@ class Encoder:
         return out
 
     @property
+    def has_new_dictionaries(self) -> bool:
+        """Whether :meth:`take_new_dictionaries` has rows to give (rarely: check this first)."""
+        return bool(self._new_dictionaries)
+
+    @property
     def next_blob_id(self) -> int:
         """The id the next new blob will get."""
         return self._next_blob_id
@@ -481,7 +486,7 @@ class Encoder:
     def _new_blob(self, key: str | bytes, data: bytes) -> _Hit:
         blob_id = self._next_blob_id
         self._next_blob_id += 1
-        hit = _Hit(blob_id, data, _ref(blob_id))
+        hit: _Hit = _NEW(_Hit, (blob_id, data, _ref(blob_id)))
         lru = self._lru
         lru[key] = hit
         self._lru_size += len(key) + len(data)
@@ -493,18 +498,17 @@ class Encoder:
 
     def _store(self, payload: int, raw: bytes) -> bytes:
         """The smallest of: as is, plain zstd (before any dictionary), zstd with it."""
-        best = bytes((payload | _STORE_RAW,)) + raw
-        if len(raw) < (INTERN_MIN if payload == _PAYLOAD_STR else _COMPRESS_VALUES_MIN):
-            return best
-        if self._dict_compressor is not None:
-            framed = self._dict_compressor.compress(raw)
-            if len(framed) + len(self._dict_prefix) < len(raw):
-                return bytes((payload | _STORE_ZSTD_DICT,)) + self._dict_prefix + framed
-            return best
-        framed = self._plain.compress(raw)
-        if len(framed) < len(raw):
-            return bytes((payload | _STORE_ZSTD,)) + framed
-        return best
+        if len(raw) >= (INTERN_MIN if payload == _PAYLOAD_STR else _COMPRESS_VALUES_MIN):
+            compressor = self._dict_compressor
+            if compressor is not None:
+                framed = compressor.compress(raw)
+                if len(framed) + len(self._dict_prefix) < len(raw):
+                    return _KIND[payload | _STORE_ZSTD_DICT] + self._dict_prefix + framed
+            else:
+                framed = self._plain.compress(raw)
+                if len(framed) < len(raw):
+                    return _KIND[payload | _STORE_ZSTD] + framed
+        return _KIND[payload | _STORE_RAW] + raw
 
     # -- dictionaries ----------------------------------------------------------------------
 
@@ -548,6 +552,12 @@ class _Hit(NamedTuple):
     blob_id: int
     data: bytes
     ref: msgspec.msgpack.Ext
+
+
+_NEW: Final = tuple.__new__
+"""Builds a NamedTuple without its Python-level ``__new__`` (0.86 -> 0.42 us, measured)."""
+_KIND: Final = tuple(bytes((kind,)) for kind in range(16))
+"""The one-byte kind prefix of a blob, by kind."""
 
 
 def _dict_compressor(zdict: zstandard.ZstdCompressionDict) -> zstandard.ZstdCompressor:

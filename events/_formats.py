@@ -319,6 +319,8 @@ PRAGMA user_version = 2;
 
 _V2Row = tuple[int, int, int, int | None, float, bytes, bytes]
 _ENVELOPE = struct.Struct(">qHqd")
+_blake2b = hashlib.blake2b
+_NEW = tuple.__new__  # a NamedTuple without its Python-level __new__
 
 
 def v2_covered(run_id: str, seq: int, type_code: int, step: int | None, ts: float) -> bytes:
@@ -369,6 +371,8 @@ class V2Writer:
         )
         self._next_key = next_key
         self._keys = keys
+        # run id -> (key, run id as UTF-8): the envelope every row's hash covers starts so.
+        self._runs: dict[str, tuple[int, bytes]] = {}
         self._rows: list[_V2Row] = []
         # For each queued row: how many queued blobs and bytes precede its end, so a batch of
         # the first rows takes the blobs they refer to.
@@ -398,28 +402,34 @@ class V2Writer:
         row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is not None:
             self._keys[run_id] = int(row[0])
+            self._runs.pop(run_id, None)
 
     def encode(self, event: Event, previous: bytes) -> Queued:
-        key = self._keys.get(event.run_id)
-        if key is None:
-            key = self._keys[event.run_id] = self._next_key
-            self._next_key += 1
-        encoded = self._encoder.encode(event)
-        new = self._encoder.take_new_dictionaries()
-        if new:
-            self._dictionaries.extend(new)
-        envelope = v2_covered(event.run_id, event.seq, encoded.type_code, encoded.step, event.ts)
-        digest = chain_hash(previous, envelope + encoded.digest)
-        self._rows.append(
-            (key, event.seq, encoded.type_code, encoded.step, event.ts, encoded.body, digest)
-        )
-        size = len(encoded.body) + _ROW_OVERHEAD
-        for blob in encoded.blobs:
-            self._blobs.append(blob)
-            size += len(blob[1]) + 16
+        run_id = event.run_id
+        run = self._runs.get(run_id)
+        if run is None:
+            key = self._keys.get(run_id)
+            if key is None:
+                key = self._keys[run_id] = self._next_key
+                self._next_key += 1
+            run = self._runs[run_id] = (key, run_id.encode())
+        encoder = self._encoder
+        code, step, body, blobs, covered = encoder.encode(event)
+        if encoder.has_new_dictionaries:
+            self._dictionaries.extend(encoder.take_new_dictionaries())
+        seq, ts = event.seq, event.ts
+        # chain_hash(previous, v2_covered(...) + covered), joined once.
+        envelope = _ENVELOPE.pack(seq, code, -1 if step is None else step, ts)
+        digest = _blake2b(b"".join((previous, run[1], envelope, covered)), digest_size=16).digest()
+        self._rows.append((run[0], seq, code, step, ts, body, digest))
+        size = len(body) + _ROW_OVERHEAD
+        if blobs:
+            self._blobs.extend(blobs)
+            for blob in blobs:
+                size += len(blob[1]) + 16
         self._size += size
         self._marks.append((len(self._blobs), self._size))
-        return Queued(digest, size)
+        return _NEW(Queued, (digest, size))
 
     def take(self, limit: int) -> _V2Batch | None:
         """The first ``limit`` queued rows with the blobs and dictionaries they need."""

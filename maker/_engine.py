@@ -283,7 +283,14 @@ def attempt_sample_now(
     except Exception as exc:
         error = ClientError(f"{type(exc).__name__}: {exc}", kind="client_bug")
     latency = time.perf_counter() - began
-    return SampleOutcome(request.sample_id, attempt, completion, error, latency)
+    # tuple.__new__ skips the NamedTuple's Python-level __new__: this runs for every sample.
+    outcome: SampleOutcome = _new_tuple(
+        SampleOutcome, (request.sample_id, attempt, completion, error, latency)
+    )
+    return outcome
+
+
+_new_tuple = tuple.__new__
 
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
@@ -744,6 +751,18 @@ class _Run(Generic[S, A]):
 
     async def emit(self, event_type: type[Event], **fields: Any) -> None:
         """Record an event once the log has room for it: a run waits for a full log."""
+        if self.recording is None:
+            # A live run, the common case: what emit_now does, with the fields passed on once
+            # (forwarding a dozen keywords through a second call cost as much as the event).
+            log = self.log
+            if log.full:
+                await log.room()
+            event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
+            log.append(event)
+            self.seq += 1
+            for sink in self.sinks:
+                sink(event)
+            return
         if self.recording is not None:
             await self.recording.ready(self.position)  # read the recording on to this step's end
         if self.log.full and not self.replaying:
@@ -873,6 +892,8 @@ class _Run(Generic[S, A]):
         red_flags = 0
         model = self.client.model
         attempts = _Attempts(self)
+        last_answer: A | None = None
+        candidate = ""
 
         def launch(request: SampleRequest, attempt: int, delay: float) -> None:
             in_flight[request.sample_id] = request
@@ -927,7 +948,11 @@ class _Run(Generic[S, A]):
                     if answer is None:
                         red_flags += 1
                         continue
-                    candidate = canonical_json(task.answer_to_json(answer))
+                    if answer is not last_answer:
+                        # A task may hand back the very answer it read for an earlier sample
+                        # (Hanoi does when the answer lines repeat): its key is the same too.
+                        last_answer = answer
+                        candidate = canonical_json(task.answer_to_json(answer))
                     answers.setdefault(candidate, answer)
                     winner = tally.add(candidate)
                     self.counters.votes += 1
@@ -1097,7 +1122,8 @@ class _Attempts:
         self._at_once = run.recording is None
         self._launched: list[tuple[SampleRequest, int, float]] = []
         self._ready: deque[SampleOutcome] = deque()
-        self._stack = AsyncExitStack()
+        # Made with the task group, on first need: most steps at zero latency never need one.
+        self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
         self._send: ObjectSendStream[SampleOutcome] | None = None
         self._receive: ObjectReceiveStream[SampleOutcome] | None = None
@@ -1112,6 +1138,8 @@ class _Attempts:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
+        if self._stack is None:
+            return None
         return await self._stack.__aexit__(exc_type, exc, tb)
 
     def launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
@@ -1140,9 +1168,10 @@ class _Attempts:
                 send, receive = anyio.create_memory_object_stream[SampleOutcome](
                     max_buffer_size=math.inf
                 )
-                self._send = await self._stack.enter_async_context(send)
-                self._receive = await self._stack.enter_async_context(receive)
-                self._tg = await self._stack.enter_async_context(anyio.create_task_group())
+                stack = self._stack = AsyncExitStack()
+                self._send = await stack.enter_async_context(send)
+                self._receive = await stack.enter_async_context(receive)
+                self._tg = await stack.enter_async_context(anyio.create_task_group())
             assert self._send is not None
             self._tg.start_soon(run._sample, request, attempt, delay, self._send)
         self._launched.clear()

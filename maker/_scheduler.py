@@ -414,7 +414,9 @@ class Scheduler:
         if completion is None:
             self._calls -= 1  # not made: call() counts it
             return None
-        self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=True)
+        if breaker.state != "closed" or breaker.failures or breaker._probing:
+            self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=True)
+        # Otherwise a success leaves a closed breaker as it is, and says nothing.
         return completion
 
     async def _timed(self, client: Client, request: SampleRequest, limits: Limits) -> Completion:

@@ -20,10 +20,12 @@ distribution, but the text is not padded to that length.
 
 from __future__ import annotations
 
+import _random
 import dataclasses
 import hashlib
 import math
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,9 +36,21 @@ import msgspec
 
 from ._client import Completion, SampleRequest
 from ._errors import ConfigError
-from ._simulator import AnySimulator
+from ._simulator import AnySimulator, randbelow
 
 _READING_CACHE = 256
+
+_reseed = _random.Random.seed
+"""Seeds an existing generator as ``random.Random(seed)`` seeds a new one (for an int seed), at
+two thirds of the cost of constructing one: each sample draws from a generator of its own."""
+_TWOPI = 2.0 * math.pi
+
+
+class _Generators(threading.local):
+    """One reusable generator per thread, reseeded for every response."""
+
+    def __init__(self) -> None:
+        self.rng = random.Random()
 
 
 class _Reading:
@@ -45,6 +59,7 @@ class _Reading:
     __slots__ = (
         "_rivals",
         "hard",
+        "input_tokens",
         "key",
         "oracle",
         "p_correct",
@@ -54,13 +69,16 @@ class _Reading:
         "state",
     )
 
-    def __init__(self, sim: AnySimulator, state: Any, config: SimConfig) -> None:
+    def __init__(
+        self, sim: AnySimulator, state: Any, config: SimConfig, p: tuple[float, float], tokens: int
+    ) -> None:
         self.sim = sim
         self.state = state
+        self.input_tokens = tokens
         self.key = sim.state_key(state)
         self.salt = config.salt
         self.hard = _unit(f"hard:{config.salt}:{self.key}") < config.hard_fraction
-        self.p_correct = config.p_hard if self.hard else config.p_normal
+        self.p_correct = p[1] if self.hard else p[0]
         self.rivals_count = 1 if self.hard else config.rivals
         self.oracle = sim.oracle(state)
         self._rivals: tuple[Any, ...] | None = None
@@ -215,7 +233,7 @@ class SimulatedModel:
                 known = ", ".join(sorted(PRESETS))
                 raise ConfigError("preset", f"unknown preset {preset!r}; known: {known}")
             config = PRESETS[preset]
-        self.config = config if config is not None else PRESETS["paper"]
+        self._config = config if config is not None else PRESETS["paper"]
         self.preset = preset
         if simulators is None:
             from .tasks import BUILTIN_SIMULATORS
@@ -224,9 +242,24 @@ class SimulatedModel:
         self._simulators = tuple(simulators)
         self._name = name
         self._readings: OrderedDict[tuple[str, str], _Reading] = OrderedDict()
+        # The prompt read last, by identity: a step's samples share their prompt's objects.
+        self._last: tuple[str, str, _Reading | None] | None = None
+        self._generators = _Generators()
+        # The config is frozen: what every response needs of it is taken out once.
+        cfg = self._config
+        self._p = (cfg.p_normal, cfg.p_hard)
+        self._malformed = cfg.malformed_rate
+        self._flagged = cfg.malformed_rate + cfg.overlong_rate
+        self._tokens_mean = cfg.output_tokens_mean
+        self._tokens_sd = cfg.output_tokens_sd
 
     in_process = True
     """Answers without I/O, so the scheduler does not arm a timeout for its calls."""
+
+    @property
+    def config(self) -> SimConfig:
+        """The statistics this model follows (fixed at construction)."""
+        return self._config
 
     @property
     def model(self) -> str:
@@ -242,20 +275,21 @@ class SimulatedModel:
 
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request, after the simulated latency."""
-        response = self._respond(
+        completion = self._draw(
             request.system, request.user, request.max_tokens, request.seed, request.temperature
-        )
-        if response.latency_s > 0:
-            await anyio.sleep(response.latency_s)
-        return response.completion
+        )[0]
+        latency = self._latency(request.seed)
+        if latency > 0:
+            await anyio.sleep(latency)
+        return completion
 
     def complete_now(self, request: SampleRequest) -> Completion | None:
         """The answer :meth:`complete` gives, at once; None when the model has latency."""
         if self.config.latency_ms > 0:
             return None
-        return self._respond(
+        return self._draw(
             request.system, request.user, request.max_tokens, request.seed, request.temperature
-        ).completion
+        )[0]
 
     async def probe(self) -> None:
         """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
@@ -270,47 +304,76 @@ class SimulatedModel:
         model: str | None = None,
     ) -> SimResponse:
         """The response to one prompt, as a pure function of the prompt, ``seed`` and config."""
-        return self._respond(system, user, max_tokens, seed, None)
+        completion, kind, correct, hard = self._draw(system, user, max_tokens, seed, None)
+        return SimResponse(
+            completion=completion,
+            latency_s=self._latency(seed),
+            kind=kind,
+            correct=correct,
+            hard=hard,
+        )
 
-    def _respond(
+    def _draw(
         self, system: str, user: str, max_tokens: int, seed: int, temperature: float | None
-    ) -> SimResponse:
+    ) -> tuple[Completion, SampleKind, bool | None, bool]:
+        """The completion, its kind, whether it is correct and whether its state is hard.
+
+        Every number is drawn from one generator seeded with ``seed``, in a fixed order; the
+        inlined draws are those ``random.Random`` makes (its ``choice``, ``randrange`` and
+        ``gauss``), so the responses are the ones a fresh ``random.Random(seed)`` gives.
+        """
         # ``temperature`` is only recorded as sent: it changes nothing in the answer.
-        cfg = self.config
-        rng = random.Random(seed)
-        input_tokens = max(1, (len(system) + len(user)) // 4)
-        latency = self._latency(seed)
-        found = self._read(system, user)
+        if type(seed) is int:
+            rng = self._generators.rng
+            _reseed(rng, seed)
+            # What random.Random.seed resets beside the C state (a simulator may draw a gauss).
+            rng.gauss_next = None  # type: ignore[attr-defined]
+        else:
+            rng = random.Random(seed)
+        last = self._last
+        if last is not None and last[0] is system and last[1] is user:
+            found = last[2]
+        else:
+            found = self._read(system, user)
+            self._last = (system, user, found)
         if found is None:
             text = "I could not identify the task in this prompt."
-            return self._response(
-                text, input_tokens, 12, latency, "unknown", None, False, max_tokens, temperature
-            )
-        sim, state, hard = found.sim, found.state, found.hard
+            input_tokens = max(1, (len(system) + len(user)) // 4)
+            completion = self._completion(text, input_tokens, 12, max_tokens, temperature)
+            return completion, "unknown", None, False
+        sim = found.sim
         kind: SampleKind
         correct: bool | None = None
         draw = rng.random()
-        if draw < cfg.malformed_rate:
-            kind, text = "malformed", sim.render_malformed(state, rng)
+        if draw < self._malformed:
+            kind, text = "malformed", sim.render_malformed(found.state, rng)
         else:
-            overlong = draw < cfg.malformed_rate + cfg.overlong_rate
-            p_correct = 1.0 - cfg.overlong_error if overlong else found.p_correct
+            overlong = draw < self._flagged
+            p_correct = 1.0 - self.config.overlong_error if overlong else found.p_correct
             correct = rng.random() < p_correct
             answer = found.oracle if correct else None
             if answer is None:
                 correct = False
                 rivals = found.rivals
                 if rivals:
-                    answer = rivals[rng.randrange(len(rivals))]
+                    answer = rivals[randbelow(rng, len(rivals))]
             if answer is None:
-                kind, text, correct = "malformed", sim.render_malformed(state, rng), None
+                kind, text, correct = "malformed", sim.render_malformed(found.state, rng), None
             else:
                 kind = "overlong" if overlong else "normal"
                 text = sim.render(answer, rng)
-        tokens = rng.randint(760, 1400) if kind == "overlong" else self._normal_tokens(rng)
-        return self._response(
-            text, input_tokens, tokens, latency, kind, correct, hard, max_tokens, temperature
-        )
+        if kind == "overlong":
+            tokens = 760 + randbelow(rng, 641)  # rng.randint(760, 1400)
+        else:
+            # rng.gauss(mean, sd) on a generator that has not drawn a gauss yet.
+            random_ = rng.random
+            x2pi = random_() * _TWOPI
+            g2rad = math.sqrt(-2.0 * math.log(1.0 - random_()))
+            value = self._tokens_mean + math.cos(x2pi) * g2rad * self._tokens_sd
+            # Normal responses stay below the overlong band by definition.
+            tokens = int(min(700.0, max(16.0, value)))
+        completion = self._completion(text, found.input_tokens, tokens, max_tokens, temperature)
+        return completion, kind, correct, found.hard
 
     def _read(self, system: str, user: str) -> _Reading | None:
         # Every sample of a step sees the same prompt: read it, and draw the state's fixed
@@ -331,14 +394,9 @@ class SimulatedModel:
         for sim in self._simulators:
             state = sim.read_prompt(system, user)
             if state is not None:
-                return _Reading(sim, state, self.config)
+                tokens = max(1, (len(system) + len(user)) // 4)
+                return _Reading(sim, state, self.config, self._p, tokens)
         return None
-
-    def _normal_tokens(self, rng: random.Random) -> int:
-        cfg = self.config
-        value = rng.gauss(cfg.output_tokens_mean, cfg.output_tokens_sd)
-        # Normal responses stay below the overlong band by definition.
-        return int(min(700.0, max(16.0, value)))
 
     def _latency(self, seed: int) -> float:
         cfg = self.config
@@ -348,30 +406,23 @@ class SimulatedModel:
         z = random.Random(f"latency:{seed}").gauss(0.0, 1.0)
         return cfg.latency_ms / 1000.0 * math.exp(cfg.latency_sigma * z)
 
-    def _response(
+    def _completion(
         self,
         text: str,
         input_tokens: int,
         output_tokens: int,
-        latency: float,
-        kind: SampleKind,
-        correct: bool | None,
-        hard: bool,
         max_tokens: int,
         temperature: float | None,
-    ) -> SimResponse:
+    ) -> Completion:
         finish_reason = "stop"
         if output_tokens > max_tokens:
             # Cut off at the cap, as a real API does: the answer lines are lost.
             text, finish_reason, output_tokens = text[: len(text) // 3], "length", max_tokens
-        completion = Completion(
+        return Completion(
             text=text,
             finish_reason=finish_reason,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             model=self._name,
             temperature_sent=temperature,
-        )
-        return SimResponse(
-            completion=completion, latency_s=latency, kind=kind, correct=correct, hard=hard
         )

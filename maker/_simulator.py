@@ -48,3 +48,17 @@ class Simulator(Protocol[S, A]):
 
 
 AnySimulator = Simulator[Any, Any]
+
+
+def randbelow(rng: random.Random, n: int) -> int:
+    """``rng.randrange(n)`` for ``n >= 1``, which is also the index ``rng.choice`` draws from a
+    sequence of ``n``: the same bits drawn the same way, without the two calls around them.
+
+    Simulators render every sample; the draw of a reason or a layout was a third of a render.
+    """
+    getrandbits = rng.getrandbits
+    k = n.bit_length()
+    r = getrandbits(k)
+    while r >= n:
+        r = getrandbits(k)
+    return r

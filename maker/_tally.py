@@ -70,12 +70,17 @@ class Tally:
         """Count one vote. Returns the winner if this vote decided, else None."""
         if self._winner is not None:
             raise RuntimeError("the tally is already decided")
-        n = self._counts.get(candidate, 0) + 1
-        self._counts[candidate] = n
+        counts = self._counts
+        n = counts.get(candidate, 0) + 1
+        counts[candidate] = n
         if self.rule == "first":
             won = n >= self.k
         else:
-            rival = max((v for c, v in self._counts.items() if c != candidate), default=0)
+            # The runner-up's votes; a plain loop, since a step has one or two candidates.
+            rival = 0
+            for c, v in counts.items():
+                if v > rival and c != candidate:
+                    rival = v
             won = n >= self.k + rival
         if won:
             self._winner = candidate

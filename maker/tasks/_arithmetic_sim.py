@@ -7,6 +7,7 @@ import re
 
 import msgspec
 
+from .._simulator import randbelow
 from ._arithmetic import ArithOp, OpName
 
 _VALUE = re.compile(r"(?m)^Current value:[ \t]*(-?[0-9]+)[ \t]*$")
@@ -48,6 +49,10 @@ class ArithmeticSimulator:
 
     def read_prompt(self, system: str, user: str) -> ArithQuestion | None:
         """The value and operation in an arithmetic prompt, or None if it is not one."""
+        # Every match holds these words: checking for them first spares the two searches on
+        # other tasks' prompts, which the simulated model tries this reader on first.
+        if "Current value:" not in user or "Operation:" not in user:
+            return None
         value = _VALUE.search(user)
         operation = _OPERATION.search(user)
         if value is None or operation is None:
@@ -87,7 +92,7 @@ class ArithmeticSimulator:
 
     def render(self, answer: int, rng: random.Random) -> str:
         """A line of working, then ``result = N``."""
-        working = rng.choice(_WORKING).format(n=answer)
+        working = _WORKING[randbelow(rng, len(_WORKING))].format(n=answer)
         return f"{working}\nresult = {answer}"
 
     def render_malformed(self, state: ArithQuestion, rng: random.Random) -> str:

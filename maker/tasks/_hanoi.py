@@ -60,14 +60,21 @@ def legal_moves(pegs: Pegs) -> list[Move]:
     [(1, 0, 1), (1, 0, 2)]
     """
     moves: list[Move] = []
-    for src in range(3):
-        if not pegs[src]:
+    three = (pegs[0], pegs[1], pegs[2])
+    for src, dsts in _OTHER_PEGS:
+        from_peg = three[src]
+        if not from_peg:
             continue
-        disk = pegs[src][-1]
-        for dst in range(3):
-            if dst != src and (not pegs[dst] or pegs[dst][-1] > disk):
+        disk = from_peg[-1]
+        for dst in dsts:
+            to_peg = three[dst]
+            if not to_peg or to_peg[-1] > disk:
                 moves.append((disk, src, dst))
     return moves
+
+
+_OTHER_PEGS = ((0, (1, 2)), (1, (0, 2)), (2, (0, 1)))
+"""Each peg with the others, in order: the pairs :func:`legal_moves` looks at."""
 
 
 def move_top(pegs: Pegs, src: int, dst: int) -> Pegs:
@@ -89,11 +96,13 @@ def strategy_answer(state: HanoiState, direction: int) -> HanoiAnswer | None:
     prev = state.previous_move
     pegs = state.pegs
     if prev is None or prev[0] != 1:
-        src = next((i for i, peg in enumerate(pegs) if peg and peg[-1] == 1), None)
-        if src is None:
+        for src, peg in enumerate(pegs):
+            if peg and peg[-1] == 1:
+                move: Move = (1, src, (src + direction) % 3)
+                break
+        else:
             # Disk 1 is buried or missing: the state is corrupted and the strategy says nothing.
             return None
-        move: Move = (1, src, (src + direction) % 3)
     else:
         others = [m for m in legal_moves(pegs) if m[0] != 1]
         if len(others) != 1:
@@ -307,6 +316,32 @@ def _bracket_prefix(text: str) -> str | None:
     return body + "]" * depth
 
 
+def _last_match(pattern: re.Pattern[str], word: str, text: str) -> str | None:
+    """Group 1 of the last match of ``pattern`` in ``text`` (``pattern.findall(text)[-1]``), or
+    None: for :data:`_MOVE_RE` and :data:`_STATE_RE`, whose matches begin with ``word`` in any
+    case.
+
+    Their matches never overlap (a match's only letters are its word; a word inside its
+    brackets would need a bracket of its own), so the last one is the one that starts
+    rightmost. In ASCII text a match can start only where the lowered text holds ``word``:
+    those few places are tried from the right, instead of scanning every character for a
+    case-insensitive word boundary. Other text (where ``(?i)`` also folds letters like the
+    long s) takes ``findall``.
+    """
+    if text.isascii():
+        lowered = text.lower()
+        at = lowered.rfind(word)
+        while at >= 0:
+            found = pattern.match(text, at)  # \b still sees the character before ``at``
+            if found is not None:
+                return found.group(1)
+            # ``word`` cannot overlap itself, so the next one ends before this one starts.
+            at = lowered.rfind(word, 0, at)
+        return None
+    matches = pattern.findall(text)
+    return matches[-1] if matches else None
+
+
 _MOVE_START = re.compile(r"(?is)\bmove\b\s*=")
 _STATE_START = re.compile(r"(?is)\bnext_state\b\s*=")
 
@@ -347,6 +382,8 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
         self.disks = disks
         self.direction = direction_for(disks)
         self._disk_set = frozenset(range(1, disks + 1))
+        self._last_read: tuple[str, str, HanoiAnswer] | None = None
+        self._system: str | None = None
 
     def __repr__(self) -> str:
         return f"Hanoi(disks={self.disks})"
@@ -373,6 +410,13 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
 
     def system_prompt(self) -> str:
         """The system prompt: rules, goal, the 3-disk example and the exact answer format."""
+        # Built once: every step sends it, and one string object keeps its hash (a model that
+        # caches by prompt hashes 1.3 KB a step otherwise).
+        if self._system is None:
+            self._system = self._system_text()
+        return self._system
+
+    def _system_text(self) -> str:
         return (
             "You are a helpful assistant. Solve this puzzle for me.\n"
             f"There are three pegs and {self.disks} disks of different sizes stacked on the "
@@ -431,18 +475,24 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
         >>> Hanoi(2).parse("move = [1, 0, 1]\\nnext_state = [[2], [1], []]")
         HanoiAnswer(move=(1, 0, 1), next_state=((2,), (1,), ()))
         """
-        moves = _MOVE_RE.findall(text)
-        if not moves:
+        move_text = _last_match(_MOVE_RE, "move", text)
+        if move_text is None:
             raise RedFlag("malformed", "no move line")
-        states = _STATE_RE.findall(text)
-        if not states:
+        state_text = _last_match(_STATE_RE, "next_state", text)
+        if state_text is None:
             raise RedFlag("malformed", "no next_state line")
+        # A step's samples mostly give one answer in differently worded texts: the answer
+        # read last is reused when its two lines come again (answers are immutable).
+        last = self._last_read
+        if last is not None and last[0] == move_text and last[1] == state_text:
+            return last[2]
         # Nearly every answer is plain JSON holding each disk once: that is read and checked
         # in one pass. Anything else takes the general path, which names each red flag.
-        answer = self._read_plain(moves[-1], states[-1])
-        if answer is not None:
-            return answer
-        return self._read_general(moves[-1], states[-1])
+        answer = self._read_plain(move_text, state_text)
+        if answer is None:
+            answer = self._read_general(move_text, state_text)
+        self._last_read = (move_text, state_text, answer)
+        return answer
 
     def _read_plain(self, move_text: str, state_text: str) -> HanoiAnswer | None:
         """The answer if both texts are plain JSON and the disks are 1..n once each, else

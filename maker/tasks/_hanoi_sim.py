@@ -8,6 +8,7 @@ from itertools import chain
 
 from events import canonical_json
 
+from .._simulator import randbelow
 from ._hanoi import (
     CLOCKWISE,
     COUNTERCLOCKWISE,
@@ -22,16 +23,14 @@ from ._hanoi import (
     move_top,
     plain_move,
     plain_pegs,
-    state_json,
     strategy_answer,
 )
 
 _PREVIOUS = re.compile(r"(?m)^Previous move:[ \t]*(None|\[[^\n]*\])[ \t]*$")
 _CURRENT = re.compile(r"(?m)^Current State:[ \t]*(\[[^\n]*\])[ \t]*$")
-_CIRCLES = {
-    "(0 -> 1 -> 2 -> 0)": CLOCKWISE,
-    "(0 -> 2 -> 1 -> 0)": COUNTERCLOCKWISE,
-}
+_CLOCKWISE_TEXT = "(0 -> 1 -> 2 -> 0)"
+_COUNTERCLOCKWISE_TEXT = "(0 -> 2 -> 1 -> 0)"
+_DISK_SETS = tuple(frozenset(range(1, n + 1)) for n in range(MAX_DISKS + 1))
 
 _REASONS = (
     "Following the procedure, disk {d} goes from peg {f} to peg {t}.",
@@ -105,10 +104,15 @@ class HanoiSimulator:
 
     def read_prompt(self, system: str, user: str) -> HanoiState | None:
         """The state in a Hanoi user prompt, or None if the prompt is not Hanoi's."""
-        direction = next((d for text, d in _CIRCLES.items() if text in user), None)
+        if _CLOCKWISE_TEXT in user:
+            direction = CLOCKWISE
+        elif _COUNTERCLOCKWISE_TEXT in user:
+            direction = COUNTERCLOCKWISE
+        else:
+            return None
         previous = _search_from("Previous move:", _PREVIOUS, user)
         current = _search_from("Current State:", _CURRENT, user)
-        if direction is None or previous is None or current is None:
+        if previous is None or current is None:
             return None
         # Hanoi writes both as plain JSON, read in one call; other text is read as literals.
         pegs = plain_pegs(current.group(1))
@@ -116,8 +120,10 @@ class HanoiSimulator:
             pegs = _literal_pegs(current.group(1))
             if pegs is None:
                 return None
-        n = _disks(pegs)
-        if not 1 <= n <= MAX_DISKS or sorted(d for p in pegs for d in p) != list(range(1, n + 1)):
+        disks = pegs[0] + pegs[1] + pegs[2]
+        n = max(disks, default=0)
+        # n disks that together are 1..n: each is there exactly once.
+        if not 1 <= n <= MAX_DISKS or len(disks) != n or set(disks) != _DISK_SETS[n]:
             return None
         if direction != direction_for(n):
             return None
@@ -130,7 +136,8 @@ class HanoiSimulator:
 
     def state_key(self, state: HanoiState) -> str:
         """Canonical JSON of the pegs and previous move."""
-        return canonical_json(state_json(state))
+        # The JSON of state_json(state), encoded from the tuples themselves.
+        return canonical_json({"pegs": state.pegs, "previous_move": state.previous_move})
 
     def oracle(self, state: HanoiState) -> HanoiAnswer | None:
         """The strategy's next answer, exactly as :meth:`maker.tasks.Hanoi.oracle` gives it."""
@@ -173,10 +180,10 @@ class HanoiSimulator:
     def render(self, answer: HanoiAnswer, rng: random.Random) -> str:
         """A line of reasoning, then the ``move =`` and ``next_state =`` lines."""
         d, f, t = answer.move
-        reason = rng.choice(_REASONS).format(d=d, f=f, t=t)
+        reason = _REASONS[randbelow(rng, len(_REASONS))].format(d=d, f=f, t=t)
         compact = rng.random() < 0.2
         move_line, state_line = self._answer_lines(answer, compact)
-        style = rng.randrange(3)
+        style = randbelow(rng, 3)
         if style == 0:
             return f"{reason}\n{move_line}\n{state_line}"
         if style == 1:

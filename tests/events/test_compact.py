@@ -60,7 +60,11 @@ class Store:
     def append(self, encoder: Encoder, event: Event) -> EncodedEvent:
         encoded = encoder.encode(event)
         # The contract: dictionaries first, then the event's blobs, each id new.
-        for dictionary_id, data in encoder.take_new_dictionaries():
+        announced = encoder.has_new_dictionaries
+        new = encoder.take_new_dictionaries()
+        assert announced == bool(new)
+        assert not encoder.has_new_dictionaries
+        for dictionary_id, data in new:
             assert dictionary_id not in self.dictionaries
             self.dictionaries[dictionary_id] = data
         for blob_id, data in encoded.blobs:

@@ -359,3 +359,26 @@ def test_otel_live_json_and_export_from_the_log_give_the_same_spans(
     code, _, err = cli(capsys, "run", "hanoi", "--log", str(log), "--otel", "carrier-pigeon")
     assert code == 2
     assert "unknown exporter" in err
+
+
+def test_progress_counts_steps_samples_and_red_flags_of_a_run(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The bar's figures come from the events alone: feed a recorded run to a fresh sink and
+    # compare with what the run reported.
+    from maker._cli import _ProgressSink
+
+    log = tmp_path / "log.db"
+    args = ["run", "hanoi", "--disks", "5", "--p", "0.85", "--k", "2", "--json", "--log", str(log)]
+    code, out, err = cli(capsys, *args)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["red_flags"] > 0
+    sink = _ProgressSink(None, 2, enabled=False)
+    for event in anyio.run(load_events, log):
+        sink(event)
+    assert (sink.steps, sink.samples, sink.red_flags) == (
+        result["steps"],
+        result["samples"],
+        result["red_flags"],
+    )

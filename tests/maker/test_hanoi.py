@@ -6,6 +6,7 @@ import ast
 import random
 import re
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import example, given, settings
@@ -15,7 +16,14 @@ from events import canonical_json
 from maker._errors import ConfigError, RedFlag
 from maker._simulator import Simulator
 from maker.tasks import Hanoi, HanoiAnswer, HanoiSimulator, HanoiState, optimal_moves
-from maker.tasks._hanoi import _MOVE_RE, _STATE_RE, legal_moves, literal, move_top
+from maker.tasks._hanoi import (
+    _MOVE_RE,
+    _STATE_RE,
+    _last_match,
+    legal_moves,
+    literal,
+    move_top,
+)
 
 SIM = HanoiSimulator()
 
@@ -371,6 +379,46 @@ def test_parse_reads_and_flags_as_its_general_path_does(data: st.DataObject) -> 
     if moves and states:
         assert (moves[-1], states[-1]) == (move, state)
         assert flag_or(lambda: task.parse(text)) == general
+
+
+_WORDS = ["move", "MoVe", "amove", "move_", "next_state", "NEXT_STATE", "Next_Statement"]
+# The long s and the Kelvin sign: (?i) folds them onto "s" and "k".
+_ODD = ["next_\u017ftate", "\u017f", "\u212a", "é"]
+_FRAGMENTS = st.sampled_from(
+    [*_WORDS, *_ODD, " = ", "=", " ", "\n", "\t", "[", "]", "[[", "]]", ", ", "1", "0, 2", "_", "x"]
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_FRAGMENTS, max_size=30).map("".join))
+@example("move = [1]\nmove = [2]")
+@example("amove = [1] move = [2] Move=[3]x")
+@example("next_\u017ftate = [[1], [], []] é move = [1, 0, 2]")
+def test_parse_finds_the_last_match_of_the_papers_regexes(text: str) -> None:
+    # parse looks for the last match from the right, where the lowered text holds the word;
+    # it must find exactly what the paper's regexes find, in any case and any script.
+    for pattern, word in ((_MOVE_RE, "move"), (_STATE_RE, "next_state")):
+        matches = pattern.findall(text)
+        assert _last_match(pattern, word, text) == (matches[-1] if matches else None)
+
+
+@given(st.lists(st.sampled_from(range(8)), max_size=12))
+def test_parse_reads_each_text_as_a_fresh_task_does(order: list[int]) -> None:
+    # parse keeps the answer it read last, for the next sample with the same answer lines:
+    # whatever the order of texts, each reads as it does on a fresh task.
+    texts = [
+        "Disk 1 moves.\nmove = [1, 0, 2]\nnext_state = [[3, 2], [], [1]]",
+        "So:\n```move = [1,0,2]```\n```next_state = [[3,2],[],[1]]```",
+        "move = [1, 0, 2]\nnext_state = [[3, 2], [], [1]]",
+        "move = [1, 0, 1]\nnext_state = [[3, 2], [], [1]]",
+        "move = [1, 0, 2]\nnext_state = [[3, 2], [1], []]",
+        "move = [1, 0, 2]\nnext_state = [[3, 2], [], [1, 1]]",
+        "move = [1, 0, 2]",
+        "move = [1, 0, 2]\nnext_state = [[3, 2], [], [1],]",
+    ]
+    task = Hanoi(3)
+    for i in order:
+        assert flag_or(partial(task.parse, texts[i])) == flag_or(partial(Hanoi(3).parse, texts[i]))
 
 
 def test_repairing_parser_accepts_what_the_strict_one_rejects() -> None:

@@ -38,7 +38,11 @@ from maker import (
     Task,
     p_step,
 )
-from maker.tasks import Arithmetic, ArithState, Hanoi, HanoiState
+from maker._simulator import randbelow
+from maker.tasks import Arithmetic, ArithState, Hanoi, HanoiSimulator, HanoiState
+from maker.tasks._hanoi_sim import _REASONS
+
+SIM = HanoiSimulator()
 
 Z = 4.5
 """Standard errors of tolerance for every Monte Carlo check."""
@@ -392,6 +396,66 @@ def test_same_prompt_and_seed_give_the_same_response() -> None:
     backward = [ask(fresh, c, i, max_tokens=1000) for i, c in reversed(list(enumerate(cases)))]
     assert forward == again
     assert forward == backward[::-1]
+
+
+def test_a_response_is_what_a_fresh_generator_of_its_seed_draws() -> None:
+    # The model reseeds one generator per response and inlines the stdlib's draws; the texts
+    # and token counts must still be those of random.Random(seed) drawn in the documented order:
+    # validity, correctness, then the render (reason, compactness, layout) and the tokens.
+    task = Hanoi(5)
+    prompts = [task.prompt(state) for state in _hanoi_states(task)[:12]]
+    configs = (PRESETS["ideal"], SimConfig(malformed_rate=0.0, overlong_rate=0.9))
+    kinds: Counter[str] = Counter()
+    for config in configs:
+        model = SimulatedModel(config)
+        for seed in range(300):
+            prompt = prompts[seed % len(prompts)]
+            response = model.respond(prompt.system, prompt.user, max_tokens=BIG_CAP, seed=seed)
+            rng = random.Random(seed)
+            overlong = rng.random() < config.overlong_rate
+            p_correct = 1.0 - config.overlong_error if overlong else config.p_normal
+            if rng.random() >= p_correct:
+                continue  # a rival's answer: the statistics below cover those
+            state = SIM.read_prompt(prompt.system, prompt.user)
+            assert state is not None
+            answer = SIM.oracle(state)
+            assert answer is not None
+            move = answer.move
+            reason = rng.choice(_REASONS).format(d=move[0], f=move[1], t=move[2])
+            rng.random(), rng.randrange(3)  # compact or not, and the layout
+            if overlong:
+                tokens = rng.randint(760, 1400)
+            else:
+                gauss = rng.gauss(config.output_tokens_mean, config.output_tokens_sd)
+                tokens = int(min(700.0, max(16.0, gauss)))
+            assert response.kind == ("overlong" if overlong else "normal")
+            assert response.completion.text.startswith(reason + "\n"), seed
+            assert response.completion.output_tokens == tokens, seed
+            kinds[response.kind] += 1
+    assert kinds["normal"] > 300
+    assert kinds["overlong"] > 200
+
+
+def _hanoi_states(task: Hanoi) -> list[HanoiState]:
+    state = task.initial_state()
+    out = []
+    while not task.is_done(state):
+        out.append(state)
+        answer = task.oracle(state)
+        assert answer is not None
+        state = task.apply(state, answer)
+    return out
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 641, 2**40 + 1])
+def test_randbelow_draws_as_randrange_and_choice(n: int) -> None:
+    for seed in range(200):
+        ours, theirs, chosen = random.Random(seed), random.Random(seed), random.Random(seed)
+        got = [randbelow(ours, n) for _ in range(5)]
+        assert got == [theirs.randrange(n) for _ in range(5)]
+        if n < 1000:
+            assert got == [chosen.choice(range(n)) for _ in range(5)]
+        assert ours.getstate() == theirs.getstate()  # the same bits were used up
 
 
 def test_different_seeds_give_different_responses() -> None:
