@@ -28,7 +28,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from events import (
@@ -196,30 +196,117 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
 def check_run(path: str | os.PathLike[str], run_id: str) -> RunIntegrity:
     """Check one run, and raise :class:`BrokenLogError` naming its first bad seq if it fails.
 
-    Replay and resume call this first, so they never build on a damaged run. Raises
-    :class:`events.UnknownRunError` when the log holds no such run (exact id).
+    Replay and resume never build on a damaged run: they read it through :class:`CheckedRun`,
+    which makes these checks as it goes. Raises :class:`events.UnknownRunError` when the log
+    holds no such run (exact id).
     """
-    name = os.fspath(path)
-    try:
-        conn = _open(name)
-    except _Damaged as exc:
-        raise BrokenLogError(name, run_id, None, f"SQLite cannot read the file: {exc}") from exc
-    checker = _RunChecker(run_id, None)
-    try:
-        conn.execute("BEGIN")
-        heads = _read_heads(conn, run_id)
-        checker.head = heads.get(run_id)
-        checker.feed(_run_rows(conn, run_id))
-        result = checker.result()
-    except sqlite3.DatabaseError as exc:
-        result = checker.unreadable(_one_line(str(exc)))
-    finally:
-        conn.close()
-    if result.events == 0 and checker.head is None:
-        raise UnknownRunError(run_id)
-    if not result.ok:
-        raise BrokenLogError(name, run_id, result.first_bad_seq, result.problem)
-    return result
+    with CheckedRun(path, run_id) as run:
+        return run.finish()
+
+
+class CheckedRun:
+    """One run's events in seq order, read in the pass that checks the run's integrity:
+    what :func:`check_run` checks, checked as the events are handed on, so a re-execution
+    reads and decodes the log once.
+
+    Iterating yields each event once its row has passed (hash chain, seq, columns). The first
+    problem raises :class:`BrokenLogError` with the first bad seq and the problem
+    :func:`check_run` names (the rest of the run is read first: a later row can tell what
+    happened, a swap from a move, say). The head is compared when the rows run out, before the
+    iteration ends, so a reader that reaches the end has read a whole, intact run. Rows after
+    ``last_seq`` are checked, not yielded.
+
+    The rows are read in one read transaction, a batch at a time: memory holds a batch. Use it
+    as a context manager; :meth:`finish` checks what has not been read yet.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], run_id: str, *, last_seq: int | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self.run_id = run_id
+        self._last_seq = last_seq
+        self._checker = _RunChecker(run_id, None)
+        self._conn: sqlite3.Connection | None = None
+        self._rows: Iterator[_Row] = iter(())
+        self._result: RunIntegrity | None = None
+        self._error: EventLogError | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            conn = _open(self.path)
+        except _Damaged as exc:
+            raise BrokenLogError(
+                self.path, self.run_id, None, f"SQLite cannot read the file: {exc}"
+            ) from exc
+        self._conn = conn
+        try:
+            conn.execute("BEGIN")
+            self._checker.head = _read_heads(conn, self.run_id).get(self.run_id)
+            self._rows = _run_rows(conn, self.run_id)
+        except sqlite3.DatabaseError as exc:
+            self._conclude(self._checker.unreadable(_one_line(str(exc))))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> AnyEvent:
+        if self._result is not None or self._error is not None:
+            self.finish()  # raises what the check found, if anything
+            raise StopIteration
+        checker = self._checker
+        try:
+            for row in self._rows:
+                checker.events += 1
+                checker._row(row)
+                if checker.bad is not None or checker._hash_suspect is not None:
+                    break  # broken: finish() reads on, to name the damage as check_run does
+                decoded = row[7]
+                if self._last_seq is not None and row[1] > self._last_seq:
+                    break
+                assert not isinstance(decoded, Exception)  # _row failed such a row
+                return decoded
+        except sqlite3.DatabaseError as exc:
+            self._conclude(checker.unreadable(_one_line(str(exc))))
+        self.finish()
+        raise StopIteration
+
+    def finish(self) -> RunIntegrity:
+        """Check the rest of the run without handing it on, and return the verdict; raise
+        :class:`BrokenLogError` if the run is broken (every time it is asked)."""
+        if self._result is None and self._error is None:
+            checker = self._checker
+            try:
+                checker.feed(self._rows)
+                result = checker.result()
+            except sqlite3.DatabaseError as exc:
+                result = checker.unreadable(_one_line(str(exc)))
+            self._conclude(result)
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _conclude(self, result: RunIntegrity) -> None:
+        self._close()
+        if result.events == 0 and self._checker.head is None:
+            self._error = UnknownRunError(self.run_id)
+        elif not result.ok:
+            self._error = BrokenLogError(
+                self.path, self.run_id, result.first_bad_seq, result.problem
+            )
+        else:
+            self._result = result
+
+    def _close(self) -> None:
+        self._rows = iter(())
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 # -- opening ---------------------------------------------------------------------------------
