@@ -70,6 +70,8 @@ from ._version import __version__
 S = TypeVar("S")
 A = TypeVar("A")
 
+_OBSERVATIONAL = frozenset(OBSERVATIONAL_TYPES)  # event types are final: no subclasses
+
 EventSink = Callable[[Event], None]
 """A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
 
@@ -772,12 +774,10 @@ class _Run(Generic[S, A]):
         self, recording: Recording, event_type: type[Event], fields: dict[str, Any]
     ) -> None:
         """Check an event against the recorded one instead of recording it."""
-        if issubclass(event_type, OBSERVATIONAL_TYPES):
+        if event_type in _OBSERVATIONAL:
             return  # waits are not reproduced; the recorded ones stay in the log
         sinks = self.sinks
-        event = recording.reproduce(
-            self.position, event_type, self.run_id, fields, build=bool(sinks)
-        )
+        event = recording.reproduce(self.position, event_type, self.run_id, fields, bool(sinks))
         self.position += 1
         if event is not None:
             for sink in sinks:

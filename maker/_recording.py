@@ -4,6 +4,7 @@ sample outcomes to serve in the order they were recorded, read from the log as i
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -13,6 +14,7 @@ import anyio
 import msgspec
 
 from events import (
+    EVENT_TYPES,
     OBSERVATIONAL_TYPES,
     AnyEvent,
     Event,
@@ -61,28 +63,54 @@ class Divergence(MakerError):
         self.got = got
 
 
-class _Shape:
-    """What a quick comparison needs to know of an event type: the fields besides run_id, seq
-    and ts, which of them are required, and the defaults of the others."""
+class _Plan:
+    """How to compare a recorded event of one type with the fields one call site gives: the
+    given fields that count, read from both sides at once, and the defaults the recorded event
+    must hold where the call leaves a field out."""
 
-    __slots__ = ("count", "fields")
+    __slots__ = ("defaults", "given", "recorded", "recorded_defaults")
 
-    def __init__(self, cls: type[Event]) -> None:
-        fields: list[tuple[str, bool, Any]] = []
+    def __init__(self, cls: type[Event], names: tuple[str, ...]) -> None:
+        compared = [name for name in names if name not in IGNORED_FIELDS]
+        left_out: list[str] = []
+        defaults: list[Any] = []
         for info in msgspec.structs.fields(cls):
-            if info.name in ("run_id", "seq", "ts"):
+            name = info.name
+            if name in names or name in IGNORED_FIELDS or name in ("run_id", "seq", "ts"):
                 continue
+            left_out.append(name)
             if info.default is not msgspec.NODEFAULT:
-                fields.append((info.name, False, info.default))
-            elif info.default_factory is not msgspec.NODEFAULT:
-                fields.append((info.name, False, info.default_factory()))
+                defaults.append(info.default)
             else:
-                fields.append((info.name, True, None))
-        self.fields = tuple(fields)
-        self.count = len(fields)
+                # A required field left out is an error the constructor names (see _plan).
+                assert info.default_factory is not msgspec.NODEFAULT
+                defaults.append(info.default_factory())
+        # One name reads as a bare value and several as a tuple, alike on both sides.
+        self.given = operator.itemgetter(*compared) if compared else _nothing
+        self.recorded = operator.attrgetter(*compared) if compared else _nothing
+        self.defaults = tuple(defaults) if len(defaults) != 1 else defaults[0]
+        self.recorded_defaults = operator.attrgetter(*left_out) if left_out else None
 
 
-_SHAPES: dict[type[Event], _Shape] = {}
+def _nothing(_: object) -> tuple[()]:
+    return ()
+
+
+_PLANS: dict[tuple[type[Event], tuple[str, ...]], _Plan | None] = {}
+_NO_PLAN = object()
+
+
+def _plan(cls: type[Event], names: tuple[str, ...]) -> _Plan | None:
+    """The plan for ``cls`` given ``names``; None when only building the event can tell (a
+    name the type does not have, an envelope field, a required field left out)."""
+    known = {info.name: info for info in msgspec.structs.fields(cls)}
+    if any(name not in known or name in ("run_id", "seq", "ts") for name in names):
+        return None
+    for name, info in known.items():
+        required = info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT
+        if required and name not in names and name not in ("run_id", "seq", "ts"):
+            return None
+    return _Plan(cls, names)
 
 
 def _same(expected: Event, fields: dict[str, Any]) -> bool:
@@ -93,25 +121,19 @@ def _same(expected: Event, fields: dict[str, Any]) -> bool:
     what only the full comparison can settle (a tuple against a list, a field the type does
     not have, a required one left out), which the caller then makes.
     """
-    try:
-        for name, value in fields.items():
-            if name not in IGNORED_FIELDS and getattr(expected, name) != value:
-                return False
-    except AttributeError:
+    key = (type(expected), tuple(fields))
+    plan = _PLANS.get(key, _NO_PLAN)
+    if plan is _NO_PLAN:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()  # call sites are few: this bounds only what never happens
+        plan = _PLANS[key] = _plan(*key)
+    if plan is None:
         return False
-    cls = type(expected)
-    shape = _SHAPES.get(cls)
-    if shape is None:
-        shape = _SHAPES[cls] = _Shape(cls)
-    if len(fields) != shape.count:
-        # Left out: a required field is an error the constructor names; a defaulted one must
-        # hold its default in the recording too.
-        for name, required, default in shape.fields:
-            if name in fields or name in IGNORED_FIELDS:
-                continue
-            if required or getattr(expected, name) != default:
-                return False
-    return True
+    assert isinstance(plan, _Plan)
+    if plan.recorded(expected) != plan.given(fields):
+        return False
+    recorded_defaults = plan.recorded_defaults
+    return recorded_defaults is None or recorded_defaults(expected) == plan.defaults
 
 
 def comparable(event: Event) -> dict[str, Any]:
@@ -140,6 +162,9 @@ class _Decisions:
         self._closed = False  # _held ends with a cancelled run_finished
 
     def push(self, event: AnyEvent) -> None:
+        if type(event) in _DECISIONS and not self._held:
+            self._out(event)  # the usual case: a decision, and nothing held back
+            return
         if isinstance(event, OBSERVATIONAL_TYPES):
             return
         if self._closed:
@@ -176,6 +201,15 @@ class _Decisions:
         held, self._held, self._closed = self._held, [], False
         for event in held:
             self._out(event)
+
+
+_DECISIONS: frozenset[type[Event]] = frozenset(EVENT_TYPES) - {
+    *OBSERVATIONAL_TYPES,
+    RunResumed,
+    SampleCancelled,
+    RunFinished,
+}
+"""The event types :class:`_Decisions` passes on as they come (when nothing is held back)."""
 
 
 def decision_events(events: Iterable[AnyEvent]) -> list[AnyEvent]:
@@ -336,6 +370,23 @@ class Recording:
         assert self._sync is not None
         self._push(next(self._sync, None))
 
+    def _read_step(self, position: int) -> None:
+        """:meth:`ready` from a plain iterator, with the usual event taken on a short path."""
+        source, decisions, admit = self._sync, self._decisions, self._admit
+        assert source is not None
+        last = self._last_seq
+        while not self._ended and self._boundary <= position:
+            event = next(source, None)
+            if (
+                event is not None
+                and 0 < event.seq <= last
+                and type(event) in _DECISIONS
+                and not decisions._held
+            ):
+                admit(event)  # what _push and _Decisions.push would do with it
+            else:
+                self._push(event)
+
     def _push(self, event: AnyEvent | None) -> None:
         if event is None or event.seq > self._last_seq:
             self._ended = True
@@ -355,8 +406,7 @@ class Recording:
         if self._ended or self._boundary > position:
             return
         if self._sync is not None:
-            while not self._ended and self._boundary <= position:
-                self._read_now()
+            self._read_step(position)
             return
         async with self._lock:
             while not self._ended and self._boundary <= position:
@@ -491,7 +541,6 @@ class Recording:
         event_type: type[Event],
         run_id: str,
         fields: dict[str, Any],
-        *,
         build: bool,
     ) -> Event | None:
         """:meth:`check` the event ``event_type(run_id=run_id, **fields)`` against the recorded
@@ -502,7 +551,9 @@ class Recording:
         it differs from the recorded one: a reproduced event is compared field by field
         where it is given, with the verdict and the divergence :meth:`check` gives.
         """
-        expected = self.expected_at(position)
+        index = position - self._base
+        window = self._window
+        expected = window[index] if 0 <= index < len(window) else self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
         if (
