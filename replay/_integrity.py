@@ -444,6 +444,7 @@ def _v2_run_rows(
             part = missing[i : i + 900]
             cache.add(conn.execute(_ids_sql("blobs", len(part)), part).fetchall())
         blobs = cache.data
+        decode = decoder.decode
         for (seq, code, step, ts, body, digest), scan in zip(rows, scanned, strict=True):
             seq, code, ts, body = int(seq), int(code), float(ts), bytes(body)
             envelope = v2_covered(run_id, seq, code, step, ts)
@@ -452,8 +453,20 @@ def _v2_run_rows(
                 covered, decoded = envelope + body, scan
             else:
                 try:
-                    covered = envelope + body + b"".join(_blob_data(blobs, scan))
-                    decoded = reader.decode(run_id, seq, ts, code, step, body)
+                    # What the hash covers: the envelope, the body, then the data of every blob
+                    # the body refers to, in order (Decoder.digest).
+                    covered = envelope + body
+                    if scan:
+                        covered += b"".join([_blob(blobs, blob_id) for blob_id in scan])
+                    decoded = decode(
+                        run_id=run_id,
+                        seq=seq,
+                        ts=ts,
+                        type_code=code,
+                        step=step,
+                        body=body,
+                        blobs=blobs,
+                    )
                 except CorruptEventError as exc:
                     covered, decoded = envelope + body, exc
             tag = TYPE_BY_CODE.get(code)
@@ -469,13 +482,11 @@ def _v2_run_rows(
             )
 
 
-def _blob_data(blobs: dict[int, bytes], refs: list[int]) -> Iterator[bytes]:
-    # What Decoder.digest appends to a body: the data of each blob it refers to, in order.
-    for blob_id in refs:
-        data = blobs.get(blob_id)
-        if data is None:
-            raise CorruptEventError(f"missing blob {blob_id}")
-        yield data
+def _blob(blobs: dict[int, bytes], blob_id: int) -> bytes:
+    data = blobs.get(blob_id)
+    if data is None:
+        raise CorruptEventError(f"missing blob {blob_id}")
+    return data
 
 
 def _v2_reader(conn: sqlite3.Connection) -> V2Reader:
