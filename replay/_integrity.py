@@ -209,12 +209,13 @@ class CheckedRun:
     what :func:`check_run` checks, checked as the events are handed on, so a re-execution
     reads and decodes the log once.
 
-    Iterating yields each event once its row has passed (hash chain, seq, columns). The first
-    problem raises :class:`BrokenLogError` with the first bad seq and the problem
-    :func:`check_run` names (the rest of the run is read first: a later row can tell what
-    happened, a swap from a move, say). The head is compared when the rows run out, before the
-    iteration ends, so a reader that reaches the end has read a whole, intact run. Rows after
-    ``last_seq`` are checked, not yielded.
+    Iterating yields each event once its row has passed (hash chain, seq, columns) and while
+    the run can still pass: not past its head, nor without one. The first problem raises
+    :class:`BrokenLogError` with the first bad seq and the problem :func:`check_run` names (the
+    rest of the run is read first: a later row can tell what happened, a swap from a move,
+    say). The head is compared when the rows run out, before the iteration ends, so a reader
+    that reaches the end has read a whole, intact run. Rows after ``last_seq`` are checked,
+    not yielded.
 
     The rows are read in one read transaction, a batch at a time: memory holds a batch. Use it
     as a context manager; :meth:`finish` checks what has not been read yet.
@@ -266,6 +267,9 @@ class CheckedRun:
                 if checker.bad is not None or checker._hash_suspect is not None:
                     break  # broken: finish() reads on, to name the damage as check_run does
                 decoded = row[7]
+                head = checker.head
+                if head is None or row[1] > head[0] or (row[1] == head[0] and row[6] != head[1]):
+                    break  # the head cannot seal this run: finish() says why
                 if self._last_seq is not None and row[1] > self._last_seq:
                     break
                 assert not isinstance(decoded, Exception)  # _row failed such a row
