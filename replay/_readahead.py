@@ -50,15 +50,25 @@ the process (a fresh interpreter, about half a second) costs more than it saves.
 
 def worth_reading_ahead(events: int) -> bool:
     """Whether a run of ``events`` events is read in a helper process by default: when it is
-    long enough, and this process may run on more than one core (on one, the helper would only
-    take turns with it)."""
+    long enough, and a core is there for the helper to run on.
+
+    A core to spare means more than one, and a load average (over the last minute) at least
+    half a core below their number, as ``make --load-average`` judges it. On a machine already
+    busy, the helper would only take turns with the re-execution for the same share of time,
+    and the handing over would cost more than it saves. Which way a run is read changes how
+    long it takes, never what it gives.
+    """
     if events < READ_AHEAD_MIN:
         return False
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on this platform
         cores = os.cpu_count() or 1
-    return cores > 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on this platform, or not known
+        load = 0.0
+    return cores > 1 and load < cores - 0.5
 
 
 _BATCH = 1024

@@ -126,7 +126,7 @@ async def verify_run(
     :func:`check_run` checks) is checked in the same pass: memory holds about one step, however
     long the run. ``read_ahead`` has the reading done by a helper process, beside the
     re-execution, with the same results; by default it is, for runs of 50,000 events or more
-    when two cores are there to share the work.
+    when the machine has a core to spare.
     """
     log = EventLog(path, mode="r")
     async with log, _checked(log, run_id, read_ahead) as (info, source):
