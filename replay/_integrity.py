@@ -45,8 +45,8 @@ from events import (
     decode,
     event_tag,
 )
-from events._compact import TYPE_BY_CODE
-from events._formats import _FETCH, SCHEMAS, V2Reader, _ids_sql, v2_covered
+from events._compact import TYPE_BY_CODE, Decoder
+from events._formats import _FETCH, SCHEMAS, V2Reader, v2_covered
 
 _Row = tuple[str, int, str, int | None, float, bytes, bytes, "AnyEvent | Exception"]
 """A stored row: (run_id, seq, type, step, ts, what its hash covers, hash, its decoded event or
@@ -425,54 +425,41 @@ def _v1_rows(cur: Iterable[Any]) -> Iterator[_Row]:
 def _v2_run_rows(
     conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
 ) -> Iterator[_Row]:
-    """A run's rows as :func:`events._formats.v2_rows` reads them, scanning each body for its
-    blob references once (for the fetch and for what the hash covers) instead of twice."""
-    decoder, cache = reader.decoder, reader.blobs
+    """A run's rows as :func:`events._formats.v2_rows` reads them, each body parsed once.
+
+    ``v2_rows`` parses a body three times: for the blobs to fetch, for what the hash covers,
+    and to decode it. Here the decoding fetches the blobs it asks for (see :class:`_Blobs`),
+    and what the hash covers is made of the blobs it asked for, in the order it first did,
+    which is the order of the body's references. A row that does not decode is read again as
+    ``v2_rows`` reads it, so it fails with the same error.
+    """
+    decoder = reader.decoder
+    decode = decoder.decode
+    blobs = _Blobs(conn)
     cur = conn.execute(
         "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
     )
     while rows := cur.fetchmany(_FETCH):
-        scanned: list[list[int] | CorruptEventError] = []
-        wanted: dict[int, None] = {}
-        for row in rows:
-            try:
-                refs = decoder.refs(row[4])
-            except CorruptEventError as exc:
-                scanned.append(exc)  # decode() names the problem, row by row
-                continue
-            scanned.append(refs)
-            for ref in refs:
-                wanted[ref] = None
-        missing = cache.missing(wanted)
-        for i in range(0, len(missing), 900):
-            part = missing[i : i + 900]
-            cache.add(conn.execute(_ids_sql("blobs", len(part)), part).fetchall())
-        blobs = cache.data
-        decode = decoder.decode
-        for (seq, code, step, ts, body, digest), scan in zip(rows, scanned, strict=True):
+        for seq, code, step, ts, body, digest in rows:
             seq, code, ts, body = int(seq), int(code), float(ts), bytes(body)
             envelope = v2_covered(run_id, seq, code, step, ts)
             decoded: AnyEvent | CorruptEventError
-            if isinstance(scan, CorruptEventError):
-                covered, decoded = envelope + body, scan
+            used = blobs.used = {}
+            try:
+                decoded = decode(
+                    run_id=run_id,
+                    seq=seq,
+                    ts=ts,
+                    type_code=code,
+                    step=step,
+                    body=body,
+                    blobs=blobs,
+                )
+            except CorruptEventError as failure:
+                covered = envelope + body
+                decoded = _first_failure(decoder, blobs, body, failure)
             else:
-                try:
-                    # What the hash covers: the envelope, the body, then the data of every blob
-                    # the body refers to, in order (Decoder.digest).
-                    covered = envelope + body
-                    if scan:
-                        covered += b"".join([_blob(blobs, blob_id) for blob_id in scan])
-                    decoded = decode(
-                        run_id=run_id,
-                        seq=seq,
-                        ts=ts,
-                        type_code=code,
-                        step=step,
-                        body=body,
-                        blobs=blobs,
-                    )
-                except CorruptEventError as exc:
-                    covered, decoded = envelope + body, exc
+                covered = envelope + body + b"".join(used.values()) if used else envelope + body
             tag = TYPE_BY_CODE.get(code)
             yield (
                 run_id,
@@ -486,11 +473,59 @@ def _v2_run_rows(
             )
 
 
-def _blob(blobs: dict[int, bytes], blob_id: int) -> bytes:
-    data = blobs.get(blob_id)
-    if data is None:
-        raise CorruptEventError(f"missing blob {blob_id}")
-    return data
+def _first_failure(
+    decoder: Decoder, blobs: _Blobs, body: bytes, failure: CorruptEventError
+) -> CorruptEventError:
+    """Why a body does not decode, as ``v2_rows`` says it: it fails first where it computes
+    what the hash covers (a body it cannot scan, a blob that is not there), if it does."""
+    try:
+        decoder.digest(body, blobs)
+    except CorruptEventError as first:
+        return first
+    return failure
+
+
+class _Blobs(dict[int, bytes]):
+    """A run's blobs as its rows' decoding asks for them: fetched on first need, and noted
+    in :attr:`used`, first reference first, for what the hash covers.
+
+    A blob not held yet past the newest one fetched brings in the ids after it too, a range at
+    a time: a run's new blobs are numbered as its rows first refer to them, so one query serves
+    the rows to come. An older one (a value met again) comes alone. At most ``_HELD`` are held,
+    the oldest fetched going first.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self._top = 0  # the highest id fetched
+        self.used: dict[int, bytes] = {}
+
+    def get(self, blob_id: int, default: Any = None) -> Any:
+        data = dict.get(self, blob_id)
+        if data is None:
+            data = self._fetch(blob_id)
+            if data is None:
+                return default
+        if blob_id not in self.used:
+            self.used[blob_id] = data
+        return data
+
+    def _fetch(self, blob_id: int) -> bytes | None:
+        if len(self) >= _HELD:
+            for old in list(itertools.islice(self, len(self) - _HELD // 2)):
+                del self[old]
+        last = blob_id + _RANGE if blob_id > self._top else blob_id + 1
+        for found, data in self._conn.execute(
+            "SELECT id, data FROM blobs WHERE id >= ? AND id < ?", (blob_id, last)
+        ):
+            self[int(found)] = bytes(data)
+        self._top = max(self._top, last - 1)
+        return dict.get(self, blob_id)
+
+
+_HELD = 8192
+_RANGE = 1024
 
 
 def _v2_reader(conn: sqlite3.Connection) -> V2Reader:
