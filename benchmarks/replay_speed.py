@@ -2,8 +2,9 @@
 
 Runs Towers of Hanoi (15 disks by default) on the simulated model, then times, on its log:
 the fold (load the events and rebuild the run's figures), `replay --verify` (re-execute the run
-against its recorded outcomes and compare every event), and the integrity check (`maker verify`),
-each beside the time of the original run.
+against its recorded outcomes and compare every event, the log read and checked by a helper
+process as it goes), the same in one process, and the integrity check (`maker verify`), each
+beside the time of the original run.
 
     python -m benchmarks.replay_speed [--disks 15] [--json]
 """
@@ -11,6 +12,7 @@ each beside the time of the original run.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import tempfile
@@ -48,14 +50,19 @@ def main() -> None:
         fold_s = time.perf_counter() - began
 
         began = time.perf_counter()
-        verified = anyio.run(verify_run, path, run_id)
+        verified = anyio.run(functools.partial(verify_run, path, run_id, read_ahead=True))
         verify_s = time.perf_counter() - began
+
+        began = time.perf_counter()
+        alone = anyio.run(functools.partial(verify_run, path, run_id, read_ahead=False))
+        alone_s = time.perf_counter() - began
 
         began = time.perf_counter()
         report = verify_log(path)
         integrity_s = time.perf_counter() - began
 
     assert verified.ok, verified.divergence
+    assert alone == verified
     assert all(r.ok for r in report.runs)
     figures = {
         "disks": args.disks,
@@ -64,9 +71,11 @@ def main() -> None:
         "run_s": round(run_s, 2),
         "fold_s": round(fold_s, 2),
         "replay_verify_s": round(verify_s, 2),
+        "replay_verify_one_process_s": round(alone_s, 2),
         "integrity_s": round(integrity_s, 2),
         "fold_over_run": round(fold_s / run_s, 4),
         "replay_verify_over_run": round(verify_s / run_s, 4),
+        "replay_verify_one_process_over_run": round(alone_s / run_s, 4),
         "integrity_over_run": round(integrity_s / run_s, 4),
     }
     if args.json:
@@ -77,6 +86,10 @@ def main() -> None:
     print(f"  fold              {fold_s:8.2f} s  ({figures['fold_over_run']} of the run)")
     print(
         f"  replay --verify   {verify_s:8.2f} s  ({figures['replay_verify_over_run']} of the run)"
+    )
+    print(
+        f"  ... one process   {alone_s:8.2f} s  "
+        f"({figures['replay_verify_one_process_over_run']} of the run)"
     )
     print(f"  maker verify      {integrity_s:8.2f} s  ({figures['integrity_over_run']} of the run)")
 

@@ -71,6 +71,8 @@ from ._version import __version__
 S = TypeVar("S")
 A = TypeVar("A")
 
+_OBSERVATIONAL = frozenset(OBSERVATIONAL_TYPES)  # event types are final: no subclasses
+
 EventSink = Callable[[Event], None]
 """A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
 
@@ -751,7 +753,8 @@ class _Run(Generic[S, A]):
 
     async def emit(self, event_type: type[Event], **fields: Any) -> None:
         """Record an event once the log has room for it: a run waits for a full log."""
-        if self.recording is None:
+        recording = self.recording
+        if recording is None:
             # A live run, the common case: what emit_now does, with the fields passed on once
             # (forwarding a dozen keywords through a second call cost as much as the event).
             log = self.log
@@ -763,9 +766,12 @@ class _Run(Generic[S, A]):
             for sink in self.sinks:
                 sink(event)
             return
-        if self.recording is not None:
-            await self.recording.ready(self.position)  # read the recording on to this step's end
-        if self.log.full and not self.replaying:
+        if not recording.holds(self.position):
+            await recording.ready(self.position)  # read the recording on to this step's end
+        if recording.pending(self.position):
+            self._reproduce(recording, event_type, fields)
+            return
+        if self.log.full:
             await self.log.room()
         self.emit_now(event_type, **fields)
 
@@ -775,15 +781,7 @@ class _Run(Generic[S, A]):
         recording = self.recording
         if recording is not None:
             if recording.pending(self.position):
-                if issubclass(event_type, OBSERVATIONAL_TYPES):
-                    return  # waits are not reproduced; the recorded ones stay in the log
-                expected = recording.expected_at(self.position)
-                assert expected is not None
-                event = event_type(run_id=self.run_id, seq=expected.seq, ts=expected.ts, **fields)
-                recording.check(self.position, event)
-                self.position += 1
-                for sink in self.sinks:
-                    sink(event)
+                self._reproduce(recording, event_type, fields)
                 return
             if self.verify_only:
                 raise _RecordingEnded
@@ -795,6 +793,19 @@ class _Run(Generic[S, A]):
         self.seq += 1
         for sink in self.sinks:
             sink(event)
+
+    def _reproduce(
+        self, recording: Recording, event_type: type[Event], fields: dict[str, Any]
+    ) -> None:
+        """Check an event against the recorded one instead of recording it."""
+        if event_type in _OBSERVATIONAL:
+            return  # waits are not reproduced; the recorded ones stay in the log
+        sinks = self.sinks
+        event = recording.reproduce(self.position, event_type, self.run_id, fields, bool(sinks))
+        self.position += 1
+        if event is not None:
+            for sink in sinks:
+                sink(event)
 
     async def execute(self) -> RunResult:
         started = time.perf_counter()
@@ -1117,10 +1128,13 @@ class _Attempts:
 
     def __init__(self, run: _Run[Any, Any]) -> None:
         self._run = run
-        # A replay serves recorded outcomes in their recorded turns, which only a task can
-        # wait for.
+        self._recording = run.recording
         self._at_once = run.recording is None
         self._launched: list[tuple[SampleRequest, int, float]] = []
+        # A replay's attempts, not made yet: each is served its recorded outcome inline when
+        # that outcome is next in the recording's order; otherwise they go to tasks, which
+        # wait for their turns (or go live: the outcome was never recorded).
+        self._replayed: dict[tuple[str, int], tuple[SampleRequest, int, float]] = {}
         self._ready: deque[SampleOutcome] = deque()
         # Made with the task group, on first need: most steps at zero latency never need one.
         self._stack: AsyncExitStack | None = None
@@ -1154,31 +1168,65 @@ class _Attempts:
             await checkpoint()
             self._yielded = True
         run = self._run
+        recording = self._recording
+        at_once = self._at_once
+        if (
+            not at_once
+            and recording is not None
+            and recording.exhausted
+            and not run.verify_only
+            and self._tg is None
+            and not self._replayed
+        ):
+            # A resumed run past its recording samples as a live run does, from the first
+            # step that has nothing of the recording's in flight.
+            self._at_once = at_once = True
         for request, attempt, delay in self._launched:
-            if self._at_once and delay <= 0:
+            if at_once and delay <= 0:
                 outcome = attempt_sample_now(
                     run.engine.scheduler, run.client, request, attempt, run.emit_now
                 )
                 if outcome is not None:
                     self._ready.append(outcome)
                     continue
-            if self._tg is None:
-                # Buffered, so a finished worker exits at once; what the loop has not read
-                # when the step is decided is cancelled with the rest.
-                send, receive = anyio.create_memory_object_stream[SampleOutcome](
-                    max_buffer_size=math.inf
-                )
-                stack = self._stack = AsyncExitStack()
-                self._send = await stack.enter_async_context(send)
-                self._receive = await stack.enter_async_context(receive)
-                self._tg = await stack.enter_async_context(anyio.create_task_group())
-            assert self._send is not None
-            self._tg.start_soon(run._sample, request, attempt, delay, self._send)
+            elif recording is not None and not at_once:
+                self._replayed[(request.sample_id, attempt)] = (request, attempt, delay)
+                continue
+            await self._start(request, attempt, delay)
         self._launched.clear()
         if self._ready:
             return self._ready.popleft()
+        if self._replayed:
+            assert recording is not None
+            turn = recording.next_turn()
+            if turn is not None and self._replayed.pop(turn, None) is not None:
+                # The outcome next in the recording's order is this attempt's: served as the
+                # attempt's task would serve it, without the task.
+                served = recording.take_now(*turn)
+                if isinstance(served, Completion):
+                    return SampleOutcome(turn[0], turn[1], served, None, 0.0)
+                return SampleOutcome(turn[0], turn[1], None, served, 0.0)
+            for request, attempt, delay in self._replayed.values():
+                await self._start(request, attempt, delay)
+            self._replayed.clear()
         assert self._receive is not None
         return await self._receive.receive()
+
+    async def _start(self, request: SampleRequest, attempt: int, delay: float) -> None:
+        """Make an attempt in a task of this step's group (opened on first need)."""
+        if self._tg is None:
+            # Buffered, so a finished worker exits at once; what the loop has not read
+            # when the step is decided is cancelled with the rest.
+            send, receive = anyio.create_memory_object_stream[SampleOutcome](
+                max_buffer_size=math.inf
+            )
+            # Made with the task group: most steps at zero latency never need one.
+            stack = self._stack = AsyncExitStack()
+            self._send = await stack.enter_async_context(send)
+            self._receive = await stack.enter_async_context(receive)
+            self._tg = await stack.enter_async_context(anyio.create_task_group())
+        assert self._send is not None
+        self._tg.start_soon(self._run._sample, request, attempt, delay, self._send)
 
     def cancel(self) -> None:
         """Stop the attempts still running in tasks."""

@@ -4,6 +4,7 @@ sample outcomes to serve in the order they were recorded, read from the log as i
 
 from __future__ import annotations
 
+import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
@@ -13,11 +14,13 @@ import anyio
 import msgspec
 
 from events import (
+    EVENT_TYPES,
     OBSERVATIONAL_TYPES,
     AnyEvent,
     Event,
     EventLog,
     RunFinished,
+    RunInfo,
     RunResumed,
     RunStarted,
     SampleCancelled,
@@ -60,6 +63,79 @@ class Divergence(MakerError):
         self.got = got
 
 
+class _Plan:
+    """How to compare a recorded event of one type with the fields one call site gives: the
+    given fields that count, read from both sides at once, and the defaults the recorded event
+    must hold where the call leaves a field out."""
+
+    __slots__ = ("defaults", "given", "recorded", "recorded_defaults")
+
+    def __init__(self, cls: type[Event], names: tuple[str, ...]) -> None:
+        compared = [name for name in names if name not in IGNORED_FIELDS]
+        left_out: list[str] = []
+        defaults: list[Any] = []
+        for info in msgspec.structs.fields(cls):
+            name = info.name
+            if name in names or name in IGNORED_FIELDS or name in ("run_id", "seq", "ts"):
+                continue
+            left_out.append(name)
+            if info.default is not msgspec.NODEFAULT:
+                defaults.append(info.default)
+            else:
+                # A required field left out is an error the constructor names (see _plan).
+                assert info.default_factory is not msgspec.NODEFAULT
+                defaults.append(info.default_factory())
+        # One name reads as a bare value and several as a tuple, alike on both sides.
+        self.given = operator.itemgetter(*compared) if compared else _nothing
+        self.recorded = operator.attrgetter(*compared) if compared else _nothing
+        self.defaults = tuple(defaults) if len(defaults) != 1 else defaults[0]
+        self.recorded_defaults = operator.attrgetter(*left_out) if left_out else None
+
+
+def _nothing(_: object) -> tuple[()]:
+    return ()
+
+
+_PLANS: dict[tuple[type[Event], tuple[str, ...]], _Plan | None] = {}
+_NO_PLAN = object()
+
+
+def _plan(cls: type[Event], names: tuple[str, ...]) -> _Plan | None:
+    """The plan for ``cls`` given ``names``; None when only building the event can tell (a
+    name the type does not have, an envelope field, a required field left out)."""
+    known = {info.name: info for info in msgspec.structs.fields(cls)}
+    if any(name not in known or name in ("run_id", "seq", "ts") for name in names):
+        return None
+    for name, info in known.items():
+        required = info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT
+        if required and name not in names and name not in ("run_id", "seq", "ts"):
+            return None
+    return _Plan(cls, names)
+
+
+def _same(expected: Event, fields: dict[str, Any]) -> bool:
+    """Whether an event built from ``fields`` (and ``expected``'s run_id, seq and ts) would
+    equal ``expected`` field for field, the ignored fields aside, without building it.
+
+    True only where :func:`comparable` agrees (equal values have equal JSON); False also for
+    what only the full comparison can settle (a tuple against a list, a field the type does
+    not have, a required one left out), which the caller then makes.
+    """
+    key = (type(expected), tuple(fields))
+    plan = _PLANS.get(key, _NO_PLAN)
+    if plan is _NO_PLAN:
+        if len(_PLANS) >= 1024:
+            _PLANS.clear()  # call sites are few: this bounds only what never happens
+        plan = _PLANS[key] = _plan(*key)
+    if plan is None:
+        return False
+    assert isinstance(plan, _Plan)
+    if plan.recorded(expected) != plan.given(fields):
+        return False
+    recorded_defaults = plan.recorded_defaults
+    return recorded_defaults is None or recorded_defaults(expected) == plan.defaults
+
+
 def comparable(event: Event) -> dict[str, Any]:
     """The event as JSON without the fields a re-execution need not reproduce."""
     data = msgspec.to_builtins(event)
@@ -86,6 +162,9 @@ class _Decisions:
         self._closed = False  # _held ends with a cancelled run_finished
 
     def push(self, event: AnyEvent) -> None:
+        if type(event) in _DECISIONS and not self._held:
+            self._out(event)  # the usual case: a decision, and nothing held back
+            return
         if isinstance(event, OBSERVATIONAL_TYPES):
             return
         if self._closed:
@@ -122,6 +201,15 @@ class _Decisions:
         held, self._held, self._closed = self._held, [], False
         for event in held:
             self._out(event)
+
+
+_DECISIONS: frozenset[type[Event]] = frozenset(EVENT_TYPES) - {
+    *OBSERVATIONAL_TYPES,
+    RunResumed,
+    SampleCancelled,
+    RunFinished,
+}
+"""The event types :class:`_Decisions` passes on as they come (when nothing is held back)."""
 
 
 def decision_events(events: Iterable[AnyEvent]) -> list[AnyEvent]:
@@ -183,13 +271,26 @@ class Recording:
         appended after that (a resumption's own) are not part of the recording.
         """
         info = await log.run(run_id)
+        async with aclosing(log.read(info.run_id)) as source:
+            yield cls.of_run(info, source)
+
+    @classmethod
+    def of_run(
+        cls, info: RunInfo, events: Iterator[AnyEvent] | AsyncIterator[AnyEvent]
+    ) -> Recording:
+        """The recording of the run ``info`` describes, read from ``events`` (the run's events
+        in seq order) as the re-execution needs them.
+
+        ``events`` may be a plain iterator (a read that checks the log as it goes, for one):
+        then each step is read at once, without suspending. Events after ``info.last_seq`` are
+        not part of the recording.
+        """
         finished = info.finished
         if finished is not None and finished.seq != info.last_seq:
             finished = None  # the run went on after that end (it was resumed)
         recording = cls.__new__(cls)
-        async with aclosing(log.read(info.run_id)) as source:
-            recording._setup(info.started, info.last_seq + 1, finished, source)
-            yield recording
+        recording._setup(info.started, info.last_seq + 1, finished, events)
+        return recording
 
     def _setup(
         self,
@@ -221,7 +322,8 @@ class Recording:
         self._queue: deque[Key] = deque()  # outcomes read and not yet delivered, in order
         self._outcomes: dict[Key, SampleReceived | SampleFailed] = {}
         self._lock = anyio.Lock()
-        self._advanced = anyio.Event()
+        # Set when an outcome is delivered; made only when a sample waits for its turn.
+        self._advanced: anyio.Event | None = None
 
     @property
     def resumable(self) -> bool:
@@ -258,10 +360,34 @@ class Recording:
     async def _read_one(self) -> None:
         """Read one more event of the log into the window (or find that there is none)."""
         if self._sync is not None:
-            event = next(self._sync, None)
-        else:
-            assert self._async is not None
-            event = await anext(self._async, None)
+            self._read_now()
+            return
+        assert self._async is not None
+        self._push(await anext(self._async, None))
+
+    def _read_now(self) -> None:
+        """:meth:`_read_one` from a plain iterator: no await, so no lock is needed either."""
+        assert self._sync is not None
+        self._push(next(self._sync, None))
+
+    def _read_step(self, position: int) -> None:
+        """:meth:`ready` from a plain iterator, with the usual event taken on a short path."""
+        source, decisions, admit = self._sync, self._decisions, self._admit
+        assert source is not None
+        last = self._last_seq
+        while not self._ended and self._boundary <= position:
+            event = next(source, None)
+            if (
+                event is not None
+                and 0 < event.seq <= last
+                and type(event) in _DECISIONS
+                and not decisions._held
+            ):
+                admit(event)  # what _push and _Decisions.push would do with it
+            else:
+                self._push(event)
+
+    def _push(self, event: AnyEvent | None) -> None:
         if event is None or event.seq > self._last_seq:
             self._ended = True
             self._decisions.end(drop_interruption=True)
@@ -279,9 +405,17 @@ class Recording:
         """
         if self._ended or self._boundary > position:
             return
+        if self._sync is not None:
+            self._read_step(position)
+            return
         async with self._lock:
             while not self._ended and self._boundary <= position:
                 await self._read_one()
+
+    def holds(self, position: int) -> bool:
+        """Whether :meth:`ready` for ``position`` has nothing to read (a check without an
+        await, for the engine's every event)."""
+        return self._ended or self._boundary > position
 
     def pending(self, position: int) -> bool:
         """Whether recorded events remain to be reproduced from ``position`` on.
@@ -303,8 +437,12 @@ class Recording:
     async def length(self) -> int:
         """How many events a re-execution must reproduce. Reads the rest of the log, counting
         and keeping nothing: call it once the re-execution is over."""
+        self._counting = True
+        if self._sync is not None:
+            while not self._ended:
+                self._read_now()
+            return self._read
         async with self._lock:
-            self._counting = True
             while not self._ended:
                 await self._read_one()
         return self._read
@@ -335,12 +473,35 @@ class Recording:
                     return None
                 # No outcome waits in the window: whether another is recorded decides between
                 # waiting for its turn and going live. Read on to the next one, or the end.
+                if self._sync is not None:
+                    while not self._ended and not self._queue:
+                        self._read_now()
+                    continue
                 async with self._lock:
                     while not self._ended and not self._queue:
                         await self._read_one()
                 continue
-            advanced = self._advanced
-            await advanced.wait()
+            if self._advanced is None:
+                self._advanced = anyio.Event()
+            await self._advanced.wait()
+
+    def next_turn(self) -> Key | None:
+        """The attempt whose recorded outcome is to be served next, if the window holds one:
+        an attempt waiting for it can be served at once (:meth:`take_now`)."""
+        return self._queue[0] if self._queue else None
+
+    def take_now(self, sample_id: str, attempt: int) -> Completion | ClientError:
+        """The recorded outcome of the attempt :meth:`next_turn` names, without waiting."""
+        key = (sample_id, attempt)
+        if not self._queue or self._queue[0] != key:
+            raise MakerError(f"sample {sample_id} attempt {attempt} is not next in the recording")
+        return _outcome(self._outcomes[key])
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether every recorded event was read and every recorded outcome delivered: what
+        is still to be sampled is the live model's."""
+        return self._ended and not self._queue
 
     def delivered(self, sample_id: str, attempt: int) -> None:
         """The engine consumed this outcome: let the next recorded one through."""
@@ -348,8 +509,9 @@ class Recording:
         if self._queue and self._queue[0] == key:
             self._queue.popleft()
             del self._outcomes[key]
-            advanced, self._advanced = self._advanced, anyio.Event()
-            advanced.set()
+            advanced, self._advanced = self._advanced, None
+            if advanced is not None:
+                advanced.set()
 
     # -- comparing -------------------------------------------------------------------------
 
@@ -371,6 +533,45 @@ class Recording:
             raise Divergence(
                 expected.seq, msgspec.to_builtins(expected), msgspec.to_builtins(event)
             )
+        self._advance(position)
+
+    def reproduce(
+        self,
+        position: int,
+        event_type: type[Event],
+        run_id: str,
+        fields: dict[str, Any],
+        build: bool,
+    ) -> Event | None:
+        """:meth:`check` the event ``event_type(run_id=run_id, **fields)`` against the recorded
+        one at ``position``, with the recorded seq and ts; raise :class:`Divergence` unless it
+        reproduces it.
+
+        The event is built only when asked (``build``: it is returned, for the sinks) or when
+        it differs from the recorded one: a reproduced event is compared field by field
+        where it is given, with the verdict and the divergence :meth:`check` gives.
+        """
+        index = position - self._base
+        window = self._window
+        expected = window[index] if 0 <= index < len(window) else self.expected_at(position)
+        if expected is None:
+            raise MakerError(f"the recording ended before position {position}")
+        if (
+            type(expected) is event_type
+            and expected.run_id == run_id
+            and not (self.policy_changed and event_type is RunStarted)
+            and _same(expected, fields)
+        ):
+            self._advance(position)
+            if not build:
+                return None
+            return event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
+        event = event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
+        self.check(position, event)
+        return event
+
+    def _advance(self, position: int) -> None:
+        """The event at ``position`` was reproduced: it leaves the window."""
         while self._base <= position and self._window:
             self._window.popleft()
             self._base += 1

@@ -22,12 +22,13 @@ transaction, so a log being written is checked as one consistent committed prefi
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from events import (
@@ -44,7 +45,8 @@ from events import (
     decode,
     event_tag,
 )
-from events._formats import SCHEMAS, V2Reader, v2_rows
+from events._compact import TYPE_BY_CODE, Decoder
+from events._formats import _FETCH, SCHEMAS, V2Reader, v2_covered
 
 _Row = tuple[str, int, str, int | None, float, bytes, bytes, "AnyEvent | Exception"]
 """A stored row: (run_id, seq, type, step, ts, what its hash covers, hash, its decoded event or
@@ -194,30 +196,121 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
 def check_run(path: str | os.PathLike[str], run_id: str) -> RunIntegrity:
     """Check one run, and raise :class:`BrokenLogError` naming its first bad seq if it fails.
 
-    Replay and resume call this first, so they never build on a damaged run. Raises
-    :class:`events.UnknownRunError` when the log holds no such run (exact id).
+    Replay and resume never build on a damaged run: they read it through :class:`CheckedRun`,
+    which makes these checks as it goes. Raises :class:`events.UnknownRunError` when the log
+    holds no such run (exact id).
     """
-    name = os.fspath(path)
-    try:
-        conn = _open(name)
-    except _Damaged as exc:
-        raise BrokenLogError(name, run_id, None, f"SQLite cannot read the file: {exc}") from exc
-    checker = _RunChecker(run_id, None)
-    try:
-        conn.execute("BEGIN")
-        heads = _read_heads(conn, run_id)
-        checker.head = heads.get(run_id)
-        checker.feed(_run_rows(conn, run_id))
-        result = checker.result()
-    except sqlite3.DatabaseError as exc:
-        result = checker.unreadable(_one_line(str(exc)))
-    finally:
-        conn.close()
-    if result.events == 0 and checker.head is None:
-        raise UnknownRunError(run_id)
-    if not result.ok:
-        raise BrokenLogError(name, run_id, result.first_bad_seq, result.problem)
-    return result
+    with CheckedRun(path, run_id) as run:
+        return run.finish()
+
+
+class CheckedRun:
+    """One run's events in seq order, read in the pass that checks the run's integrity:
+    what :func:`check_run` checks, checked as the events are handed on, so a re-execution
+    reads and decodes the log once.
+
+    Iterating yields each event once its row has passed (hash chain, seq, columns) and while
+    the run can still pass: not past its head, nor without one. The first problem raises
+    :class:`BrokenLogError` with the first bad seq and the problem :func:`check_run` names (the
+    rest of the run is read first: a later row can tell what happened, a swap from a move,
+    say). The head is compared when the rows run out, before the iteration ends, so a reader
+    that reaches the end has read a whole, intact run. Rows after ``last_seq`` are checked,
+    not yielded.
+
+    The rows are read in one read transaction, a batch at a time: memory holds a batch. Use it
+    as a context manager; :meth:`finish` checks what has not been read yet.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], run_id: str, *, last_seq: int | None = None
+    ) -> None:
+        self.path = os.fspath(path)
+        self.run_id = run_id
+        self._last_seq = last_seq
+        self._checker = _RunChecker(run_id, None)
+        self._conn: sqlite3.Connection | None = None
+        self._rows: Iterator[_Row] = iter(())
+        self._result: RunIntegrity | None = None
+        self._error: EventLogError | None = None
+
+    def __enter__(self) -> Self:
+        try:
+            conn = _open(self.path)
+        except _Damaged as exc:
+            raise BrokenLogError(
+                self.path, self.run_id, None, f"SQLite cannot read the file: {exc}"
+            ) from exc
+        self._conn = conn
+        try:
+            conn.execute("BEGIN")
+            self._checker.head = _read_heads(conn, self.run_id).get(self.run_id)
+            self._rows = _run_rows(conn, self.run_id)
+        except sqlite3.DatabaseError as exc:
+            self._conclude(self._checker.unreadable(_one_line(str(exc))))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> AnyEvent:
+        if self._result is not None or self._error is not None:
+            self.finish()  # raises what the check found, if anything
+            raise StopIteration
+        checker = self._checker
+        try:
+            for row in self._rows:
+                checker.events += 1
+                checker._row(row)
+                if checker.bad is not None or checker._hash_suspect is not None:
+                    break  # broken: finish() reads on, to name the damage as check_run does
+                decoded = row[7]
+                head = checker.head
+                if head is None or row[1] > head[0] or (row[1] == head[0] and row[6] != head[1]):
+                    break  # the head cannot seal this run: finish() says why
+                if self._last_seq is not None and row[1] > self._last_seq:
+                    break
+                assert not isinstance(decoded, Exception)  # _row failed such a row
+                return decoded
+        except sqlite3.DatabaseError as exc:
+            self._conclude(checker.unreadable(_one_line(str(exc))))
+        self.finish()
+        raise StopIteration
+
+    def finish(self) -> RunIntegrity:
+        """Check the rest of the run without handing it on, and return the verdict; raise
+        :class:`BrokenLogError` if the run is broken (every time it is asked)."""
+        if self._result is None and self._error is None:
+            checker = self._checker
+            try:
+                checker.feed(self._rows)
+                result = checker.result()
+            except sqlite3.DatabaseError as exc:
+                result = checker.unreadable(_one_line(str(exc)))
+            self._conclude(result)
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def _conclude(self, result: RunIntegrity) -> None:
+        self._close()
+        if result.events == 0 and self._checker.head is None:
+            self._error = UnknownRunError(self.run_id)
+        elif not result.ok:
+            self._error = BrokenLogError(
+                self.path, self.run_id, result.first_bad_seq, result.problem
+            )
+        else:
+            self._result = result
+
+    def _close(self) -> None:
+        self._rows = iter(())
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            conn.close()
 
 
 # -- opening ---------------------------------------------------------------------------------
@@ -332,8 +425,107 @@ def _v1_rows(cur: Iterable[Any]) -> Iterator[_Row]:
 def _v2_run_rows(
     conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
 ) -> Iterator[_Row]:
-    for row, decoded in v2_rows(conn, reader, key, run_id):
-        yield (run_id, row.seq, row.type, row.step, row.ts, row.covered, row.hash, decoded)
+    """A run's rows as :func:`events._formats.v2_rows` reads them, each body parsed once.
+
+    ``v2_rows`` parses a body three times: for the blobs to fetch, for what the hash covers,
+    and to decode it. Here the decoding fetches the blobs it asks for (see :class:`_Blobs`),
+    and what the hash covers is made of the blobs it asked for, in the order it first did,
+    which is the order of the body's references. A row that does not decode is read again as
+    ``v2_rows`` reads it, so it fails with the same error.
+    """
+    decoder = reader.decoder
+    decode = decoder.decode
+    blobs = _Blobs(conn)
+    cur = conn.execute(
+        "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
+    )
+    while rows := cur.fetchmany(_FETCH):
+        for seq, code, step, ts, body, digest in rows:
+            seq, code, ts, body = int(seq), int(code), float(ts), bytes(body)
+            envelope = v2_covered(run_id, seq, code, step, ts)
+            decoded: AnyEvent | CorruptEventError
+            used = blobs.used = {}
+            try:
+                decoded = decode(
+                    run_id=run_id,
+                    seq=seq,
+                    ts=ts,
+                    type_code=code,
+                    step=step,
+                    body=body,
+                    blobs=blobs,
+                )
+            except CorruptEventError as failure:
+                covered = envelope + body
+                decoded = _first_failure(decoder, blobs, body, failure)
+            else:
+                covered = envelope + body + b"".join(used.values()) if used else envelope + body
+            tag = TYPE_BY_CODE.get(code)
+            yield (
+                run_id,
+                seq,
+                tag if tag is not None else f"?{code}",
+                None if step is None else int(step),
+                ts,
+                covered,
+                bytes(digest),
+                decoded,
+            )
+
+
+def _first_failure(
+    decoder: Decoder, blobs: _Blobs, body: bytes, failure: CorruptEventError
+) -> CorruptEventError:
+    """Why a body does not decode, as ``v2_rows`` says it: it fails first where it computes
+    what the hash covers (a body it cannot scan, a blob that is not there), if it does."""
+    try:
+        decoder.digest(body, blobs)
+    except CorruptEventError as first:
+        return first
+    return failure
+
+
+class _Blobs(dict[int, bytes]):
+    """A run's blobs as its rows' decoding asks for them: fetched on first need, and noted
+    in :attr:`used`, first reference first, for what the hash covers.
+
+    A blob not held yet past the newest one fetched brings in the ids after it too, a range at
+    a time: a run's new blobs are numbered as its rows first refer to them, so one query serves
+    the rows to come. An older one (a value met again) comes alone. At most ``_HELD`` are held,
+    the oldest fetched going first.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self._top = 0  # the highest id fetched
+        self.used: dict[int, bytes] = {}
+
+    def get(self, blob_id: int, default: Any = None) -> Any:
+        data = dict.get(self, blob_id)
+        if data is None:
+            data = self._fetch(blob_id)
+            if data is None:
+                return default
+        if blob_id not in self.used:
+            self.used[blob_id] = data
+        return data
+
+    def _fetch(self, blob_id: int) -> bytes | None:
+        if len(self) >= _HELD:
+            for old in list(itertools.islice(self, len(self) - _HELD // 2)):
+                del self[old]
+        last = blob_id + _RANGE if blob_id > self._top else blob_id + 1
+        for found, data in self._conn.execute(
+            "SELECT id, data FROM blobs WHERE id >= ? AND id < ?", (blob_id, last)
+        ):
+            self[int(found)] = bytes(data)
+        self._top = max(self._top, last - 1)
+        return dict.get(self, blob_id)
+
+
+_HELD = 8192
+_RANGE = 1024
 
 
 def _v2_reader(conn: sqlite3.Connection) -> V2Reader:
@@ -402,6 +594,11 @@ def _headless_run(run_id: str, head: tuple[int, bytes]) -> RunIntegrity:
 # -- checking one run ------------------------------------------------------------------------
 
 
+@functools.cache
+def _tag(cls: type[AnyEvent]) -> str:
+    return event_tag(cls)
+
+
 def _one_line(text: str) -> str:
     return " ".join(text.split())
 
@@ -443,6 +640,27 @@ class _RunChecker:
 
     def _row(self, row: _Row) -> None:
         _run_id, seq, type_, step, ts, body, digest, decoded = row
+        if (
+            seq == self.expected
+            and self.bad is None
+            and self._hash_suspect is None
+            and self._misplaced is None
+            and not isinstance(decoded, Exception)
+        ):
+            # The usual row, intact and in place, checked at a fraction of the cost of the
+            # general path below (which tells every kind of damage apart).
+            should_be = chain_hash(self.previous, body)
+            if (
+                digest == should_be
+                and decoded.seq == seq
+                and decoded.ts == ts
+                and decoded.run_id == self.run_id
+                and _tag(type(decoded)) == type_
+                and (decoded.step if isinstance(decoded, StepEvent) else None) == step
+            ):
+                self.expected = seq + 1
+                self.last_hash = self.previous = digest
+                return
         if self._hash_suspect is not None:
             suspect, should_be = self._hash_suspect
             self._hash_suspect = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from events import (
     SampleFailed,
     SampleReceived,
     SampleRequested,
+    StateChanged,
     StepDecided,
     VoteCounted,
 )
@@ -121,6 +123,45 @@ async def test_a_changed_parser_fails_at_the_first_sample_it_reads_differently(
     assert result.divergence.expected["type"] == "vote_counted"
     assert result.divergence.got is not None
     assert result.divergence.got["type"] == "red_flagged"
+
+
+@dataclass(frozen=True)
+class _Counted:
+    count: int
+    of: int
+
+
+async def test_events_equal_only_as_json_reproduce_and_a_changed_field_is_named(
+    tmp_path: Path,
+) -> None:
+    # A task that gives its state as a dataclass: the log holds its JSON object, so the
+    # re-executed event equals the recorded one only as JSON, which is what a re-execution
+    # must reproduce.
+    class Counted(Count):
+        def state_to_json(self, state: int) -> Any:
+            return {"state": _Counted(state, self.goal)}
+
+    path = tmp_path / "counted.db"
+    async with Engine(log=path, client=ScriptedClient(correct)) as engine:
+        await engine.run(Counted(4), policy=Policy(k=2), seed=1)
+    verified = await verify_run(path, task=Counted(4))
+    assert verified.ok, verified.divergence
+
+    class Miscounted(Counted):
+        def state_to_json(self, state: int) -> Any:
+            return {"state": _Counted(state, self.goal + (state == 2))}
+
+    result = await verify_run(path, task=Miscounted(4))
+    assert result.divergence is not None
+    changed = next(
+        e for e in await load_events(path) if isinstance(e, StateChanged) and e.step == 1
+    )
+    assert result.divergence.seq == changed.seq
+    assert str(result.divergence) == (
+        f"replay diverges at seq {changed.seq}: state_changed differs in state"
+    )
+    assert result.divergence.got is not None
+    assert result.divergence.got["state"] == {"state": {"count": 2, "of": 5}}
 
 
 def _parses(task: Hanoi, text: str) -> bool:
