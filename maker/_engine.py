@@ -1105,10 +1105,12 @@ class _Run(Generic[S, A]):
                 return
         if recording is not None:
             # Not recorded: it was in flight when the run stopped. Its turn comes after every
-            # recorded outcome; a verification has nothing more to serve.
+            # recorded outcome; a verification has nothing more to serve, so it has reproduced
+            # all it can (waiting here instead would wait for ever once every sample still
+            # in flight is such a one).
             await recording.take(request.sample_id, attempt)
             if self.verify_only:
-                await anyio.sleep_forever()
+                raise _RecordingEnded
         scheduler = self.engine.scheduler
         await send.send(
             await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
@@ -1206,6 +1208,10 @@ class _Attempts:
                 if isinstance(served, Completion):
                     return SampleOutcome(turn[0], turn[1], served, None, 0.0)
                 return SampleOutcome(turn[0], turn[1], None, served, 0.0)
+            if run.verify_only and recording.exhausted:
+                # Nothing recorded is left to serve these attempts (they were in flight when
+                # the run stopped): a verification has reproduced all it can.
+                raise _RecordingEnded
             for request, attempt, delay in self._replayed.values():
                 await self._start(request, attempt, delay)
             self._replayed.clear()
