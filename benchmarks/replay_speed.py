@@ -1,4 +1,4 @@
-"""Replay against the original run, on one log, in one process.
+"""Replay against the original run, on one log, all started from one process.
 
 Runs Towers of Hanoi (15 disks by default) on the simulated model, then times, on its log:
 the fold (load the events and rebuild the run's figures), `replay --verify` (re-execute the run
@@ -17,12 +17,15 @@ import json
 import os
 import tempfile
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 
+from events import AnyEvent
 from maker import Engine, Policy, SimulatedModel
 from maker.tasks import Hanoi
-from replay import load_events, summarize, verify_log, verify_run
+from replay import RunSummary, load_events, summarize, verify_log, verify_run
 
 
 def main() -> None:
@@ -40,26 +43,15 @@ def main() -> None:
                 result = await engine.run(Hanoi(args.disks), policy=Policy(k=3), seed=args.seed)
             return result.run_id
 
-        began = time.perf_counter()
-        run_id = anyio.run(original)
-        run_s = time.perf_counter() - began
-
-        began = time.perf_counter()
-        events = anyio.run(load_events, path, run_id)
-        summary = summarize(events)
-        fold_s = time.perf_counter() - began
-
-        began = time.perf_counter()
-        verified = anyio.run(functools.partial(verify_run, path, run_id, read_ahead=True))
-        verify_s = time.perf_counter() - began
-
-        began = time.perf_counter()
-        alone = anyio.run(functools.partial(verify_run, path, run_id, read_ahead=False))
-        alone_s = time.perf_counter() - began
-
-        began = time.perf_counter()
-        report = verify_log(path)
-        integrity_s = time.perf_counter() - began
+        run_id, run_s, run_cpu = _timed(lambda: anyio.run(original))
+        (events, summary), fold_s, _ = _timed(lambda: _fold(path, run_id))
+        verified, verify_s, verify_cpu = _timed(
+            lambda: anyio.run(functools.partial(verify_run, path, run_id, read_ahead=True))
+        )
+        alone, alone_s, alone_cpu = _timed(
+            lambda: anyio.run(functools.partial(verify_run, path, run_id, read_ahead=False))
+        )
+        report, integrity_s, _ = _timed(lambda: verify_log(path))
 
     assert verified.ok, verified.divergence
     assert alone == verified
@@ -77,6 +69,11 @@ def main() -> None:
         "replay_verify_over_run": round(verify_s / run_s, 4),
         "replay_verify_one_process_over_run": round(alone_s / run_s, 4),
         "integrity_over_run": round(integrity_s / run_s, 4),
+        # CPU seconds (every thread, and the helper process), which a busy machine disturbs
+        # less than wall time.
+        "run_cpu_s": round(run_cpu, 2),
+        "replay_verify_cpu_s": round(verify_cpu, 2),
+        "replay_verify_one_process_cpu_s": round(alone_cpu, 2),
     }
     if args.json:
         print(json.dumps(figures))
@@ -92,6 +89,36 @@ def main() -> None:
         f"({figures['replay_verify_one_process_over_run']} of the run)"
     )
     print(f"  maker verify      {integrity_s:8.2f} s  ({figures['integrity_over_run']} of the run)")
+    print(
+        f"  CPU seconds: run {run_cpu:.2f}, replay --verify {verify_cpu:.2f}, "
+        f"in one process {alone_cpu:.2f}"
+    )
+
+
+T = TypeVar("T")
+
+
+def _timed(call: Callable[[], T]) -> tuple[T, float, float]:
+    """What ``call`` returns, its wall seconds, and the CPU seconds it took in this process
+    (every thread) and in the child processes it waited for."""
+    wall, cpu, children = time.perf_counter(), time.process_time(), _children_cpu()
+    result = call()
+    cpu = time.process_time() - cpu + _children_cpu() - children
+    return result, time.perf_counter() - wall, cpu
+
+
+def _children_cpu() -> float:
+    try:
+        import resource
+    except ImportError:  # not on this platform: no child's time is counted
+        return 0.0
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _fold(path: str, run_id: str) -> tuple[list[AnyEvent], RunSummary]:
+    events = anyio.run(load_events, path, run_id)
+    return events, summarize(events)
 
 
 if __name__ == "__main__":
