@@ -1125,7 +1125,9 @@ class _Attempts:
     the events they record, keep one order however each is made. An attempt the scheduler can
     answer at once (:meth:`Scheduler.call_now`) is made inline; any other runs in a task of a
     task group opened on first need. A step whose samples all answer at once thus needs no
-    task, stream or task group, which at zero latency were most of a step's cost.
+    task, stream or task group, which at zero latency were most of a step's cost. A replay
+    serves an attempt its recorded outcome inline alike, when that outcome is the next in the
+    recorded order; an attempt whose turn has not come waits for it in a task.
     """
 
     def __init__(self, run: _Run[Any, Any]) -> None:
