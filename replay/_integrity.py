@@ -459,8 +459,8 @@ def _v2_run_rows(
                 covered = envelope + body
                 decoded = _first_failure(decoder, blobs, body, failure)
             else:
-                covered = envelope + body + b"".join(used.values()) if used else envelope + body
-            tag = TYPE_BY_CODE.get(code)
+                covered = b"".join((envelope, body, *used.values())) if used else envelope + body
+            tag = _TAGS.get(code)
             yield (
                 run_id,
                 seq,
@@ -471,6 +471,9 @@ def _v2_run_rows(
                 bytes(digest),
                 decoded,
             )
+
+
+_TAGS = dict(TYPE_BY_CODE)  # a plain dict: a lookup a row, and a mapping proxy costs more
 
 
 def _first_failure(
