@@ -294,6 +294,38 @@ def attempt_sample_now(
 
 _new_tuple = tuple.__new__
 
+_Builder = Callable[[dict[str, Any], str, int, float], Event]
+_BUILDERS: dict[type[Event], _Builder] = {}
+
+
+def _builder(event_type: type[Event]) -> _Builder:
+    """``build(fields, run_id, seq, ts)``: ``event_type(run_id=..., seq=..., ts=..., **fields)``.
+
+    A struct built from a dict of keywords costs four times one built from keywords written
+    out (msgspec, measured: 1.8 against 0.4 us for a sample_received), and the live step loop
+    builds a dozen events a step. The builder writes the keywords out when ``fields`` holds
+    every field but the envelope, as the engine's calls do; any other dict (a field left to its
+    default, a misspelt or missing one) is built, or refused, the usual way.
+    """
+    names = [f.name for f in msgspec.structs.fields(event_type) if f.name not in _ENVELOPE]
+    keywords = ", ".join(f"{name}=f[{name!r}]" for name in names)
+    source = (
+        "def build(f, run_id, seq, ts):\n"
+        f"    if len(f) == {len(names)}:\n"
+        "        try:\n"
+        f"            return CLS(run_id=run_id, seq=seq, ts=ts, {keywords})\n"
+        "        except KeyError:\n"
+        "            pass\n"
+        "    return CLS(run_id=run_id, seq=seq, ts=ts, **f)\n"
+    )
+    namespace: dict[str, Any] = {"CLS": event_type}
+    exec(compile(source, f"<event builder {event_type.__name__}>", "exec"), namespace)
+    build: _Builder = namespace["build"]
+    return build
+
+
+_ENVELOPE = frozenset({"run_id", "seq", "ts"})
+
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
     leader, lead = tally.leader()
@@ -760,7 +792,10 @@ class _Run(Generic[S, A]):
             log = self.log
             if log.full:
                 await log.room()
-            event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
+            build = _BUILDERS.get(event_type)
+            if build is None:
+                build = _BUILDERS[event_type] = _builder(event_type)
+            event = build(fields, self.run_id, self.seq, self.clock())
             log.append(event)
             self.seq += 1
             for sink in self.sinks:

@@ -285,7 +285,7 @@ class SimulatedModel:
 
     def complete_now(self, request: SampleRequest) -> Completion | None:
         """The answer :meth:`complete` gives, at once; None when the model has latency."""
-        if self.config.latency_ms > 0:
+        if self._config.latency_ms > 0:
             return None
         return self._draw(
             request.system, request.user, request.max_tokens, request.seed, request.temperature
@@ -349,7 +349,7 @@ class SimulatedModel:
             kind, text = "malformed", sim.render_malformed(found.state, rng)
         else:
             overlong = draw < self._flagged
-            p_correct = 1.0 - self.config.overlong_error if overlong else found.p_correct
+            p_correct = 1.0 - self._config.overlong_error if overlong else found.p_correct
             correct = rng.random() < p_correct
             answer = found.oracle if correct else None
             if answer is None:

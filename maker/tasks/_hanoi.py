@@ -316,7 +316,7 @@ def _bracket_prefix(text: str) -> str | None:
     return body + "]" * depth
 
 
-def _last_match(pattern: re.Pattern[str], word: str, text: str) -> str | None:
+def _last_match(pattern: re.Pattern[str], word: str, text: str, lowered: str | None) -> str | None:
     """Group 1 of the last match of ``pattern`` in ``text`` (``pattern.findall(text)[-1]``), or
     None: for :data:`_MOVE_RE` and :data:`_STATE_RE`, whose matches begin with ``word`` in any
     case.
@@ -326,10 +326,9 @@ def _last_match(pattern: re.Pattern[str], word: str, text: str) -> str | None:
     rightmost. In ASCII text a match can start only where the lowered text holds ``word``:
     those few places are tried from the right, instead of scanning every character for a
     case-insensitive word boundary. Other text (where ``(?i)`` also folds letters like the
-    long s) takes ``findall``.
+    long s) takes ``findall``. ``lowered`` is ``text.lower()`` for ASCII text, else None.
     """
-    if text.isascii():
-        lowered = text.lower()
+    if lowered is not None:
         at = lowered.rfind(word)
         while at >= 0:
             found = pattern.match(text, at)  # \b still sees the character before ``at``
@@ -475,10 +474,11 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
         >>> Hanoi(2).parse("move = [1, 0, 1]\\nnext_state = [[2], [1], []]")
         HanoiAnswer(move=(1, 0, 1), next_state=((2,), (1,), ()))
         """
-        move_text = _last_match(_MOVE_RE, "move", text)
+        lowered = text.lower() if text.isascii() else None
+        move_text = _last_match(_MOVE_RE, "move", text, lowered)
         if move_text is None:
             raise RedFlag("malformed", "no move line")
-        state_text = _last_match(_STATE_RE, "next_state", text)
+        state_text = _last_match(_STATE_RE, "next_state", text, lowered)
         if state_text is None:
             raise RedFlag("malformed", "no next_state line")
         # A step's samples mostly give one answer in differently worded texts: the answer
