@@ -131,10 +131,10 @@ class WriterProcess:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [_ROOT, env.get("PYTHONPATH")]))
         command = [sys.executable, "-P", "-m", "events._writer_child", *self._args]
         command.append(str(os.getpid()))
-        # A file, not a pipe: nothing has to read it while the child runs, and it keeps the
-        # last words of a child that died for the error message.
-        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by aclose)
         try:
+            # A file, not a pipe: nothing has to read it while the child runs, and it keeps
+            # the last words of a child that died for the error message.
+            self._stderr = tempfile.TemporaryFile()  # noqa: SIM115  (closed by aclose)
             # A session of its own: a Ctrl-C at the terminal reaches the parent, which closes
             # the log in order, and not the writer, which would lose what it had.
             self._process = await anyio.open_process(
@@ -146,8 +146,9 @@ class WriterProcess:
                 start_new_session=True,
             )
         except OSError as exc:
-            self._stderr.close()
-            self._stderr = None
+            if self._stderr is not None:
+                self._stderr.close()
+                self._stderr = None
             raise EventLogError(
                 f"cannot start the log writer process for {self.path}: {exc}"
             ) from exc

@@ -8,8 +8,10 @@ the thread writer byte for byte, a writer process that dies, its own session, an
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
+import sys
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -234,6 +236,39 @@ async def test_an_attach_is_refused_once_the_writer_died_not_awaited_forever(
                     await log.attach("old")
     (error,) = group.value.exceptions
     assert str(error) == f"writing {path} failed: the log writer process was killed by SIGKILL"
+
+
+async def test_a_writer_that_cannot_start_is_an_error_at_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "log.db"
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "no-such-python"))
+    with pytest.raises(EventLogError, match="cannot start the log writer process for"):
+        async with EventLog(path):
+            pass
+
+
+async def test_a_writer_that_dies_at_once_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    false = shutil.which("false")
+    if false is None:
+        pytest.skip("no false(1) to stand in for a writer that dies at once")
+    path = tmp_path / "log.db"
+    monkeypatch.setattr(sys, "executable", false)
+    evs = run_events("r", 1)
+    with pytest.raises(BaseExceptionGroup) as group:  # noqa: PT012
+        with anyio.fail_after(HANG_GUARD):
+            async with EventLog(path) as log:
+                for ev in evs:
+                    log.append(ev)
+                with pytest.raises(LogClosedError, match="exited with code 1"):
+                    await log.flush()
+    (error,) = group.value.exceptions
+    assert str(error) == (
+        f"writing {path} failed: the log writer process exited with code 1"
+        f" ({len(evs)} events appended and not committed)"
+    )
 
 
 async def test_the_writer_runs_in_its_own_session_and_ignores_sigint(tmp_path: Path) -> None:

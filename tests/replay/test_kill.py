@@ -202,7 +202,7 @@ def test_a_run_whose_writer_process_is_killed_fails_in_one_line_and_resumes(
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
-        while _count(path) < total // 3:
+        while _count(path) < total * 2 // 3:
             assert proc.poll() is None, "the run ended before its writer was killed"
             assert time.monotonic() < deadline, "the run committed too little in 120 s"
             time.sleep(0.002)  # polling the file, not measuring time
@@ -333,7 +333,7 @@ async def _committed(path: Path) -> list[AnyEvent]:
         return []  # the file has its schema but not one committed event
 
 
-@pytest.mark.slow  # about 25 s per case: each kill resumes the run to its end
+@pytest.mark.slow  # about 25 s per thread case: each kill resumes the run to its end
 @pytest.mark.parametrize(("writer", "interval"), CASES_FAST)
 def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
     tmp_path: Path, fast_reference: list[str], writer: WriterKind, interval: float
@@ -344,7 +344,7 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
     # The process writer loses at most what was not shipped, whatever the commit interval.
     allowed = COMMIT_ALLOWANCE + (interval if writer == "thread" else SHIP_INTERVAL)
     failures: list[str] = []
-    killed = waited = 0
+    killed = waited = resumed = 0
     for i in range(FAST_KILLS):
         path, progress = tmp_path / f"fast{i}.db", tmp_path / f"fast{i}.progress"
         delay = rng.uniform(*KILL_WINDOWS[writer])
@@ -386,6 +386,11 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
         if not committed:
             print(f"{tag}: (c) not checked: nothing committed to resume")
             continue
+        if writer == "process" and resumed:
+            # Resuming is the thread cases' code from here on, and the slow part of the test:
+            # one resumed file of the process writer's is enough.
+            continue
+        resumed += 1
         try:
             # The client is given, not rebuilt from the log: see the xfail test below.
             result = anyio.run(_resume_paper, path)
