@@ -374,9 +374,14 @@ class V2Writer:
         # run id -> (key, run id as UTF-8): the envelope every row's hash covers starts so.
         self._runs: dict[str, tuple[int, bytes]] = {}
         self._rows: list[_V2Row] = []
-        # For each queued row: how many queued blobs and bytes precede its end, so a batch of
-        # the first rows takes the blobs they refer to.
+        # For each queued row: how many blobs and bytes were queued, ever, up to its end; less
+        # what earlier batches took (_taken), so a batch of the first rows takes the blobs they
+        # refer to. Counted from the start, not from the queue's head, so that taking a batch
+        # does not rewrite the marks of every row still queued.
         self._marks: list[tuple[int, int]] = []
+        self._queued_blobs = 0
+        self._queued_size = 0
+        self._taken: tuple[int, int] = (0, 0)
         self._blobs: list[tuple[int, bytes]] = []
         self._dictionaries: list[tuple[int, bytes]] = []
         self._size = 0
@@ -425,10 +430,12 @@ class V2Writer:
         size = len(body) + _ROW_OVERHEAD
         if blobs:
             self._blobs.extend(blobs)
+            self._queued_blobs += len(blobs)
             for blob in blobs:
                 size += len(blob[1]) + 16
         self._size += size
-        self._marks.append((len(self._blobs), self._size))
+        self._queued_size += size
+        self._marks.append((self._queued_blobs, self._queued_size))
         return _NEW(Queued, (digest, size))
 
     def take(self, limit: int) -> _V2Batch | None:
@@ -436,10 +443,12 @@ class V2Writer:
         if not self._rows:
             return None
         n = min(limit, len(self._rows))
-        blobs, size = self._marks[n - 1]
+        mark = self._marks[n - 1]
+        blobs, size = mark[0] - self._taken[0], mark[1] - self._taken[1]
+        self._taken = mark
+        del self._marks[:n]
         rows, self._rows = self._rows[:n], self._rows[n:]
         taken_blobs, self._blobs = self._blobs[:blobs], self._blobs[blobs:]
-        self._marks = [(b - blobs, z - size) for b, z in self._marks[n:]]
         self._size -= size
         # Dictionaries are few and small: each batch takes all there are so far.
         dictionaries, self._dictionaries = self._dictionaries, []
