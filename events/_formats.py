@@ -371,6 +371,7 @@ class V2Writer:
         )
         self._next_key = next_key
         self._keys = keys
+        self._run_ids = {key: run_id for run_id, key in keys.items()}
         # run id -> (key, run id as UTF-8): the envelope every row's hash covers starts so.
         self._runs: dict[str, tuple[int, bytes]] = {}
         self._rows: list[_V2Row] = []
@@ -382,6 +383,10 @@ class V2Writer:
         self._queued_blobs = 0
         self._queued_size = 0
         self._taken: tuple[int, int] = (0, 0)
+        # The runs of the rows queued since the queue was last empty, and the (key, seq) of
+        # each queued run_finished row: so a batch finds its heads from its end.
+        self._queued_keys: set[int] = set()
+        self._finishing: list[tuple[int, int]] = []
         self._blobs: list[tuple[int, bytes]] = []
         self._dictionaries: list[tuple[int, bytes]] = []
         self._size = 0
@@ -407,6 +412,7 @@ class V2Writer:
         row = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is not None:
             self._keys[run_id] = int(row[0])
+            self._run_ids[int(row[0])] = run_id
             self._runs.pop(run_id, None)
 
     def encode(self, event: Event, previous: bytes) -> Queued:
@@ -416,6 +422,7 @@ class V2Writer:
             key = self._keys.get(run_id)
             if key is None:
                 key = self._keys[run_id] = self._next_key
+                self._run_ids[key] = run_id
                 self._next_key += 1
             run = self._runs[run_id] = (key, run_id.encode())
         encoder = self._encoder
@@ -426,7 +433,11 @@ class V2Writer:
         # chain_hash(previous, v2_covered(...) + covered), joined once.
         envelope = _ENVELOPE.pack(seq, code, -1 if step is None else step, ts)
         digest = _blake2b(b"".join((previous, run[1], envelope, covered)), digest_size=16).digest()
-        self._rows.append((run[0], seq, code, step, ts, body, digest))
+        key = run[0]
+        self._rows.append((key, seq, code, step, ts, body, digest))
+        self._queued_keys.add(key)
+        if code == _RUN_FINISHED:
+            self._finishing.append((key, seq))
         size = len(body) + _ROW_OVERHEAD
         if blobs:
             self._blobs.extend(blobs)
@@ -452,16 +463,31 @@ class V2Writer:
         self._size -= size
         # Dictionaries are few and small: each batch takes all there are so far.
         dictionaries, self._dictionaries = self._dictionaries, []
-        # Rows are queued in seq order per run, so the last one seen is the head.
-        heads: dict[int, tuple[int, bytes, int | None]] = {}
-        for row in rows:
-            previous = heads.get(row[0])
-            finished = row[1] if row[2] == _RUN_FINISHED else None
-            if finished is None and previous is not None:
-                finished = previous[2]
-            heads[row[0]] = (row[1], row[6], finished)
-        ids = {key: run_id for run_id, key in self._keys.items() if key in heads}
-        runs = [(key, ids[key], seq, digest, fin) for key, (seq, digest, fin) in heads.items()]
+        # Rows are queued in seq order per run, so a run's last row in the batch is its head:
+        # looked for from the end, until every run queued is found (at once, for one run).
+        heads: dict[int, tuple[int, bytes]] = {}
+        runs_queued = len(self._queued_keys)
+        for row in reversed(rows):
+            if row[0] not in heads:
+                heads[row[0]] = (row[1], row[6])
+                if len(heads) == runs_queued:
+                    break
+        if not self._rows:
+            self._queued_keys = set()
+        finished: dict[int, int] = {}
+        if self._finishing:
+            later = []
+            for key, seq in self._finishing:
+                head = heads.get(key)
+                if head is not None and seq <= head[0]:
+                    finished[key] = seq  # in seq order: the last one in the batch stays
+                else:
+                    later.append((key, seq))
+            self._finishing = later
+        ids = self._run_ids
+        runs = [
+            (key, ids[key], seq, digest, finished.get(key)) for key, (seq, digest) in heads.items()
+        ]
         return _V2Batch(rows, taken_blobs, dictionaries, runs, size)
 
     def write(self, conn: sqlite3.Connection, batch: Batch) -> None:

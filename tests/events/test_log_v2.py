@@ -77,7 +77,9 @@ def assert_chain(rows: list[tuple[int, str, int | None, float, bytes, bytes]]) -
 
 
 async def test_heads_in_runs_match_the_last_rows_after_every_batch(tmp_path: Path) -> None:
-    runs = {rid: run_events(rid, 40) for rid in ("a", "b", "c")}
+    # Runs of different lengths, so that they finish in different batches, and batches that
+    # end inside the queue with rows of every run on both sides.
+    runs = {rid: run_events(rid, steps) for rid, steps in (("a", 10), ("b", 40), ("c", 25))}
     path = tmp_path / "log.db"
     async with EventLog(path, batch_size=37) as log:
         for i, ev in enumerate(interleave(*runs.values())):
@@ -95,6 +97,9 @@ async def test_heads_in_runs_match_the_last_rows_after_every_batch(tmp_path: Pat
         rows = raw_rows(path, rid)
         assert_chain(rows)
         assert heads[rid] == (evs[-1].seq, rows[-1][5])
+    with closing(sqlite3.connect(path)) as conn:
+        finished = dict(conn.execute("SELECT run_id, finished_seq FROM runs").fetchall())
+    assert finished == {rid: evs[-1].seq for rid, evs in runs.items()}
     async with EventLog(path, mode="r") as log:
         for rid, evs in runs.items():
             assert [e async for e in log.read(rid)] == evs
