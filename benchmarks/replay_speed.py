@@ -6,7 +6,10 @@ against its recorded outcomes and compare every event, the log read and checked 
 process as it goes), the same in one process, and the integrity check (`maker verify`), each
 beside the time of the original run.
 
-    python -m benchmarks.replay_speed [--disks 15] [--json]
+    python -m benchmarks.replay_speed [--disks 15] [--writer process|thread] [--json]
+
+The original run writes its log as `maker run` does, from a writer process (``--writer thread``
+keeps the writer on a thread); its CPU seconds are the engine process's own.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--disks", type=int, default=15)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--writer", choices=["process", "thread"], default="process")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -39,7 +43,7 @@ def main() -> None:
         path = os.path.join(tmp, "run.db")
 
         async def original() -> str:
-            async with Engine(log=path, client=SimulatedModel()) as engine:
+            async with Engine(log=path, client=SimulatedModel(), log_writer=args.writer) as engine:
                 result = await engine.run(Hanoi(args.disks), policy=Policy(k=3), seed=args.seed)
             return result.run_id
 
@@ -58,6 +62,7 @@ def main() -> None:
     assert all(r.ok for r in report.runs)
     figures = {
         "disks": args.disks,
+        "writer": args.writer,
         "steps": summary.steps,
         "events": len(events),
         "run_s": round(run_s, 2),
