@@ -22,8 +22,8 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, Iterator
+from contextlib import aclosing, contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple, Self
 
@@ -693,7 +693,7 @@ def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
         )
     except sqlite3.Error as exc:
         raise EventLogError(f"cannot open {path}: {exc}") from exc
-    try:
+    with _closed_on_failure(conn, path):
         version = _check_identity(conn, path, allow_new=True)
         # WAL lets readers run beside the one writer; NORMAL syncs at checkpoints, so a commit
         # survives a process crash, and power loss can cost only the last transactions.
@@ -705,13 +705,20 @@ def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
             # existing file is written in its own.
             version = new_version
             conn.executescript(f"BEGIN;\n{SCHEMAS[version]}\nCOMMIT;")
+    return conn, version
+
+
+@contextmanager
+def _closed_on_failure(conn: sqlite3.Connection, path: str) -> Iterator[None]:
+    """Close ``conn`` if the block fails; an SQLite error is then 'cannot prepare PATH'."""
+    try:
+        yield
     except sqlite3.Error as exc:
         conn.close()
         raise EventLogError(f"cannot prepare {path}: {exc}") from exc
     except BaseException:
         conn.close()
         raise
-    return conn, version
 
 
 def _prepare_file(path: str, new_version: int) -> int:
@@ -724,14 +731,8 @@ def _prepare_file(path: str, new_version: int) -> int:
 def _open_for_writing(path: str, new_version: int) -> tuple[sqlite3.Connection, WriterFormat]:
     """The writer's connection and the writing half of the file's format."""
     conn, version = _prepare(path, new_version)
-    try:
+    with _closed_on_failure(conn, path):
         layout = writer_for(conn, version)
-    except sqlite3.Error as exc:
-        conn.close()
-        raise EventLogError(f"cannot prepare {path}: {exc}") from exc
-    except BaseException:
-        conn.close()
-        raise
     return conn, layout
 
 
