@@ -177,7 +177,6 @@ class V1Writer:
 
     def __init__(self) -> None:
         self._rows: list[_V1Row] = []
-        self._size = 0
 
     def encode(self, event: Event, previous: bytes) -> Queued:
         body = encode_json(event)
@@ -186,9 +185,7 @@ class V1Writer:
         self._rows.append(
             (event.run_id, event.seq, event_tag(type(event)), step, event.ts, body, digest)
         )
-        size = len(body) + _ROW_OVERHEAD
-        self._size += size
-        return Queued(digest, size)
+        return Queued(digest, len(body) + _ROW_OVERHEAD)
 
     def take(self, limit: int) -> _V1Batch | None:
         """The first ``limit`` queued rows (and fewer if fewer are queued)."""
@@ -196,7 +193,6 @@ class V1Writer:
             return None
         rows, self._rows = self._rows[:limit], self._rows[limit:]
         size = sum(len(row[5]) for row in rows) + _ROW_OVERHEAD * len(rows)
-        self._size -= size
         return _V1Batch(rows, size)
 
     def write(self, conn: sqlite3.Connection, batch: Batch) -> None:
@@ -389,7 +385,6 @@ class V2Writer:
         self._finishing: list[tuple[int, int]] = []
         self._blobs: list[tuple[int, bytes]] = []
         self._dictionaries: list[tuple[int, bytes]] = []
-        self._size = 0
 
     @classmethod
     def open(cls, conn: sqlite3.Connection) -> V2Writer:
@@ -444,7 +439,6 @@ class V2Writer:
             self._queued_blobs += len(blobs)
             for blob in blobs:
                 size += len(blob[1]) + 16
-        self._size += size
         self._queued_size += size
         self._marks.append((self._queued_blobs, self._queued_size))
         return _NEW(Queued, (digest, size))
@@ -460,7 +454,6 @@ class V2Writer:
         del self._marks[:n]
         rows, self._rows = self._rows[:n], self._rows[n:]
         taken_blobs, self._blobs = self._blobs[:blobs], self._blobs[blobs:]
-        self._size -= size
         # Dictionaries are few and small: each batch takes all there are so far.
         dictionaries, self._dictionaries = self._dictionaries, []
         # Rows are queued in seq order per run, so a run's last row in the batch is its head:
