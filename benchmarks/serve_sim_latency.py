@@ -21,7 +21,7 @@ import time
 import anyio
 
 from maker import Engine, Limits, Policy, Scheduler, SimConfig, expected_samples_per_step
-from maker._serve_sim import SimServerConfig, serve_sim
+from maker.apps.serve_sim._serve_sim import SimServerConfig, serve_sim
 from maker.clients import make_client
 from maker.tasks import Hanoi
 

@@ -5,20 +5,37 @@ voted first-to-ahead-by-k, and malformed or overlong answers are discarded befor
 Every sample, red flag, vote and state transition is a typed event in an SQLite log.
 """
 
-from ._adaptive import AdaptiveK, PEstimate
-from ._calibrate import (
-    CALIBRATION_MODE,
-    CalibrationReport,
-    ModelCalibration,
-    calibrate,
-    calibration_from_events,
-    is_calibration,
-    wilson_interval,
-)
-from ._client import Client, Completion, Probe, SampleRequest
-from ._engine import Engine, EngineStatistics, EventSink, RunResult, VerifyResult, sample_seed
-from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
-from ._formulas import (
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .clients import PRESETS, SimConfig, SimResponse, SimulatedModel
+from .core import (
+    AdaptiveK,
+    Client,
+    ClientError,
+    Completion,
+    ConfigError,
+    MakerError,
+    ModelEstimate,
+    ModelPlan,
+    PEstimate,
+    Plan,
+    Policy,
+    Probe,
+    Prompt,
+    RedFlag,
+    RedFlagCheck,
+    RedFlagRules,
+    SampleRequest,
+    Simulator,
+    Tally,
+    Task,
+    UnknownTaskError,
+    VoteRule,
+    __version__,
+    estimates_from_calibration,
     expected_cost,
     expected_cost_exact,
     expected_samples_per_step,
@@ -26,34 +43,82 @@ from ._formulas import (
     k_min,
     p_run,
     p_step,
+    plan,
     sample_cost,
 )
-from ._handle import RunHandle, RunStatistics
-from ._mcp import create_mcp_server
-from ._mcp_config import McpConfig, ModelConfig, load_mcp_config
-from ._mcp_tools import McpTools, ToolError
-from ._otel import TraceSink, export_log, export_run, tracer_provider_for
-from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
-from ._policy import Policy
-from ._recording import Divergence, Recording, decision_events
-from ._redflags import RedFlagCheck, RedFlagRules
-from ._scheduler import (
+from .engine import (
+    CALIBRATION_MODE,
     BreakerChange,
+    CalibrationReport,
     CircuitBreaker,
+    Divergence,
+    Engine,
+    EngineStatistics,
+    EventSink,
     Limits,
+    ModelCalibration,
+    Recording,
+    RunHandle,
+    RunResult,
+    RunStatistics,
     Scheduler,
     SchedulerObserver,
     SchedulerStatistics,
     SlidingWindow,
+    VerifyResult,
     Wait,
     backoff_delay,
+    calibrate,
+    calibration_from_events,
+    decision_events,
+    is_calibration,
+    sample_seed,
+    wilson_interval,
 )
-from ._service import Server, create_service, serve
-from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
-from ._simulator import Simulator
-from ._tally import Tally, VoteRule
-from ._task import Prompt, Task
-from ._version import __version__
+
+if TYPE_CHECKING:
+    from .apps.mcp import (
+        McpConfig,
+        McpTools,
+        ModelConfig,
+        ToolError,
+        create_mcp_server,
+        load_mcp_config,
+    )
+    from .apps.service import Server, create_service, serve
+    from .otel import TraceSink, export_log, export_run, tracer_provider_for
+
+_LAZY = {
+    "McpConfig": ".apps.mcp",
+    "McpTools": ".apps.mcp",
+    "ModelConfig": ".apps.mcp",
+    "Server": ".apps.service",
+    "ToolError": ".apps.mcp",
+    "TraceSink": ".otel",
+    "create_mcp_server": ".apps.mcp",
+    "create_service": ".apps.service",
+    "export_log": ".otel",
+    "export_run": ".otel",
+    "load_mcp_config": ".apps.mcp",
+    "serve": ".apps.service",
+    "tracer_provider_for": ".otel",
+}
+"""Names whose modules need the servers' or OpenTelemetry SDK's dependencies: loaded on first
+use, so ``import maker`` stays the library alone (no click, aiohttp, mcp or SDK)."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # found once: later lookups are plain
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CALIBRATION_MODE",

@@ -1,6 +1,6 @@
 """``python -m maker`` runs the CLI."""
 
-from ._cli import main
+from .apps.cli._cli import main
 
 if __name__ == "__main__":
     main()

@@ -11,22 +11,15 @@ from typing import Any
 from anyio.lowlevel import checkpoint
 
 from events import AnyEvent, EventLog, RunInfo, RunStarted, WriterKind
-from maker import (
-    Client,
-    Completion,
-    ConfigError,
+from maker.clients import SimConfig, SimulatedModel
+from maker.core import Client, Completion, ConfigError, MakerError, Policy, SampleRequest, Task
+from maker.engine import (
     Engine,
     EventSink,
     Limits,
-    MakerError,
-    Policy,
     Recording,
     RunResult,
-    SampleRequest,
     Scheduler,
-    SimConfig,
-    SimulatedModel,
-    Task,
     VerifyResult,
     is_calibration,
 )

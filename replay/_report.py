@@ -39,7 +39,7 @@ from events import (
     StepStarted,
     VoteCounted,
 )
-from maker import ConfigError
+from maker.core import ConfigError
 
 from ._fold import Fold, OpenSteps, RunSummary, TopSteps
 

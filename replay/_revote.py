@@ -29,7 +29,7 @@ from events import (
     StepStarted,
     canonical_json,
 )
-from maker import (
+from maker.core import (
     Completion,
     ConfigError,
     RedFlag,

@@ -36,7 +36,7 @@ def test_python_examples_run(
 
 
 def test_every_cli_command_in_the_readme_exists() -> None:
-    from maker._cli import app
+    from maker.apps.cli._cli import app
 
     used = {m for block in _blocks("sh") for m in re.findall(r"^maker (\w[\w-]*)", block, re.M)}
     assert used

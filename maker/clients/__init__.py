@@ -25,6 +25,7 @@ from ._anthropic import AnthropicClient
 from ._common import STATUS_KINDS, classify_status, parse_retry_after
 from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
 from ._openai import OpenAIClient
+from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
 from ._spec import PROVIDERS, make_client
 
 ERROR_KINDS = (
@@ -43,11 +44,15 @@ ERROR_KINDS = (
 __all__ = [
     "DEFAULT_OLLAMA_URL",
     "ERROR_KINDS",
+    "PRESETS",
     "PROVIDERS",
     "STATUS_KINDS",
     "AnthropicClient",
     "OllamaClient",
     "OpenAIClient",
+    "SimConfig",
+    "SimResponse",
+    "SimulatedModel",
     "classify_status",
     "make_client",
     "parse_retry_after",

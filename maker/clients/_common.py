@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 from urllib.parse import urlsplit, urlunsplit
 
-from .._errors import ClientError, ConfigError
+from ..core._errors import ClientError, ConfigError
 
 _MESSAGE_LIMIT = 300
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .._client import Completion, SampleRequest
+from ..core._client import Completion, SampleRequest
 from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
 
 if TYPE_CHECKING:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .._client import Completion, SampleRequest
+from ..core._client import Completion, SampleRequest
 from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk, resolve_key
 
 if TYPE_CHECKING:

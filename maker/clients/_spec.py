@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from .._client import Client
-from .._errors import ConfigError
-from .._sim import SimConfig, SimulatedModel
+from ..core._client import Client
+from ..core._errors import ConfigError
 from ._anthropic import AnthropicClient
 from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
 from ._openai import OpenAIClient
+from ._sim import SimConfig, SimulatedModel
 
 PROVIDERS = ("anthropic", "ollama", "openai")
 """The providers a spec may name, besides ``sim``."""
@@ -38,7 +38,7 @@ def make_client(
     >>> make_client("gemini:pro")
     Traceback (most recent call last):
     ...
-    maker._errors.ConfigError: model: unknown provider 'gemini'; use sim, openai:NAME, \
+    maker.core._errors.ConfigError: model: unknown provider 'gemini'; use sim, openai:NAME, \
 anthropic:NAME or ollama:NAME
     """
     if not isinstance(spec, str):

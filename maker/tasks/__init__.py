@@ -15,9 +15,9 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from .._errors import ConfigError, UnknownTaskError
-from .._simulator import AnySimulator
-from .._task import Task
+from ..core._errors import ConfigError, UnknownTaskError
+from ..core._simulator import AnySimulator
+from ..core._task import Task
 from ._arithmetic import Arithmetic, ArithState
 from ._arithmetic_sim import ArithmeticSimulator
 from ._hanoi import Hanoi, HanoiAnswer, HanoiState, optimal_moves

@@ -13,8 +13,8 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from .._errors import ConfigError, RedFlag
-from .._task import Prompt, Task
+from ..core._errors import ConfigError, RedFlag
+from ..core._task import Prompt, Task
 
 OpName = Literal["add", "subtract", "multiply", "divide"]
 

@@ -7,7 +7,7 @@ import re
 
 import msgspec
 
-from .._simulator import randbelow
+from ..core._simulator import randbelow
 from ._arithmetic import ArithOp, OpName
 
 _VALUE = re.compile(r"(?m)^Current value:[ \t]*(-?[0-9]+)[ \t]*$")

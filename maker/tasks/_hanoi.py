@@ -14,8 +14,8 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from .._errors import ConfigError, RedFlag
-from .._task import Prompt, Task
+from ..core._errors import ConfigError, RedFlag
+from ..core._task import Prompt, Task
 
 Pegs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
 """Three pegs, each bottom to top."""

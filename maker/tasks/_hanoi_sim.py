@@ -8,7 +8,7 @@ from itertools import chain
 
 from events import canonical_json
 
-from .._simulator import randbelow
+from ..core._simulator import randbelow
 from ._hanoi import (
     CLOCKWISE,
     COUNTERCLOCKWISE,

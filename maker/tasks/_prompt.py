@@ -30,10 +30,10 @@ import msgspec
 
 from events import canonical_json
 
-from .._client import Completion
-from .._errors import ConfigError, RedFlag
-from .._redflags import TRUNCATED_REASONS, RedFlagRules
-from .._task import Prompt, Task
+from ..core._client import Completion
+from ..core._errors import ConfigError, RedFlag
+from ..core._redflags import TRUNCATED_REASONS, RedFlagRules
+from ..core._task import Prompt, Task
 
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
@@ -193,7 +193,7 @@ class AnswerParser:
     {'move': [1, 0, 2]}
     >>> parser.parse('{"step": 1}')
     Traceback (most recent call last):
-    maker._errors.RedFlag: schema: $: 'move' is a required property
+    maker.core._errors.RedFlag: schema: $: 'move' is a required property
     >>> try:
     ...     AnswerParser(r"(\\d+)-(\\d+)")
     ... except ConfigError as exc:

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 import maker.tasks
 from events import canonical_json
-from maker._errors import ConfigError, RedFlag, UnknownTaskError
-from maker._simulator import Simulator
+from maker.core._errors import ConfigError, RedFlag, UnknownTaskError
+from maker.core._simulator import Simulator
 from maker.tasks import (
     BUILTIN_SIMULATORS,
     BUILTIN_TASKS,

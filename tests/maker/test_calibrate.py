@@ -41,7 +41,8 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker._calibrate import (
+from maker.apps.cli._workflow_cli import calibrate_command
+from maker.engine._calibrate import (
     Z95,
     calibrate,
     calibration_from_events,
@@ -50,7 +51,6 @@ from maker._calibrate import (
     states_at,
     wilson_interval,
 )
-from maker._workflow_cli import calibrate_command
 from maker.tasks import Arithmetic, Hanoi
 from replay import load_events, verify_log
 from tests.maker._fakes import Count
@@ -235,7 +235,7 @@ async def test_a_calibration_is_an_ordinary_run_per_model_that_verifies(tmp_path
 
 @pytest.mark.anyio
 async def test_cost_per_call_comes_from_the_price_table(tmp_path: Path) -> None:
-    from maker._pricing import PriceTable
+    from maker.core._pricing import PriceTable
 
     prices = PriceTable({"sim": {"input": 1.0, "output": 2.0}})
     report = await calibrate(

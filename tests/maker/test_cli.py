@@ -15,7 +15,7 @@ import anyio
 import pytest
 
 from events import RunFinished
-from maker._cli import main
+from maker.apps.cli._cli import main
 from maker.tasks import optimal_moves
 from replay import load_events
 
@@ -366,7 +366,7 @@ def test_progress_counts_steps_samples_and_red_flags_of_a_run(
 ) -> None:
     # The bar's figures come from the events alone: feed a recorded run to a fresh sink and
     # compare with what the run reported.
-    from maker._cli import _ProgressSink
+    from maker.apps.cli._cli import _ProgressSink
 
     log = tmp_path / "log.db"
     args = ["run", "hanoi", "--disks", "5", "--p", "0.85", "--k", "2", "--json", "--log", str(log)]

@@ -31,7 +31,7 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker._serve_sim import FAULT_KINDS, SimServer, SimServerConfig, serve_sim
+from maker.apps.serve_sim._serve_sim import FAULT_KINDS, SimServer, SimServerConfig, serve_sim
 from maker.clients import (
     ERROR_KINDS,
     AnthropicClient,

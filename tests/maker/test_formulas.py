@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maker._errors import ConfigError
-from maker._formulas import (
+from maker.core._errors import ConfigError
+from maker.core._formulas import (
     expected_cost,
     expected_cost_exact,
     expected_samples_per_step,

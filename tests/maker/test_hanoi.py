@@ -13,8 +13,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from events import canonical_json
-from maker._errors import ConfigError, RedFlag
-from maker._simulator import Simulator
+from maker.core._errors import ConfigError, RedFlag
+from maker.core._simulator import Simulator
 from maker.tasks import Hanoi, HanoiAnswer, HanoiSimulator, HanoiState, optimal_moves
 from maker.tasks._hanoi import (
     _MOVE_RE,

@@ -24,7 +24,7 @@ from mcp.client.stdio import stdio_client
 from mcp_types import CallToolResult
 
 from events import EventLog, SampleReceived, StepDecided, VoteCounted
-from maker._serve_sim import SimServerConfig, serve_sim
+from maker.apps.serve_sim._serve_sim import SimServerConfig, serve_sim
 from maker.tasks import make_task
 
 pytestmark = pytest.mark.anyio

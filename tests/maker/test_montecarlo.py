@@ -17,8 +17,8 @@ from typing import NamedTuple
 
 import pytest
 
-from maker._formulas import expected_samples_per_step, expected_votes_per_step, p_step
-from maker._tally import Tally
+from maker.core._formulas import expected_samples_per_step, expected_votes_per_step, p_step
+from maker.core._tally import Tally
 
 Z = 4.5
 # The normal approximation understates the binomial's upper tail when only a handful of wrong

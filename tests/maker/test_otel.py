@@ -62,7 +62,8 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker._otel import (
+from maker.apps.cli._otel_cli import export_otel_command, otel_sink_for
+from maker.otel._otel import (
     DeterministicIdGenerator,
     TraceSink,
     configure_from_env,
@@ -73,7 +74,6 @@ from maker._otel import (
     trace_id_for,
     tracer_provider_for,
 )
-from maker._otel_cli import export_otel_command, otel_sink_for
 from maker.tasks import Hanoi
 
 from ._fakes import Count, Reply, ScriptedClient, correct, read_events

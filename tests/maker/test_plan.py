@@ -20,9 +20,9 @@ from maker import (
     k_min,
     p_run,
 )
-from maker._calibrate import calibrate
-from maker._plan import ModelEstimate, estimates_from_calibration, plan
-from maker._workflow_cli import plan_command
+from maker.apps.cli._workflow_cli import plan_command
+from maker.core._plan import ModelEstimate, estimates_from_calibration, plan
+from maker.engine._calibrate import calibrate
 from maker.tasks import Hanoi
 
 PAPER_STEPS = 2**20 - 1

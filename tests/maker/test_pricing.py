@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from maker import ConfigError
-from maker._pricing import DEFAULT_PRICES, Price, PriceTable
+from maker.core._pricing import DEFAULT_PRICES, Price, PriceTable
 
 COMMON = [
     "gpt-4.1",

@@ -15,7 +15,7 @@ import pytest
 
 from events import SampleFailed, SampleReceived, SampleRequested, StepDecided, VoteCounted
 from maker import Engine, Limits, Policy, Scheduler
-from maker._serve_sim import FAULT_KINDS, SimServerConfig, serve_sim
+from maker.apps.serve_sim._serve_sim import FAULT_KINDS, SimServerConfig, serve_sim
 from maker.clients import make_client
 from maker.tasks import Hanoi, optimal_moves
 from replay import load_events, verify_run

@@ -23,7 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from maker import ConfigError, SimConfig
-from maker._serve_sim import (
+from maker.apps.serve_sim._serve_sim import (
     FAULT_KINDS,
     SimServer,
     SimServerConfig,
@@ -724,7 +724,7 @@ def _read_line(stream: Any, timeout: float) -> str:
 @pytest.fixture
 def command_process() -> Iterator[subprocess.Popen[str]]:
     code = (
-        "from maker._serve_sim import serve_sim_command; "
+        "from maker.apps.serve_sim._serve_sim import serve_sim_command; "
         "serve_sim_command(['--port', '0', '--preset', 'ideal', '--fault-rate', '0'])"
     )
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}

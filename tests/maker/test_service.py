@@ -22,7 +22,7 @@ from aiohttp import web
 
 from events import EventLog, RunStarted, decode, encode, event_tag
 from maker import PRESETS, Completion, Engine, SampleRequest, SimulatedModel
-from maker._service import create_service, serve
+from maker.apps.service._service import create_service, serve
 from maker.tasks import Hanoi
 from replay import resume_run, summarize, verify_run
 
@@ -542,7 +542,7 @@ async def test_the_serve_command_serves_until_stopped_and_cancels_its_runs(
     command = [
         sys.executable,
         "-c",
-        "from maker._service import serve_command; serve_command()",
+        "from maker.apps.service._service import serve_command; serve_command()",
         "--log",
         str(path),
         "--port",

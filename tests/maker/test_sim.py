@@ -38,7 +38,7 @@ from maker import (
     Task,
     p_step,
 )
-from maker._simulator import randbelow
+from maker.core._simulator import randbelow
 from maker.tasks import Arithmetic, ArithState, Hanoi, HanoiSimulator, HanoiState
 from maker.tasks._hanoi_sim import _REASONS
 
@@ -614,7 +614,7 @@ async def test_complete_returns_the_respond_completion_after_its_latency(
     async def fake_sleep(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("maker._sim.anyio", SimpleNamespace(sleep=fake_sleep))
+    monkeypatch.setattr("maker.clients._sim.anyio", SimpleNamespace(sleep=fake_sleep))
     config = SimConfig(p=0.7, malformed_rate=0.1, overlong_rate=0.1, latency_ms=5000.0)
     model = SimulatedModel(config)
     expected_sleeps = []

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maker._tally import Tally, VoteRule
+from maker.core._tally import Tally, VoteRule
 
 # Few candidates make ties, lead changes and long races common; a free-text alphabet checks that
 # nothing depends on the shape of candidate strings.

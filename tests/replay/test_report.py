@@ -14,8 +14,8 @@ from click.testing import CliRunner
 from events import EventLogError, KChanged, StepDecided
 from events._compact import TYPE_CODES
 from maker import AdaptiveK, ConfigError, Policy, SimConfig, SimulatedModel
-from maker._calibrate import calibrate
-from maker._workflow_cli import report_command
+from maker.apps.cli._workflow_cli import report_command
+from maker.engine._calibrate import calibrate
 from maker.tasks import Hanoi
 from replay import load_events
 from replay._report import render_html, report_data, write_report

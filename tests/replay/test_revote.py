@@ -311,7 +311,7 @@ def test_a_step_undecided_at_the_end_is_noted_and_not_revoted(runs: list[Run]) -
 
 
 def test_revote_command_text_and_json(runs: list[Run]) -> None:
-    from maker._cli import app
+    from maker.apps.cli._cli import app
 
     run = runs[0]
     runner = CliRunner()

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from events import AnyEvent, EventLog, RunFinished, RunResumed, SampleCancelled
 from maker import Policy, Recording, decision_events
-from maker._cli import app
+from maker.apps.cli._cli import app
 from maker.tasks import Hanoi
 from replay import summarize
 

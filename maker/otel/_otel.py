@@ -65,8 +65,8 @@ from events import (
     VoteCounted,
 )
 
-from ._errors import ConfigError, MakerError
-from ._version import __version__
+from ..core._errors import ConfigError, MakerError
+from ..core._version import __version__
 
 INSTRUMENTATION_NAME: Final = "maker"
 

@@ -2,8 +2,8 @@
 
 Each tool takes one msgspec struct of arguments (its JSON schema is the tool's input schema:
 descriptions, ranges, no unknown fields) and returns JSON-ready builtins. Nothing here knows
-the protocol; :mod:`maker._mcp` puts these tools behind the MCP SDK. Every call that reaches a
-model is an ordinary run in the server's log, replayable like any other.
+the protocol; :mod:`maker.apps.mcp._mcp` puts these tools behind the MCP SDK. Every call that
+reaches a model is an ordinary run in the server's log, replayable like any other.
 """
 
 from __future__ import annotations
@@ -34,20 +34,21 @@ from events import (
     VoteCounted,
 )
 
-from ._calibrate import calibrate, calibration_from_events, is_calibration
-from ._client import Client, Probe
-from ._engine import Engine, RunResult
-from ._errors import ConfigError, MakerError
-from ._formulas import expected_votes_per_step, k_min, p_run, p_step
-from ._handle import RunHandle
+from ...core._client import Client, Probe
+from ...core._errors import ConfigError, MakerError
+from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
+from ...core._plan import ModelEstimate, plan
+from ...core._policy import Policy
+from ...core._redflags import RedFlagRules
+from ...core._version import __version__
+from ...engine._calibrate import calibrate, calibration_from_events, is_calibration
+from ...engine._engine import Engine
+from ...engine._handle import RunHandle
+from ...engine._recording import Divergence, Recording
+from ...engine._results import RunResult
+from ...engine._scheduler import Scheduler
+from ...tasks import AnswerParser, PromptTask, make_task, validate_response
 from ._mcp_config import McpConfig
-from ._plan import ModelEstimate, plan
-from ._policy import Policy
-from ._recording import Divergence, Recording
-from ._redflags import RedFlagRules
-from ._scheduler import Scheduler
-from ._version import __version__
-from .tasks import AnswerParser, PromptTask, make_task, validate_response
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 """Reports progress of one tool call: ``(progress, total, message)``."""

@@ -49,13 +49,17 @@ from events import (
     canonical_json,
 )
 
-from ._adaptive import PEstimate
-from ._client import Client, Completion, SampleRequest
-from ._errors import ClientError, ConfigError, MakerError, RedFlag
+from ..core._adaptive import PEstimate
+from ..core._client import Client, Completion, SampleRequest
+from ..core._errors import ClientError, ConfigError, MakerError, RedFlag
+from ..core._policy import Policy
+from ..core._pricing import PriceTable
+from ..core._tally import Tally
+from ..core._task import Task
+from ..core._version import __version__
 from ._handle import RunHandle
-from ._policy import Policy
-from ._pricing import PriceTable
 from ._recording import Divergence, Recording
+from ._results import EngineStatistics, RunResult, VerifyResult
 from ._scheduler import (
     BreakerChange,
     Limits,
@@ -64,9 +68,6 @@ from ._scheduler import (
     Wait,
     backoff_delay,
 )
-from ._tally import Tally
-from ._task import Task
-from ._version import __version__
 
 S = TypeVar("S")
 A = TypeVar("A")
@@ -125,66 +126,6 @@ async def record_failure(
         return delay, ""
     attempts = f"{attempt} attempt" + ("s" if attempt != 1 else "")
     return None, f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunResult:
-    """How a run ended, with its totals."""
-
-    run_id: str
-    status: RunStatus
-    steps: int
-    samples: int
-    votes: int
-    red_flags: int
-    red_flags_by_reason: dict[str, int]
-    failures: int
-    cancelled_samples: int
-    k: int
-    wall_s: float
-    reason: str = ""
-    final_state: Any = None
-    max_samples_in_step: int = 0
-    cost_usd: float = 0.0
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-    @property
-    def ok(self) -> bool:
-        """Whether the run succeeded."""
-        return self.status == "succeeded"
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as JSON-compatible builtins (``maker run --json`` prints this)."""
-        return {
-            "run_id": self.run_id,
-            "status": self.status,
-            "reason": self.reason,
-            "steps": self.steps,
-            "samples": self.samples,
-            "votes": self.votes,
-            "red_flags": self.red_flags,
-            "red_flags_by_reason": dict(self.red_flags_by_reason),
-            "failures": self.failures,
-            "cancelled_samples": self.cancelled_samples,
-            "samples_per_step": self.samples / self.steps if self.steps else 0.0,
-            "max_samples_in_step": self.max_samples_in_step,
-            "k": self.k,
-            "cost_usd": self.cost_usd,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "wall_s": self.wall_s,
-        }
-
-
-class EngineStatistics(NamedTuple):
-    """Counters of one engine: runs and samples in flight, retries, events appended."""
-
-    runs_active: int
-    in_flight: int
-    requested: int
-    retries: int
-    appended: int
 
 
 class SampleOutcome(NamedTuple):
@@ -341,34 +282,6 @@ def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
     )
 
 
-@dataclass(frozen=True)
-class VerifyResult:
-    """The outcome of re-executing a recorded run: ``ok``, or the first divergence."""
-
-    run_id: str
-    ok: bool
-    checked: int
-    recorded: int
-    divergence: Divergence | None
-
-    def to_json(self) -> dict[str, Any]:
-        """The result as JSON (``maker replay --verify --json``)."""
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "ok": self.ok,
-            "checked": self.checked,
-            "recorded": self.recorded,
-        }
-        if self.divergence is not None:
-            out["divergence"] = {
-                "seq": self.divergence.seq,
-                "message": str(self.divergence),
-                "expected": self.divergence.expected,
-                "got": self.divergence.got,
-            }
-        return out
-
-
 _E = TypeVar("_E", bound=BaseException)
 
 
@@ -448,7 +361,7 @@ class Engine:
             self._log = EventLog(log) if log_writer is None else EventLog(log, writer=log_writer)
             self._owns_log = True
         if client is None:
-            from ._sim import SimulatedModel
+            from ..clients._sim import SimulatedModel
 
             client = SimulatedModel()
         self.client = client

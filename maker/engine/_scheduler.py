@@ -21,8 +21,8 @@ from typing import Any, Literal, NamedTuple
 
 import anyio
 
-from ._client import Client, Completion, SampleRequest
-from ._errors import ClientError, ConfigError
+from ..core._client import Client, Completion, SampleRequest
+from ..core._errors import ClientError, ConfigError
 
 Clock = Callable[[], float]
 Sleep = Callable[[float], Awaitable[None]]
@@ -384,7 +384,7 @@ class Scheduler:
         """:meth:`call` without awaiting, or None when the call would have to wait.
 
         It answers when the client can answer at once (``complete_now``, see
-        :class:`~maker._client.ImmediateClient`) and no limit of the model is in force: no
+        :class:`~maker.core._client.ImmediateClient`) and no limit of the model is in force: no
         concurrency, RPM or TPM cap and a closed breaker. Nothing is counted when it returns
         None, so the caller then makes the call with :meth:`call`. Failures count and move the
         breaker as they do in :meth:`call`.

@@ -1,6 +1,6 @@
 """The simulated model: a statistically faithful stand-in for a language model, offline.
 
-It reads the prompt like a model would (through the task's :class:`~maker._simulator.Simulator`),
+It reads the prompt like a model would (through the task's :class:`~maker.core.Simulator`),
 and answers in the same text format a real model produces. Its statistics follow the paper's
 measurements of gpt-4.1-mini (see :data:`PRESETS`):
 
@@ -34,9 +34,9 @@ from typing import Any, Literal
 import anyio
 import msgspec
 
-from ._client import Completion, SampleRequest
-from ._errors import ConfigError
-from ._simulator import AnySimulator, randbelow
+from ..core._client import Completion, SampleRequest
+from ..core._errors import ConfigError
+from ..core._simulator import AnySimulator, randbelow
 
 _READING_CACHE = 256
 
@@ -236,7 +236,7 @@ class SimulatedModel:
         self._config = config if config is not None else PRESETS["paper"]
         self.preset = preset
         if simulators is None:
-            from .tasks import BUILTIN_SIMULATORS
+            from ..tasks import BUILTIN_SIMULATORS
 
             simulators = BUILTIN_SIMULATORS
         self._simulators = tuple(simulators)

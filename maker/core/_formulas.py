@@ -6,7 +6,7 @@ model call (1 in MAKER), ``target`` (t) the wanted probability that the whole ru
 ``v`` the share of samples that are not red-flagged, and ``cost_per_call`` (c) the cost of one
 sample.
 
-Every function validates its inputs and raises :class:`maker._errors.ConfigError` naming the
+Every function validates its inputs and raises :class:`maker.core._errors.ConfigError` naming the
 offending field.
 """
 

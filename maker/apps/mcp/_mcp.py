@@ -1,6 +1,6 @@
 """``maker mcp``: MAKER's tools for MCP clients (coding agents, desktop assistants).
 
-The tools of :mod:`maker._mcp_tools` behind the official MCP Python SDK's low-level server,
+The tools of :mod:`maker.apps.mcp._mcp_tools` behind the official MCP Python SDK's low-level server,
 over stdio (the default, for local clients) or streamable HTTP on 127.0.0.1. Each tool's input
 schema is its msgspec argument struct's JSON schema; arguments are decoded by the same struct,
 so an unknown field, a wrong type or a value out of range is a tool error naming the field, and
@@ -28,11 +28,11 @@ import anyio
 import click
 import msgspec
 
-from ._errors import ConfigError, MakerError
+from ...core._errors import ConfigError, MakerError
+from ...core._version import __version__
+from .._options import rate_limit_options
 from ._mcp_config import McpConfig, load_mcp_config
 from ._mcp_tools import TOOLS, McpTools, Progress, ToolError
-from ._options import rate_limit_options
-from ._version import __version__
 
 if TYPE_CHECKING:
     from mcp.server import Server, ServerRequestContext

@@ -36,7 +36,7 @@ class Policy:
     >>> Policy(k=0)
     Traceback (most recent call last):
     ...
-    maker._errors.ConfigError: k: must be at least 1, got 0
+    maker.core._errors.ConfigError: k: must be at least 1, got 0
     """
 
     k: int = 3

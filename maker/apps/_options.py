@@ -8,8 +8,8 @@ from typing import Any, TypeVar
 
 import click
 
-from ._task import Task
-from .tasks import BUILTIN_TASKS, PromptTask, make_task
+from ..core._task import Task
+from ..tasks import BUILTIN_TASKS, PromptTask, make_task
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -14,8 +14,8 @@ import anyio
 import click
 from opentelemetry.sdk.trace import TracerProvider
 
-from ._errors import ConfigError
-from ._otel import (
+from ...core._errors import ConfigError
+from ...otel._otel import (
     TraceSink,
     _export_log,
     configure_from_env,
@@ -74,7 +74,7 @@ def otel_sink_for(
 def otel_sink_from_env() -> tuple[TraceSink, Callable[[], None]] | None:
     """The live trace sink the standard ``OTEL_*`` variables ask for, or None.
 
-    For ``maker run`` without ``--otel``; see :func:`maker._otel.configure_from_env` for the
+    For ``maker run`` without ``--otel``; see :func:`maker.otel._otel.configure_from_env` for the
     variables honoured.
     """
     provider = configure_from_env()

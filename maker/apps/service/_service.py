@@ -47,15 +47,15 @@ import msgspec
 
 from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
 
-from ._client import Client
-from ._engine import Engine
-from ._errors import ConfigError, MakerError, UnknownTaskError
-from ._handle import RunHandle
-from ._options import rate_limit_options
-from ._policy import Policy
-from ._scheduler import Limits, Scheduler
-from ._sim import PRESETS, SimulatedModel
-from .tasks import make_task
+from ...clients._sim import PRESETS, SimulatedModel
+from ...core._client import Client
+from ...core._errors import ConfigError, MakerError, UnknownTaskError
+from ...core._policy import Policy
+from ...engine._engine import Engine
+from ...engine._handle import RunHandle
+from ...engine._scheduler import Limits, Scheduler
+from ...tasks import make_task
+from .._options import rate_limit_options
 
 if TYPE_CHECKING:
     # aiohttp is optional ('maker[providers]'): imported where it is used, so that the CLI
@@ -563,7 +563,7 @@ def serve_command(
     POST /runs {"task": "hanoi", "params": {"disks": 10}, "k": 3} starts a run; GET /runs/ID
     gives its state; GET /runs/ID/events streams its events (Last-Event-ID resumes).
     """
-    from .clients import make_client
+    from ...clients import make_client
 
     try:
         import aiohttp  # noqa: F401

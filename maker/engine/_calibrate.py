@@ -56,7 +56,13 @@ from events import (
     canonical_json,
 )
 
-from ._client import Client, Completion, SampleRequest
+from ..core._client import Client, Completion, SampleRequest
+from ..core._errors import ConfigError, RedFlag
+from ..core._policy import Policy
+from ..core._pricing import PriceTable
+from ..core._task import Prompt, Task
+from ..core._version import __version__
+from ..tasks import Hanoi, HanoiState, make_task
 from ._engine import (
     EventSink,
     SampleOutcome,
@@ -65,13 +71,7 @@ from ._engine import (
     record_failure,
     sample_seed,
 )
-from ._errors import ConfigError, RedFlag
-from ._policy import Policy
-from ._pricing import PriceTable
 from ._scheduler import Scheduler
-from ._task import Prompt, Task
-from ._version import __version__
-from .tasks import Hanoi, HanoiState, make_task
 
 Z95 = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""

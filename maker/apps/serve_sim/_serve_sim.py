@@ -47,8 +47,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import anyio
 import click
 
-from ._errors import ConfigError
-from ._sim import PRESETS, SimConfig, SimulatedModel
+from ...clients._sim import PRESETS, SimConfig, SimulatedModel
+from ...core._errors import ConfigError
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -105,7 +105,7 @@ class SimServerConfig:
     >>> SimServerConfig(faults=("bogus",))
     Traceback (most recent call last):
     ...
-    maker._errors.ConfigError: faults: unknown fault kind 'bogus'; known kinds: rate_limit, \
+    maker.core._errors.ConfigError: faults: unknown fault kind 'bogus'; known kinds: rate_limit, \
 server_error, unavailable, overloaded, slow, malformed, disconnect
     """
 

@@ -19,7 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from events import AnyEvent, Event, EventLog
 
 if TYPE_CHECKING:
-    from ._engine import RunResult
+    from ._results import RunResult
 
 BUFFER = 1024
 """Events a subscriber may have unread before it is switched to catching up from the log."""

@@ -38,19 +38,20 @@ from events import (
     encode,
 )
 
-from ._adaptive import AdaptiveK
-from ._client import Client
-from ._engine import Engine, RunResult, VerifyResult
-from ._errors import ConfigError, MakerError
-from ._formulas import k_min, p_run
-from ._options import build_task, prices_option, rate_limit_options, task_argument, task_options
-from ._policy import Policy
-from ._pricing import PriceTable
-from ._scheduler import Limits, Scheduler
-from ._sim import PRESETS, SimulatedModel
-from ._task import Task
-from ._version import __version__
-from .tasks import make_task
+from ...clients._sim import PRESETS, SimulatedModel
+from ...core._adaptive import AdaptiveK
+from ...core._client import Client
+from ...core._errors import ConfigError, MakerError
+from ...core._formulas import k_min, p_run
+from ...core._policy import Policy
+from ...core._pricing import PriceTable
+from ...core._task import Task
+from ...core._version import __version__
+from ...engine._engine import Engine
+from ...engine._results import RunResult, VerifyResult
+from ...engine._scheduler import Limits, Scheduler
+from ...tasks import make_task
+from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -292,7 +293,7 @@ def _make_client(
     given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
     if given:
         raise UsageProblem(f"{', '.join(given)} applies only to the simulated model (--model sim)")
-    from .clients import make_client
+    from ...clients import make_client
 
     return make_client(model, base_url=base_url, timeout=timeout), p
 
@@ -652,10 +653,10 @@ def _register_commands() -> None:
     # Registered here rather than imported at the top: replay/ builds on maker's public API.
     from replay._commands import verify_command
 
-    from ._mcp import mcp_command
+    from ..mcp._mcp import mcp_command
+    from ..serve_sim._serve_sim import serve_sim_command
+    from ..service._service import serve_command
     from ._otel_cli import export_otel_command
-    from ._serve_sim import serve_sim_command
-    from ._service import serve_command
     from ._workflow_cli import WORKFLOW_COMMANDS
 
     app.add_command(serve_sim_command, "serve-sim")

@@ -17,14 +17,14 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from ._calibrate import CalibrationReport, calibrate
-from ._client import Client
-from ._options import build_task, prices_option, rate_limit_options, task_argument, task_options
-from ._plan import ModelEstimate, Plan, estimates_from_calibration, plan
-from ._policy import Policy
-from ._pricing import PriceTable
-from ._scheduler import Limits, Scheduler
-from ._sim import PRESETS, SimulatedModel
+from ...clients._sim import PRESETS, SimulatedModel
+from ...core._client import Client
+from ...core._plan import ModelEstimate, Plan, estimates_from_calibration, plan
+from ...core._policy import Policy
+from ...core._pricing import PriceTable
+from ...engine._calibrate import CalibrationReport, calibrate
+from ...engine._scheduler import Limits, Scheduler
+from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
 
 EXIT_FAILED = 1
 
@@ -59,7 +59,7 @@ def _clients(
             config = PRESETS[preset or "paper"]
             clients.append(SimulatedModel(config.replace(p=p) if p is not None else config))
         else:
-            from .clients import make_client
+            from ...clients import make_client
 
             clients.append(make_client(model, base_url=base_url, timeout=timeout))
     return clients

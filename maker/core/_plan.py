@@ -13,7 +13,7 @@ per-step success rate p, its valid rate v and its cost per call c,
 - the recommended model: the lowest expected cost among the models whose lower bound of p is
   above one half (below it voting cannot be relied on to converge on the right answer).
 
->>> from maker._plan import ModelEstimate, plan
+>>> from maker import ModelEstimate, plan
 >>> cheap = ModelEstimate(model="mini", p=0.998, p_low=0.995, v=0.99, cost_per_call=0.001)
 >>> dear = ModelEstimate(model="big", p=0.9995, p_low=0.998, v=1.0, cost_per_call=0.01)
 >>> result = plan([cheap, dear], steps=2**20 - 1, target=0.95)
@@ -53,7 +53,7 @@ class ModelEstimate:
     >>> ModelEstimate(model="m", p=0.9, p_low=0.95)
     Traceback (most recent call last):
     ...
-    maker._errors.ConfigError: p_low: must be at most p (0.9), got 0.95
+    maker.core._errors.ConfigError: p_low: must be at most p (0.9), got 0.95
     """
 
     model: str

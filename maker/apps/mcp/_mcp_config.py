@@ -36,11 +36,11 @@ from typing import Any
 
 import msgspec
 
-from ._client import Client
-from ._errors import ConfigError
-from ._pricing import PriceTable
-from ._scheduler import Limits
-from ._sim import PRESETS
+from ...clients._sim import PRESETS
+from ...core._client import Client
+from ...core._errors import ConfigError
+from ...core._pricing import PriceTable
+from ...engine._scheduler import Limits
 
 DEFAULT_LOG = "maker-mcp.db"
 """Where the server's event log goes when nothing names one."""
@@ -103,7 +103,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
     def client(self) -> Client:
         """A live client for this model (keys from the environment)."""
-        from .clients import make_client
+        from ...clients import make_client
 
         if self.spec == "sim":
             config = PRESETS[self.preset or "paper"]
@@ -145,7 +145,7 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
 
 
 def _default_key_env(spec: str) -> str | None:
-    from .clients._common import KEY_VARIABLES
+    from ...clients._common import KEY_VARIABLES
 
     return KEY_VARIABLES.get(spec.partition(":")[0])
 

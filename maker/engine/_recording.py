@@ -29,8 +29,8 @@ from events import (
     StepStarted,
 )
 
-from ._client import Completion
-from ._errors import ClientError, MakerError
+from ..core._client import Completion
+from ..core._errors import ClientError, MakerError
 
 IGNORED_FIELDS = frozenset({"seq", "ts", "latency_s", "wall_s", "version", "cost_usd", "limits"})
 """Fields a re-execution need not reproduce: positions and times, durations, the package version,

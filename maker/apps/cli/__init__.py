@@ -1,0 +1,5 @@
+"""The ``maker`` command line."""
+
+from ._cli import main
+
+__all__ = ["main"]

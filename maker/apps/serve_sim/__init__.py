@@ -1,0 +1,6 @@
+"""``maker serve-sim``: the simulated model behind the OpenAI, Anthropic and Ollama wire formats,
+for testing clients and measuring the engine over real HTTP."""
+
+from ._serve_sim import FAULT_KINDS, SimServer, SimServerConfig, SimStats, create_app, serve_sim
+
+__all__ = ["FAULT_KINDS", "SimServer", "SimServerConfig", "SimStats", "create_app", "serve_sim"]

@@ -1,0 +1,5 @@
+"""``maker serve``: runs over HTTP, with their events as server-sent events."""
+
+from ._service import Server, create_service, serve
+
+__all__ = ["Server", "create_service", "serve"]

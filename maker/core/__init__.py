@@ -1,0 +1,62 @@
+"""The core: what MAKER decides, with no I/O. The vote (tally), red flags, the paper's
+formulas, adaptive k, the policy, the task and client protocols, planning and pricing.
+
+Everything above builds on these; nothing here imports from another layer of :mod:`maker`.
+"""
+
+from ._adaptive import AdaptiveK, PEstimate
+from ._client import Client, Completion, Probe, SampleRequest
+from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
+from ._formulas import (
+    expected_cost,
+    expected_cost_exact,
+    expected_samples_per_step,
+    expected_votes_per_step,
+    k_min,
+    p_run,
+    p_step,
+    sample_cost,
+)
+from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
+from ._policy import Policy
+from ._redflags import RedFlagCheck, RedFlagRules
+from ._simulator import Simulator
+from ._tally import Tally, VoteRule
+from ._task import Prompt, Task
+from ._version import __version__
+
+__all__ = [
+    "AdaptiveK",
+    "Client",
+    "ClientError",
+    "Completion",
+    "ConfigError",
+    "MakerError",
+    "ModelEstimate",
+    "ModelPlan",
+    "PEstimate",
+    "Plan",
+    "Policy",
+    "Probe",
+    "Prompt",
+    "RedFlag",
+    "RedFlagCheck",
+    "RedFlagRules",
+    "SampleRequest",
+    "Simulator",
+    "Tally",
+    "Task",
+    "UnknownTaskError",
+    "VoteRule",
+    "__version__",
+    "estimates_from_calibration",
+    "expected_cost",
+    "expected_cost_exact",
+    "expected_samples_per_step",
+    "expected_votes_per_step",
+    "k_min",
+    "p_run",
+    "p_step",
+    "plan",
+    "sample_cost",
+]
