@@ -6,7 +6,14 @@ Everything above builds on these; nothing here imports from another layer of :mo
 
 from ._adaptive import AdaptiveK, PEstimate
 from ._client import Client, Completion, Probe, SampleRequest
-from ._errors import ClientError, ConfigError, MakerError, RedFlag, UnknownTaskError
+from ._errors import (
+    ClientError,
+    ConfigError,
+    MakerError,
+    RedFlag,
+    StateError,
+    UnknownTaskError,
+)
 from ._formulas import (
     expected_cost,
     expected_cost_exact,
@@ -44,6 +51,7 @@ __all__ = [
     "RedFlagRules",
     "SampleRequest",
     "Simulator",
+    "StateError",
     "Tally",
     "Task",
     "UnknownTaskError",

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+import msgspec
+
 from ._errors import ConfigError
 from ._formulas import k_min
 
@@ -55,14 +57,8 @@ class AdaptiveK:
 
     def describe(self) -> dict[str, Any]:
         """As JSON, inside the policy of ``run_started``."""
-        return {
-            "target": self.target,
-            "prior_p": self.prior_p,
-            "prior_strength": self.prior_strength,
-            "confidence": self.confidence,
-            "k_min": self.k_min,
-            "k_max": self.k_max,
-        }
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> AdaptiveK:

@@ -15,6 +15,11 @@ class ConfigError(MakerError, ValueError):
         self.field = field
 
 
+class StateError(MakerError, ValueError):
+    """A task's state is not one the task can hold: a recorded or given state of the wrong
+    shape, or a step past the task's last."""
+
+
 class RedFlag(MakerError):
     """A response must be discarded before it votes. ``reason`` is a short snake_case label."""
 

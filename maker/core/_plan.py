@@ -31,6 +31,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from ._errors import ConfigError
 from ._formulas import expected_samples_per_step, k_min, p_run
 
@@ -174,24 +176,11 @@ class ModelPlan:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible builtins: one entry of ``Plan.to_json()["models"]``."""
-        est = self.estimate
-        return {
-            "model": est.model,
-            "p": est.p,
-            "p_low": est.p_low,
-            "p_high": est.p_high,
-            "v": est.v,
-            "cost_per_call": est.cost_per_call,
-            "latency_s": est.latency_s,
-            "converges": self.converges,
-            "k_min": self.k_min,
-            "p_run": self.p_run,
-            "expected_samples_per_step": self.expected_samples_per_step,
-            "expected_samples": self.expected_samples,
-            "expected_cost_usd": self.expected_cost_usd,
-            "expected_wall_s": self.expected_wall_s,
-            "note": self.note,
-        }
+        # The estimate's fields flattened in, beside the one computed field.
+        out: dict[str, Any] = msgspec.to_builtins(self.estimate)
+        plan: dict[str, Any] = msgspec.to_builtins(self)
+        del plan["estimate"]
+        return {**out, "converges": self.converges, **plan}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -215,14 +204,9 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """JSON-compatible builtins (``maker plan --json``)."""
-        return {
-            "steps": self.steps,
-            "target": self.target,
-            "concurrency": self.concurrency,
-            "latency_s": self.latency_s,
-            "recommended": self.recommended,
-            "models": [m.to_json() for m in self.models],
-        }
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        out["models"] = [m.to_json() for m in self.models]
+        return out
 
 
 def _plan_one(

@@ -58,7 +58,9 @@ class Price:
         0.0012
         """
         if input_tokens < 0 or output_tokens < 0:
-            raise ValueError(f"token counts must be >= 0, got {input_tokens}, {output_tokens}")
+            raise ConfigError(
+                "tokens", f"token counts must be >= 0, got {input_tokens}, {output_tokens}"
+            )
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
 
 

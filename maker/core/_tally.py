@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from ._errors import ConfigError
+
 VoteRule = Literal["ahead", "first"]
 
 
@@ -24,9 +26,9 @@ class Tally:
 
     def __init__(self, k: int, rule: VoteRule = "ahead") -> None:
         if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+            raise ConfigError("k", f"must be at least 1, got {k}")
         if rule not in ("ahead", "first"):
-            raise ValueError(f"rule must be 'ahead' or 'first', got {rule!r}")
+            raise ConfigError("rule", f"must be 'ahead' or 'first', got {rule!r}")
         self.k = k
         self.rule: VoteRule = rule
         self._counts: dict[str, int] = {}

@@ -988,7 +988,7 @@ class OtlpJsonSpanExporter(SpanExporter):
         self, path: str | os.PathLike[str] | None = None, *, stream: IO[str] | None = None
     ) -> None:
         if (path is None) == (stream is None):
-            raise ValueError("give a path or a stream")
+            raise ConfigError("path", "give a path or a stream, not both and not neither")
         self._owned = path is not None
         self._out: IO[str]
         if path is not None:

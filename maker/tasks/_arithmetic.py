@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal
 
 import msgspec
 
-from ..core._errors import ConfigError, RedFlag
+from ..core._errors import ConfigError, RedFlag, StateError
 from ..core._task import Prompt, Task
 
 OpName = Literal["add", "subtract", "multiply", "divide"]
@@ -160,7 +160,7 @@ class Arithmetic(Task[ArithState, int]):
     def operation(self, state: ArithState) -> ArithOp:
         """The operation the step from ``state`` applies."""
         if not 0 <= state.index < self.steps:
-            raise ValueError(f"no operation at index {state.index} (steps={self.steps})")
+            raise StateError(f"no operation at index {state.index} (steps={self.steps})")
         return self.operations[state.index]
 
     def prompt(self, state: ArithState) -> Prompt:
@@ -197,12 +197,12 @@ class Arithmetic(Task[ArithState, int]):
     def state_from_json(self, data: Any) -> ArithState:
         """The inverse of :meth:`state_to_json`; raises ValueError on a bad shape."""
         if not isinstance(data, dict) or set(data) != {"value", "index"}:
-            raise ValueError("an arithmetic state is an object with 'value' and 'index'")
+            raise StateError("an arithmetic state is an object with 'value' and 'index'")
         value, index = data["value"], data["index"]
         if not _is_int(value):
-            raise ValueError(f"'value' must be an integer, got {value!r}")
+            raise StateError(f"'value' must be an integer, got {value!r}")
         if not _is_int(index) or not 0 <= index <= self.steps:
-            raise ValueError(f"'index' must be an integer in 0..{self.steps}, got {index!r}")
+            raise StateError(f"'index' must be an integer in 0..{self.steps}, got {index!r}")
         return ArithState(value=value, index=index)
 
     def answer_to_json(self, answer: int) -> Any:

@@ -31,7 +31,7 @@ import msgspec
 from events import canonical_json
 
 from ..core._client import Completion
-from ..core._errors import ConfigError, RedFlag
+from ..core._errors import ConfigError, RedFlag, StateError
 from ..core._redflags import TRUNCATED_REASONS, RedFlagRules
 from ..core._task import Prompt, Task
 
@@ -408,7 +408,7 @@ class PromptTask(Task[int, Any]):
     def prompt(self, state: int) -> Prompt:
         """Prompt number ``state``; ValueError past the last one."""
         if not 0 <= state < len(self._prompts):
-            raise ValueError(f"no prompt at index {state} (there are {len(self._prompts)})")
+            raise StateError(f"no prompt at index {state} (there are {len(self._prompts)})")
         return self._prompts[state]
 
     def parse(self, text: str) -> Any:
@@ -426,9 +426,9 @@ class PromptTask(Task[int, Any]):
     def state_from_json(self, data: Any) -> int:
         """The inverse of :meth:`state_to_json`; ValueError unless an index in range."""
         if isinstance(data, bool) or not isinstance(data, int):
-            raise ValueError(f"a prompt task's state is an integer index, got {data!r}")
+            raise StateError(f"a prompt task's state is an integer index, got {data!r}")
         if not 0 <= data <= len(self._prompts):
-            raise ValueError(f"the state must be in 0..{len(self._prompts)}, got {data}")
+            raise StateError(f"the state must be in 0..{len(self._prompts)}, got {data}")
         return data
 
     def answer_to_json(self, answer: Any) -> Any:

@@ -94,7 +94,7 @@ def test_cost_is_eq_20() -> None:
     expected = (500 * 0.40 + 538 * 1.60) / 1e6
     assert table.cost("openai:gpt-4.1-mini", 500, 538) == pytest.approx(expected, rel=1e-12)
     assert table.cost("gpt-4.1-mini", 0, 0) == 0.0
-    with pytest.raises(ValueError, match="token counts"):
+    with pytest.raises(ConfigError, match="token counts"):
         table.cost("gpt-4.1-mini", -1, 0)
 
 

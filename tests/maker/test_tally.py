@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from maker import ConfigError
 from maker.core._tally import Tally, VoteRule
 
 # Few candidates make ties, lead changes and long races common; a free-text alphabet checks that
@@ -169,11 +170,11 @@ def test_ahead_needs_a_lead_not_a_count() -> None:
 
 @pytest.mark.parametrize("k", [0, -1, -100])
 def test_k_below_one_is_rejected(k: int) -> None:
-    with pytest.raises(ValueError, match="k must be at least 1"):
+    with pytest.raises(ConfigError, match="k: must be at least 1"):
         Tally(k)
 
 
 @pytest.mark.parametrize("rule", ["", "Ahead", "majority", "first-to-k"])
 def test_unknown_rule_is_rejected(rule: str) -> None:
-    with pytest.raises(ValueError, match="rule must be"):
+    with pytest.raises(ConfigError, match="rule: must be"):
         Tally(3, rule)  # type: ignore[arg-type]

@@ -1,0 +1,42 @@
+"""One error tree: bad input to the library raises a narrow subclass of MakerError (and of
+ValueError where the input is a value), never a bare ValueError."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from maker import ConfigError, MakerError, StateError, Tally
+from maker.core._pricing import Price
+from maker.tasks import Arithmetic, PromptTask
+
+
+def _prompt_state(data: Any) -> Callable[[], object]:
+    return lambda: PromptTask([{"system": "", "user": "u"}] * 2).state_from_json(data)
+
+
+@pytest.mark.parametrize(
+    ("call", "kind", "field"),
+    [
+        (lambda: Tally(k=0), ConfigError, "k"),
+        (lambda: Tally(k=2, rule="most"), ConfigError, "rule"),  # type: ignore[arg-type]
+        (lambda: Price(1.0, 2.0).cost(-1, 0), ConfigError, "tokens"),
+        (lambda: Arithmetic().state_from_json({"value": 1}), StateError, None),
+        (lambda: Arithmetic().state_from_json({"value": "x", "index": 0}), StateError, None),
+        (_prompt_state(True), StateError, None),
+        (_prompt_state(3), StateError, None),
+    ],
+)
+def test_bad_input_raises_a_narrow_maker_error(
+    call: Callable[[], object], kind: type[MakerError], field: str | None
+) -> None:
+    with pytest.raises(kind) as info:
+        call()
+    assert type(info.value) is kind
+    assert isinstance(info.value, MakerError)
+    assert isinstance(info.value, ValueError)  # callers catching ValueError keep working
+    if field is not None:
+        assert isinstance(info.value, ConfigError)
+        assert info.value.field == field
