@@ -294,6 +294,10 @@ class SimulatedModel:
     async def probe(self) -> None:
         """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
 
+    async def aclose(self) -> None:
+        """Release what the model holds: nothing, it is in-process. There for symmetry with the
+        provider clients, so that code written for them closes this one the same way."""
+
     def respond(
         self,
         system: str,

@@ -40,7 +40,7 @@ from events import (
 
 from ...clients._sim import PRESETS, SimulatedModel
 from ...core._adaptive import AdaptiveK
-from ...core._client import Client
+from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
 from ...core._policy import Policy
@@ -326,14 +326,7 @@ async def _run(
             ) as engine:
                 return await engine.run(task, policy=policy, seed=seed, sinks=[sink, *sinks])
     finally:
-        await _close(setup.client)
-
-
-async def _close(client: Client) -> None:
-    close = getattr(client, "aclose", None)
-    if close is not None:
-        with anyio.CancelScope(shield=True):
-            await close()
+        await close_client(setup.client)
 
 
 def _interrupted(log: Path, run_id: str | None) -> NoReturn:

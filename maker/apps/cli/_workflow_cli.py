@@ -18,7 +18,7 @@ import anyio
 import click
 
 from ...clients._sim import PRESETS, SimulatedModel
-from ...core._client import Client
+from ...core._client import Client, close_client
 from ...core._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ...core._policy import Policy
 from ...core._pricing import PriceTable
@@ -63,14 +63,6 @@ def _clients(
 
             clients.append(make_client(model, base_url=base_url, timeout=timeout))
     return clients
-
-
-async def _close(clients: list[Client]) -> None:
-    for client in clients:
-        close = getattr(client, "aclose", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await close()
 
 
 def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
@@ -206,7 +198,8 @@ def calibrate_command(
                 in_flight=concurrency,
             )
         finally:
-            await _close(clients)
+            for client in clients:
+                await close_client(client)
 
     report = anyio.run(go)
     if as_json:

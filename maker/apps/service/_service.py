@@ -48,7 +48,7 @@ import msgspec
 from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
 
 from ...clients._sim import PRESETS, SimulatedModel
-from ...core._client import Client
+from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError, UnknownTaskError
 from ...core._policy import Policy
 from ...engine._engine import Engine
@@ -422,10 +422,7 @@ class _Service:
 
     async def on_cleanup(self, app: web.Application) -> None:
         for client in self.clients.values():
-            close = getattr(client, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            await close_client(client)
         self.clients.clear()
 
 
@@ -644,7 +641,4 @@ async def _serve_forever(setup: _Setup) -> None:
                 f"cannot listen on {setup.host}:{setup.port}: {exc.strerror or exc}"
             ) from exc
         finally:
-            close = getattr(setup.client, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            await close_client(setup.client)
