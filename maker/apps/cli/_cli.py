@@ -38,7 +38,7 @@ from events import (
     encode,
 )
 
-from ...clients._sim import PRESETS, SimulatedModel
+from ...clients._sim import PRESETS, SimulatedModel, sim_config
 from ...core._adaptive import AdaptiveK
 from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError
@@ -282,13 +282,7 @@ def _make_client(
     if model == "sim":
         if base_url is not None:
             raise UsageProblem("--base-url does not apply to the simulated model")
-        config = PRESETS[preset or "paper"]
-        changes: dict[str, float] = {}
-        if p is not None:
-            changes["p"] = p
-        if latency_ms is not None:
-            changes["latency_ms"] = latency_ms
-        sim = SimulatedModel(config.replace(**changes) if changes else config, preset=None)
+        sim = SimulatedModel(sim_config(preset, p=p, latency_ms=latency_ms))
         return sim, sim.config.p
     given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
     if given:

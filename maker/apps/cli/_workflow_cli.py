@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import anyio
 import click
 
-from ...clients._sim import PRESETS, SimulatedModel
+from ...clients._sim import PRESETS, SimulatedModel, sim_config
 from ...core._client import Client, close_client
 from ...core._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ...core._policy import Policy
@@ -56,8 +56,7 @@ def _clients(
     clients: list[Client] = []
     for model in models:
         if model == "sim":
-            config = PRESETS[preset or "paper"]
-            clients.append(SimulatedModel(config.replace(p=p) if p is not None else config))
+            clients.append(SimulatedModel(sim_config(preset, p=p)))
         else:
             from ...clients import make_client
 

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import anyio
 import click
 
-from ...clients._sim import PRESETS, SimConfig, SimulatedModel
+from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
 
 if TYPE_CHECKING:
@@ -154,13 +154,7 @@ server_error, unavailable, overloaded, slow, malformed, disconnect
 
     def sim_config(self) -> SimConfig:
         """The simulated model's configuration, with the overrides applied."""
-        base = PRESETS[self.sim] if isinstance(self.sim, str) else self.sim
-        changes: dict[str, float] = {}
-        if self.p is not None:
-            changes["p"] = float(self.p)
-        if self.latency_ms is not None:
-            changes["latency_ms"] = float(self.latency_ms)
-        return base.replace(**changes) if changes else base
+        return sim_config(self.sim, p=self.p, latency_ms=self.latency_ms)
 
     def describe(self) -> dict[str, Any]:
         """The configuration as JSON (served in ``/sim/stats``)."""

@@ -47,7 +47,7 @@ import msgspec
 
 from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
 
-from ...clients._sim import PRESETS, SimulatedModel
+from ...clients._sim import SimulatedModel, sim_config
 from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError, UnknownTaskError
 from ...core._policy import Policy
@@ -231,13 +231,8 @@ class _Service:
 
     @staticmethod
     def _sim(default: Client, body: RunRequest) -> SimulatedModel:
-        config = default.config if isinstance(default, SimulatedModel) else PRESETS["paper"]
-        changes: dict[str, float] = {}
-        if body.p is not None:
-            changes["p"] = body.p
-        if body.latency_ms is not None:
-            changes["latency_ms"] = body.latency_ms
-        return SimulatedModel(config.replace(**changes) if changes else config)
+        base = default.config if isinstance(default, SimulatedModel) else None
+        return SimulatedModel(sim_config(base, p=body.p, latency_ms=body.latency_ms))
 
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
@@ -570,10 +565,7 @@ def serve_command(
         if model == "sim":
             if base_url is not None:
                 raise ConfigError("base_url", "does not apply to the simulated model")
-            config = PRESETS["paper"]
-            if latency_ms is not None:
-                config = config.replace(latency_ms=latency_ms)
-            client = make_client("sim", sim=config)
+            client = make_client("sim", sim=sim_config(latency_ms=latency_ms))
         else:
             if latency_ms is not None:
                 raise ConfigError("latency_ms", "applies only to the simulated model (--model sim)")
