@@ -35,7 +35,6 @@ import hashlib
 import json
 import math
 import random
-import signal
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +48,7 @@ import click
 
 from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
+from .._http import base_url, listen, serving
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -946,8 +946,7 @@ class SimServer:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``: the root for Anthropic and Ollama; OpenAI's is ``+ "/v1"``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     @property
     def config(self) -> SimServerConfig:
@@ -992,23 +991,10 @@ async def serve_sim(
     >>> asyncio.run(main())
     0
     """
-    from aiohttp import web
-
     state = _SimState(config if config is not None else SimServerConfig(), clock)
-    # handler_cancellation: a client that gives up (its timeout) ends its handler at once.
-    runner = web.AppRunner(
-        _build_app(state), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield SimServer(state, host, int(bound))
-    finally:
-        # Shielded: a caller's cancellation must not leave the server half stopped.
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
+    # listen() ends the handler of a client that gives up (its timeout) at once.
+    async with listen(_build_app(state), host, port) as bound:
+        yield SimServer(state, host, bound)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -1109,7 +1095,7 @@ def serve_sim_command(
 
 
 async def _serve_forever(config: SimServerConfig, host: str, port: int) -> None:
-    try:
+    with serving(host, port):
         async with serve_sim(config, host=host, port=port) as server:
             base = server.base_url
             click.echo(
@@ -1117,12 +1103,4 @@ async def _serve_forever(config: SimServerConfig, host: str, port: int) -> None:
                 f"Ollama: {base}, stats: {base}/sim/stats); Ctrl-C stops",
                 err=True,
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            with suppress(NotImplementedError):  # no signal handlers on Windows
-                loop.add_signal_handler(signal.SIGTERM, stop.set)
-            await stop.wait()
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+            await anyio.sleep_forever()

@@ -33,7 +33,6 @@ Errors are JSON, ``{"error": "one line"}``: 400 for a bad request, 404 for an un
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -55,6 +54,7 @@ from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
+from .._http import base_url, listen, serving
 from .._options import rate_limit_options
 
 if TYPE_CHECKING:
@@ -111,8 +111,7 @@ class Server:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``, with no trailing slash."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
 
 async def _no_events() -> AsyncIterator[AnyEvent]:
@@ -475,25 +474,11 @@ async def serve(
     Needs the asyncio event loop (aiohttp). Leaving the block ends the open event streams and
     closes the server; the runs themselves belong to the engine.
     """
-    from aiohttp import web
-
-    runner = web.AppRunner(
-        create_service(engine, make_client=make_client, heartbeat_s=heartbeat_s),
-        # A client that disconnects ends its handler at once, releasing its subscription.
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=2.0,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield Server(host, int(bound))
-    finally:
-        # Shielded: a caller's cancellation must not leave the server half stopped.
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
+    # listen() ends the handler of a client that disconnects at once, which releases its
+    # event stream's subscription.
+    app = create_service(engine, make_client=make_client, heartbeat_s=heartbeat_s)
+    async with listen(app, host, port) as bound:
+        yield Server(host, bound)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -605,10 +590,7 @@ class _Setup:
 
 
 async def _serve_forever(setup: _Setup) -> None:
-    with anyio.CancelScope() as scope:
-        loop = asyncio.get_running_loop()
-        with suppress(NotImplementedError):  # no signal handlers on Windows
-            loop.add_signal_handler(signal.SIGTERM, scope.cancel)
+    with serving(setup.host, setup.port):
         try:
             async with (
                 Engine(log=setup.log, client=setup.client, scheduler=setup.scheduler) as engine,
@@ -628,9 +610,5 @@ async def _serve_forever(setup: _Setup) -> None:
                 # Leaving by cancellation (SIGTERM, Ctrl-C) cancels the runs in flight, and
                 # each records run_finished "cancelled": they stay resumable.
                 await anyio.sleep_forever()
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot listen on {setup.host}:{setup.port}: {exc.strerror or exc}"
-            ) from exc
         finally:
             await close_client(setup.client)
