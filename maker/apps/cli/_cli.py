@@ -24,7 +24,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from events import (
     Event,
@@ -52,6 +51,7 @@ from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
 from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
+from ._table import echo_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -392,22 +392,25 @@ class _ProgressSink:
 
 
 def _print_result(result: RunResult, log: Path) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("run", result.run_id)
-    table.add_row("status", result.status + (f" ({result.reason})" if result.reason else ""))
-    table.add_row("steps", str(result.steps))
-    table.add_row("k", str(result.k))
     per_step = result.samples / result.steps if result.steps else 0.0
-    table.add_row(
-        "samples", f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})"
-    )
     flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
-    table.add_row("red flags", f"{result.red_flags} ({flags})")
-    table.add_row("tokens", f"{result.input_tokens} in, {result.output_tokens} out")
-    table.add_row("cost", f"${result.cost_usd:.4f}")
-    table.add_row("wall time", f"{result.wall_s:.2f} s")
-    table.add_row("log", str(log))
-    _out.print(table)
+    echo_table(
+        [
+            ("run", result.run_id),
+            ("status", result.status + (f" ({result.reason})" if result.reason else "")),
+            ("steps", str(result.steps)),
+            ("k", str(result.k)),
+            (
+                "samples",
+                f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})",
+            ),
+            ("red flags", f"{result.red_flags} ({flags})"),
+            ("tokens", f"{result.input_tokens} in, {result.output_tokens} out"),
+            ("cost", f"${result.cost_usd:.4f}"),
+            ("wall time", f"{result.wall_s:.2f} s"),
+            ("log", str(log)),
+        ]
+    )
 
 
 @app.command()
@@ -443,43 +446,45 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         sys.stdout.write(json.dumps(out) + "\n")
         return
     data = summary.to_json()
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("run", data["run_id"])
-    table.add_row("task", f"{data['task']} {json.dumps(data['task_params'])}")
-    table.add_row("model", ", ".join(data["models"]))
-    table.add_row("status", data["status"] + (f" ({data['reason']})" if data["reason"] else ""))
-    table.add_row("steps", str(data["steps"]))
-    table.add_row("k", str(data["k"]))
-    table.add_row(
-        "samples",
-        f"{data['samples']} (per step: mean {data['samples_per_step_mean']:.3f}, "
-        f"max {data['samples_per_step_max']})",
-    )
     flags = data["red_flags_by_reason"]
     text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
-    table.add_row("red flags", f"{data['red_flags']} ({text})")
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(data["failures_by_kind"].items()))
-    table.add_row("failures", str(data["failures"]) + (f" ({kinds})" if kinds else ""))
-    table.add_row("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out")
-    table.add_row("cost", f"${data['cost_usd']:.4f}")
+    rows = [
+        ("run", data["run_id"]),
+        ("task", f"{data['task']} {json.dumps(data['task_params'])}"),
+        ("model", ", ".join(data["models"])),
+        ("status", data["status"] + (f" ({data['reason']})" if data["reason"] else "")),
+        ("steps", str(data["steps"])),
+        ("k", str(data["k"])),
+        (
+            "samples",
+            f"{data['samples']} (per step: mean {data['samples_per_step_mean']:.3f}, "
+            f"max {data['samples_per_step_max']})",
+        ),
+        ("red flags", f"{data['red_flags']} ({text})"),
+        ("failures", str(data["failures"]) + (f" ({kinds})" if kinds else "")),
+        ("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out"),
+        ("cost", f"${data['cost_usd']:.4f}"),
+    ]
     if data["resumed"]:
-        table.add_row("resumed", f"{data['resumed']} time(s)")
-    table.add_row("wall time", f"{data['wall_s']:.2f} s")
-    _out.print(table)
+        rows.append(("resumed", f"{data['resumed']} time(s)"))
+    rows.append(("wall time", f"{data['wall_s']:.2f} s"))
+    echo_table(rows)
     if hardest:
-        listed = Table(title="steps that needed the most samples", box=None, pad_edge=False)
-        for column in ("step", "samples", "red flags", "failures", "votes"):
-            listed.add_column(column)
-        for record in hardest:
-            votes = ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True))
-            listed.add_row(
-                str(record.step),
-                str(record.samples),
-                str(record.red_flags),
-                str(record.failures),
-                votes or "-",
-            )
-        _out.print(listed)
+        echo_table(
+            [
+                (
+                    str(record.step),
+                    str(record.samples),
+                    str(record.red_flags),
+                    str(record.failures),
+                    ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True)) or "-",
+                )
+                for record in hardest
+            ],
+            ("step", "samples", "red flags", "failures", "votes"),
+            title="steps that needed the most samples",
+        )
 
 
 @app.command()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,6 +25,7 @@ from ...core._pricing import PriceTable
 from ...engine._calibrate import CalibrationReport, calibrate
 from ...engine._scheduler import Limits, Scheduler
 from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
+from ._table import echo_table
 
 EXIT_FAILED = 1
 
@@ -64,15 +65,6 @@ def _clients(
     return clients
 
 
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
-    """Left-aligned columns, two spaces apart; never wrapped or cut, whatever the terminal."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
-
-
 def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable) -> None:
     click.echo(
         f"calibrated {report.task} {json.dumps(report.task_params, sort_keys=True)} on "
@@ -96,8 +88,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
                 cost,
             )
         )
-    for line in _table((*header, "cost/call"), rows):
-        click.echo(line)
+    echo_table(rows, (*header, "cost/call"))
     for m in report.models:
         if m.reason:
             click.echo(f"{m.model}: {m.reason}")
@@ -238,8 +229,7 @@ def _print_plan(result: Plan) -> None:
                 "-" if m.expected_wall_s is None else _duration(m.expected_wall_s),
             )
         )
-    for line in _table((*header, "samples", "cost", "wall time"), rows):
-        click.echo(line)
+    echo_table(rows, (*header, "samples", "cost", "wall time"))
     for m in result.models:
         if m.note:
             click.echo(f"{m.model}: {m.note}")
