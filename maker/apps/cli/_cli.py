@@ -244,7 +244,7 @@ def run(
         result = anyio.run(
             _run,
             the_task,
-            _Setup(client, scheduler, price_table, log_writer),
+            _EngineArgs(client, scheduler, price_table, log_writer),
             policy,
             seed,
             log,
@@ -292,7 +292,10 @@ def _make_client(
     return make_client(model, base_url=base_url, timeout=timeout), p
 
 
-class _Setup(NamedTuple):
+class _EngineArgs(NamedTuple):
+    """What ``maker run`` builds its Engine from, besides the log: made from the options before
+    the event loop starts, and handed to it as one argument."""
+
     client: Client
     scheduler: Scheduler
     prices: PriceTable
@@ -301,7 +304,7 @@ class _Setup(NamedTuple):
 
 async def _run(
     task: Task[Any, Any],
-    setup: _Setup,
+    engine_args: _EngineArgs,
     policy: Policy,
     seed: int,
     log: Path,
@@ -313,14 +316,14 @@ async def _run(
         with _ProgressSink(total, policy.k, enabled=show) as sink:
             async with Engine(
                 log=log,
-                client=setup.client,
-                scheduler=setup.scheduler,
-                prices=setup.prices,
-                log_writer=setup.log_writer,
+                client=engine_args.client,
+                scheduler=engine_args.scheduler,
+                prices=engine_args.prices,
+                log_writer=engine_args.log_writer,
             ) as engine:
                 return await engine.run(task, policy=policy, seed=seed, sinks=[sink, *sinks])
     finally:
-        await close_client(setup.client)
+        await close_client(engine_args.client)
 
 
 def _interrupted(log: Path, run_id: str | None) -> NoReturn:

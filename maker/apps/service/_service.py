@@ -565,13 +565,13 @@ def serve_command(
     def per_request(spec: str) -> Client:
         return make_client(spec, timeout=timeout)
 
-    setup = _Setup(
+    serve_args = _ServeArgs(
         log, host, port, client, Scheduler(limits), per_request if allow_models else None, heartbeat
     )
     # asyncio.run cancels the service before it raises KeyboardInterrupt: the runs in flight
     # have recorded "cancelled" by then.
     with suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(setup))
+        asyncio.run(_serve_forever(serve_args))
     click.echo(
         f"maker serve: stopped; continue a cancelled run with: maker resume {log} --run ID",
         err=True,
@@ -579,7 +579,10 @@ def serve_command(
 
 
 @dataclass(frozen=True)
-class _Setup:
+class _ServeArgs:
+    """What ``maker serve`` serves, read from its options: the log, the address, the default
+    model and its scheduler, the factory of per-request models (None: not allowed)."""
+
     log: Path
     host: str
     port: int
@@ -589,21 +592,21 @@ class _Setup:
     heartbeat_s: float
 
 
-async def _serve_forever(setup: _Setup) -> None:
-    with serving(setup.host, setup.port):
+async def _serve_forever(args: _ServeArgs) -> None:
+    with serving(args.host, args.port):
         try:
             async with (
-                Engine(log=setup.log, client=setup.client, scheduler=setup.scheduler) as engine,
+                Engine(log=args.log, client=args.client, scheduler=args.scheduler) as engine,
                 serve(
                     engine,
-                    host=setup.host,
-                    port=setup.port,
-                    make_client=setup.make_client,
-                    heartbeat_s=setup.heartbeat_s,
+                    host=args.host,
+                    port=args.port,
+                    make_client=args.make_client,
+                    heartbeat_s=args.heartbeat_s,
                 ) as server,
             ):
                 click.echo(
-                    f"maker serve: listening on {server.base_url} (log {setup.log}); "
+                    f"maker serve: listening on {server.base_url} (log {args.log}); "
                     f"POST /runs, GET /runs/ID, GET /runs/ID/events; Ctrl-C stops",
                     err=True,
                 )
@@ -611,4 +614,4 @@ async def _serve_forever(setup: _Setup) -> None:
                 # each records run_finished "cancelled": they stay resumable.
                 await anyio.sleep_forever()
         finally:
-            await close_client(setup.client)
+            await close_client(args.client)
