@@ -176,7 +176,8 @@ class SimConfig:
 
     def describe(self) -> dict[str, Any]:
         """The configuration as JSON, for ``run_started``."""
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 PRESETS: dict[str, SimConfig] = {

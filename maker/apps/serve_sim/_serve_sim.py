@@ -39,12 +39,13 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 import click
+import msgspec
 
 from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
@@ -157,18 +158,11 @@ server_error, unavailable, overloaded, slow, malformed, disconnect
         return sim_config(self.sim, p=self.p, latency_ms=self.latency_ms)
 
     def describe(self) -> dict[str, Any]:
-        """The configuration as JSON (served in ``/sim/stats``)."""
-        return {
-            "sim": self.sim if isinstance(self.sim, str) else self.sim.describe(),
-            "p": self.p,
-            "latency_ms": self.latency_ms,
-            "fault_rate": self.fault_rate,
-            "faults": list(self.faults),
-            "retry_after_s": self.retry_after_s,
-            "slow_s": self.slow_s,
-            "seed": self.seed,
-            "keep_requests": self.keep_requests,
-        }
+        """The configuration as JSON (served in ``/sim/stats``): its fields, ``sim`` a preset's
+        name or the model's statistics, ``faults`` a list."""
+        # Through JSON rather than to_builtins, which would keep the faults a tuple.
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
+        return out
 
 
 def _parse_faults(value: object) -> tuple[str, ...]:
@@ -215,7 +209,8 @@ class SimRequest:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-compatible builtins."""
-        return asdict(self)
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -242,7 +237,8 @@ class SimStats:
         return Counter(self.status_counts)
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves)."""
+        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves). Written
+        out, not the fields: the counters are sorted, and the statuses keyed by strings."""
         statuses = sorted(self.status_counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
         return {
             "total": self.total,
