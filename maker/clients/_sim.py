@@ -176,7 +176,8 @@ class SimConfig:
 
     def describe(self) -> dict[str, Any]:
         """The configuration as JSON, for ``run_started``."""
-        return dataclasses.asdict(self)
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 PRESETS: dict[str, SimConfig] = {
@@ -190,6 +191,36 @@ PRESETS: dict[str, SimConfig] = {
     "ideal": SimConfig(p=1.0, hard_fraction=0.0, malformed_rate=0.0, overlong_rate=0.0),
 }
 """Named configurations, after the paper's Fig. 6b."""
+
+
+def _preset(name: str) -> SimConfig:
+    config = PRESETS.get(name)
+    if config is None:
+        known = ", ".join(sorted(PRESETS))
+        raise ConfigError("preset", f"unknown preset {name!r}; known: {known}")
+    return config
+
+
+def sim_config(
+    base: SimConfig | str | None = None,
+    *,
+    p: float | None = None,
+    latency_ms: float | None = None,
+) -> SimConfig:
+    """The simulated model's configuration from the options a user gives: ``base`` (a preset
+    name, ``"paper"`` when None, or a config) with ``p`` and ``latency_ms`` overriding it where
+    given. What the CLI, the service, serve-sim and the MCP server build their models from.
+
+    >>> sim_config("ideal", latency_ms=5).latency_ms, sim_config().p == PRESETS["paper"].p
+    (5.0, True)
+    """
+    config = base if isinstance(base, SimConfig) else _preset(base or "paper")
+    changes: dict[str, float] = {}
+    if p is not None:
+        changes["p"] = float(p)
+    if latency_ms is not None:
+        changes["latency_ms"] = float(latency_ms)
+    return config.replace(**changes) if changes else config
 
 
 class SimResponse(msgspec.Struct, frozen=True, kw_only=True):
@@ -229,10 +260,7 @@ class SimulatedModel:
         if config is not None and preset is not None:
             raise ConfigError("preset", "give a config or a preset, not both")
         if preset is not None:
-            if preset not in PRESETS:
-                known = ", ".join(sorted(PRESETS))
-                raise ConfigError("preset", f"unknown preset {preset!r}; known: {known}")
-            config = PRESETS[preset]
+            config = _preset(preset)
         self._config = config if config is not None else PRESETS["paper"]
         self.preset = preset
         if simulators is None:
@@ -293,6 +321,10 @@ class SimulatedModel:
 
     async def probe(self) -> None:
         """Check that the model is reachable (see :class:`maker.Probe`): it always is."""
+
+    async def aclose(self) -> None:
+        """Release what the model holds: nothing, it is in-process. There for symmetry with the
+        provider clients, so that code written for them closes this one the same way."""
 
     def respond(
         self,

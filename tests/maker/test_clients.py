@@ -515,6 +515,51 @@ async def test_the_ollama_client_reopens_its_session_after_aclose() -> None:
     assert first == second
 
 
+class _UserClient:
+    """A client of a user's own, as the :class:`maker.Client` protocol allows: no ``aclose``."""
+
+    model = "mine"
+
+    def describe(self) -> dict[str, Any]:
+        return {}
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        return Completion(
+            text="", finish_reason="stop", input_tokens=0, output_tokens=0, model="mine"
+        )
+
+
+class _SlowToClose(_UserClient):
+    """A user's client whose ``aclose`` awaits, to see whether a cancellation cuts it short."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def aclose(self) -> None:
+        await anyio.sleep(0.01)
+        self.closed = True
+
+
+@pytest.mark.anyio
+async def test_close_client_closes_what_has_aclose_and_tolerates_what_has_not() -> None:
+    from maker.core._client import close_client
+
+    plain = _UserClient()
+    assert isinstance(plain, Client)
+    await close_client(plain)  # nothing to close: no error
+    await close_client(SimulatedModel())
+    slow = _SlowToClose()
+    with anyio.CancelScope() as scope:
+        scope.cancel()  # a server shutting down: the close must still run to its end
+        await close_client(slow)
+    assert slow.closed
+    async with serve_sim(SimServerConfig(sim="ideal")) as server:
+        client = OllamaClient("llama3", base_url=server.base_url)
+        await client.complete(request())
+        await close_client(client)
+        await close_client(client)  # closing twice is allowed
+
+
 # --- probes -------------------------------------------------------------------------------------
 
 

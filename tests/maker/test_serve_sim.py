@@ -741,7 +741,10 @@ def command_process() -> Iterator[subprocess.Popen[str]]:
         proc.stderr.close()
 
 
-def test_the_command_serves_until_interrupted(command_process: subprocess.Popen[str]) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_command_serves_until_interrupted(
+    command_process: subprocess.Popen[str], stop: signal.Signals
+) -> None:
     assert command_process.stderr is not None
     line = _read_line(command_process.stderr, timeout=20)
     assert line.startswith("maker serve-sim: listening on http://127.0.0.1:")
@@ -749,6 +752,6 @@ def test_the_command_serves_until_interrupted(command_process: subprocess.Popen[
     assert f"OpenAI: {base}/v1" in line
     with urllib.request.urlopen(base + "/sim/stats", timeout=10) as response:
         assert json.loads(response.read())["total"] == 0
-    command_process.send_signal(signal.SIGINT)
+    command_process.send_signal(stop)
     assert command_process.wait(timeout=10) == 0
     assert command_process.stderr.read() == ""

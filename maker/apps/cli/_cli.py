@@ -24,7 +24,6 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
 
 from events import (
     Event,
@@ -38,9 +37,9 @@ from events import (
     encode,
 )
 
-from ...clients._sim import PRESETS, SimulatedModel
+from ...clients._sim import PRESETS, SimulatedModel, sim_config
 from ...core._adaptive import AdaptiveK
-from ...core._client import Client
+from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
 from ...core._policy import Policy
@@ -52,6 +51,7 @@ from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
 from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
+from ._table import echo_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -244,7 +244,7 @@ def run(
         result = anyio.run(
             _run,
             the_task,
-            _Setup(client, scheduler, price_table, log_writer),
+            _EngineArgs(client, scheduler, price_table, log_writer),
             policy,
             seed,
             log,
@@ -282,13 +282,7 @@ def _make_client(
     if model == "sim":
         if base_url is not None:
             raise UsageProblem("--base-url does not apply to the simulated model")
-        config = PRESETS[preset or "paper"]
-        changes: dict[str, float] = {}
-        if p is not None:
-            changes["p"] = p
-        if latency_ms is not None:
-            changes["latency_ms"] = latency_ms
-        sim = SimulatedModel(config.replace(**changes) if changes else config, preset=None)
+        sim = SimulatedModel(sim_config(preset, p=p, latency_ms=latency_ms))
         return sim, sim.config.p
     given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
     if given:
@@ -298,7 +292,10 @@ def _make_client(
     return make_client(model, base_url=base_url, timeout=timeout), p
 
 
-class _Setup(NamedTuple):
+class _EngineArgs(NamedTuple):
+    """What ``maker run`` builds its Engine from, besides the log: made from the options before
+    the event loop starts, and handed to it as one argument."""
+
     client: Client
     scheduler: Scheduler
     prices: PriceTable
@@ -307,7 +304,7 @@ class _Setup(NamedTuple):
 
 async def _run(
     task: Task[Any, Any],
-    setup: _Setup,
+    engine_args: _EngineArgs,
     policy: Policy,
     seed: int,
     log: Path,
@@ -319,21 +316,14 @@ async def _run(
         with _ProgressSink(total, policy.k, enabled=show) as sink:
             async with Engine(
                 log=log,
-                client=setup.client,
-                scheduler=setup.scheduler,
-                prices=setup.prices,
-                log_writer=setup.log_writer,
+                client=engine_args.client,
+                scheduler=engine_args.scheduler,
+                prices=engine_args.prices,
+                log_writer=engine_args.log_writer,
             ) as engine:
                 return await engine.run(task, policy=policy, seed=seed, sinks=[sink, *sinks])
     finally:
-        await _close(setup.client)
-
-
-async def _close(client: Client) -> None:
-    close = getattr(client, "aclose", None)
-    if close is not None:
-        with anyio.CancelScope(shield=True):
-            await close()
+        await close_client(engine_args.client)
 
 
 def _interrupted(log: Path, run_id: str | None) -> NoReturn:
@@ -405,22 +395,25 @@ class _ProgressSink:
 
 
 def _print_result(result: RunResult, log: Path) -> None:
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("run", result.run_id)
-    table.add_row("status", result.status + (f" ({result.reason})" if result.reason else ""))
-    table.add_row("steps", str(result.steps))
-    table.add_row("k", str(result.k))
     per_step = result.samples / result.steps if result.steps else 0.0
-    table.add_row(
-        "samples", f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})"
-    )
     flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
-    table.add_row("red flags", f"{result.red_flags} ({flags})")
-    table.add_row("tokens", f"{result.input_tokens} in, {result.output_tokens} out")
-    table.add_row("cost", f"${result.cost_usd:.4f}")
-    table.add_row("wall time", f"{result.wall_s:.2f} s")
-    table.add_row("log", str(log))
-    _out.print(table)
+    echo_table(
+        [
+            ("run", result.run_id),
+            ("status", result.status + (f" ({result.reason})" if result.reason else "")),
+            ("steps", str(result.steps)),
+            ("k", str(result.k)),
+            (
+                "samples",
+                f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})",
+            ),
+            ("red flags", f"{result.red_flags} ({flags})"),
+            ("tokens", f"{result.input_tokens} in, {result.output_tokens} out"),
+            ("cost", f"${result.cost_usd:.4f}"),
+            ("wall time", f"{result.wall_s:.2f} s"),
+            ("log", str(log)),
+        ]
+    )
 
 
 @app.command()
@@ -456,43 +449,45 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         sys.stdout.write(json.dumps(out) + "\n")
         return
     data = summary.to_json()
-    table = Table(show_header=False, box=None, pad_edge=False)
-    table.add_row("run", data["run_id"])
-    table.add_row("task", f"{data['task']} {json.dumps(data['task_params'])}")
-    table.add_row("model", ", ".join(data["models"]))
-    table.add_row("status", data["status"] + (f" ({data['reason']})" if data["reason"] else ""))
-    table.add_row("steps", str(data["steps"]))
-    table.add_row("k", str(data["k"]))
-    table.add_row(
-        "samples",
-        f"{data['samples']} (per step: mean {data['samples_per_step_mean']:.3f}, "
-        f"max {data['samples_per_step_max']})",
-    )
     flags = data["red_flags_by_reason"]
     text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
-    table.add_row("red flags", f"{data['red_flags']} ({text})")
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(data["failures_by_kind"].items()))
-    table.add_row("failures", str(data["failures"]) + (f" ({kinds})" if kinds else ""))
-    table.add_row("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out")
-    table.add_row("cost", f"${data['cost_usd']:.4f}")
+    rows = [
+        ("run", data["run_id"]),
+        ("task", f"{data['task']} {json.dumps(data['task_params'])}"),
+        ("model", ", ".join(data["models"])),
+        ("status", data["status"] + (f" ({data['reason']})" if data["reason"] else "")),
+        ("steps", str(data["steps"])),
+        ("k", str(data["k"])),
+        (
+            "samples",
+            f"{data['samples']} (per step: mean {data['samples_per_step_mean']:.3f}, "
+            f"max {data['samples_per_step_max']})",
+        ),
+        ("red flags", f"{data['red_flags']} ({text})"),
+        ("failures", str(data["failures"]) + (f" ({kinds})" if kinds else "")),
+        ("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out"),
+        ("cost", f"${data['cost_usd']:.4f}"),
+    ]
     if data["resumed"]:
-        table.add_row("resumed", f"{data['resumed']} time(s)")
-    table.add_row("wall time", f"{data['wall_s']:.2f} s")
-    _out.print(table)
+        rows.append(("resumed", f"{data['resumed']} time(s)"))
+    rows.append(("wall time", f"{data['wall_s']:.2f} s"))
+    echo_table(rows)
     if hardest:
-        listed = Table(title="steps that needed the most samples", box=None, pad_edge=False)
-        for column in ("step", "samples", "red flags", "failures", "votes"):
-            listed.add_column(column)
-        for record in hardest:
-            votes = ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True))
-            listed.add_row(
-                str(record.step),
-                str(record.samples),
-                str(record.red_flags),
-                str(record.failures),
-                votes or "-",
-            )
-        _out.print(listed)
+        echo_table(
+            [
+                (
+                    str(record.step),
+                    str(record.samples),
+                    str(record.red_flags),
+                    str(record.failures),
+                    ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True)) or "-",
+                )
+                for record in hardest
+            ],
+            ("step", "samples", "red flags", "failures", "votes"),
+            title="steps that needed the most samples",
+        )
 
 
 @app.command()

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import anyio
 import click
 
-from ...clients._sim import PRESETS, SimulatedModel
-from ...core._client import Client
+from ...clients._sim import PRESETS, SimulatedModel, sim_config
+from ...core._client import Client, close_client
 from ...core._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ...core._policy import Policy
 from ...core._pricing import PriceTable
 from ...engine._calibrate import CalibrationReport, calibrate
 from ...engine._scheduler import Limits, Scheduler
 from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
+from ._table import echo_table
 
 EXIT_FAILED = 1
 
@@ -56,30 +57,12 @@ def _clients(
     clients: list[Client] = []
     for model in models:
         if model == "sim":
-            config = PRESETS[preset or "paper"]
-            clients.append(SimulatedModel(config.replace(p=p) if p is not None else config))
+            clients.append(SimulatedModel(sim_config(preset, p=p)))
         else:
             from ...clients import make_client
 
             clients.append(make_client(model, base_url=base_url, timeout=timeout))
     return clients
-
-
-async def _close(clients: list[Client]) -> None:
-    for client in clients:
-        close = getattr(client, "aclose", None)
-        if close is not None:
-            with anyio.CancelScope(shield=True):
-                await close()
-
-
-def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
-    """Left-aligned columns, two spaces apart; never wrapped or cut, whatever the terminal."""
-    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
-    return [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in (header, *rows)
-    ]
 
 
 def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable) -> None:
@@ -105,8 +88,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
                 cost,
             )
         )
-    for line in _table((*header, "cost/call"), rows):
-        click.echo(line)
+    echo_table(rows, (*header, "cost/call"))
     for m in report.models:
         if m.reason:
             click.echo(f"{m.model}: {m.reason}")
@@ -206,7 +188,8 @@ def calibrate_command(
                 in_flight=concurrency,
             )
         finally:
-            await _close(clients)
+            for client in clients:
+                await close_client(client)
 
     report = anyio.run(go)
     if as_json:
@@ -246,8 +229,7 @@ def _print_plan(result: Plan) -> None:
                 "-" if m.expected_wall_s is None else _duration(m.expected_wall_s),
             )
         )
-    for line in _table((*header, "samples", "cost", "wall time"), rows):
-        click.echo(line)
+    echo_table(rows, (*header, "samples", "cost", "wall time"))
     for m in result.models:
         if m.note:
             click.echo(f"{m.model}: {m.note}")

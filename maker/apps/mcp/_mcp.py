@@ -13,10 +13,8 @@ corrupt the stream.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Mapping
@@ -30,6 +28,7 @@ import msgspec
 
 from ...core._errors import ConfigError, MakerError
 from ...core._version import __version__
+from .._http import base_url, cancelled_on_sigterm
 from .._options import rate_limit_options
 from ._mcp_config import McpConfig, load_mcp_config
 from ._mcp_tools import TOOLS, McpTools, Progress, ToolError
@@ -241,7 +240,7 @@ async def serve_http(
     except OSError as exc:
         sock.close()
         raise ConfigError("port", f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
-    url = f"http://127.0.0.1:{sock.getsockname()[1]}/mcp"
+    url = base_url("127.0.0.1", sock.getsockname()[1]) + "/mcp"
     async with McpTools(config) as tools:
         server = create_mcp_server(tools)
         # The SDK turns DNS-rebinding protection on for a host of 127.0.0.1.
@@ -254,12 +253,6 @@ async def serve_http(
         if ready is not None:
             ready(url)
         await uv.serve(sockets=[sock])
-
-
-def _signals_cancel(scope: anyio.CancelScope) -> None:
-    loop = asyncio.get_running_loop()
-    with suppress(NotImplementedError):  # no signal handlers on Windows
-        loop.add_signal_handler(signal.SIGTERM, scope.cancel)
 
 
 @click.command()
@@ -351,8 +344,7 @@ def mcp_command(
     )
 
     async def main() -> None:
-        with anyio.CancelScope() as scope:
-            _signals_cancel(scope)
+        with cancelled_on_sigterm():
             if http:
 
                 def ready(url: str) -> None:

@@ -36,7 +36,7 @@ from typing import Any
 
 import msgspec
 
-from ...clients._sim import PRESETS
+from ...clients._sim import PRESETS, sim_config
 from ...core._client import Client
 from ...core._errors import ConfigError
 from ...core._pricing import PriceTable
@@ -106,13 +106,8 @@ class ModelConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
         from ...clients import make_client
 
         if self.spec == "sim":
-            config = PRESETS[self.preset or "paper"]
-            changes = {
-                name: value
-                for name, value in (("p", self.p), ("latency_ms", self.latency_ms))
-                if value is not None
-            }
-            return make_client("sim", sim=config.replace(**changes) if changes else config)
+            config = sim_config(self.preset, p=self.p, latency_ms=self.latency_ms)
+            return make_client("sim", sim=config)
         api_key = None
         if self.api_key_env is not None:
             api_key = os.environ.get(self.api_key_env)

@@ -34,7 +34,7 @@ from events import (
     VoteCounted,
 )
 
-from ...core._client import Client, Probe
+from ...core._client import Client, Probe, close_client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
 from ...core._plan import ModelEstimate, plan
@@ -430,11 +430,8 @@ class McpTools:
                     await handle.cancel()
             await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
         finally:
-            with anyio.CancelScope(shield=True):
-                for client in self.clients.values():
-                    close = getattr(client, "aclose", None)
-                    if close is not None:
-                        await close()
+            for client in self.clients.values():
+                await close_client(client)
 
     @property
     def engine(self) -> Engine:

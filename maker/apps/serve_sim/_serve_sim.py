@@ -35,20 +35,21 @@ import hashlib
 import json
 import math
 import random
-import signal
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, suppress
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import anyio
 import click
+import msgspec
 
-from ...clients._sim import PRESETS, SimConfig, SimulatedModel
+from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
+from .._http import base_url, listen, serving
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -154,27 +155,14 @@ server_error, unavailable, overloaded, slow, malformed, disconnect
 
     def sim_config(self) -> SimConfig:
         """The simulated model's configuration, with the overrides applied."""
-        base = PRESETS[self.sim] if isinstance(self.sim, str) else self.sim
-        changes: dict[str, float] = {}
-        if self.p is not None:
-            changes["p"] = float(self.p)
-        if self.latency_ms is not None:
-            changes["latency_ms"] = float(self.latency_ms)
-        return base.replace(**changes) if changes else base
+        return sim_config(self.sim, p=self.p, latency_ms=self.latency_ms)
 
     def describe(self) -> dict[str, Any]:
-        """The configuration as JSON (served in ``/sim/stats``)."""
-        return {
-            "sim": self.sim if isinstance(self.sim, str) else self.sim.describe(),
-            "p": self.p,
-            "latency_ms": self.latency_ms,
-            "fault_rate": self.fault_rate,
-            "faults": list(self.faults),
-            "retry_after_s": self.retry_after_s,
-            "slow_s": self.slow_s,
-            "seed": self.seed,
-            "keep_requests": self.keep_requests,
-        }
+        """The configuration as JSON (served in ``/sim/stats``): its fields, ``sim`` a preset's
+        name or the model's statistics, ``faults`` a list."""
+        # Through JSON rather than to_builtins, which would keep the faults a tuple.
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
+        return out
 
 
 def _parse_faults(value: object) -> tuple[str, ...]:
@@ -221,7 +209,8 @@ class SimRequest:
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON-compatible builtins."""
-        return asdict(self)
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -248,7 +237,8 @@ class SimStats:
         return Counter(self.status_counts)
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves)."""
+        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves). Written
+        out, not the fields: the counters are sorted, and the statuses keyed by strings."""
         statuses = sorted(self.status_counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
         return {
             "total": self.total,
@@ -952,8 +942,7 @@ class SimServer:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``: the root for Anthropic and Ollama; OpenAI's is ``+ "/v1"``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
     @property
     def config(self) -> SimServerConfig:
@@ -998,23 +987,10 @@ async def serve_sim(
     >>> asyncio.run(main())
     0
     """
-    from aiohttp import web
-
     state = _SimState(config if config is not None else SimServerConfig(), clock)
-    # handler_cancellation: a client that gives up (its timeout) ends its handler at once.
-    runner = web.AppRunner(
-        _build_app(state), handler_cancellation=True, access_log=None, shutdown_timeout=2.0
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield SimServer(state, host, int(bound))
-    finally:
-        # Shielded: a caller's cancellation must not leave the server half stopped.
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
+    # listen() ends the handler of a client that gives up (its timeout) at once.
+    async with listen(_build_app(state), host, port) as bound:
+        yield SimServer(state, host, bound)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -1115,7 +1091,7 @@ def serve_sim_command(
 
 
 async def _serve_forever(config: SimServerConfig, host: str, port: int) -> None:
-    try:
+    with serving(host, port):
         async with serve_sim(config, host=host, port=port) as server:
             base = server.base_url
             click.echo(
@@ -1123,12 +1099,4 @@ async def _serve_forever(config: SimServerConfig, host: str, port: int) -> None:
                 f"Ollama: {base}, stats: {base}/sim/stats); Ctrl-C stops",
                 err=True,
             )
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            with suppress(NotImplementedError):  # no signal handlers on Windows
-                loop.add_signal_handler(signal.SIGTERM, stop.set)
-            await stop.wait()
-    except OSError as exc:
-        raise click.ClickException(
-            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-        ) from exc
+            await anyio.sleep_forever()

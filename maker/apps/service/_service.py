@@ -33,7 +33,6 @@ Errors are JSON, ``{"error": "one line"}``: 400 for a bad request, 404 for an un
 from __future__ import annotations
 
 import asyncio
-import signal
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass
@@ -47,14 +46,15 @@ import msgspec
 
 from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
 
-from ...clients._sim import PRESETS, SimulatedModel
-from ...core._client import Client
+from ...clients._sim import SimulatedModel, sim_config
+from ...core._client import Client, close_client
 from ...core._errors import ConfigError, MakerError, UnknownTaskError
 from ...core._policy import Policy
 from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
+from .._http import base_url, listen, serving
 from .._options import rate_limit_options
 
 if TYPE_CHECKING:
@@ -111,8 +111,7 @@ class Server:
     @property
     def base_url(self) -> str:
         """``http://HOST:PORT``, with no trailing slash."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return base_url(self.host, self.port)
 
 
 async def _no_events() -> AsyncIterator[AnyEvent]:
@@ -231,13 +230,8 @@ class _Service:
 
     @staticmethod
     def _sim(default: Client, body: RunRequest) -> SimulatedModel:
-        config = default.config if isinstance(default, SimulatedModel) else PRESETS["paper"]
-        changes: dict[str, float] = {}
-        if body.p is not None:
-            changes["p"] = body.p
-        if body.latency_ms is not None:
-            changes["latency_ms"] = body.latency_ms
-        return SimulatedModel(config.replace(**changes) if changes else config)
+        base = default.config if isinstance(default, SimulatedModel) else None
+        return SimulatedModel(sim_config(base, p=body.p, latency_ms=body.latency_ms))
 
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
@@ -422,10 +416,7 @@ class _Service:
 
     async def on_cleanup(self, app: web.Application) -> None:
         for client in self.clients.values():
-            close = getattr(client, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            await close_client(client)
         self.clients.clear()
 
 
@@ -483,25 +474,11 @@ async def serve(
     Needs the asyncio event loop (aiohttp). Leaving the block ends the open event streams and
     closes the server; the runs themselves belong to the engine.
     """
-    from aiohttp import web
-
-    runner = web.AppRunner(
-        create_service(engine, make_client=make_client, heartbeat_s=heartbeat_s),
-        # A client that disconnects ends its handler at once, releasing its subscription.
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=2.0,
-    )
-    await runner.setup()
-    try:
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        bound = runner.addresses[0][1]
-        yield Server(host, int(bound))
-    finally:
-        # Shielded: a caller's cancellation must not leave the server half stopped.
-        with anyio.CancelScope(shield=True):
-            await runner.cleanup()
+    # listen() ends the handler of a client that disconnects at once, which releases its
+    # event stream's subscription.
+    app = create_service(engine, make_client=make_client, heartbeat_s=heartbeat_s)
+    async with listen(app, host, port) as bound:
+        yield Server(host, bound)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -573,10 +550,7 @@ def serve_command(
         if model == "sim":
             if base_url is not None:
                 raise ConfigError("base_url", "does not apply to the simulated model")
-            config = PRESETS["paper"]
-            if latency_ms is not None:
-                config = config.replace(latency_ms=latency_ms)
-            client = make_client("sim", sim=config)
+            client = make_client("sim", sim=sim_config(latency_ms=latency_ms))
         else:
             if latency_ms is not None:
                 raise ConfigError("latency_ms", "applies only to the simulated model (--model sim)")
@@ -591,13 +565,13 @@ def serve_command(
     def per_request(spec: str) -> Client:
         return make_client(spec, timeout=timeout)
 
-    setup = _Setup(
+    serve_args = _ServeArgs(
         log, host, port, client, Scheduler(limits), per_request if allow_models else None, heartbeat
     )
     # asyncio.run cancels the service before it raises KeyboardInterrupt: the runs in flight
     # have recorded "cancelled" by then.
     with suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(setup))
+        asyncio.run(_serve_forever(serve_args))
     click.echo(
         f"maker serve: stopped; continue a cancelled run with: maker resume {log} --run ID",
         err=True,
@@ -605,7 +579,10 @@ def serve_command(
 
 
 @dataclass(frozen=True)
-class _Setup:
+class _ServeArgs:
+    """What ``maker serve`` serves, read from its options: the log, the address, the default
+    model and its scheduler, the factory of per-request models (None: not allowed)."""
+
     log: Path
     host: str
     port: int
@@ -615,36 +592,26 @@ class _Setup:
     heartbeat_s: float
 
 
-async def _serve_forever(setup: _Setup) -> None:
-    with anyio.CancelScope() as scope:
-        loop = asyncio.get_running_loop()
-        with suppress(NotImplementedError):  # no signal handlers on Windows
-            loop.add_signal_handler(signal.SIGTERM, scope.cancel)
+async def _serve_forever(args: _ServeArgs) -> None:
+    with serving(args.host, args.port):
         try:
             async with (
-                Engine(log=setup.log, client=setup.client, scheduler=setup.scheduler) as engine,
+                Engine(log=args.log, client=args.client, scheduler=args.scheduler) as engine,
                 serve(
                     engine,
-                    host=setup.host,
-                    port=setup.port,
-                    make_client=setup.make_client,
-                    heartbeat_s=setup.heartbeat_s,
+                    host=args.host,
+                    port=args.port,
+                    make_client=args.make_client,
+                    heartbeat_s=args.heartbeat_s,
                 ) as server,
             ):
                 click.echo(
-                    f"maker serve: listening on {server.base_url} (log {setup.log}); "
+                    f"maker serve: listening on {server.base_url} (log {args.log}); "
                     f"POST /runs, GET /runs/ID, GET /runs/ID/events; Ctrl-C stops",
                     err=True,
                 )
                 # Leaving by cancellation (SIGTERM, Ctrl-C) cancels the runs in flight, and
                 # each records run_finished "cancelled": they stay resumable.
                 await anyio.sleep_forever()
-        except OSError as exc:
-            raise click.ClickException(
-                f"cannot listen on {setup.host}:{setup.port}: {exc.strerror or exc}"
-            ) from exc
         finally:
-            close = getattr(setup.client, "aclose", None)
-            if close is not None:
-                with anyio.CancelScope(shield=True):
-                    await close()
+            await close_client(args.client)

@@ -1,0 +1,42 @@
+"""The one way the CLI prints a table: plain text columns."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import click
+
+
+def table_lines(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> list[str]:
+    """``rows`` (after ``header``, when given) as left-aligned columns two spaces apart, with no
+    trailing spaces. Never wrapped or cut, whatever the terminal: a log's reason or a task's
+    parameters stay whole, and a script can split the lines. Cells are printed as they are (no
+    markup is read in them).
+
+    >>> for line in table_lines([("1", "x"), ("10", "y")], header=("step", "answer")):
+    ...     print(line)
+    step  answer
+    1     x
+    10    y
+    """
+    lines = [tuple(header), *(tuple(row) for row in rows)] if header is not None else rows
+    if not lines:
+        return []
+    widths = [max(len(row[i]) for row in lines) for i in range(len(lines[0]))]
+    return [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in lines
+    ]
+
+
+def echo_table(
+    rows: Sequence[Sequence[str]],
+    header: Sequence[str] | None = None,
+    *,
+    title: str | None = None,
+) -> None:
+    """Print :func:`table_lines` on stdout, after ``title`` when given."""
+    if title is not None:
+        click.echo(title)
+    for line in table_lines(rows, header):
+        click.echo(line)
