@@ -22,6 +22,7 @@ which generates nothing and costs no tokens. A model the server does not know is
 from __future__ import annotations
 
 from ._anthropic import AnthropicClient
+from ._closing import Closable, close_client
 from ._common import STATUS_KINDS, classify_status, parse_retry_after
 from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
 from ._openai import OpenAIClient
@@ -48,12 +49,14 @@ __all__ = [
     "PROVIDERS",
     "STATUS_KINDS",
     "AnthropicClient",
+    "Closable",
     "OllamaClient",
     "OpenAIClient",
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
     "classify_status",
+    "close_client",
     "make_client",
     "parse_retry_after",
 ]

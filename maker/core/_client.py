@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-import anyio
 import msgspec
 
 
@@ -44,7 +43,7 @@ class Client(Protocol):
     A client that holds something to release (a connection pool) says so with an
     ``async def aclose(self) -> None``; it is not part of this protocol, so that a client of
     your own without one is still a client. The provider clients and the simulated model have
-    one; :func:`close_client` closes any client, calling ``aclose`` when there is one.
+    one; :func:`maker.clients.close_client` closes any client, calling ``aclose`` when there is one.
     """
 
     @property
@@ -62,32 +61,6 @@ class Client(Protocol):
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request."""
         ...
-
-
-@runtime_checkable
-class Closable(Protocol):
-    """A client with something to release: its connection pool, a session."""
-
-    async def aclose(self) -> None:
-        """Release what the client holds. It may be called more than once."""
-        ...
-
-
-async def close_client(client: Client) -> None:
-    """Close ``client``: await its ``aclose()`` if it has one, else nothing.
-
-    Shielded from cancellation, so that a run or a server being cancelled still releases its
-    clients' connections on the way out.
-
-    >>> import anyio
-    >>> class Plain:  # a client of one's own, with nothing to close
-    ...     model = "plain"
-    >>> anyio.run(close_client, Plain()) is None
-    True
-    """
-    if isinstance(client, Closable):
-        with anyio.CancelScope(shield=True):
-            await client.aclose()
 
 
 @runtime_checkable

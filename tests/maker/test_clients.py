@@ -542,7 +542,7 @@ class _SlowToClose(_UserClient):
 
 @pytest.mark.anyio
 async def test_close_client_closes_what_has_aclose_and_tolerates_what_has_not() -> None:
-    from maker.core._client import close_client
+    from maker.clients import close_client
 
     plain = _UserClient()
     assert isinstance(plain, Client)

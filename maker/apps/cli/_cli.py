@@ -37,9 +37,10 @@ from events import (
     encode,
 )
 
+from ...clients import close_client
 from ...clients._sim import PRESETS, SimulatedModel, sim_config
 from ...core._adaptive import AdaptiveK
-from ...core._client import Client, close_client
+from ...core._client import Client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
 from ...core._policy import Policy

@@ -17,8 +17,9 @@ from typing import Any, TypeVar
 import anyio
 import click
 
+from ...clients import close_client
 from ...clients._sim import PRESETS, SimulatedModel, sim_config
-from ...core._client import Client, close_client
+from ...core._client import Client
 from ...core._plan import ModelEstimate, Plan, estimates_from_calibration, plan
 from ...core._policy import Policy
 from ...core._pricing import PriceTable

@@ -34,7 +34,8 @@ from events import (
     VoteCounted,
 )
 
-from ...core._client import Client, Probe, close_client
+from ...clients import close_client
+from ...core._client import Client, Probe
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
 from ...core._plan import ModelEstimate, plan

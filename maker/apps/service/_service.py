@@ -46,8 +46,9 @@ import msgspec
 
 from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
 
+from ...clients import close_client
 from ...clients._sim import SimulatedModel, sim_config
-from ...core._client import Client, close_client
+from ...core._client import Client
 from ...core._errors import ConfigError, MakerError, UnknownTaskError
 from ...core._policy import Policy
 from ...engine._engine import Engine
