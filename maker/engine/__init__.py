@@ -14,10 +14,12 @@ from ._calibrate import (
     is_calibration,
     wilson_interval,
 )
-from ._engine import Engine, EventSink, sample_seed
+from ._engine import Engine
 from ._handle import RunHandle, RunStatistics
 from ._recording import Divergence, Recording, decision_events
 from ._results import EngineStatistics, RunResult, VerifyResult
+from ._run import EventSink
+from ._sampling import sample_seed
 from ._scheduler import (
     BreakerChange,
     CircuitBreaker,

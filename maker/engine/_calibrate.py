@@ -63,12 +63,12 @@ from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
 from ..core._version import __version__
 from ..tasks import Hanoi, HanoiState, make_task
-from ._engine import (
-    EventSink,
-    SampleOutcome,
-    attempt_sample,
-    judge_response,
-    record_failure,
+from ._run import EventSink
+from ._sampling import (
+    _attempt,
+    _judge_response,
+    _Outcome,
+    _record_failure,
     sample_seed,
 )
 from ._scheduler import Scheduler
@@ -588,7 +588,7 @@ class _CalibrationRun:
         last: tuple[int, Prompt] | None = None
         failure: str | None = None
         # Buffered, so a finished worker exits at once.
-        send, receive = anyio.create_memory_object_stream[SampleOutcome](max_buffer_size=math.inf)
+        send, receive = anyio.create_memory_object_stream[_Outcome](max_buffer_size=math.inf)
         async with send, receive, anyio.create_task_group() as tg:
             while failure is None:
                 while queue and len(self.in_flight) < setup.in_flight:
@@ -637,7 +637,7 @@ class _CalibrationRun:
     def _launch(
         self,
         tg: TaskGroup,
-        send: ObjectSendStream[SampleOutcome],
+        send: ObjectSendStream[_Outcome],
         request: SampleRequest,
         attempt: int,
         delay: float,
@@ -653,7 +653,7 @@ class _CalibrationRun:
         cost = setup.prices.cost(
             completion.model, completion.input_tokens, completion.output_tokens
         )
-        answer = await judge_response(
+        answer = await _judge_response(
             self.emit,
             setup.task,
             setup.policy,
@@ -679,14 +679,14 @@ class _CalibrationRun:
     async def _failed(
         self,
         tg: TaskGroup,
-        send: ObjectSendStream[SampleOutcome],
+        send: ObjectSendStream[_Outcome],
         request: SampleRequest,
-        outcome: SampleOutcome,
+        outcome: _Outcome,
     ) -> str | None:
         """Record a failed attempt; retry it as the engine does, or return why the run fails."""
         setup, error = self.setup, outcome.error
         assert error is not None
-        delay, reason = await record_failure(
+        delay, reason = await _record_failure(
             self.emit,
             seed=setup.seed,
             request=request,
@@ -705,11 +705,11 @@ class _CalibrationRun:
         request: SampleRequest,
         attempt: int,
         delay: float,
-        send: ObjectSendStream[SampleOutcome],
+        send: ObjectSendStream[_Outcome],
     ) -> None:
         scheduler = self.setup.scheduler
         await send.send(
-            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
+            await _attempt(scheduler, self.client, request, attempt, delay, self.emit_now)
         )
 
 

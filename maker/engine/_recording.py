@@ -63,6 +63,10 @@ class Divergence(MakerError):
         self.got = got
 
 
+class _RecordingEnded(Exception):
+    """A verification reached the end of the recording (a run that never finished)."""
+
+
 class _Plan:
     """How to compare a recorded event of one type with the fields one call site gives: the
     given fields that count, read from both sides at once, and the defaults the recorded event
@@ -260,6 +264,7 @@ class Recording:
             last if isinstance(last, RunFinished) else None,
             iter(events),
         )
+        self._events: Sequence[AnyEvent] | None = events
 
     @classmethod
     @asynccontextmanager
@@ -290,6 +295,7 @@ class Recording:
             finished = None  # the run went on after that end (it was resumed)
         recording = cls.__new__(cls)
         recording._setup(info.started, info.last_seq + 1, finished, events)
+        recording._events = None
         return recording
 
     def _setup(
@@ -306,7 +312,9 @@ class Recording:
         self.finished: RunFinished | None = finished
         """The run's ``run_finished`` when it is the last event recorded."""
         self.policy_changed = False
-        """Set when re-executing under a different policy: run_started's policy is not compared."""
+        """Set to re-execute under a different policy: run_started's policy is not compared.
+        (:meth:`Engine.verify` given a policy compares so without setting it.)"""
+        self._taken = False  # a re-execution has read from this recording
         self._sync = source if isinstance(source, Iterator) else None
         self._async = source if not isinstance(source, Iterator) else None
         self._last_seq = next_seq - 1
@@ -324,6 +332,26 @@ class Recording:
         self._lock = anyio.Lock()
         # Set when an outcome is delivered; made only when a sample waits for its turn.
         self._advanced: anyio.Event | None = None
+
+    def fresh(self) -> Recording:
+        """This recording, ready to be re-executed from its first event.
+
+        A recording of events in memory gives a copy of itself each time, so that a
+        re-execution leaves the caller's recording as it was. One read from a log
+        (:meth:`open`, :meth:`of_run`) is read once, as the re-execution goes: it gives itself
+        the first time and refuses a second re-execution.
+        """
+        if self._events is not None:
+            copy = Recording(self._events)
+            copy.policy_changed = self.policy_changed
+            return copy
+        if self._taken:
+            raise MakerError(
+                f"the recording of run {self.run_id} was read by an earlier re-execution; "
+                "open it again"
+            )
+        self._taken = True
+        return self
 
     @property
     def resumable(self) -> bool:
@@ -515,17 +543,18 @@ class Recording:
 
     # -- comparing -------------------------------------------------------------------------
 
-    def check(self, position: int, event: Event) -> None:
+    def check(self, position: int, event: Event, *, compare_policy: bool = True) -> None:
         """Raise :class:`Divergence` unless ``event`` reproduces the recorded event there.
 
-        A reproduced event leaves the window.
+        A reproduced event leaves the window. ``compare_policy=False`` (or
+        :attr:`policy_changed`) leaves run_started's policy out of the comparison.
         """
         expected = self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
         got = comparable(event)
         want = comparable(expected)
-        if self.policy_changed and isinstance(event, RunStarted):
+        if (self.policy_changed or not compare_policy) and isinstance(event, RunStarted):
             # The caller changed the policy on purpose: find where behaviour changes instead.
             got.pop("policy", None)
             want.pop("policy", None)
@@ -542,6 +571,8 @@ class Recording:
         run_id: str,
         fields: dict[str, Any],
         build: bool,
+        *,
+        compare_policy: bool = True,
     ) -> Event | None:
         """:meth:`check` the event ``event_type(run_id=run_id, **fields)`` against the recorded
         one at ``position``, with the recorded seq and ts; raise :class:`Divergence` unless it
@@ -559,7 +590,7 @@ class Recording:
         if (
             type(expected) is event_type
             and expected.run_id == run_id
-            and not (self.policy_changed and event_type is RunStarted)
+            and not ((self.policy_changed or not compare_policy) and event_type is RunStarted)
             and _same(expected, fields)
         ):
             self._advance(position)
@@ -567,7 +598,7 @@ class Recording:
                 return None
             return event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
         event = event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
-        self.check(position, event)
+        self.check(position, event, compare_policy=compare_policy)
         return event
 
     def _advance(self, position: int) -> None:

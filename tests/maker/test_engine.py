@@ -39,7 +39,7 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker.engine._engine import _builder
+from maker.engine._run import _builder
 from maker.tasks import Hanoi, optimal_moves
 
 from ._fakes import Count, Reply, ScriptedClient, comparable, correct, read_events
