@@ -13,7 +13,7 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -41,7 +41,7 @@ from ..core._policy import Policy
 from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
 from ._recording import Recording, _RecordingEnded
-from ._scheduler import BreakerChange, Limits, Scheduler, SchedulerObserver, Wait, backoff_delay
+from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
 
 A = TypeVar("A")
 
@@ -58,6 +58,28 @@ class _StepFailed(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+def _unwrapped(
+    group: BaseExceptionGroup[BaseException], preferred: BaseException | None
+) -> BaseException:
+    """The exception to raise in place of a task group's ``group``: ``preferred`` (what the
+    group's host raised) when the group holds it, else the first exception the group holds.
+
+    anyio's task groups wrap whatever is raised in them, the host's own exception included.
+    """
+    leaves = list(_leaves(group))
+    if preferred is not None and any(leaf is preferred for leaf in leaves):
+        return preferred
+    return leaves[0]
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]:
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            yield from _leaves(exc)
+        else:
+            yield exc
 
 
 class _Recorder(Protocol):
@@ -200,78 +222,6 @@ def _attempt_now(
     return outcome
 
 
-async def _record_failure(
-    emit: Callable[..., Awaitable[None]],
-    *,
-    seed: int,
-    request: SampleRequest,
-    attempt: int,
-    error: ClientError,
-    max_attempts: int,
-    limits: Limits,
-) -> tuple[float | None, str]:
-    """Calibration's copy of :meth:`_Sampler._failed` (until it samples through one)."""
-    retry = error.retryable and attempt < max_attempts
-    delay = 0.0
-    if retry:
-        draw = random.Random(sample_seed(seed, f"{request.sample_id}#{attempt}"))
-        delay = backoff_delay(
-            attempt,
-            base_s=limits.backoff_base_s,
-            cap_s=limits.backoff_cap_s,
-            retry_after_s=error.retry_after,
-            draw=draw.random(),
-        )
-    await emit(
-        SampleFailed,
-        step=request.step,
-        sample_id=request.sample_id,
-        error_kind=error.kind,
-        message=str(error),
-        attempt=attempt,
-        retryable=error.retryable,
-        backoff_s=delay,
-        retry_after_s=error.retry_after,
-    )
-    if retry:
-        return delay, ""
-    attempts = f"{attempt} attempt" + ("s" if attempt != 1 else "")
-    return None, f"sample {request.sample_id} failed after {attempts}: {error.kind}: {error}"
-
-
-async def _judge_response(
-    emit: Callable[..., Awaitable[None]],
-    task: Task[Any, Any],
-    policy: Policy,
-    *,
-    step: int,
-    sample_id: str,
-    completion: Completion,
-    latency_s: float,
-    cost: float,
-) -> Any:
-    """Calibration's copy of :meth:`_Sampler._judge` (until it samples through one)."""
-    await emit(
-        SampleReceived,
-        step=step,
-        sample_id=sample_id,
-        text=completion.text,
-        model=completion.model,
-        latency_s=latency_s,
-        input_tokens=completion.input_tokens,
-        output_tokens=completion.output_tokens,
-        finish_reason=completion.finish_reason,
-        temperature_sent=completion.temperature_sent,
-        cost_usd=cost,
-    )
-    judged = judge(task, policy.red_flags, completion)
-    if isinstance(judged, RedFlag):
-        await emit(
-            RedFlagged, step=step, sample_id=sample_id, reason=judged.reason, detail=judged.detail
-        )
-    return judged
-
-
 class _Attempts:
     """Makes the attempts of a loop's samples and hands their outcomes back, in one scope.
 
@@ -325,7 +275,12 @@ class _Attempts:
         self._tg = None  # closed: cancel() has nothing left to stop
         if stack is None:
             return None
-        return await stack.__aexit__(exc_type, exc, tb)
+        try:
+            return await stack.__aexit__(exc_type, exc, tb)
+        except BaseExceptionGroup as group:
+            # The task group wraps what the loop raised (a task's bug, a divergence) and what
+            # a worker raised: the loop's caller is owed the exception itself.
+            raise _unwrapped(group, exc) from None
 
     def launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
         """Queue an attempt, made when the loop next asks for an outcome."""
