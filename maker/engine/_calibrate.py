@@ -499,7 +499,11 @@ class _CalibrationRun(_Run[Any, Any]):
                                 started.add(step)
                                 self.steps = len(started)
                                 await self.emit(
-                                    StepStarted, step=step, state=task.state_to_json(state)
+                                    StepStarted(
+                                        **self.envelope(),
+                                        step=step,
+                                        state=task.state_to_json(state),
+                                    )
                                 )
                                 sampler.rearm()
                             if last is None or last[0] != step:
@@ -515,11 +519,13 @@ class _CalibrationRun(_Run[Any, Any]):
                         tally[candidate] += 1
                         self.counters.votes += 1
                         await self.emit(
-                            VoteCounted,
-                            step=request.step,
-                            sample_id=request.sample_id,
-                            candidate=candidate,
-                            tally=dict(tally),
+                            VoteCounted(
+                                **self.envelope(),
+                                step=request.step,
+                                sample_id=request.sample_id,
+                                candidate=candidate,
+                                tally=dict(tally),
+                            )
                         )
                 except _StepFailed as exc:
                     failure = exc  # raised once the scope is left

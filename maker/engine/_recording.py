@@ -67,77 +67,30 @@ class _RecordingEnded(Exception):
     """A verification reached the end of the recording (a run that never finished)."""
 
 
-class _Plan:
-    """How to compare a recorded event of one type with the fields one call site gives: the
-    given fields that count, read from both sides at once, and the defaults the recorded event
-    must hold where the call leaves a field out."""
-
-    __slots__ = ("defaults", "given", "recorded", "recorded_defaults")
-
-    def __init__(self, cls: type[Event], names: tuple[str, ...]) -> None:
-        compared = [name for name in names if name not in IGNORED_FIELDS]
-        left_out: list[str] = []
-        defaults: list[Any] = []
-        for info in msgspec.structs.fields(cls):
-            name = info.name
-            if name in names or name in IGNORED_FIELDS or name in ("run_id", "seq", "ts"):
-                continue
-            left_out.append(name)
-            if info.default is not msgspec.NODEFAULT:
-                defaults.append(info.default)
-            else:
-                # A required field left out is an error the constructor names (see _plan).
-                assert info.default_factory is not msgspec.NODEFAULT
-                defaults.append(info.default_factory())
-        # One name reads as a bare value and several as a tuple, alike on both sides.
-        self.given = operator.itemgetter(*compared) if compared else _nothing
-        self.recorded = operator.attrgetter(*compared) if compared else _nothing
-        self.defaults = tuple(defaults) if len(defaults) != 1 else defaults[0]
-        self.recorded_defaults = operator.attrgetter(*left_out) if left_out else None
+_COMPARED: dict[type[Event], Callable[[Event], Any]] = {}
 
 
-def _nothing(_: object) -> tuple[()]:
-    return ()
+def _compared(cls: type[Event]) -> Callable[[Event], Any]:
+    """Reads the fields of a ``cls`` event that a re-execution must reproduce, at once."""
+    getter = _COMPARED.get(cls)
+    if getter is None:
+        names = [f.name for f in msgspec.structs.fields(cls) if f.name not in IGNORED_FIELDS]
+        getter = _COMPARED[cls] = operator.attrgetter(*names)
+    return getter
 
 
-_PLANS: dict[tuple[type[Event], tuple[str, ...]], _Plan | None] = {}
-_NO_PLAN = object()
-
-
-def _plan(cls: type[Event], names: tuple[str, ...]) -> _Plan | None:
-    """The plan for ``cls`` given ``names``; None when only building the event can tell (a
-    name the type does not have, an envelope field, a required field left out)."""
-    known = {info.name: info for info in msgspec.structs.fields(cls)}
-    if any(name not in known or name in ("run_id", "seq", "ts") for name in names):
-        return None
-    for name, info in known.items():
-        required = info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT
-        if required and name not in names and name not in ("run_id", "seq", "ts"):
-            return None
-    return _Plan(cls, names)
-
-
-def _same(expected: Event, fields: dict[str, Any]) -> bool:
-    """Whether an event built from ``fields`` (and ``expected``'s run_id, seq and ts) would
-    equal ``expected`` field for field, the ignored fields aside, without building it.
+def _same(expected: Event, event: Event) -> bool:
+    """Whether ``event`` equals ``expected`` field for field, the ignored fields aside.
 
     True only where :func:`comparable` agrees (equal values have equal JSON); False also for
-    what only the full comparison can settle (a tuple against a list, a field the type does
-    not have, a required one left out), which the caller then makes.
+    what only the full comparison can settle (a tuple against a list), which the caller then
+    makes.
     """
-    key = (type(expected), tuple(fields))
-    plan = _PLANS.get(key, _NO_PLAN)
-    if plan is _NO_PLAN:
-        if len(_PLANS) >= 1024:
-            _PLANS.clear()  # call sites are few: this bounds only what never happens
-        plan = _PLANS[key] = _plan(*key)
-    if plan is None:
+    cls = type(event)
+    if type(expected) is not cls:
         return False
-    assert isinstance(plan, _Plan)
-    if plan.recorded(expected) != plan.given(fields):
-        return False
-    recorded_defaults = plan.recorded_defaults
-    return recorded_defaults is None or recorded_defaults(expected) == plan.defaults
+    getter = _compared(cls)
+    return bool(getter(expected) == getter(event))
 
 
 def comparable(event: Event) -> dict[str, Any]:
@@ -552,9 +505,16 @@ class Recording:
         expected = self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
+        policy_too = compare_policy and not self.policy_changed
+        if not ((policy_too or type(event) is not RunStarted) and _same(expected, event)):
+            self._compare(expected, event, policy_too)
+        self._advance(position)
+
+    def _compare(self, expected: Event, event: Event, policy_too: bool) -> None:
+        """The full comparison, as JSON: raise :class:`Divergence` where they differ."""
         got = comparable(event)
         want = comparable(expected)
-        if (self.policy_changed or not compare_policy) and isinstance(event, RunStarted):
+        if not policy_too and isinstance(event, RunStarted):
             # The caller changed the policy on purpose: find where behaviour changes instead.
             got.pop("policy", None)
             want.pop("policy", None)
@@ -562,44 +522,33 @@ class Recording:
             raise Divergence(
                 expected.seq, msgspec.to_builtins(expected), msgspec.to_builtins(event)
             )
-        self._advance(position)
 
     def reproduce(
-        self,
-        position: int,
-        event_type: type[Event],
-        run_id: str,
-        fields: dict[str, Any],
-        build: bool,
-        *,
-        compare_policy: bool = True,
+        self, position: int, event: Event, *, build: bool = False, compare_policy: bool = True
     ) -> Event | None:
-        """:meth:`check` the event ``event_type(run_id=run_id, **fields)`` against the recorded
-        one at ``position``, with the recorded seq and ts; raise :class:`Divergence` unless it
-        reproduces it.
+        """:meth:`check` ``event`` against the recorded one at ``position``: raise
+        :class:`Divergence` unless it reproduces it.
 
-        The event is built only when asked (``build``: it is returned, for the sinks) or when
-        it differs from the recorded one: a reproduced event is compared field by field
-        where it is given, with the verdict and the divergence :meth:`check` gives.
+        With ``build``, return the event as the log has it placed: with the recorded seq and
+        ts (for the sinks, which see every event in seq order). Otherwise return None, and
+        build nothing more when the event reproduces the recorded one, as it usually does.
         """
         index = position - self._base
         window = self._window
         expected = window[index] if 0 <= index < len(window) else self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
-        if (
-            type(expected) is event_type
-            and expected.run_id == run_id
-            and not ((self.policy_changed or not compare_policy) and event_type is RunStarted)
-            and _same(expected, fields)
-        ):
+        policy_too = compare_policy and not self.policy_changed
+        if (policy_too or type(event) is not RunStarted) and _same(expected, event):
             self._advance(position)
-            if not build:
-                return None
-            return event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
-        event = event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
-        self.check(position, event, compare_policy=compare_policy)
-        return event
+        else:
+            event = msgspec.structs.replace(event, seq=expected.seq, ts=expected.ts)
+            self._compare(expected, event, policy_too)
+            self._advance(position)
+            return event if build else None
+        if not build:
+            return None
+        return msgspec.structs.replace(event, seq=expected.seq, ts=expected.ts)
 
     def _advance(self, position: int) -> None:
         """The event at ``position`` was reproduced: it leaves the window."""

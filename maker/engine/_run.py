@@ -42,7 +42,7 @@ from ..core._task import Task
 from ..core._version import __version__
 from ._recording import Divergence, Recording, _RecordingEnded
 from ._results import RunResult
-from ._sampling import _Counters, _Sampler, _StepFailed, _Traffic
+from ._sampling import _Counters, _Envelope, _Sampler, _StepFailed, _Traffic
 from ._scheduler import Scheduler
 
 S = TypeVar("S")
@@ -52,38 +52,6 @@ EventSink = Callable[[Event], None]
 """A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
 
 _OBSERVATIONAL = frozenset(OBSERVATIONAL_TYPES)  # event types are final: no subclasses
-
-_Builder = Callable[[dict[str, Any], str, int, float], Event]
-_BUILDERS: dict[type[Event], _Builder] = {}
-
-
-def _builder(event_type: type[Event]) -> _Builder:
-    """``build(fields, run_id, seq, ts)``: ``event_type(run_id=..., seq=..., ts=..., **fields)``.
-
-    A struct built from a dict of keywords costs four times one built from keywords written
-    out (msgspec, measured: 1.8 against 0.4 us for a sample_received), and the live step loop
-    builds a dozen events a step. The builder writes the keywords out when ``fields`` holds
-    every field but the envelope, as the engine's calls do; any other dict (a field left to its
-    default, a misspelt or missing one) is built, or refused, the usual way.
-    """
-    names = [f.name for f in msgspec.structs.fields(event_type) if f.name not in _ENVELOPE]
-    keywords = ", ".join(f"{name}=f[{name!r}]" for name in names)
-    source = (
-        "def build(f, run_id, seq, ts):\n"
-        f"    if len(f) == {len(names)}:\n"
-        "        try:\n"
-        f"            return CLS(run_id=run_id, seq=seq, ts=ts, {keywords})\n"
-        "        except KeyError:\n"
-        "            pass\n"
-        "    return CLS(run_id=run_id, seq=seq, ts=ts, **f)\n"
-    )
-    namespace: dict[str, Any] = {"CLS": event_type}
-    exec(compile(source, f"<event builder {event_type.__name__}>", "exec"), namespace)
-    build: _Builder = namespace["build"]
-    return build
-
-
-_ENVELOPE = frozenset({"run_id", "seq", "ts"})
 
 
 class _Run(Generic[S, A]):
@@ -156,19 +124,25 @@ class _Run(Generic[S, A]):
 
     # -- the events --------------------------------------------------------------------------
 
-    async def emit(self, event_type: type[Event], **fields: Any) -> None:
+    def envelope(self) -> _Envelope:
+        """The envelope of the run's next event: ``Event(**run.envelope(), ...fields)``.
+
+        The one place events get their run_id, seq and ts. It assigns nothing: the seq is the
+        run's once the event is appended (:meth:`emit`, :meth:`emit_now`).
+        """
+        return {"run_id": self.run_id, "seq": self.seq, "ts": self.clock()}
+
+    async def emit(self, event: Event) -> None:
         """Record an event once the log has room for it: a run waits for a full log."""
         recording = self.recording
         if recording is None:
-            # A live run, the common case: what emit_now does, with the fields passed on once
-            # (forwarding a dozen keywords through a second call cost as much as the event).
+            # A live run, the common case: what emit_now does, without its replay checks.
             log = self.log
             if log.full:
                 await log.room()
-            build = _BUILDERS.get(event_type)
-            if build is None:
-                build = _BUILDERS[event_type] = _builder(event_type)
-            event = build(fields, self.run_id, self.seq, self.clock())
+            if event.seq != self.seq:
+                # Another event of this run took its seq while it waited for room.
+                event = msgspec.structs.replace(event, seq=self.seq, ts=self.clock())
             log.append(event)
             self.seq += 1
             for sink in self.sinks:
@@ -177,50 +151,47 @@ class _Run(Generic[S, A]):
         if not recording.holds(self.position):
             await recording.ready(self.position)  # read the recording on to this step's end
         if recording.pending(self.position):
-            self._reproduce(recording, event_type, fields)
+            self._reproduce(recording, event)
             return
         if self.log.full:
             await self.log.room()
-        self.emit_now(event_type, **fields)
+        self.emit_now(event)
 
-    def emit_now(self, event_type: type[Event], **fields: Any) -> None:
+    def emit_now(self, event: Event) -> None:
         """Record an event at once, even past the log's bound: for the scheduler's waits (its
         callbacks cannot wait) and for the last words of a cancelled run."""
         recording = self.recording
         if recording is not None:
             if recording.pending(self.position):
-                self._reproduce(recording, event_type, fields)
+                self._reproduce(recording, event)
                 return
             if self.verify_only:
                 raise _RecordingEnded
             if not self.resumed:
                 self.resumed = True
-                self.emit_now(RunResumed, replayed=self.position, version=__version__)
-        event = event_type(run_id=self.run_id, seq=self.seq, ts=self.clock(), **fields)
+                self.emit_now(
+                    RunResumed(**self.envelope(), replayed=self.position, version=__version__)
+                )
+        if event.seq != self.seq:
+            # Built during the replay, or before a marker took its seq.
+            event = msgspec.structs.replace(event, seq=self.seq, ts=self.clock())
         self.log.append(event)
         self.seq += 1
         for sink in self.sinks:
             sink(event)
 
-    def _reproduce(
-        self, recording: Recording, event_type: type[Event], fields: dict[str, Any]
-    ) -> None:
+    def _reproduce(self, recording: Recording, event: Event) -> None:
         """Check an event against the recorded one instead of recording it."""
-        if event_type in _OBSERVATIONAL:
+        if type(event) in _OBSERVATIONAL:
             return  # waits are not reproduced; the recorded ones stay in the log
         sinks = self.sinks
-        event = recording.reproduce(
-            self.position,
-            event_type,
-            self.run_id,
-            fields,
-            bool(sinks),
-            compare_policy=self.compare_policy,
+        reproduced = recording.reproduce(
+            self.position, event, build=bool(sinks), compare_policy=self.compare_policy
         )
         self.position += 1
-        if event is not None:
+        if reproduced is not None:
             for sink in sinks:
-                sink(event)
+                sink(reproduced)
 
     @property
     def replaying(self) -> bool:
@@ -243,16 +214,18 @@ class _Run(Generic[S, A]):
         started = time.perf_counter()
         task = self.task
         await self.emit(
-            RunStarted,
-            task=task.name,
-            task_params=task.params(),
-            policy=self.recorded_policy(),
-            models=[self.client.model],
-            model_params=self.client.describe(),
-            seed=self.seed,
-            version=__version__,
-            initial_state=task.state_to_json(self.state),
-            limits=self.scheduler.limits_for(self.client.model).describe(),
+            RunStarted(
+                **self.envelope(),
+                task=task.name,
+                task_params=task.params(),
+                policy=self.recorded_policy(),
+                models=[self.client.model],
+                model_params=self.client.describe(),
+                seed=self.seed,
+                version=__version__,
+                initial_state=task.state_to_json(self.state),
+                limits=self.scheduler.limits_for(self.client.model).describe(),
+            )
         )
         status: RunStatus = "succeeded"
         reason = ""
@@ -279,13 +252,15 @@ class _Run(Generic[S, A]):
         c = self.counters
         wall = time.perf_counter() - started
         self.emit_now(
-            RunFinished,
-            status=status,
-            steps=self.steps,
-            samples=c.samples,
-            red_flags=sum(c.red_flags.values()),
-            reason=reason,
-            wall_s=wall,
+            RunFinished(
+                **self.envelope(),
+                status=status,
+                steps=self.steps,
+                samples=c.samples,
+                red_flags=sum(c.red_flags.values()),
+                reason=reason,
+                wall_s=wall,
+            )
         )
         self.result = RunResult(
             run_id=self.run_id,
@@ -324,7 +299,7 @@ class _Run(Generic[S, A]):
             answer = await self._vote(self.steps, self.state, state_json)
             self.state = task.apply(self.state, answer)
             state_json = task.state_to_json(self.state)
-            await self.emit(StateChanged, step=self.steps, state=state_json)
+            await self.emit(StateChanged(**self.envelope(), step=self.steps, state=state_json))
             self.steps += 1
             if self.estimate is not None:
                 votes = self.last_votes
@@ -336,7 +311,7 @@ class _Run(Generic[S, A]):
         """Sample ``step`` until one answer leads by k; its answer."""
         task, policy, sampler = self.task, self.policy, self.sampler
         prompt = task.prompt(state)
-        await self.emit(StepStarted, step=step, state=state_json)
+        await self.emit(StepStarted(**self.envelope(), step=step, state=state_json))
         tally = Tally(self.k, policy.rule)
         answers: dict[str, A] = {}
         ordinal = 0
@@ -372,11 +347,13 @@ class _Run(Generic[S, A]):
                         winner = tally.add(candidate)
                         self.counters.votes += 1
                         await self.emit(
-                            VoteCounted,
-                            step=step,
-                            sample_id=request.sample_id,
-                            candidate=candidate,
-                            tally=tally.votes,
+                            VoteCounted(
+                                **self.envelope(),
+                                step=step,
+                                sample_id=request.sample_id,
+                                candidate=candidate,
+                                tally=tally.votes,
+                            )
                         )
                 except _StepFailed as exc:
                     # Raised once the scope is left, as itself (its task group would wrap it).
@@ -385,12 +362,14 @@ class _Run(Generic[S, A]):
                     votes = tally.votes
                     self.last_votes, self.last_winner = votes, winner
                     await self.emit(
-                        StepDecided,
-                        step=step,
-                        winner=winner,
-                        votes=votes,
-                        samples=ordinal,
-                        red_flags=red_flags,
+                        StepDecided(
+                            **self.envelope(),
+                            step=step,
+                            winner=winner,
+                            votes=votes,
+                            samples=ordinal,
+                            red_flags=red_flags,
+                        )
                     )
                     self.counters.max_in_step = max(self.counters.max_in_step, ordinal)
                 # Whatever is still in flight can no longer matter: stop it and say so.
@@ -412,13 +391,15 @@ class _Run(Generic[S, A]):
         if k != self.k or self.steps == 0:
             self.k = k
             await self.emit(
-                KChanged,
-                step=self.steps,
-                k=k,
-                p_mean=estimate.mean,
-                p_low=estimate.lower,
-                agree=estimate.alpha,
-                disagree=estimate.beta,
+                KChanged(
+                    **self.envelope(),
+                    step=self.steps,
+                    k=k,
+                    p_mean=estimate.mean,
+                    p_low=estimate.lower,
+                    agree=estimate.alpha,
+                    disagree=estimate.beta,
+                )
             )
 
 

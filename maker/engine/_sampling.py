@@ -13,11 +13,11 @@ import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, Self, TypedDict, TypeVar
 
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
@@ -82,13 +82,24 @@ def _leaves(group: BaseExceptionGroup[BaseException]) -> Iterator[BaseException]
             yield exc
 
 
+class _Envelope(TypedDict):
+    """What every event of a run carries besides its own fields (see :class:`events.Event`)."""
+
+    run_id: str
+    seq: int
+    ts: float
+
+
 class _Recorder(Protocol):
     """What sampling needs of the run it samples for: the run records every event."""
 
-    async def emit(self, event_type: type[Event], **fields: Any) -> None:
+    def envelope(self) -> _Envelope:
+        """The envelope of the run's next event."""
+
+    async def emit(self, event: Event) -> None:
         """Record an event once the log has room for it."""
 
-    def emit_now(self, event_type: type[Event], **fields: Any) -> None:
+    def emit_now(self, event: Event) -> None:
         """Record an event at once (the scheduler's callbacks cannot wait)."""
 
     @property
@@ -138,28 +149,34 @@ _new_tuple = tuple.__new__
 class _Observer(SchedulerObserver):
     """Records the scheduler's waits and breaker changes for one sample as events."""
 
-    def __init__(self, emit: Callable[..., None], request: SampleRequest) -> None:
-        self._emit = emit
+    def __init__(self, recorder: _Recorder, request: SampleRequest) -> None:
+        self._recorder = recorder
         self._request = request
 
     def waited(self, wait: Wait) -> None:
-        self._emit(
-            SchedulerWaited,
-            step=self._request.step,
-            sample_id=self._request.sample_id,
-            model=self._request.model,
-            reason=wait.reason,
-            waited_s=wait.seconds,
+        recorder, request = self._recorder, self._request
+        recorder.emit_now(
+            SchedulerWaited(
+                **recorder.envelope(),
+                step=request.step,
+                sample_id=request.sample_id,
+                model=request.model,
+                reason=wait.reason,
+                waited_s=wait.seconds,
+            )
         )
 
     def breaker_changed(self, change: BreakerChange) -> None:
-        self._emit(
-            BreakerChanged,
-            step=self._request.step,
-            sample_id=self._request.sample_id,
-            model=change.model,
-            state=change.state,
-            failures=change.failures,
+        recorder, request = self._recorder, self._request
+        recorder.emit_now(
+            BreakerChanged(
+                **recorder.envelope(),
+                step=request.step,
+                sample_id=request.sample_id,
+                model=change.model,
+                state=change.state,
+                failures=change.failures,
+            )
         )
 
 
@@ -169,7 +186,7 @@ async def _attempt(
     request: SampleRequest,
     attempt: int,
     delay: float,
-    emit: Callable[..., None],
+    recorder: _Recorder,
 ) -> _Outcome:
     """One attempt of one sample through the scheduler, after ``delay`` seconds of backoff:
     the completion or the transport error, and the seconds the call took.
@@ -183,7 +200,7 @@ async def _attempt(
     completion: Completion | None = None
     error: ClientError | None = None
     try:
-        completion = await scheduler.call(client, request, _Observer(emit, request))
+        completion = await scheduler.call(client, request, _Observer(recorder, request))
     except ClientError as exc:
         error = exc
     except anyio.get_cancelled_exc_class():
@@ -199,7 +216,7 @@ def _attempt_now(
     client: Client,
     request: SampleRequest,
     attempt: int,
-    emit: Callable[..., None],
+    recorder: _Recorder,
 ) -> _Outcome | None:
     """:func:`_attempt` without awaiting, when the scheduler can answer at once (see
     :meth:`Scheduler.call_now`); None when the attempt has to be made by ``_attempt``."""
@@ -207,7 +224,7 @@ def _attempt_now(
     completion: Completion | None = None
     error: ClientError | None = None
     try:
-        completion = scheduler.call_now(client, request, _Observer(emit, request))
+        completion = scheduler.call_now(client, request, _Observer(recorder, request))
         if completion is None:
             return None
     except ClientError as exc:
@@ -239,13 +256,13 @@ class _Attempts:
         self,
         scheduler: Scheduler,
         client: Client,
-        emit: Callable[..., None],
+        recorder: _Recorder,
         recording: Recording | None,
         verify_only: bool,
     ) -> None:
         self._scheduler = scheduler
         self._client = client
-        self._emit = emit
+        self._recorder = recorder
         self._recording = recording
         self._verify_only = verify_only
         self._at_once = recording is None
@@ -312,7 +329,9 @@ class _Attempts:
             self._at_once = at_once = True
         for request, attempt, delay in self._launched:
             if at_once and delay <= 0:
-                outcome = _attempt_now(self._scheduler, self._client, request, attempt, self._emit)
+                outcome = _attempt_now(
+                    self._scheduler, self._client, request, attempt, self._recorder
+                )
                 if outcome is not None:
                     self._ready.append(outcome)
                     continue
@@ -381,7 +400,7 @@ class _Attempts:
             if self._verify_only:
                 raise _RecordingEnded
         await send.send(
-            await _attempt(self._scheduler, self._client, request, attempt, delay, self._emit)
+            await _attempt(self._scheduler, self._client, request, attempt, delay, self._recorder)
         )
 
     def cancel(self) -> None:
@@ -440,7 +459,7 @@ class _Sampler(Generic[A]):
         attempts = self._attempts = _Attempts(
             self._scheduler,
             self._client,
-            self._recorder.emit_now,
+            self._recorder,
             self._recording,
             self._verify_only,
         )
@@ -465,13 +484,16 @@ class _Sampler(Generic[A]):
             max_tokens=max_tokens,
             seed=sample_seed(self._seed, sample_id),
         )
-        await self._recorder.emit(
-            SampleRequested,
-            step=step,
-            sample_id=sample_id,
-            model=model,
-            temperature=temperature,
-            max_tokens=max_tokens,
+        recorder = self._recorder
+        await recorder.emit(
+            SampleRequested(
+                **recorder.envelope(),
+                step=step,
+                sample_id=sample_id,
+                model=model,
+                temperature=temperature,
+                max_tokens=max_tokens,
+            )
         )
         self._counters.samples += 1
         self._traffic.requested += 1
@@ -515,26 +537,34 @@ class _Sampler(Generic[A]):
         counters.cost += cost
         counters.input_tokens += completion.input_tokens
         counters.output_tokens += completion.output_tokens
-        step, sample_id = request.step, request.sample_id
-        await self._recorder.emit(
-            SampleReceived,
-            step=step,
-            sample_id=sample_id,
-            text=completion.text,
-            model=completion.model,
-            latency_s=latency,
-            input_tokens=completion.input_tokens,
-            output_tokens=completion.output_tokens,
-            finish_reason=completion.finish_reason,
-            temperature_sent=completion.temperature_sent,
-            cost_usd=cost,
+        step, sample_id, recorder = request.step, request.sample_id, self._recorder
+        await recorder.emit(
+            SampleReceived(
+                **recorder.envelope(),
+                step=step,
+                sample_id=sample_id,
+                text=completion.text,
+                model=completion.model,
+                latency_s=latency,
+                input_tokens=completion.input_tokens,
+                output_tokens=completion.output_tokens,
+                finish_reason=completion.finish_reason,
+                temperature_sent=completion.temperature_sent,
+                cost_usd=cost,
+            )
         )
         judged = judge(self._task, self._policy.red_flags, completion)
         if not isinstance(judged, RedFlag):
             return judged
         counters.red_flags[judged.reason] += 1
-        await self._recorder.emit(
-            RedFlagged, step=step, sample_id=sample_id, reason=judged.reason, detail=judged.detail
+        await recorder.emit(
+            RedFlagged(
+                **recorder.envelope(),
+                step=step,
+                sample_id=sample_id,
+                reason=judged.reason,
+                detail=judged.detail,
+            )
         )
         return None
 
@@ -559,16 +589,19 @@ class _Sampler(Generic[A]):
                 retry_after_s=error.retry_after,
                 draw=draw.random(),
             )
-        await self._recorder.emit(
-            SampleFailed,
-            step=request.step,
-            sample_id=request.sample_id,
-            error_kind=error.kind,
-            message=str(error),
-            attempt=attempt,
-            retryable=error.retryable,
-            backoff_s=delay,
-            retry_after_s=error.retry_after,
+        recorder = self._recorder
+        await recorder.emit(
+            SampleFailed(
+                **recorder.envelope(),
+                step=request.step,
+                sample_id=request.sample_id,
+                error_kind=error.kind,
+                message=str(error),
+                attempt=attempt,
+                retryable=error.retryable,
+                backoff_s=delay,
+                retry_after_s=error.retry_after,
+            )
         )
         if not retry:
             attempts = f"{attempt} attempt" + ("s" if attempt != 1 else "")
@@ -589,8 +622,15 @@ class _Sampler(Generic[A]):
             # An interrupted replay records nothing: the log stays as it was.
             in_flight.clear()
             return
-        emit_now = self._recorder.emit_now
+        recorder = self._recorder
         for request in in_flight.values():
-            emit_now(SampleCancelled, step=request.step, sample_id=request.sample_id, reason=reason)
+            recorder.emit_now(
+                SampleCancelled(
+                    **recorder.envelope(),
+                    step=request.step,
+                    sample_id=request.sample_id,
+                    reason=reason,
+                )
+            )
         self._counters.cancelled += len(in_flight)
         in_flight.clear()
