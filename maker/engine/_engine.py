@@ -35,19 +35,6 @@ from ._scheduler import Scheduler
 S = TypeVar("S")
 A = TypeVar("A")
 
-_E = TypeVar("_E", bound=BaseException)
-
-
-def _first(group: BaseExceptionGroup[BaseException], kind: type[_E]) -> _E:
-    """The first exception of ``kind`` in a (possibly nested) exception group."""
-    for exc in group.exceptions:
-        if isinstance(exc, kind):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found: _E = _first(exc, kind)
-            return found
-    raise AssertionError("no such exception in the group")  # pragma: no cover
-
 
 class Engine:
     """Runs tasks against a model, recording every event in a log.
@@ -223,12 +210,7 @@ class Engine:
         async def body() -> RunResult:
             if resuming:
                 await self._log.attach(run.run_id)
-            try:
-                return await self._execute(run)
-            except ExceptionGroup as group:
-                if group.subgroup(Divergence) is None:
-                    raise
-                raise _first(group, Divergence) from None
+            return await self._execute(run)
 
         try:
             # A bug in task code (the run recorded it) or a resumed prefix that diverged
@@ -261,7 +243,9 @@ class Engine:
         """Run ``task`` to the end and return how it went. Every event goes to the log first.
 
         If the surrounding scope is cancelled, the run records ``run_finished`` with status
-        ``"cancelled"`` before the cancellation propagates.
+        ``"cancelled"`` before the cancellation propagates. An exception raised by the task's
+        code (``prompt``, ``parse``, ``apply``, ...) ends the run as failed, its reason the
+        exception's type and message, and is then raised as itself.
         """
         self._require_entered()
         run = self._new_run(
@@ -294,10 +278,7 @@ class Engine:
             raise MakerError(f"run {recording.run_id} already finished; there is nothing to resume")
         await self._log.attach(recording.run_id)
         run = self._replaying(task, recording.fresh(), policy, sinks, verify_only=False)
-        try:
-            return await self._execute(run)
-        except* Divergence as group:
-            raise _first(group, Divergence) from None
+        return await self._execute(run)
 
     async def verify(
         self,
@@ -321,9 +302,9 @@ class Engine:
         divergence: Divergence | None = None
         try:
             await run.execute()
-        except* Divergence as group:
-            divergence = _first(group, Divergence)
-        except* _RecordingEnded:
+        except Divergence as exc:
+            divergence = exc
+        except _RecordingEnded:
             pass  # a run that never finished: everything recorded was reproduced
         if divergence is not None:
             return VerifyResult(
