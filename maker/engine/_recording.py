@@ -111,15 +111,17 @@ class _Decisions:
     cancelled, so it stays within one step.
     """
 
-    __slots__ = ("_closed", "_held", "_out")
+    __slots__ = ("_closed", "_out", "held")
 
     def __init__(self, out: Callable[[AnyEvent], None]) -> None:
         self._out = out
-        self._held: list[AnyEvent] = []
-        self._closed = False  # _held ends with a cancelled run_finished
+        self.held: list[AnyEvent] = []
+        """The interruption held back, if any: a reader with nothing held may pass a decision
+        event on without :meth:`push` (the recording's short path does)."""
+        self._closed = False  # held ends with a cancelled run_finished
 
     def push(self, event: AnyEvent) -> None:
-        if type(event) in _DECISIONS and not self._held:
+        if type(event) in _DECISIONS and not self.held:
             self._out(event)  # the usual case: a decision, and nothing held back
             return
         if isinstance(event, OBSERVATIONAL_TYPES):
@@ -127,7 +129,7 @@ class _Decisions:
         if self._closed:
             if isinstance(event, RunResumed):
                 # Drop the interruption this resumption continues from.
-                self._held.clear()
+                self.held.clear()
                 self._closed = False
                 return
             self._release()
@@ -136,13 +138,13 @@ class _Decisions:
             # decision. What is held stays held: a later resumption may still drop it.
             return
         if isinstance(event, SampleCancelled) and event.reason == "run_cancelled":
-            self._held.append(event)
+            self.held.append(event)
             return
         if isinstance(event, RunFinished) and event.status == "cancelled":
-            self._held.append(event)
+            self.held.append(event)
             self._closed = True
             return
-        if self._held:
+        if self.held:
             self._release()
         self._out(event)
 
@@ -151,11 +153,11 @@ class _Decisions:
         before its cancellation, so a recording leaves that interruption out too."""
         if not (drop_interruption and self._closed):
             self._release()
-        self._held.clear()
+        self.held.clear()
         self._closed = False
 
     def _release(self) -> None:
-        held, self._held, self._closed = self._held, [], False
+        held, self.held, self._closed = self.held, [], False
         for event in held:
             self._out(event)
 
@@ -362,7 +364,7 @@ class Recording:
                 event is not None
                 and 0 < event.seq <= last
                 and type(event) in _DECISIONS
-                and not decisions._held
+                and not decisions.held
             ):
                 admit(event)  # what _push and _Decisions.push would do with it
             else:
