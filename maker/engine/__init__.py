@@ -1,7 +1,8 @@
 """The engine: runs a task step by step on a client, through the scheduler, into the log.
 
-The scheduler (rate limits, backoff, the circuit breaker), the engine's lifecycle and step
-loop, run handles, recordings (for verification and resume) and calibration. Built on
+The scheduler (rate limits, backoff, the circuit breaker), the engine's lifecycle, the step
+loop and the sampling it shares with calibration, run handles, recordings (for verification
+and resume) and calibration. Built on
 :mod:`maker.core`, :mod:`maker.tasks`, :mod:`maker.clients` and :mod:`events`.
 """
 
