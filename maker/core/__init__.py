@@ -1,5 +1,6 @@
-"""The core: what MAKER decides, with no I/O. The vote (tally), red flags, the paper's
-formulas, adaptive k, the policy, the task and client protocols, planning and pricing.
+"""The core: what MAKER decides, with no I/O. The vote (tally), red flags and the judge of a
+response, the paper's formulas, adaptive k, the policy, the task and client protocols,
+planning and pricing.
 
 Everything above builds on these; nothing here imports from another layer of :mod:`maker`.
 """
@@ -24,6 +25,7 @@ from ._formulas import (
     p_step,
     sample_cost,
 )
+from ._judge import judge
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
 from ._policy import Policy
 from ._redflags import RedFlagCheck, RedFlagRules
@@ -62,6 +64,7 @@ __all__ = [
     "expected_cost_exact",
     "expected_samples_per_step",
     "expected_votes_per_step",
+    "judge",
     "k_min",
     "p_run",
     "p_step",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from ._adaptive import AdaptiveK
@@ -103,10 +103,13 @@ class Policy:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
-        """The policy a ``run_started`` event describes.
+        """The policy a ``run_started`` event records: the inverse of :meth:`describe`.
 
-        User red-flag checks are code, so the log holds only their names: pass the same
-        checks again, in order, or this fails naming them.
+        A field the record leaves out (a log from before the field existed) takes the
+        policy's default, as do the red-flag rules' fields. User red-flag checks are code, so
+        the log holds only their names: pass the same checks again, in order, or this fails
+        naming them. A calibration's policy is not a voting policy (see
+        ``maker.engine.is_calibration``).
         """
         flags = dict(data.get("red_flags", {}))
         names = list(flags.get("checks", []))
@@ -116,30 +119,20 @@ class Policy:
                 "red_flags.checks",
                 f"the run used red-flag checks {names}; pass the same checks (got {given})",
             )
+        defaults = RedFlagRules()
         rules = RedFlagRules(
-            max_output_tokens=flags.get("max_output_tokens", 750),
-            flag_truncated=bool(flags.get("flag_truncated", True)),
+            max_output_tokens=flags.get("max_output_tokens", defaults.max_output_tokens),
+            flag_truncated=bool(flags.get("flag_truncated", defaults.flag_truncated)),
             checks=checks,
         )
-        fields = {
-            name: data[name]
-            for name in (
-                "k",
-                "rule",
-                "first_temperature",
-                "temperature",
-                "max_tokens",
-                "max_samples_per_step",
-                "max_attempts",
-                "speculative",
-            )
-            if name in data
-        }
+        # Every other field is recorded as it is: read back by the dataclass's own field list.
+        plain = {f.name for f in fields(cls)} - {"red_flags", "adaptive"}
+        recorded = {name: data[name] for name in plain if name in data}
         adaptive = data.get("adaptive")
         return cls(
             red_flags=rules,
             adaptive=AdaptiveK.from_json(adaptive) if adaptive else None,
-            **fields,
+            **recorded,
         )
 
     def temperature_for(self, ordinal: int) -> float:

@@ -26,8 +26,10 @@ class Task(ABC, Generic[S, A]):
     next state from an answer. States and answers must convert to JSON through
     :meth:`state_to_json` and :meth:`answer_to_json`; the defaults use ``msgspec.to_builtins``.
 
-    A task may also offer :meth:`oracle`, the correct answer for a state. The simulated model and
-    the tests use it; the engine never does.
+    A task may also offer :meth:`oracle`, the correct answer for a state. The simulated model,
+    calibration and the tests use it; the engine never does. A task whose solution is long and
+    regular may offer :meth:`oracle_state` too, so that calibration finds states deep in the
+    solution without walking there.
     """
 
     name: ClassVar[str] = "custom"
@@ -74,4 +76,15 @@ class Task(ABC, Generic[S, A]):
 
     def oracle(self, state: S) -> A | None:
         """The correct answer for ``state``, when the task knows it. Never used to decide."""
+        return None
+
+    def oracle_state(self, index: int) -> S | None:
+        """The state the oracle's answers reach from the initial state in ``index`` steps, when
+        the task can compute it directly; None (the default) when it cannot.
+
+        Optional. Calibration samples states along the known solution: with this hook it takes
+        each at once, without it it walks there from the initial state with :meth:`oracle`,
+        one step at a time. The state must be the one the walk would reach. Never used to
+        decide.
+        """
         return None

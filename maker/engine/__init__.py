@@ -1,7 +1,8 @@
 """The engine: runs a task step by step on a client, through the scheduler, into the log.
 
-The scheduler (rate limits, backoff, the circuit breaker), the engine's lifecycle and step
-loop, run handles, recordings (for verification and resume) and calibration. Built on
+The scheduler (rate limits, backoff, the circuit breaker), the engine's lifecycle, the step
+loop and the sampling it shares with calibration, run handles, recordings (for verification
+and resume) and calibration. Built on
 :mod:`maker.core`, :mod:`maker.tasks`, :mod:`maker.clients` and :mod:`events`.
 """
 
@@ -14,10 +15,12 @@ from ._calibrate import (
     is_calibration,
     wilson_interval,
 )
-from ._engine import Engine, EventSink, sample_seed
+from ._engine import Engine
 from ._handle import RunHandle, RunStatistics
 from ._recording import Divergence, Recording, decision_events
 from ._results import EngineStatistics, RunResult, VerifyResult
+from ._run import EventSink
+from ._sampling import sample_seed
 from ._scheduler import (
     BreakerChange,
     CircuitBreaker,

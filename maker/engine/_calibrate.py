@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from anyio.abc import ObjectSendStream, TaskGroup
 
 from events import (
     AnyEvent,
@@ -47,7 +46,6 @@ from events import (
     RunFinished,
     RunStarted,
     RunStatus,
-    SampleCancelled,
     SampleFailed,
     SampleReceived,
     SampleRequested,
@@ -56,21 +54,14 @@ from events import (
     canonical_json,
 )
 
-from ..core._client import Client, Completion, SampleRequest
-from ..core._errors import ConfigError, RedFlag
+from ..core._client import Client
+from ..core._errors import ConfigError
 from ..core._policy import Policy
 from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
-from ..core._version import __version__
-from ..tasks import Hanoi, HanoiState, make_task
-from ._engine import (
-    EventSink,
-    SampleOutcome,
-    attempt_sample,
-    judge_response,
-    record_failure,
-    sample_seed,
-)
+from ..tasks import make_task
+from ._run import EventSink, _Run
+from ._sampling import _StepFailed, _Traffic, _unwrapped, sample_seed
 from ._scheduler import Scheduler
 
 Z95 = 1.959963984540054
@@ -135,68 +126,20 @@ def calibration_steps(total: int, samples: int, seed: int) -> list[int]:
     return sorted(picked)
 
 
-def hanoi_state_at(disks: int, index: int) -> HanoiState:
-    """The Hanoi state after ``index`` moves of the optimal solution, in O(disks) time.
-
-    It is the state the oracle reaches from the start in ``index`` steps, previous move
-    included, without walking there: a 20-disk calibration needs states up to a million
-    moves deep.
-
-    >>> hanoi_state_at(3, 0).pegs
-    ((3, 2, 1), (), ())
-    >>> state = hanoi_state_at(3, 3)
-    >>> state.pegs, state.previous_move
-    (((3,), (2, 1), ()), (1, 2, 1))
-    """
-    total = 2**disks - 1
-    if not 0 <= index <= total:
-        raise ValueError(f"index must be in 0..{total}, got {index}")
-    pegs: list[list[int]] = [[], [], []]
-    # Moving n disks src -> dst: 2**(n-1) - 1 moves take the n-1 smaller ones to via, one move
-    # takes disk n to dst, and as many bring the smaller ones from via onto it.
-    src, dst, via = 0, 2, 1
-    remaining = index
-    for disk in range(disks, 0, -1):
-        half = 1 << (disk - 1)
-        if remaining < half:
-            pegs[src].append(disk)
-            dst, via = via, dst
-        else:
-            pegs[dst].append(disk)
-            remaining -= half
-            src, via = via, src
-    previous = None if index == 0 else _hanoi_move(disks, index - 1)
-    return HanoiState(pegs=(tuple(pegs[0]), tuple(pegs[1]), tuple(pegs[2])), previous_move=previous)
-
-
-def _hanoi_move(disks: int, index: int) -> tuple[int, int, int]:
-    """Move number ``index`` (0-based) of the optimal solution."""
-    src, dst, via = 0, 2, 1
-    remaining = index
-    for disk in range(disks, 0, -1):
-        half = 1 << (disk - 1)
-        if remaining == half - 1:
-            return (disk, src, dst)
-        if remaining < half - 1:
-            dst, via = via, dst
-        else:
-            remaining -= half
-            src, via = via, src
-    raise AssertionError("unreachable: index checked by the caller")  # pragma: no cover
-
-
 def states_at(task: Task[Any, Any], indices: Iterable[int]) -> dict[int, Any]:
     """The state at each step index of the task's known solution (the oracle's path).
 
-    Hanoi's states are computed directly; any other task is walked once from its initial state
-    with its oracle, keeping the wanted states. Raises :class:`ConfigError` when the task has no
-    oracle or is done before the last index.
+    A task that computes such states directly (:meth:`Task.oracle_state`, as Hanoi does) gives
+    each at once; any other is walked once from its initial state with its oracle, keeping the
+    wanted states. Raises :class:`ConfigError` when the task has no oracle or is done before
+    the last index.
     """
     wanted = sorted(set(indices))
     if not wanted:
         return {}
-    if isinstance(task, Hanoi):
-        return {i: hanoi_state_at(task.disks, i) for i in wanted}
+    direct = {i: task.oracle_state(i) for i in wanted}
+    if all(state is not None for state in direct.values()):
+        return direct
     out: dict[int, Any] = {}
     state = task.initial_state()
     pending = deque(wanted)
@@ -472,7 +415,9 @@ def calibration_from_events(
 
 
 @dataclass(frozen=True)
-class _Setup:
+class _Calibration:
+    """What every model's calibration run shares: the task, the sampled states, the limits."""
+
     task: Task[Any, Any]
     policy: Policy
     scheduler: Scheduler
@@ -492,232 +437,106 @@ _RECORDED_POLICY = ("temperature", "max_tokens", "max_attempts", "red_flags")
 """The policy fields a calibration run records (beside its mode and sample count)."""
 
 
-class _CalibrationRun:
-    """One model's calibration: the only place its events are recorded."""
+class _CalibrationRun(_Run[Any, Any]):
+    """One model's calibration: a run whose loop asks about independent states, each as many
+    times as it was drawn, and votes nothing.
 
-    def __init__(self, setup: _Setup, client: Client, log: EventLog, run_id: str) -> None:
-        self.setup = setup
-        self.client = client
-        self.log = log
-        self.run_id = run_id
-        self.seq = 0
-        self.fold = _Fold(lambda step, _data: setup.expected[step])
-        self.tallies: dict[int, Counter[str]] = {}
-        self.in_flight: dict[str, SampleRequest] = {}
-        self.started_steps: set[int] = set()
+    Its events, its sampling (attempts, retries, red flags) and its end are a run's; only the
+    loop is its own: the states come from the oracle, not from votes, up to ``in_flight``
+    samples are outstanding across states, and each valid answer is counted, never decided.
+    """
 
-    async def emit(self, event_type: type[Event], **fields: Any) -> None:
-        """Record an event once the log has room for it, as the engine does."""
-        await self.log.room()
-        self.emit_now(event_type, **fields)
-
-    def emit_now(self, event_type: type[Event], **fields: Any) -> None:
-        """Record an event at once: for the scheduler's waits and a cancelled run's last words."""
-        event = event_type(run_id=self.run_id, seq=self.seq, ts=self.setup.clock(), **fields)
-        self.log.append(event)
-        self.seq += 1
-        self.fold.feed(event)
-        for sink in self.setup.sinks:
-            sink(event)
-
-    async def execute(self) -> ModelCalibration:
-        setup, task = self.setup, self.setup.task
-        began = time.perf_counter()
-        described = setup.policy.describe()
-        # Only what shapes a calibration's samples: it votes nothing, so k and the voting rule
-        # would only mislead a reader of the log.
-        policy = {
-            "mode": CALIBRATION_MODE,
-            "samples": setup.samples,
-            **{key: described[key] for key in _RECORDED_POLICY},
-        }
-        await self.emit(
-            RunStarted,
-            task=task.name,
-            task_params=task.params(),
-            policy=policy,
-            models=[self.client.model],
-            model_params=self.client.describe(),
-            seed=setup.seed,
-            version=__version__,
-            initial_state=task.state_to_json(task.initial_state()),
-            limits=setup.scheduler.limits_for(self.client.model).describe(),
+    def __init__(self, calibration: _Calibration, client: Client, log: EventLog, run_id: str):
+        self.fold = _Fold(lambda step, _data: calibration.expected[step])
+        super().__init__(
+            task=calibration.task,
+            policy=calibration.policy,
+            seed=calibration.seed,
+            run_id=run_id,
+            log=log,
+            client=client,
+            scheduler=calibration.scheduler,
+            prices=calibration.prices,
+            clock=calibration.clock,
+            sinks=(self.fold.feed, *calibration.sinks),
+            traffic=_Traffic(),
         )
-        status: RunStatus = "succeeded"
-        reason = ""
-        try:
-            failure = await self._sample_all()
-        except anyio.get_cancelled_exc_class():
-            self._cancel_in_flight()
-            self._finish("cancelled", "cancelled by the caller", began)
-            raise
-        except Exception as exc:
-            # A bug in task or client code: record the end before the error propagates.
-            self._cancel_in_flight()
-            self._finish("failed", _describe(exc), began)
-            raise
-        if failure is not None:
-            status, reason = "failed", failure
-        self._finish(status, reason, began)
+        self.calibration = calibration
+
+    async def measure(self) -> ModelCalibration:
+        """Run the calibration to its end; what it measured, folded from its events."""
+        await self.execute()
         return self.fold.result()
 
-    def _finish(self, status: RunStatus, reason: str, began: float) -> None:
-        self.emit_now(
-            RunFinished,
-            status=status,
-            steps=len(self.started_steps),
-            samples=self.fold.requested,
-            red_flags=sum(self.fold.red_flags.values()),
-            reason=reason,
-            wall_s=time.perf_counter() - began,
-        )
+    def recorded_policy(self) -> dict[str, Any]:
+        """Only what shapes a calibration's samples: it votes nothing, so k and the voting
+        rule would only mislead a reader of the log."""
+        described = self.policy.describe()
+        return {
+            "mode": CALIBRATION_MODE,
+            "samples": self.calibration.samples,
+            **{key: described[key] for key in _RECORDED_POLICY},
+        }
 
-    def _cancel_in_flight(self) -> None:
-        for sample_id, request in self.in_flight.items():
-            self.emit_now(
-                SampleCancelled, step=request.step, sample_id=sample_id, reason="run_cancelled"
-            )
-        self.in_flight.clear()
-
-    async def _sample_all(self) -> str | None:
-        """Request every sample and record every outcome; return why the run failed, if it did."""
-        setup, task = self.setup, self.setup.task
-        queue = deque(setup.items)
-        model = self.client.model
+    async def walk(self) -> None:
+        """Request every sample and record every outcome."""
+        calibration, task, sampler = self.calibration, self.task, self.sampler
+        queue = deque(calibration.items)
+        temperature = self.policy.temperature
+        started: set[int] = set()
+        tallies: dict[int, Counter[str]] = {}
         # A step's samples are consecutive in the queue: its prompt is built once.
         last: tuple[int, Prompt] | None = None
-        failure: str | None = None
-        # Buffered, so a finished worker exits at once.
-        send, receive = anyio.create_memory_object_stream[SampleOutcome](max_buffer_size=math.inf)
-        async with send, receive, anyio.create_task_group() as tg:
-            while failure is None:
-                while queue and len(self.in_flight) < setup.in_flight:
-                    step, ordinal = queue.popleft()
-                    state = setup.states[step]
-                    if step not in self.started_steps:
-                        self.started_steps.add(step)
-                        await self.emit(StepStarted, step=step, state=task.state_to_json(state))
-                    if last is None or last[0] != step:
-                        last = (step, task.prompt(state))
-                    prompt = last[1]
-                    sample_id = f"{step}:{ordinal}"
-                    request = SampleRequest(
-                        sample_id=sample_id,
-                        step=step,
-                        model=model,
-                        system=prompt.system,
-                        user=prompt.user,
-                        temperature=setup.policy.temperature,
-                        max_tokens=setup.policy.max_tokens,
-                        seed=sample_seed(setup.seed, sample_id),
-                    )
-                    await self.emit(
-                        SampleRequested,
-                        step=step,
-                        sample_id=sample_id,
-                        model=model,
-                        temperature=request.temperature,
-                        max_tokens=request.max_tokens,
-                    )
-                    self._launch(tg, send, request, 1, 0.0)
-                if not self.in_flight:
-                    break
-                outcome = await receive.receive()
-                request = self.in_flight.pop(outcome.sample_id)
-                if outcome.error is not None:
-                    failure = await self._failed(tg, send, request, outcome)
-                    continue
-                assert outcome.completion is not None
-                await self._judge(request, outcome.completion, outcome.latency_s)
-            # After a failure, what is still in flight can no longer matter: stop it, say so.
-            self._cancel_in_flight()
-            tg.cancel_scope.cancel()
-        return failure
-
-    def _launch(
-        self,
-        tg: TaskGroup,
-        send: ObjectSendStream[SampleOutcome],
-        request: SampleRequest,
-        attempt: int,
-        delay: float,
-    ) -> None:
-        self.in_flight[request.sample_id] = request
-        tg.start_soon(self._sample, request, attempt, delay, send)
-
-    async def _judge(
-        self, request: SampleRequest, completion: Completion, latency_s: float
-    ) -> None:
-        """Record a response, then its red flag or its vote."""
-        setup, step = self.setup, request.step
-        cost = setup.prices.cost(
-            completion.model, completion.input_tokens, completion.output_tokens
-        )
-        answer = await judge_response(
-            self.emit,
-            setup.task,
-            setup.policy,
-            step=step,
-            sample_id=request.sample_id,
-            completion=completion,
-            latency_s=latency_s,
-            cost=cost,
-        )
-        if isinstance(answer, RedFlag):
-            return
-        candidate = canonical_json(setup.task.answer_to_json(answer))
-        tally = self.tallies.setdefault(step, Counter())
-        tally[candidate] += 1
-        await self.emit(
-            VoteCounted,
-            step=step,
-            sample_id=request.sample_id,
-            candidate=candidate,
-            tally=dict(tally),
-        )
-
-    async def _failed(
-        self,
-        tg: TaskGroup,
-        send: ObjectSendStream[SampleOutcome],
-        request: SampleRequest,
-        outcome: SampleOutcome,
-    ) -> str | None:
-        """Record a failed attempt; retry it as the engine does, or return why the run fails."""
-        setup, error = self.setup, outcome.error
-        assert error is not None
-        delay, reason = await record_failure(
-            self.emit,
-            seed=setup.seed,
-            request=request,
-            attempt=outcome.attempt,
-            error=error,
-            max_attempts=setup.policy.max_attempts,
-            limits=setup.scheduler.limits_for(self.client.model),
-        )
-        if delay is None:
-            return reason
-        self._launch(tg, send, request, outcome.attempt + 1, delay)
-        return None
-
-    async def _sample(
-        self,
-        request: SampleRequest,
-        attempt: int,
-        delay: float,
-        send: ObjectSendStream[SampleOutcome],
-    ) -> None:
-        scheduler = self.setup.scheduler
-        await send.send(
-            await attempt_sample(scheduler, self.client, request, attempt, delay, self.emit_now)
-        )
-
-
-def _describe(exc: BaseException) -> str:
-    """``Type: message`` of an error, looking through the task group's exception groups."""
-    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
-        exc = exc.exceptions[0]
-    return f"{type(exc).__name__}: {exc}"
+        failure: _StepFailed | None = None
+        try:
+            async with sampler.scope():
+                try:
+                    while True:
+                        while queue and sampler.in_flight < calibration.in_flight:
+                            step, ordinal = queue.popleft()
+                            state = calibration.states[step]
+                            if step not in started:
+                                started.add(step)
+                                self.steps = len(started)
+                                await self.emit(
+                                    StepStarted(
+                                        **self.envelope(),
+                                        step=step,
+                                        state=task.state_to_json(state),
+                                    )
+                                )
+                                sampler.rearm()
+                            if last is None or last[0] != step:
+                                last = (step, task.prompt(state))
+                            await sampler.request(step, ordinal, last[1], temperature)
+                        if not sampler.in_flight:
+                            break
+                        request, answer = await sampler.next()
+                        if answer is None:
+                            continue  # red-flagged
+                        candidate = canonical_json(task.answer_to_json(answer))
+                        tally = tallies.setdefault(request.step, Counter())
+                        tally[candidate] += 1
+                        self.counters.votes += 1
+                        await self.emit(
+                            VoteCounted(
+                                **self.envelope(),
+                                step=request.step,
+                                sample_id=request.sample_id,
+                                candidate=candidate,
+                                tally=dict(tally),
+                            )
+                        )
+                except _StepFailed as exc:
+                    failure = exc  # raised once the scope is left
+                # After a failure, what is still in flight can no longer matter: say so.
+                sampler.abandon("run_cancelled")
+        except BaseException:
+            # Cancelled, or an error in task code: the run's end is recorded after these.
+            sampler.abandon("run_cancelled")
+            raise
+        if failure is not None:
+            raise failure
 
 
 async def calibrate(
@@ -775,7 +594,7 @@ async def calibrate(
     for step in steps:
         items.append((step, ordinals[step]))
         ordinals[step] += 1
-    setup = _Setup(
+    calibration = _Calibration(
         task=task,
         policy=policy if policy is not None else Policy(),
         scheduler=scheduler if scheduler is not None else Scheduler(),
@@ -793,12 +612,16 @@ async def calibrate(
 
     async def run_all(event_log: EventLog) -> None:
         async def one(index: int, client: Client) -> None:
-            run = _CalibrationRun(setup, client, event_log, uuid.uuid4().hex)
-            results[index] = await run.execute()
+            run = _CalibrationRun(calibration, client, event_log, uuid.uuid4().hex)
+            results[index] = await run.measure()
 
-        async with anyio.create_task_group() as tg:
-            for index, client in enumerate(clients):
-                tg.start_soon(one, index, client)
+        try:
+            async with anyio.create_task_group() as tg:
+                for index, client in enumerate(clients):
+                    tg.start_soon(one, index, client)
+        except BaseExceptionGroup as group:
+            # Each model's run recorded its own end; the first error is raised as itself.
+            raise _unwrapped(group, None) from None
 
     if isinstance(log, EventLog):
         try:

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from events import AnyEvent, Event, EventLog
+
+from ..core._errors import MakerError
 
 if TYPE_CHECKING:
     from ._results import RunResult
@@ -97,6 +99,36 @@ class RunHandle:
             except anyio.WouldBlock:
                 # It will read what it missed from the log; the engine goes on.
                 sub.behind = True
+
+    async def drive(
+        self,
+        run: Callable[[], Awaitable[RunResult]],
+        ended: Callable[[], RunResult | None],
+    ) -> None:
+        """Carry out ``run`` as this handle's run: the engine's side of the handle.
+
+        :meth:`cancel` cancels it; what it returns, or the exception it raises, is what
+        :meth:`result` gives. ``ended`` gives the result a cancelled run recorded with its end
+        (None if it was cancelled before it began). A cancellation from outside propagates.
+        """
+        result: RunResult | None = None
+        error: BaseException | None = None
+        try:
+            with anyio.CancelScope() as scope:
+                self._scope = scope
+                if self._cancel_requested:
+                    scope.cancel()  # cancelled before it had its first turn
+                try:
+                    result = await run()
+                except anyio.get_cancelled_exc_class():
+                    raise
+                except Exception as exc:
+                    error = exc
+        finally:
+            final = result if result is not None else ended()
+            if final is None and error is None:
+                error = MakerError(f"run {self.run_id} was cancelled before it started")
+            self._finish(final, error)
 
     def _finish(self, result: RunResult | None, error: BaseException | None) -> None:
         self._result = result

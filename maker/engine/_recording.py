@@ -63,77 +63,34 @@ class Divergence(MakerError):
         self.got = got
 
 
-class _Plan:
-    """How to compare a recorded event of one type with the fields one call site gives: the
-    given fields that count, read from both sides at once, and the defaults the recorded event
-    must hold where the call leaves a field out."""
-
-    __slots__ = ("defaults", "given", "recorded", "recorded_defaults")
-
-    def __init__(self, cls: type[Event], names: tuple[str, ...]) -> None:
-        compared = [name for name in names if name not in IGNORED_FIELDS]
-        left_out: list[str] = []
-        defaults: list[Any] = []
-        for info in msgspec.structs.fields(cls):
-            name = info.name
-            if name in names or name in IGNORED_FIELDS or name in ("run_id", "seq", "ts"):
-                continue
-            left_out.append(name)
-            if info.default is not msgspec.NODEFAULT:
-                defaults.append(info.default)
-            else:
-                # A required field left out is an error the constructor names (see _plan).
-                assert info.default_factory is not msgspec.NODEFAULT
-                defaults.append(info.default_factory())
-        # One name reads as a bare value and several as a tuple, alike on both sides.
-        self.given = operator.itemgetter(*compared) if compared else _nothing
-        self.recorded = operator.attrgetter(*compared) if compared else _nothing
-        self.defaults = tuple(defaults) if len(defaults) != 1 else defaults[0]
-        self.recorded_defaults = operator.attrgetter(*left_out) if left_out else None
+class _RecordingEnded(Exception):
+    """A verification reached the end of the recording (a run that never finished)."""
 
 
-def _nothing(_: object) -> tuple[()]:
-    return ()
+_COMPARED: dict[type[Event], Callable[[Event], Any]] = {}
 
 
-_PLANS: dict[tuple[type[Event], tuple[str, ...]], _Plan | None] = {}
-_NO_PLAN = object()
+def _compared(cls: type[Event]) -> Callable[[Event], Any]:
+    """Reads the fields of a ``cls`` event that a re-execution must reproduce, at once."""
+    getter = _COMPARED.get(cls)
+    if getter is None:
+        names = [f.name for f in msgspec.structs.fields(cls) if f.name not in IGNORED_FIELDS]
+        getter = _COMPARED[cls] = operator.attrgetter(*names)
+    return getter
 
 
-def _plan(cls: type[Event], names: tuple[str, ...]) -> _Plan | None:
-    """The plan for ``cls`` given ``names``; None when only building the event can tell (a
-    name the type does not have, an envelope field, a required field left out)."""
-    known = {info.name: info for info in msgspec.structs.fields(cls)}
-    if any(name not in known or name in ("run_id", "seq", "ts") for name in names):
-        return None
-    for name, info in known.items():
-        required = info.default is msgspec.NODEFAULT and info.default_factory is msgspec.NODEFAULT
-        if required and name not in names and name not in ("run_id", "seq", "ts"):
-            return None
-    return _Plan(cls, names)
-
-
-def _same(expected: Event, fields: dict[str, Any]) -> bool:
-    """Whether an event built from ``fields`` (and ``expected``'s run_id, seq and ts) would
-    equal ``expected`` field for field, the ignored fields aside, without building it.
+def _same(expected: Event, event: Event) -> bool:
+    """Whether ``event`` equals ``expected`` field for field, the ignored fields aside.
 
     True only where :func:`comparable` agrees (equal values have equal JSON); False also for
-    what only the full comparison can settle (a tuple against a list, a field the type does
-    not have, a required one left out), which the caller then makes.
+    what only the full comparison can settle (a tuple against a list), which the caller then
+    makes.
     """
-    key = (type(expected), tuple(fields))
-    plan = _PLANS.get(key, _NO_PLAN)
-    if plan is _NO_PLAN:
-        if len(_PLANS) >= 1024:
-            _PLANS.clear()  # call sites are few: this bounds only what never happens
-        plan = _PLANS[key] = _plan(*key)
-    if plan is None:
+    cls = type(event)
+    if type(expected) is not cls:
         return False
-    assert isinstance(plan, _Plan)
-    if plan.recorded(expected) != plan.given(fields):
-        return False
-    recorded_defaults = plan.recorded_defaults
-    return recorded_defaults is None or recorded_defaults(expected) == plan.defaults
+    getter = _compared(cls)
+    return bool(getter(expected) == getter(event))
 
 
 def comparable(event: Event) -> dict[str, Any]:
@@ -154,15 +111,17 @@ class _Decisions:
     cancelled, so it stays within one step.
     """
 
-    __slots__ = ("_closed", "_held", "_out")
+    __slots__ = ("_closed", "_out", "held")
 
     def __init__(self, out: Callable[[AnyEvent], None]) -> None:
         self._out = out
-        self._held: list[AnyEvent] = []
-        self._closed = False  # _held ends with a cancelled run_finished
+        self.held: list[AnyEvent] = []
+        """The interruption held back, if any: a reader with nothing held may pass a decision
+        event on without :meth:`push` (the recording's short path does)."""
+        self._closed = False  # held ends with a cancelled run_finished
 
     def push(self, event: AnyEvent) -> None:
-        if type(event) in _DECISIONS and not self._held:
+        if type(event) in _DECISIONS and not self.held:
             self._out(event)  # the usual case: a decision, and nothing held back
             return
         if isinstance(event, OBSERVATIONAL_TYPES):
@@ -170,7 +129,7 @@ class _Decisions:
         if self._closed:
             if isinstance(event, RunResumed):
                 # Drop the interruption this resumption continues from.
-                self._held.clear()
+                self.held.clear()
                 self._closed = False
                 return
             self._release()
@@ -179,13 +138,13 @@ class _Decisions:
             # decision. What is held stays held: a later resumption may still drop it.
             return
         if isinstance(event, SampleCancelled) and event.reason == "run_cancelled":
-            self._held.append(event)
+            self.held.append(event)
             return
         if isinstance(event, RunFinished) and event.status == "cancelled":
-            self._held.append(event)
+            self.held.append(event)
             self._closed = True
             return
-        if self._held:
+        if self.held:
             self._release()
         self._out(event)
 
@@ -194,11 +153,11 @@ class _Decisions:
         before its cancellation, so a recording leaves that interruption out too."""
         if not (drop_interruption and self._closed):
             self._release()
-        self._held.clear()
+        self.held.clear()
         self._closed = False
 
     def _release(self) -> None:
-        held, self._held, self._closed = self._held, [], False
+        held, self.held, self._closed = self.held, [], False
         for event in held:
             self._out(event)
 
@@ -260,6 +219,7 @@ class Recording:
             last if isinstance(last, RunFinished) else None,
             iter(events),
         )
+        self._events: Sequence[AnyEvent] | None = events
 
     @classmethod
     @asynccontextmanager
@@ -290,6 +250,7 @@ class Recording:
             finished = None  # the run went on after that end (it was resumed)
         recording = cls.__new__(cls)
         recording._setup(info.started, info.last_seq + 1, finished, events)
+        recording._events = None
         return recording
 
     def _setup(
@@ -306,7 +267,9 @@ class Recording:
         self.finished: RunFinished | None = finished
         """The run's ``run_finished`` when it is the last event recorded."""
         self.policy_changed = False
-        """Set when re-executing under a different policy: run_started's policy is not compared."""
+        """Set to re-execute under a different policy: run_started's policy is not compared.
+        (:meth:`Engine.verify` given a policy compares so without setting it.)"""
+        self._taken = False  # a re-execution has read from this recording
         self._sync = source if isinstance(source, Iterator) else None
         self._async = source if not isinstance(source, Iterator) else None
         self._last_seq = next_seq - 1
@@ -324,6 +287,26 @@ class Recording:
         self._lock = anyio.Lock()
         # Set when an outcome is delivered; made only when a sample waits for its turn.
         self._advanced: anyio.Event | None = None
+
+    def fresh(self) -> Recording:
+        """This recording, ready to be re-executed from its first event.
+
+        A recording of events in memory gives a copy of itself each time, so that a
+        re-execution leaves the caller's recording as it was. One read from a log
+        (:meth:`open`, :meth:`of_run`) is read once, as the re-execution goes: it gives itself
+        the first time and refuses a second re-execution.
+        """
+        if self._events is not None:
+            copy = Recording(self._events)
+            copy.policy_changed = self.policy_changed
+            return copy
+        if self._taken:
+            raise MakerError(
+                f"the recording of run {self.run_id} was read by an earlier re-execution; "
+                "open it again"
+            )
+        self._taken = True
+        return self
 
     @property
     def resumable(self) -> bool:
@@ -381,7 +364,7 @@ class Recording:
                 event is not None
                 and 0 < event.seq <= last
                 and type(event) in _DECISIONS
-                and not decisions._held
+                and not decisions.held
             ):
                 admit(event)  # what _push and _Decisions.push would do with it
             else:
@@ -515,17 +498,25 @@ class Recording:
 
     # -- comparing -------------------------------------------------------------------------
 
-    def check(self, position: int, event: Event) -> None:
+    def check(self, position: int, event: Event, *, compare_policy: bool = True) -> None:
         """Raise :class:`Divergence` unless ``event`` reproduces the recorded event there.
 
-        A reproduced event leaves the window.
+        A reproduced event leaves the window. ``compare_policy=False`` (or
+        :attr:`policy_changed`) leaves run_started's policy out of the comparison.
         """
         expected = self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
+        policy_too = compare_policy and not self.policy_changed
+        if not ((policy_too or type(event) is not RunStarted) and _same(expected, event)):
+            self._compare(expected, event, policy_too)
+        self._advance(position)
+
+    def _compare(self, expected: Event, event: Event, policy_too: bool) -> None:
+        """The full comparison, as JSON: raise :class:`Divergence` where they differ."""
         got = comparable(event)
         want = comparable(expected)
-        if self.policy_changed and isinstance(event, RunStarted):
+        if not policy_too and isinstance(event, RunStarted):
             # The caller changed the policy on purpose: find where behaviour changes instead.
             got.pop("policy", None)
             want.pop("policy", None)
@@ -533,42 +524,33 @@ class Recording:
             raise Divergence(
                 expected.seq, msgspec.to_builtins(expected), msgspec.to_builtins(event)
             )
-        self._advance(position)
 
     def reproduce(
-        self,
-        position: int,
-        event_type: type[Event],
-        run_id: str,
-        fields: dict[str, Any],
-        build: bool,
+        self, position: int, event: Event, *, build: bool = False, compare_policy: bool = True
     ) -> Event | None:
-        """:meth:`check` the event ``event_type(run_id=run_id, **fields)`` against the recorded
-        one at ``position``, with the recorded seq and ts; raise :class:`Divergence` unless it
-        reproduces it.
+        """:meth:`check` ``event`` against the recorded one at ``position``: raise
+        :class:`Divergence` unless it reproduces it.
 
-        The event is built only when asked (``build``: it is returned, for the sinks) or when
-        it differs from the recorded one: a reproduced event is compared field by field
-        where it is given, with the verdict and the divergence :meth:`check` gives.
+        With ``build``, return the event as the log has it placed: with the recorded seq and
+        ts (for the sinks, which see every event in seq order). Otherwise return None, and
+        build nothing more when the event reproduces the recorded one, as it usually does.
         """
         index = position - self._base
         window = self._window
         expected = window[index] if 0 <= index < len(window) else self.expected_at(position)
         if expected is None:
             raise MakerError(f"the recording ended before position {position}")
-        if (
-            type(expected) is event_type
-            and expected.run_id == run_id
-            and not (self.policy_changed and event_type is RunStarted)
-            and _same(expected, fields)
-        ):
+        policy_too = compare_policy and not self.policy_changed
+        if (policy_too or type(event) is not RunStarted) and _same(expected, event):
             self._advance(position)
-            if not build:
-                return None
-            return event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
-        event = event_type(run_id=run_id, seq=expected.seq, ts=expected.ts, **fields)
-        self.check(position, event)
-        return event
+        else:
+            event = msgspec.structs.replace(event, seq=expected.seq, ts=expected.ts)
+            self._compare(expected, event, policy_too)
+            self._advance(position)
+            return event if build else None
+        if not build:
+            return None
+        return msgspec.structs.replace(event, seq=expected.seq, ts=expected.ts)
 
     def _advance(self, position: int) -> None:
         """The event at ``position`` was reproduced: it leaves the window."""

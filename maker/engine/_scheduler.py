@@ -182,6 +182,11 @@ class CircuitBreaker:
         """When the breaker first opened in the current outage (None while closed)."""
         self._probing = False
 
+    @property
+    def probing(self) -> bool:
+        """Whether a probe is out: the one call a half-open breaker lets through."""
+        return self._probing
+
     def wait_for(self) -> float | None:
         """Seconds to wait before a call may go (0: go now; None: wait for the probe)."""
         if self.state == "closed":
@@ -414,7 +419,7 @@ class Scheduler:
         if completion is None:
             self._calls -= 1  # not made: call() counts it
             return None
-        if breaker.state != "closed" or breaker.failures or breaker._probing:
+        if breaker.state != "closed" or breaker.failures or breaker.probing:
             self._breaker_verdict(gate, client.model, observer or SchedulerObserver(), ok=True)
         # Otherwise a success leaves a closed breaker as it is, and says nothing.
         return completion

@@ -138,6 +138,56 @@ def optimal_moves(n: int) -> list[Move]:
     return moves
 
 
+def hanoi_state_at(disks: int, index: int) -> HanoiState:
+    """The Hanoi state after ``index`` moves of the optimal solution, in O(disks) time.
+
+    It is the state the oracle reaches from the start in ``index`` steps, previous move
+    included, without walking there: a 20-disk calibration needs states up to a million
+    moves deep.
+
+    >>> hanoi_state_at(3, 0).pegs
+    ((3, 2, 1), (), ())
+    >>> state = hanoi_state_at(3, 3)
+    >>> state.pegs, state.previous_move
+    (((3,), (2, 1), ()), (1, 2, 1))
+    """
+    total = 2**disks - 1
+    if not 0 <= index <= total:
+        raise ValueError(f"index must be in 0..{total}, got {index}")
+    pegs: list[list[int]] = [[], [], []]
+    # Moving n disks src -> dst: 2**(n-1) - 1 moves take the n-1 smaller ones to via, one move
+    # takes disk n to dst, and as many bring the smaller ones from via onto it.
+    src, dst, via = 0, 2, 1
+    remaining = index
+    for disk in range(disks, 0, -1):
+        half = 1 << (disk - 1)
+        if remaining < half:
+            pegs[src].append(disk)
+            dst, via = via, dst
+        else:
+            pegs[dst].append(disk)
+            remaining -= half
+            src, via = via, src
+    previous = None if index == 0 else _hanoi_move(disks, index - 1)
+    return HanoiState(pegs=(tuple(pegs[0]), tuple(pegs[1]), tuple(pegs[2])), previous_move=previous)
+
+
+def _hanoi_move(disks: int, index: int) -> tuple[int, int, int]:
+    """Move number ``index`` (0-based) of the optimal solution."""
+    src, dst, via = 0, 2, 1
+    remaining = index
+    for disk in range(disks, 0, -1):
+        half = 1 << (disk - 1)
+        if remaining == half - 1:
+            return (disk, src, dst)
+        if remaining < half - 1:
+            dst, via = via, dst
+        else:
+            remaining -= half
+            src, via = via, src
+    raise AssertionError("unreachable: index checked by the caller")  # pragma: no cover
+
+
 def _render_pegs(pegs: Pegs) -> str:
     return str([list(p) for p in pegs])
 
@@ -580,3 +630,8 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
     def oracle(self, state: HanoiState) -> HanoiAnswer | None:
         """The strategy's next answer; None when it has no unique move (a corrupted state)."""
         return strategy_answer(state, self.direction)
+
+    def oracle_state(self, index: int) -> HanoiState:
+        """The state after ``index`` moves of the optimal solution, in O(disks) time: a
+        20-disk calibration samples states up to a million moves deep."""
+        return hanoi_state_at(self.disks, index)

@@ -34,6 +34,7 @@ from maker import (
     ClientError,
     Completion,
     ConfigError,
+    Engine,
     Limits,
     Policy,
     SampleRequest,
@@ -47,13 +48,13 @@ from maker.engine._calibrate import (
     calibrate,
     calibration_from_events,
     calibration_steps,
-    hanoi_state_at,
     states_at,
     wilson_interval,
 )
 from maker.tasks import Arithmetic, Hanoi
+from maker.tasks._hanoi import hanoi_state_at
 from replay import load_events, verify_log
-from tests.maker._fakes import Count
+from tests.maker._fakes import Count, Reply, ScriptedClient, comparable, correct
 
 # -- the sampled states ----------------------------------------------------------------------
 
@@ -424,6 +425,131 @@ async def test_a_cancelled_calibration_records_its_end(tmp_path: Path) -> None:
     assert len(cancelled) == 3
     assert {e.reason for e in cancelled} == {"run_cancelled"}
     assert verify_log(path).ok
+
+
+# -- one loop for runs and calibrations ------------------------------------------------------
+
+
+class Counted(Count):
+    """Count with a known number of steps, so that it can be calibrated."""
+
+    def max_steps(self) -> int:
+        return self.goal
+
+
+def _transient_flagged_valid(request: SampleRequest, attempt: int) -> Reply:
+    """Sample 0:0 fails once in transport, then answers what the parser rejects; 0:1 is right."""
+    if request.sample_id == "0:0":
+        if attempt == 1:
+            return ClientError("overloaded", kind="server_error", retryable=True)
+        return "I would rather not count."
+    return correct(request, attempt)
+
+
+class AtOnce:
+    """The same script answered without awaiting: both loops then make the calls inline."""
+
+    def __init__(self) -> None:
+        self.attempts: Counter[str] = Counter()
+
+    @property
+    def model(self) -> str:
+        return "fake"
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "scripted"}
+
+    def complete_now(self, request: SampleRequest) -> Completion:
+        self.attempts[request.sample_id] += 1
+        reply = _transient_flagged_valid(request, self.attempts[request.sample_id])
+        if isinstance(reply, ClientError):
+            raise reply
+        assert isinstance(reply, str)
+        return Completion(
+            text=reply, finish_reason="stop", input_tokens=12, output_tokens=30, model="fake"
+        )
+
+    async def complete(self, request: SampleRequest) -> Completion:
+        return self.complete_now(request)
+
+
+SAMPLE_EVENTS = (
+    SampleRequested,
+    SampleFailed,
+    SampleReceived,
+    RedFlagged,
+    VoteCounted,
+    SampleCancelled,
+    SchedulerWaited,
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("at_once", [False, True], ids=["in-tasks", "at-once"])
+async def test_a_calibration_records_attempts_retries_and_red_flags_exactly_as_a_run(
+    tmp_path: Path, at_once: bool
+) -> None:
+    # One state, sampled one at a time by both: the run votes with k = 1 and samples again
+    # after the red flag; the calibration draws the state twice. The same script answers both.
+    path = tmp_path / "log.db"
+    policy = Policy(k=1, first_temperature=0.1, temperature=0.1)
+
+    def client() -> ScriptedClient | AtOnce:
+        return AtOnce() if at_once else ScriptedClient(_transient_flagged_valid)
+
+    def scheduler() -> Scheduler:
+        return Scheduler(Limits(backoff_base_s=0.001, backoff_cap_s=0.002))
+
+    async with Engine(log=path, client=client(), scheduler=scheduler()) as engine:
+        ran = await engine.run(Counted(1), policy=policy, seed=7)
+    report = await calibrate(
+        Counted(1),
+        [client()],
+        samples=2,
+        seed=7,
+        log=path,
+        policy=policy,
+        scheduler=scheduler(),
+        in_flight=1,
+    )
+    calibrated = report.models[0]
+    assert ran.run_id != calibrated.run_id
+    by_run = _by_run(await _all_events(path))
+
+    def sample_level(run_id: str) -> list[dict[str, Any]]:
+        return [comparable(e) for e in by_run[run_id] if isinstance(e, SAMPLE_EVENTS)]
+
+    expected = [
+        ("sample_requested", "0:0"),
+        ("sample_failed", "0:0"),
+        ("sample_received", "0:0"),
+        ("red_flagged", "0:0"),
+        ("sample_requested", "0:1"),
+        ("sample_received", "0:1"),
+        ("vote_counted", "0:1"),
+    ]
+    run_samples = sample_level(ran.run_id)
+    assert [(e["type"], e["sample_id"]) for e in run_samples] == expected
+    # Field by field, seq included; only the run ids (and the times) differ.
+    assert sample_level(calibrated.run_id) == run_samples
+    failed = run_samples[1]
+    assert (failed["attempt"], failed["retryable"], failed["error_kind"]) == (
+        1,
+        True,
+        "server_error",
+    )
+    assert failed["backoff_s"] > 0
+    assert run_samples[3]["reason"] == "malformed"
+    # Both count what they recorded alike.
+    assert (ran.samples, ran.failures, ran.red_flags_by_reason) == (2, 1, {"malformed": 1})
+    assert (calibrated.requested, calibrated.n, calibrated.valid, calibrated.correct) == (
+        2,
+        2,
+        1,
+        1,
+    )
+    assert calibrated.red_flags == {"malformed": 1}
+    assert calibrated.failures == 0  # the failed sample was answered on its retry
 
 
 async def _all_events(path: Path) -> list[AnyEvent]:

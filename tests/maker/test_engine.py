@@ -8,12 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import msgspec
 import pytest
 
 from events import (
-    EVENT_TYPES,
-    Event,
     RedFlagged,
     RunFinished,
     RunStarted,
@@ -39,7 +36,6 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker.engine._engine import _builder
 from maker.tasks import Hanoi, optimal_moves
 
 from ._fakes import Count, Reply, ScriptedClient, comparable, correct, read_events
@@ -445,37 +441,3 @@ async def test_a_run_answered_at_once_still_yields_and_is_cancelled_between_call
     assert isinstance(last, RunFinished)
     assert (last.status, last.steps) == ("cancelled", 4)
     assert {e.reason for e in events if isinstance(e, SampleCancelled)} == {"run_cancelled"}
-
-
-# --- building live events ------------------------------------------------------------------------
-
-
-def _all_fields(cls: type[Event]) -> dict[str, Any]:
-    """A distinct value for every field but the envelope, as the step loop passes them (a
-    struct does not check types when it is built)."""
-    names = [f.name for f in msgspec.structs.fields(cls) if f.name not in ("run_id", "seq", "ts")]
-    return {name: (i, name) for i, name in enumerate(names)}
-
-
-@pytest.mark.parametrize("cls", EVENT_TYPES, ids=lambda cls: cls.__name__)
-def test_live_events_are_built_as_their_struct_builds_them(cls: type[Event]) -> None:
-    # The live step loop builds events with their keywords written out; every dict of fields,
-    # whole, partial or wrong, must give what cls(**fields) gives, or its very error.
-    build = _builder(cls)
-    fields = _all_fields(cls)
-    expected = cls(run_id="r", seq=3, ts=1.5, **fields)
-    built = build(dict(fields), "r", 3, 1.5)
-    assert built == expected
-    assert msgspec.structs.asdict(built) == msgspec.structs.asdict(expected)
-    defaulted = [f.name for f in msgspec.structs.fields(cls) if f.required is False]
-    for name in defaulted:
-        if name in fields:
-            partial = {k: v for k, v in fields.items() if k != name}
-            assert build(partial, "r", 3, 1.5) == cls(run_id="r", seq=3, ts=1.5, **partial)
-    misspelt = dict(fields)
-    misspelt["not_a_field"] = misspelt.pop(next(iter(fields)))
-    with pytest.raises(TypeError) as ours:
-        build(misspelt, "r", 3, 1.5)
-    with pytest.raises(TypeError) as theirs:
-        cls(run_id="r", seq=3, ts=1.5, **misspelt)
-    assert str(ours.value) == str(theirs.value)

@@ -1,0 +1,417 @@
+"""The step loop: one run's events, from ``run_started`` to ``run_finished``.
+
+The loop is the only place that records events and decides. Its samples are made by a
+:class:`~._sampling._Sampler`, whose workers only call the model and hand the outcome back, so
+the decisions are a pure function of the task, the policy and the outcomes in the order they
+were recorded (the determinism contract). A run that re-executes a recording (a verification,
+a resumption's prefix) checks each event against the recorded one instead of appending it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+import msgspec
+
+from events import (
+    OBSERVATIONAL_TYPES,
+    Event,
+    EventLog,
+    KChanged,
+    RunFinished,
+    RunResumed,
+    RunStarted,
+    RunStatus,
+    StateChanged,
+    StepDecided,
+    StepStarted,
+    VoteCounted,
+    canonical_json,
+)
+
+from ..core._adaptive import PEstimate
+from ..core._client import Client
+from ..core._errors import ConfigError
+from ..core._policy import Policy
+from ..core._pricing import PriceTable
+from ..core._tally import Tally
+from ..core._task import Task
+from ..core._version import __version__
+from ._recording import Divergence, Recording, _RecordingEnded
+from ._results import RunResult
+from ._sampling import _Counters, _Envelope, _Sampler, _StepFailed, _Traffic
+from ._scheduler import Scheduler
+
+S = TypeVar("S")
+A = TypeVar("A")
+
+EventSink = Callable[[Event], None]
+"""A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
+
+_OBSERVATIONAL = frozenset(OBSERVATIONAL_TYPES)  # event types are final: no subclasses
+
+
+class _Run(Generic[S, A]):
+    """One run: its events, and the loop that votes its steps one after another.
+
+    A re-execution of ``recording`` checks its events against the recorded ones until the
+    recording ends (a verification then stops; a resumption goes on live, after a
+    ``run_resumed`` marker). :meth:`walk` is the loop: a subclass with a loop of its own (a
+    calibration) replaces it and keeps the rest.
+    """
+
+    def __init__(
+        self,
+        *,
+        task: Task[S, A],
+        policy: Policy,
+        seed: int,
+        run_id: str,
+        log: EventLog,
+        client: Client,
+        scheduler: Scheduler,
+        prices: PriceTable,
+        clock: Callable[[], float],
+        sinks: tuple[EventSink, ...],
+        traffic: _Traffic,
+        recording: Recording | None = None,
+        verify_only: bool = False,
+        compare_policy: bool = True,
+    ) -> None:
+        self.task = task
+        self.policy = policy
+        self.seed = seed
+        self.run_id = run_id
+        self.log = log
+        self.client = client
+        self.scheduler = scheduler
+        self.sinks = sinks
+        self.clock = clock
+        self.recording = recording
+        self.verify_only = verify_only
+        self.compare_policy = compare_policy
+        self.position = 0  # how many recorded events have been reproduced
+        self.resumed = False
+        self.result: RunResult | None = None
+        self.k = policy.k
+        self.estimate = PEstimate(policy.adaptive) if policy.adaptive is not None else None
+        if self.estimate is not None and task.max_steps() is None:
+            raise ConfigError(
+                "adaptive", f"needs a task with a known number of steps ({task.name})"
+            )
+        self.last_votes: dict[str, int] = {}
+        self.last_winner = ""
+        self.seq = recording.next_seq if recording is not None else 0
+        self.counters = _Counters()
+        self.steps = 0
+        self.state: S = task.initial_state()
+        self.sampler: _Sampler[A] = _Sampler(
+            self,
+            task=task,
+            policy=policy,
+            seed=seed,
+            client=client,
+            scheduler=scheduler,
+            prices=prices,
+            counters=self.counters,
+            traffic=traffic,
+            recording=recording,
+            verify_only=verify_only,
+        )
+
+    # -- the events --------------------------------------------------------------------------
+
+    def envelope(self) -> _Envelope:
+        """The envelope of the run's next event: ``Event(**run.envelope(), ...fields)``.
+
+        The one place events get their run_id, seq and ts. It assigns nothing: the seq is the
+        run's once the event is appended (:meth:`emit`, :meth:`emit_now`).
+        """
+        return {"run_id": self.run_id, "seq": self.seq, "ts": self.clock()}
+
+    async def emit(self, event: Event) -> None:
+        """Record an event once the log has room for it: a run waits for a full log."""
+        recording = self.recording
+        if recording is None:
+            # A live run, the common case: what emit_now does, without its replay checks.
+            log = self.log
+            if log.full:
+                await log.room()
+            if event.seq != self.seq:
+                # Another event of this run took its seq while it waited for room.
+                event = msgspec.structs.replace(event, seq=self.seq, ts=self.clock())
+            log.append(event)
+            self.seq += 1
+            for sink in self.sinks:
+                sink(event)
+            return
+        if not recording.holds(self.position):
+            await recording.ready(self.position)  # read the recording on to this step's end
+        if recording.pending(self.position):
+            self._reproduce(recording, event)
+            return
+        if self.log.full:
+            await self.log.room()
+        self.emit_now(event)
+
+    def emit_now(self, event: Event) -> None:
+        """Record an event at once, even past the log's bound: for the scheduler's waits (its
+        callbacks cannot wait) and for the last words of a cancelled run."""
+        recording = self.recording
+        if recording is not None:
+            if recording.pending(self.position):
+                self._reproduce(recording, event)
+                return
+            if self.verify_only:
+                raise _RecordingEnded
+            if not self.resumed:
+                self.resumed = True
+                self.emit_now(
+                    RunResumed(**self.envelope(), replayed=self.position, version=__version__)
+                )
+        if event.seq != self.seq:
+            # Built during the replay, or before a marker took its seq.
+            event = msgspec.structs.replace(event, seq=self.seq, ts=self.clock())
+        self.log.append(event)
+        self.seq += 1
+        for sink in self.sinks:
+            sink(event)
+
+    def _reproduce(self, recording: Recording, event: Event) -> None:
+        """Check an event against the recorded one instead of recording it."""
+        if type(event) in _OBSERVATIONAL:
+            return  # waits are not reproduced; the recorded ones stay in the log
+        sinks = self.sinks
+        reproduced = recording.reproduce(
+            self.position, event, build=bool(sinks), compare_policy=self.compare_policy
+        )
+        self.position += 1
+        if reproduced is not None:
+            for sink in sinks:
+                sink(reproduced)
+
+    @property
+    def replaying(self) -> bool:
+        """Whether events are still being checked against a recording rather than appended."""
+        return self.recording is not None and self.recording.pending(self.position)
+
+    # -- the run -----------------------------------------------------------------------------
+
+    def recorded_policy(self) -> dict[str, Any]:
+        """The policy as ``run_started`` records it."""
+        return self.policy.describe()
+
+    async def execute(self) -> RunResult:
+        """Run from ``run_started`` to ``run_finished``, and return the result.
+
+        A failure the run decided (a step that cannot be decided, a sample that failed for
+        good) ends it as failed; a cancellation as cancelled; an error in task or client code
+        is recorded as the run's end, then raised.
+        """
+        started = time.perf_counter()
+        task = self.task
+        await self.emit(
+            RunStarted(
+                **self.envelope(),
+                task=task.name,
+                task_params=task.params(),
+                policy=self.recorded_policy(),
+                models=[self.client.model],
+                model_params=self.client.describe(),
+                seed=self.seed,
+                version=__version__,
+                initial_state=task.state_to_json(self.state),
+                limits=self.scheduler.limits_for(self.client.model).describe(),
+            )
+        )
+        status: RunStatus = "succeeded"
+        reason = ""
+        try:
+            await self.walk()
+        except _StepFailed as exc:
+            status, reason = "failed", exc.reason
+        except (Divergence, _RecordingEnded):
+            raise
+        except anyio.get_cancelled_exc_class():
+            if not self.replaying:
+                self.finish("cancelled", "cancelled by the caller", started)
+            raise
+        except Exception as exc:
+            if self.replaying:
+                raise
+            # A bug in task or client code: record the end before the error propagates.
+            self.finish("failed", f"{type(exc).__name__}: {exc}", started)
+            raise
+        return self.finish(status, reason, started)
+
+    def finish(self, status: RunStatus, reason: str, started: float) -> RunResult:
+        """Record ``run_finished`` and build the result."""
+        c = self.counters
+        wall = time.perf_counter() - started
+        self.emit_now(
+            RunFinished(
+                **self.envelope(),
+                status=status,
+                steps=self.steps,
+                samples=c.samples,
+                red_flags=sum(c.red_flags.values()),
+                reason=reason,
+                wall_s=wall,
+            )
+        )
+        self.result = RunResult(
+            run_id=self.run_id,
+            status=status,
+            steps=self.steps,
+            samples=c.samples,
+            votes=c.votes,
+            red_flags=sum(c.red_flags.values()),
+            red_flags_by_reason=dict(c.red_flags),
+            failures=c.failures,
+            cancelled_samples=c.cancelled,
+            k=self.k,
+            wall_s=wall,
+            reason=reason,
+            final_state=self.task.state_to_json(self.state),
+            max_samples_in_step=c.max_in_step,
+            cost_usd=c.cost,
+            input_tokens=c.input_tokens,
+            output_tokens=c.output_tokens,
+        )
+        return self.result
+
+    # -- the voting chain --------------------------------------------------------------------
+
+    async def walk(self) -> None:
+        """Vote step after step, each from the state the last one decided, until done."""
+        task = self.task
+        budget = task.max_steps()
+        # Each state is serialised once: the JSON that ends one step starts the next.
+        state_json = task.state_to_json(self.state)
+        if self.estimate is not None:
+            await self._adapt(budget)
+        while not task.is_done(self.state):
+            if budget is not None and self.steps >= budget:
+                raise _StepFailed(f"the task is not done after its budget of {budget} steps")
+            answer = await self._vote(self.steps, self.state, state_json)
+            self.state = task.apply(self.state, answer)
+            state_json = task.state_to_json(self.state)
+            await self.emit(StateChanged(**self.envelope(), step=self.steps, state=state_json))
+            self.steps += 1
+            if self.estimate is not None:
+                votes = self.last_votes
+                agree = votes.get(self.last_winner, 0)
+                self.estimate.add(agree=agree, disagree=sum(votes.values()) - agree)
+                await self._adapt(budget)
+
+    async def _vote(self, step: int, state: S, state_json: Any) -> A:
+        """Sample ``step`` until one answer leads by k; its answer."""
+        task, policy, sampler = self.task, self.policy, self.sampler
+        prompt = task.prompt(state)
+        await self.emit(StepStarted(**self.envelope(), step=step, state=state_json))
+        tally = Tally(self.k, policy.rule)
+        answers: dict[str, A] = {}
+        ordinal = 0
+        red_flags = 0
+        last_answer: A | None = None
+        candidate = ""
+        winner: str | None = None
+        failure: _StepFailed | None = None
+        try:
+            async with sampler.scope():
+                try:
+                    while winner is None:
+                        deficit = tally.needed() + policy.speculative - sampler.in_flight
+                        while deficit > 0 and ordinal < policy.max_samples_per_step:
+                            await sampler.request(
+                                step, ordinal, prompt, policy.temperature_for(ordinal)
+                            )
+                            ordinal += 1
+                            deficit -= 1
+                        if not sampler.in_flight:
+                            raise _StepFailed(_undecided(step, ordinal, policy, tally))
+                        request, answer = await sampler.next()
+                        if answer is None:
+                            red_flags += 1
+                            continue
+                        if answer is not last_answer:
+                            # A task may hand back the very answer it read for an earlier
+                            # sample (Hanoi does when the answer lines repeat): its key is the
+                            # same too.
+                            last_answer = answer
+                            candidate = canonical_json(task.answer_to_json(answer))
+                        answers.setdefault(candidate, answer)
+                        winner = tally.add(candidate)
+                        self.counters.votes += 1
+                        await self.emit(
+                            VoteCounted(
+                                **self.envelope(),
+                                step=step,
+                                sample_id=request.sample_id,
+                                candidate=candidate,
+                                tally=tally.votes,
+                            )
+                        )
+                except _StepFailed as exc:
+                    # Raised once the scope is left, as itself (its task group would wrap it).
+                    failure = exc
+                else:
+                    votes = tally.votes
+                    self.last_votes, self.last_winner = votes, winner
+                    await self.emit(
+                        StepDecided(
+                            **self.envelope(),
+                            step=step,
+                            winner=winner,
+                            votes=votes,
+                            samples=ordinal,
+                            red_flags=red_flags,
+                        )
+                    )
+                    self.counters.max_in_step = max(self.counters.max_in_step, ordinal)
+                # Whatever is still in flight can no longer matter: stop it and say so.
+                sampler.abandon("decided")
+        except anyio.get_cancelled_exc_class():
+            sampler.abandon("run_cancelled")
+            raise
+        if failure is not None:
+            raise failure
+        assert winner is not None
+        return answers[winner]
+
+    async def _adapt(self, budget: int | None) -> None:
+        """Adaptive k: choose k for the steps ahead from the votes so far; record a change."""
+        estimate = self.estimate
+        assert estimate is not None
+        assert budget is not None
+        k = estimate.k(budget)
+        if k != self.k or self.steps == 0:
+            self.k = k
+            await self.emit(
+                KChanged(
+                    **self.envelope(),
+                    step=self.steps,
+                    k=k,
+                    p_mean=estimate.mean,
+                    p_low=estimate.lower,
+                    agree=estimate.alpha,
+                    disagree=estimate.beta,
+                )
+            )
+
+
+def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:
+    leader, lead = tally.leader()
+    votes = tally.votes
+    detail = (
+        f"{len(votes)} candidates, the leader {votes[leader]} votes ahead by {lead}"
+        if leader is not None
+        else "no valid vote"
+    )
+    return (
+        f"step {step} undecided after {samples} samples "
+        f"(max_samples_per_step={policy.max_samples_per_step}): {detail}"
+    )
