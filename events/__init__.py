@@ -1,11 +1,14 @@
-"""Typed events of maker runs and the append-only SQLite log that holds them.
+"""Typed events of maker runs, the append-only SQLite log that holds them, and the check of a
+log's integrity.
 
 This package is the bottom layer: it imports nothing from :mod:`maker` or :mod:`replay`.
 """
 
 from ._codec import canonical_json, decode, encode, to_dict
 from ._errors import (
+    BrokenLogError,
     CorruptEventError,
+    DamagedLogError,
     EventLogError,
     LogClosedError,
     NotALogError,
@@ -13,6 +16,7 @@ from ._errors import (
     SequenceError,
     UnknownRunError,
 )
+from ._integrity import CheckedRun, LogReport, RunIntegrity, check_run, verify_log
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
 from ._types import (
     EVENT_TYPES,
@@ -47,17 +51,22 @@ __all__ = [
     "SCHEMA_VERSION",
     "AnyEvent",
     "BreakerChanged",
+    "BrokenLogError",
+    "CheckedRun",
     "CorruptEventError",
+    "DamagedLogError",
     "Event",
     "EventLog",
     "EventLogError",
     "KChanged",
     "LogClosedError",
+    "LogReport",
     "LogStatistics",
     "NotALogError",
     "RedFlagged",
     "RunFinished",
     "RunInfo",
+    "RunIntegrity",
     "RunResumed",
     "RunStarted",
     "RunStatus",
@@ -77,8 +86,10 @@ __all__ = [
     "WriterKind",
     "canonical_json",
     "chain_hash",
+    "check_run",
     "decode",
     "encode",
     "event_tag",
     "to_dict",
+    "verify_log",
 ]

@@ -16,6 +16,15 @@ class NotALogError(EventLogError):
         self.detail = detail
 
 
+class DamagedLogError(EventLogError):
+    """The file says it is a maker log, but SQLite cannot read it (cut short, overwritten)."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path}: SQLite cannot read the file: {detail}")
+        self.path = path
+        self.detail = detail
+
+
 class SchemaVersionError(EventLogError):
     """The log was written with a schema version this code does not know."""
 
@@ -44,6 +53,24 @@ class SequenceError(EventLogError):
         self.run_id = run_id
         self.expected = expected
         self.got = got
+
+
+class BrokenLogError(EventLogError):
+    """A run in the log failed its integrity check; replay and resume refuse it.
+
+    ``seq`` is the first bad seq (None when SQLite could not read the run at all) and
+    ``problem`` says what is wrong, in one line.
+    """
+
+    def __init__(self, path: str, run_id: str, seq: int | None, problem: str) -> None:
+        where = f" at seq {seq}" if seq is not None else ""
+        super().__init__(
+            f"{path}: run {run_id} is broken{where}: {problem} (see 'maker verify {path}')"
+        )
+        self.path = path
+        self.run_id = run_id
+        self.seq = seq
+        self.problem = problem
 
 
 class CorruptEventError(EventLogError):

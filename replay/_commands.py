@@ -17,10 +17,9 @@ from typing import Any
 import anyio
 import click
 
-from events import EventLog
+from events import EventLog, check_run, verify_log
 from maker.tasks import make_task
 
-from ._integrity import check_run, verify_log
 from ._revote import UNCHANGED, RevoteReport, revote_async
 
 EXIT_OK = 0

@@ -10,7 +10,7 @@ from typing import Any
 
 from anyio.lowlevel import checkpoint
 
-from events import AnyEvent, EventLog, RunInfo, RunStarted, WriterKind
+from events import AnyEvent, CheckedRun, EventLog, RunInfo, RunStarted, WriterKind, check_run
 from maker.clients import SimConfig, SimulatedModel
 from maker.core import Client, Completion, ConfigError, MakerError, Policy, SampleRequest, Task
 from maker.engine import (
@@ -26,7 +26,6 @@ from maker.engine import (
 from maker.tasks import make_task
 
 from ._fold import summarize_async
-from ._integrity import CheckedRun, check_run
 from ._readahead import ReadAhead, worth_reading_ahead
 
 

@@ -17,20 +17,20 @@ import pytest
 
 from events import (
     AnyEvent,
+    CheckedRun,
     EventLog,
     RunResumed,
     SampleRequested,
     StepDecided,
     StepStarted,
 )
-from events._formats import V2Reader, v2_rows
+from events._formats import V2Reader, v2_stored_rows
 from maker import Policy
 from maker.tasks import Hanoi
 from replay import BrokenLogError, check_run, load_events, resume_run, verify_run
-from replay._integrity import CheckedRun, _v2_run_rows
 from replay._readahead import ReadAhead
 
-from ..events._factory import run_events
+from ..events._factory import plain_v2_rows, run_events
 from ._logs import copy_log, load, record
 
 Reader = type[CheckedRun] | type[ReadAhead]
@@ -305,13 +305,10 @@ def test_the_integrity_check_reads_rows_as_the_store_reads_them(
         (key,) = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
-        theirs = [
-            (run_id, r.seq, r.type, r.step, r.ts, r.covered, r.hash, decoded)
-            for r, decoded in v2_rows(conn, reader, key, run_id)
-        ]
+        theirs = plain_v2_rows(conn, reader, key, run_id)
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
-        ours = list(_v2_run_rows(conn, reader, key, run_id))
+        ours = list(v2_stored_rows(conn, reader, key, run_id))
     assert len(ours) == len(theirs) > 0
 
     def comparable(row: tuple[object, ...]) -> tuple[object, ...]:
