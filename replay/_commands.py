@@ -77,8 +77,9 @@ async def _revote(
     """Re-vote the run as it is read from the log: memory holds one step's responses."""
     async with EventLog(path, mode="r") as log:
         info = await log.run(run_id)
-        # Refuse a damaged run before reading it: its samples could not be trusted.
-        check_run(path, info.run_id)
+        # Refuse a damaged run before reading it: its samples could not be trusted. The check
+        # reads the whole run with plain sqlite3: on a worker thread, not the event loop's.
+        await anyio.to_thread.run_sync(check_run, path, info.run_id)
         started = info.started
         task = make_task(started.task, started.task_params)
         async with aclosing(log.read(info.run_id)) as events:

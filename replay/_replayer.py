@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
-from anyio.lowlevel import checkpoint
+import anyio
 
 from events import AnyEvent, CheckedRun, EventLog, RunInfo, RunStarted, WriterKind, check_run
 from maker.clients import SimConfig, SimulatedModel
@@ -180,7 +181,9 @@ async def _checked(
     """
     info = await log.run(run_id)
     if is_calibration(info.started):
-        check_run(log.path, info.run_id)  # a broken log is refused as broken all the same
+        # A broken log is refused as broken all the same. The check reads the whole run with
+        # plain sqlite3: on a worker thread, not the event loop's.
+        await anyio.to_thread.run_sync(check_run, log.path, info.run_id)
         raise MakerError(
             f"run {info.run_id} is a calibration: its steps are independent samples, "
             "not a chain to replay or resume"
@@ -188,28 +191,41 @@ async def _checked(
     if read_ahead is None:
         read_ahead = worth_reading_ahead(info.last_seq + 1)
     reader = ReadAhead if read_ahead else CheckedRun
-    with reader(log.path, info.run_id, last_seq=info.last_seq) as source:
+    source = reader(log.path, info.run_id, last_seq=info.last_seq)
+    # Opening (which reads the run's head, or starts the helper process), checking what was
+    # left unread and closing block: each is done on a worker thread. Reading the events as
+    # the re-execution goes is the engine's (a Recording iterates the source).
+    try:
+        await anyio.to_thread.run_sync(source.__enter__)
         try:
             yield info, source
         except Exception:
-            source.finish()  # raises BrokenLogError in place of what was raised, if broken
+            # Raises BrokenLogError in place of what was raised, if the run is broken.
+            await anyio.to_thread.run_sync(source.finish)
             raise
-        source.finish()  # whatever was left unread is checked too
+        await anyio.to_thread.run_sync(source.finish)  # whatever was left unread is checked too
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(source.__exit__, None, None, None)
 
 
-async def _paced(events: Iterable[AnyEvent]) -> AsyncGenerator[AnyEvent, None]:
-    """A plain iterable of events as an async one that lets other tasks run now and then."""
-    for i, event in enumerate(events):
-        if i % _PACE == 0:
-            await checkpoint()
-        yield event
+async def _in_thread(events: Iterator[AnyEvent]) -> AsyncGenerator[AnyEvent, None]:
+    """A plain iterator of events, read on a worker thread a batch at a time: its reading
+    (SQLite and the checks, or a helper process's pipe) never holds up the event loop."""
+    while batch := await anyio.to_thread.run_sync(_batch, events):
+        for event in batch:
+            yield event
 
 
-_PACE = 1024
+def _batch(events: Iterator[AnyEvent]) -> list[AnyEvent]:
+    return list(itertools.islice(events, _BATCH))
+
+
+_BATCH = 1024
 
 
 async def _finished_result(source: CheckedRun | ReadAhead) -> RunResult:
-    async with aclosing(_paced(source)) as events:
+    async with aclosing(_in_thread(source)) as events:
         summary = await summarize_async(events, per_step=False)
     if summary.status not in ("succeeded", "failed", "cancelled"):
         raise ConfigError("run", f"run {summary.run_id} has status {summary.status!r}")

@@ -4,12 +4,15 @@ refuse a broken run whatever else they find first."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -25,7 +28,7 @@ from events import (
     StepStarted,
 )
 from events._formats import V2Reader, v2_stored_rows
-from maker import Policy
+from maker import MakerError, Policy
 from maker.tasks import Hanoi
 from replay import BrokenLogError, check_run, load_events, resume_run, verify_run
 from replay._readahead import ReadAhead
@@ -456,3 +459,55 @@ async def test_the_helper_process_verifies_and_resumes_as_this_process_does(
 
 def winners(events: list[AnyEvent]) -> list[str]:
     return [e.winner for e in events if isinstance(e, StepDecided)]
+
+
+def statements_on_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL that every SQLite connection opened from now on runs on the calling thread.
+
+    Called from a synchronous test that then runs its event loop with ``anyio.run``: this
+    thread is the loop's, and what blocks it is what runs here (aiosqlite and worker threads
+    run their statements on threads of their own).
+    """
+    here = threading.get_ident()
+    seen: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn = connect(*args, **kwargs)
+        conn.set_trace_callback(
+            lambda sql: seen.append(sql) if threading.get_ident() == here else None
+        )
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    return seen
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_resuming_a_finished_run_reads_and_checks_it_off_the_event_loop(
+    recorded: dict[int, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch, read_ahead: bool
+) -> None:
+    path, run_id = recorded[2]
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    result = anyio.run(functools.partial(resume_run, path, run_id, read_ahead=read_ahead))
+    assert result.ok
+    assert on_the_loop == []
+    # What is watched is what runs: the same run read on this thread runs its statements here.
+    with CheckedRun(path, run_id) as run:
+        assert sum(1 for _ in run) == len(load(path, run_id))
+    assert any("FROM events" in sql for sql in on_the_loop)
+
+
+def test_refusing_a_calibration_checks_it_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maker import SimulatedModel, calibrate
+
+    path = tmp_path / "calibration.db"
+    anyio.run(
+        functools.partial(calibrate, Hanoi(4), [SimulatedModel()], samples=5, seed=1, log=path)
+    )
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    with pytest.raises(MakerError, match="is a calibration"):
+        anyio.run(resume_run, path)
+    assert on_the_loop == []
