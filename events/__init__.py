@@ -18,6 +18,7 @@ from ._errors import (
 )
 from ._integrity import CheckedRun, LogReport, RunIntegrity, check_run, verify_log
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
+from ._reading import OpenRun, open_run
 from ._types import (
     EVENT_TYPES,
     OBSERVATIONAL_TYPES,
@@ -63,6 +64,7 @@ __all__ = [
     "LogReport",
     "LogStatistics",
     "NotALogError",
+    "OpenRun",
     "RedFlagged",
     "RunFinished",
     "RunInfo",
@@ -90,6 +92,7 @@ __all__ = [
     "decode",
     "encode",
     "event_tag",
+    "open_run",
     "to_dict",
     "verify_log",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 
 import anyio
 
-from events import AnyEvent, CheckedRun, EventLog, RunInfo, RunStarted, WriterKind, check_run
+from events import AnyEvent, CheckedRun, OpenRun, RunStarted, WriterKind, check_run, open_run
 from maker.clients import SimConfig, SimulatedModel
 from maker.core import Client, Completion, ConfigError, MakerError, Policy, SampleRequest, Task
 from maker.engine import (
@@ -36,9 +36,8 @@ async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -
     All in memory: for small logs and tests. The commands read with :meth:`events.EventLog.read`
     and fold as they go instead.
     """
-    async with EventLog(path, mode="r") as log:
-        info = await log.run(run_id)
-        return [event async for event in log.read(info.run_id)]
+    async with open_run(path, run_id) as run:
+        return [event async for event in run.events]
 
 
 def task_for(started: RunStarted) -> Task[Any, Any]:
@@ -121,13 +120,12 @@ async def verify_run(
     re-execution, with the same results; by default it is, for runs of 50,000 events or more
     when the machine has a core to spare.
     """
-    log = EventLog(path, mode="r")
-    async with log, _checked(log, run_id, read_ahead) as (info, source):
-        recording = Recording.of_run(info, source)
+    async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
+        recording = Recording.of_run(run.info, source)
         task = task if task is not None else task_for(recording.started)
         scheduler = Scheduler(Limits.from_json(recording.started.limits))
         client = RecordedModel(recording.started)
-        async with Engine(log=log, client=client, scheduler=scheduler) as engine:
+        async with Engine(log=run.log, client=client, scheduler=scheduler) as engine:
             return await engine.verify(task, recording, policy=policy, sinks=sinks)
 
 
@@ -155,9 +153,8 @@ async def resume_run(
     as for :func:`verify_run`; ``log_writer`` is where the continued run's log writer runs (see
     :class:`maker.Engine`).
     """
-    log = EventLog(path, mode="r")
-    async with log, _checked(log, run_id, read_ahead) as (info, source):
-        recording = Recording.of_run(info, source)
+    async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
+        recording = Recording.of_run(run.info, source)
         if not recording.resumable:
             return await _finished_result(source)
         task = task if task is not None else task_for(recording.started)
@@ -170,16 +167,14 @@ async def resume_run(
 
 
 @asynccontextmanager
-async def _checked(
-    log: EventLog, run_id: str | None, read_ahead: bool | None
-) -> AsyncIterator[tuple[RunInfo, CheckedRun | ReadAhead]]:
-    """A run of ``log`` and its events, read in the pass that checks the run's integrity;
-    refused if the run holds no chain.
+async def _checked(run: OpenRun, read_ahead: bool | None) -> AsyncIterator[CheckedRun | ReadAhead]:
+    """The events of ``run``, read in the pass that checks the run's integrity; refused if the
+    run holds no chain.
 
     A broken run is refused with :class:`BrokenLogError` however far its reader got: what
     the body raised (a divergence found before the damage was read, say) gives way to it.
     """
-    info = await log.run(run_id)
+    log, info = run.log, run.info
     if is_calibration(info.started):
         # A broken log is refused as broken all the same. The check reads the whole run with
         # plain sqlite3: on a worker thread, not the event loop's.
@@ -198,7 +193,7 @@ async def _checked(
     try:
         await anyio.to_thread.run_sync(source.__enter__)
         try:
-            yield info, source
+            yield source
         except Exception:
             # Raises BrokenLogError in place of what was raised, if the run is broken.
             await anyio.to_thread.run_sync(source.finish)

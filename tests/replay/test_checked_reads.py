@@ -31,6 +31,7 @@ from events._formats import V2Reader, v2_stored_rows
 from maker import MakerError, Policy
 from maker.tasks import Hanoi
 from replay import BrokenLogError, check_run, load_events, resume_run, verify_run
+from replay._commands import revote_command_impl
 from replay._readahead import ReadAhead
 
 from ..events._factory import plain_v2_rows, run_events
@@ -473,7 +474,7 @@ def statements_on_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     connect = sqlite3.connect
 
     def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
-        conn = connect(*args, **kwargs)
+        conn: sqlite3.Connection = connect(*args, **kwargs)
         conn.set_trace_callback(
             lambda sql: seen.append(sql) if threading.get_ident() == here else None
         )
@@ -510,4 +511,13 @@ def test_refusing_a_calibration_checks_it_off_the_event_loop(
     on_the_loop = statements_on_this_thread(monkeypatch)
     with pytest.raises(MakerError, match="is a calibration"):
         anyio.run(resume_run, path)
+    assert on_the_loop == []
+
+
+def test_the_re_vote_checks_its_run_off_the_event_loop(
+    recorded: dict[int, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, run_id = recorded[2]
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    assert revote_command_impl(path, run_id, 1, None, None, True) == 0
     assert on_the_loop == []
