@@ -6,12 +6,14 @@ This package is the bottom layer: it imports nothing from :mod:`maker` or :mod:`
 
 from ._codec import canonical_json, decode, encode, to_dict
 from ._errors import (
+    AmbiguousRunError,
     BrokenLogError,
     CorruptEventError,
     DamagedLogError,
     EventLogError,
     LogClosedError,
     NotALogError,
+    RunNotNamedError,
     SchemaVersionError,
     SequenceError,
     UnknownRunError,
@@ -50,6 +52,7 @@ __all__ = [
     "EVENT_TYPES",
     "OBSERVATIONAL_TYPES",
     "SCHEMA_VERSION",
+    "AmbiguousRunError",
     "AnyEvent",
     "BreakerChanged",
     "BrokenLogError",
@@ -69,6 +72,7 @@ __all__ = [
     "RunFinished",
     "RunInfo",
     "RunIntegrity",
+    "RunNotNamedError",
     "RunResumed",
     "RunStarted",
     "RunStatus",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class EventLogError(Exception):
     """Root of every error raised by :mod:`events`."""
@@ -38,11 +40,43 @@ class SchemaVersionError(EventLogError):
 
 
 class UnknownRunError(EventLogError):
-    """No run with that id is in the log."""
+    """No run with that id is in the log (``run_id`` is the id asked for)."""
 
-    def __init__(self, run_id: str) -> None:
-        super().__init__(f"no run {run_id!r} in the log")
+    def __init__(self, run_id: str, message: str | None = None) -> None:
+        super().__init__(message if message is not None else f"no run {run_id!r} in the log")
         self.run_id = run_id
+
+
+class RunNotNamedError(UnknownRunError):
+    """No run was named, and the log does not hold exactly one to take.
+
+    ``run_ids`` are the runs it holds (``run_id`` is empty: none was asked for).
+    """
+
+    def __init__(self, run_ids: Sequence[str]) -> None:
+        if not run_ids:
+            message = "the log holds no runs"
+        else:
+            message = f"the log holds {len(run_ids)} runs; name one with --run ({_listed(run_ids)})"
+        super().__init__("", message)
+        self.run_ids = tuple(run_ids)
+
+
+class AmbiguousRunError(UnknownRunError):
+    """The id asked for is no run's whole id and the start of several runs' ids."""
+
+    def __init__(self, run_id: str, matches: Sequence[str]) -> None:
+        super().__init__(
+            run_id,
+            f"{run_id!r} is the start of {len(matches)} runs' ids ({_listed(matches)}); "
+            "give more of the one you mean",
+        )
+        self.matches = tuple(matches)
+
+
+def _listed(run_ids: Sequence[str], most: int = 5) -> str:
+    shown = ", ".join(run_ids[:most])
+    return shown if len(run_ids) <= most else f"{shown}, and {len(run_ids) - most} more"
 
 
 class SequenceError(EventLogError):

@@ -34,11 +34,13 @@ from anyio.abc import TaskGroup
 
 from . import _formats
 from ._errors import (
+    AmbiguousRunError,
     CorruptEventError,
     DamagedLogError,
     EventLogError,
     LogClosedError,
     NotALogError,
+    RunNotNamedError,
     SchemaVersionError,
     SequenceError,
     UnknownRunError,
@@ -564,14 +566,18 @@ class EventLog:
         return [RunInfo(*info) for info in listed]
 
     async def run(self, run_id: str | None = None) -> RunInfo:
-        """One run: the one named, or the only run in the log."""
+        """One run: the one named (a unique prefix of its id will do), or the only run in the
+        log when none is named.
+
+        Raises :class:`UnknownRunError` when no run has that id, :class:`AmbiguousRunError`
+        (an :class:`UnknownRunError`) when it is the start of several runs' ids and no whole
+        one, and :class:`RunNotNamedError` (one too) when none is named and the log does not
+        hold exactly one run.
+        """
         runs = await self.runs()
         if run_id is None:
             if len(runs) != 1:
-                ids = ", ".join(r.run_id for r in runs[:5]) or "none"
-                raise UnknownRunError(
-                    f"<unspecified>: the log holds {len(runs)} runs ({ids}); name one with --run"
-                )
+                raise RunNotNamedError([info.run_id for info in runs])
             return runs[0]
         for info in runs:
             if info.run_id == run_id:
@@ -579,6 +585,8 @@ class EventLog:
         matches = [info for info in runs if info.run_id.startswith(run_id)]
         if len(matches) == 1:
             return matches[0]
+        if matches:
+            raise AmbiguousRunError(run_id, [info.run_id for info in matches])
         raise UnknownRunError(run_id)
 
     def _reader(self) -> _Reader:

@@ -17,6 +17,7 @@ import pytest
 from events import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    AmbiguousRunError,
     AnyEvent,
     CorruptEventError,
     EventLog,
@@ -24,6 +25,7 @@ from events import (
     LogClosedError,
     NotALogError,
     RunFinished,
+    RunNotNamedError,
     RunStarted,
     SchemaVersionError,
     SequenceError,
@@ -505,6 +507,45 @@ async def test_run_matches_a_unique_prefix(tmp_path: Path) -> None:
             await log.run("gamma")
         with pytest.raises(UnknownRunError):
             await log.run("beta-and-more")
+
+
+async def test_a_run_not_named_or_named_by_too_little_is_said_in_one_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    async with EventLog(path) as log:
+        with pytest.raises(RunNotNamedError) as empty:
+            await log.run()
+        assert str(empty.value) == "the log holds no runs"
+    ids = ["alpha-1", "alpha-2", "beta", "gamma", "delta", "eps", "zeta"]
+    await write_log(path, list(interleave(*(run_events(rid, 1) for rid in ids[:3]))))
+    async with EventLog(path, mode="r") as log:
+        order = [info.run_id for info in await log.runs()]
+        with pytest.raises(UnknownRunError) as unnamed:
+            await log.run()
+        # One message, not one wrapped in "no run '...' in the log".
+        assert str(unnamed.value) == (
+            f"the log holds 3 runs; name one with --run ({', '.join(order)})"
+        )
+        assert isinstance(unnamed.value, RunNotNamedError)
+        assert unnamed.value.run_ids == tuple(order)
+        with pytest.raises(UnknownRunError) as ambiguous:
+            await log.run("alpha")
+        assert isinstance(ambiguous.value, AmbiguousRunError)
+        assert ambiguous.value.run_id == "alpha"
+        assert str(ambiguous.value) == (
+            "'alpha' is the start of 2 runs' ids (alpha-1, alpha-2); give more of the one you mean"
+        )
+        with pytest.raises(UnknownRunError) as unknown:
+            await log.run("omega")
+        assert type(unknown.value) is UnknownRunError
+        assert str(unknown.value) == "no run 'omega' in the log"
+    await write_log(path, list(interleave(*(run_events(rid, 1) for rid in ids[3:]))))
+    async with EventLog(path, mode="r") as log:
+        with pytest.raises(
+            RunNotNamedError, match=r"7 runs; name one with --run \(.*, and 2 more\)$"
+        ):
+            await log.run()
 
 
 async def test_runs_lists_started_and_finished(tmp_path: Path) -> None:

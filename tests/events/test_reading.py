@@ -4,6 +4,7 @@ broken run refused before any of them is read when asked to."""
 from __future__ import annotations
 
 import sqlite3
+import types
 from contextlib import closing
 from pathlib import Path
 
@@ -46,6 +47,7 @@ async def test_stopping_early_closes_the_read(tmp_path: Path) -> None:
             assert event.seq == 0
             break
     # The reader's connection is gone with the block: its generator is finished.
+    assert isinstance(run.events, types.AsyncGeneratorType)
     assert run.events.ag_frame is None
     with pytest.raises(StopAsyncIteration):
         await anext(run.events)
