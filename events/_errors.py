@@ -9,6 +9,22 @@ class EventLogError(Exception):
     """Root of every error raised by :mod:`events`."""
 
 
+class InvalidOptionError(EventLogError, ValueError):
+    """An option of the log or of its encoder is out of its range (a ``ValueError`` too, for
+    callers that catch those)."""
+
+    def __init__(self, name: str, expected: str, value: object) -> None:
+        super().__init__(f"{name} must be {expected}, got {value!r}")
+        self.name = name
+        self.expected = expected
+        self.value = value
+
+
+class UnencodableEventError(EventLogError, TypeError):
+    """An event holds a value its field's type cannot, or is no event at all, so the log's
+    format cannot encode it (a ``TypeError`` too, for callers that catch those)."""
+
+
 class NotALogError(EventLogError):
     """The file exists but is not a maker event log."""
 

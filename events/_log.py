@@ -38,6 +38,7 @@ from ._errors import (
     CorruptEventError,
     DamagedLogError,
     EventLogError,
+    InvalidOptionError,
     LogClosedError,
     NotALogError,
     RunNotNamedError,
@@ -135,22 +136,22 @@ class EventLog:
         writer: WriterKind = "thread",
     ) -> None:
         if mode not in ("w", "r"):
-            raise ValueError(f"mode must be 'w' or 'r', got {mode!r}")
+            raise InvalidOptionError("mode", "'w' or 'r'", mode)
         if writer not in ("thread", "process"):
-            raise ValueError(f"writer must be 'thread' or 'process', got {writer!r}")
+            raise InvalidOptionError("writer", "'thread' or 'process'", writer)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidOptionError("batch_size", "at least 1", batch_size)
         if not commit_interval >= 0:
-            raise ValueError(f"commit_interval must be >= 0, got {commit_interval}")
+            raise InvalidOptionError("commit_interval", ">= 0", commit_interval)
         if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+            raise InvalidOptionError("poll_interval", "positive", poll_interval)
         if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+            raise InvalidOptionError("max_pending", "at least 1", max_pending)
         if max_pending_bytes < 1:
-            raise ValueError(f"max_pending_bytes must be at least 1, got {max_pending_bytes}")
+            raise InvalidOptionError("max_pending_bytes", "at least 1", max_pending_bytes)
         if schema_version not in SCHEMAS:
             known = ", ".join(map(str, SCHEMAS))
-            raise ValueError(f"schema_version must be one of {known}, got {schema_version}")
+            raise InvalidOptionError("schema_version", f"one of {known}", schema_version)
         self.path = os.fspath(path)
         self.mode = mode
         self._batch_size = batch_size

@@ -22,6 +22,7 @@ from events import (
     CorruptEventError,
     EventLog,
     EventLogError,
+    InvalidOptionError,
     LogClosedError,
     NotALogError,
     RunFinished,
@@ -712,6 +713,17 @@ def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="commit_interval"):
         EventLog(tmp_path / "x.db", commit_interval=-1)
     assert not (tmp_path / "x.db").exists()
+
+
+def test_an_invalid_option_is_the_logs_own_error_and_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        EventLog(tmp_path / "x.db", max_pending_bytes=0)
+    assert str(info.value) == "max_pending_bytes must be at least 1, got 0"
+    assert (info.value.name, info.value.value) == ("max_pending_bytes", 0)
+    assert isinstance(info.value, EventLogError)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(InvalidOptionError, match=r"^schema_version must be one of 1, 2, got 7$"):
+        EventLog(tmp_path / "x.db", schema_version=7)
 
 
 async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
