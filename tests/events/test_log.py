@@ -38,21 +38,17 @@ from events import (
 )
 
 from ._factory import interleave, raw_rows, run_events
+from ._kinds import EVERY_KIND, V1_KINDS, log_kinds
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("log_kind"), log_kinds(*EVERY_KIND)]
+"""The log's contract holds whatever the kind of log: every test here runs on every kind (see
+conftest.py), but those that read version 1 rows with plain SQL, which run on version 1 files
+with either writer."""
 
 # A hang guard for tests whose tasks wait on one another; never a timing assertion.
 HANG_GUARD = 60
 
-
-@pytest.fixture(autouse=True)
-def _version_1_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """New logs here are made in the version 1 layout, which these tests read row by row with
-    plain SQL (logs of version 1 are still continued in it). test_log_v2.py runs the tests that
-    do not depend on the layout again on version 2, beside its own checks of that layout."""
-    defaults = EventLog.__init__.__kwdefaults__
-    assert defaults is not None
-    monkeypatch.setitem(defaults, "schema_version", 1)
+v1_rows = log_kinds(*V1_KINDS)
 
 
 async def read_all(log: EventLog, run_id: str, **kwargs: object) -> list[AnyEvent]:
@@ -82,6 +78,7 @@ def assert_chain(rows: Sequence[tuple[int, str, int | None, float, bytes, bytes]
 # -- appending and reading -----------------------------------------------------------------
 
 
+@v1_rows
 async def test_many_batches_of_interleaved_runs_read_back_in_order(tmp_path: Path) -> None:
     runs = {rid: run_events(rid, 556) for rid in ("run-a", "run-b", "run-c")}
     total = sum(len(r) for r in runs.values())
@@ -286,6 +283,7 @@ async def test_tail_from_another_log_object_polls(tmp_path: Path) -> None:
 # -- reopening -----------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_reopen_and_attach_continues_seq_and_chain(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     first = run_events("r", 20, finished=False)
@@ -331,6 +329,7 @@ def stored_heads(path: Path) -> dict[str, tuple[int, bytes]]:
         }
 
 
+@v1_rows
 async def test_run_heads_hold_each_runs_last_seq_and_hash_after_every_batch(
     tmp_path: Path,
 ) -> None:
@@ -354,6 +353,7 @@ async def test_run_heads_hold_each_runs_last_seq_and_hash_after_every_batch(
         assert heads[rid] == (evs[-1].seq, last[5])
 
 
+@v1_rows
 async def test_run_heads_are_written_in_the_same_transaction_as_the_rows(tmp_path: Path) -> None:
     """A batch that fails to insert leaves no head behind for its runs."""
     path = tmp_path / "log.db"
@@ -368,6 +368,7 @@ async def test_run_heads_are_written_in_the_same_transaction_as_the_rows(tmp_pat
     assert stored_heads(path) == before
 
 
+@v1_rows
 async def test_attach_refuses_a_run_whose_rows_do_not_reach_its_head(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     evs = run_events("r", 5, finished=False)
@@ -386,6 +387,7 @@ async def test_attach_refuses_a_run_whose_rows_do_not_reach_its_head(tmp_path: P
     assert stored_heads(path)["r"][0] == len(evs) - 1
 
 
+@v1_rows
 async def test_attach_refuses_a_run_without_a_head(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     await write_log(path, run_events("r", 2, finished=False))
@@ -726,6 +728,7 @@ def test_an_invalid_option_is_the_logs_own_error_and_a_value_error(tmp_path: Pat
         EventLog(tmp_path / "x.db", schema_version=7)
 
 
+@v1_rows
 async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     await write_log(path, run_events("r", 1))
@@ -750,6 +753,7 @@ async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
 # -- append-only ---------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_events_table_is_append_only(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     evs = run_events("r", 2)
@@ -776,6 +780,7 @@ async def test_events_table_is_append_only(tmp_path: Path) -> None:
 # -- concurrency ---------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_concurrent_readers_see_gap_free_prefixes(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     final = run_events("r", 400)  # 4,802 events
