@@ -186,8 +186,10 @@ def raw_rows(path: Path, run_id: str) -> list[tuple[int, str, int | None, float,
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
         return [
-            (row.seq, row.type, row.step, row.ts, row.covered, row.hash)
-            for row in plain_v2_rows(conn, reader, int(key), run_id)
+            (seq, type_, step, ts, covered, digest)
+            for _, seq, type_, step, ts, covered, digest, _ in plain_v2_rows(
+                conn, reader, int(key), run_id
+            )
         ]
 
 
@@ -217,7 +219,7 @@ def plain_v2_rows(
         except CorruptEventError as exc:
             covered, decoded = envelope + body, exc
         out.append(
-            StoredRow(
+            (
                 run_id,
                 int(seq),
                 tag if tag is not None else f"?{code}",
