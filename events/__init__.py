@@ -1,19 +1,28 @@
-"""Typed events of maker runs and the append-only SQLite log that holds them.
+"""Typed events of maker runs, the append-only SQLite log that holds them, and the check of a
+log's integrity.
 
 This package is the bottom layer: it imports nothing from :mod:`maker` or :mod:`replay`.
 """
 
 from ._codec import canonical_json, decode, encode, to_dict
 from ._errors import (
+    AmbiguousRunError,
+    BrokenLogError,
     CorruptEventError,
+    DamagedLogError,
     EventLogError,
+    InvalidOptionError,
     LogClosedError,
     NotALogError,
+    RunNotNamedError,
     SchemaVersionError,
     SequenceError,
+    UnencodableEventError,
     UnknownRunError,
 )
+from ._integrity import CheckedRun, LogReport, RunIntegrity, check_run, verify_log
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
+from ._reading import OpenRun, open_run
 from ._types import (
     EVENT_TYPES,
     OBSERVATIONAL_TYPES,
@@ -45,19 +54,28 @@ __all__ = [
     "EVENT_TYPES",
     "OBSERVATIONAL_TYPES",
     "SCHEMA_VERSION",
+    "AmbiguousRunError",
     "AnyEvent",
     "BreakerChanged",
+    "BrokenLogError",
+    "CheckedRun",
     "CorruptEventError",
+    "DamagedLogError",
     "Event",
     "EventLog",
     "EventLogError",
+    "InvalidOptionError",
     "KChanged",
     "LogClosedError",
+    "LogReport",
     "LogStatistics",
     "NotALogError",
+    "OpenRun",
     "RedFlagged",
     "RunFinished",
     "RunInfo",
+    "RunIntegrity",
+    "RunNotNamedError",
     "RunResumed",
     "RunStarted",
     "RunStatus",
@@ -72,13 +90,17 @@ __all__ = [
     "StepDecided",
     "StepEvent",
     "StepStarted",
+    "UnencodableEventError",
     "UnknownRunError",
     "VoteCounted",
     "WriterKind",
     "canonical_json",
     "chain_hash",
+    "check_run",
     "decode",
     "encode",
     "event_tag",
+    "open_run",
     "to_dict",
+    "verify_log",
 ]

@@ -46,7 +46,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 import zstandard
 
-from ._errors import CorruptEventError
+from ._errors import CorruptEventError, InvalidOptionError, UnencodableEventError
 from ._types import EVENT_TYPES, AnyEvent, Event, StepEvent, event_tag
 
 __all__ = [
@@ -334,10 +334,12 @@ class Encoder:
         lru_bytes: int = 64 << 20,
         train_dictionary: bool = True,
     ) -> None:
-        if next_blob_id < 1 or next_dictionary_id < 1:
-            raise ValueError("next_blob_id and next_dictionary_id must be at least 1")
+        if next_blob_id < 1:
+            raise InvalidOptionError("next_blob_id", "at least 1", next_blob_id)
+        if next_dictionary_id < 1:
+            raise InvalidOptionError("next_dictionary_id", "at least 1", next_dictionary_id)
         if lru_entries < 1:
-            raise ValueError(f"lru_entries must be at least 1, got {lru_entries}")
+            raise InvalidOptionError("lru_entries", "at least 1", lru_entries)
         self._next_blob_id = next_blob_id
         self._next_dictionary_id = next_dictionary_id
         self._lru_entries = lru_entries
@@ -367,10 +369,11 @@ class Encoder:
     # -- public ----------------------------------------------------------------------------
 
     def encode(self, event: Event) -> EncodedEvent:
-        """Encode one event. Raises ``TypeError`` for a value its field type cannot hold."""
+        """Encode one event. Raises :class:`UnencodableEventError` (a ``TypeError``) for a
+        value its field type cannot hold."""
         encode = self._encoders.get(type(event))
         if encode is None:
-            raise TypeError(f"not an event type: {type(event).__name__}")
+            raise UnencodableEventError(f"not an event type: {type(event).__name__}")
         try:
             return encode(event)
         except BaseException:
@@ -566,8 +569,10 @@ def _dict_compressor(zdict: zstandard.ZstdCompressionDict) -> zstandard.ZstdComp
     return zstandard.ZstdCompressor(dict_data=zdict, compression_params=params)
 
 
-def _type_error(name: str, expected: str, value: Any) -> TypeError:
-    return TypeError(f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}")
+def _type_error(name: str, expected: str, value: Any) -> UnencodableEventError:
+    return UnencodableEventError(
+        f"{name} must be a {expected}, got {type(value).__name__}: {value!r:.80}"
+    )
 
 
 _SID_CACHE: Final = 4096

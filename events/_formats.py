@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import operator
 import sqlite3
 import struct
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, Iterable, Iterator, Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
 import aiosqlite
 import msgspec
@@ -110,18 +112,16 @@ class StoredHead(NamedTuple):
     sealed: tuple[int, bytes] | None
 
 
-class StoredRow(NamedTuple):
-    """One stored row, as an integrity check reads it, with what its hash must cover."""
+StoredRow: TypeAlias = tuple[
+    str, int, str, int | None, float, bytes, bytes, AnyEvent | CorruptEventError
+]
+"""One stored row as an integrity check reads it: ``(run_id, seq, type, step, ts, covered, hash,
+event)``. ``type`` is the row's type tag, or ``"?<code>"`` for an unknown code; ``covered`` the
+bytes its chain hash covers (version 1: the body; version 2: the envelope, the body and the data
+of the blobs it refers to); ``event`` its decoded event or why it does not decode.
 
-    seq: int
-    type: str
-    """The type tag, or ``"?<code>"`` for an unknown code."""
-    step: int | None
-    ts: float
-    body: bytes
-    hash: bytes
-    covered: bytes
-    """The bytes the chain hash covers (version 1: the body; version 2: body and blobs)."""
+A plain tuple: a check makes one for every row of the log, and a NamedTuple's construction
+costs 3% of the whole check."""
 
 
 # -- version 1 -------------------------------------------------------------------------------
@@ -209,14 +209,6 @@ class V1Writer:
 
     def attach(self, conn: sqlite3.Connection, run_id: str) -> None:
         """Nothing to learn: version 1 rows name their run."""
-
-
-def v1_head(conn: sqlite3.Connection, run_id: str) -> StoredHead:
-    last = conn.execute(
-        "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1", (run_id,)
-    ).fetchone()
-    sealed = conn.execute("SELECT seq, hash FROM run_heads WHERE run_id = ?", (run_id,)).fetchone()
-    return StoredHead(_pair(last), _pair(sealed))
 
 
 async def v1_read(
@@ -501,18 +493,6 @@ class V2Writer:
         )
 
 
-def v2_head(conn: sqlite3.Connection, run_id: str) -> StoredHead:
-    row = conn.execute(
-        "SELECT key, head_seq, head_hash FROM runs WHERE run_id = ?", (run_id,)
-    ).fetchone()
-    if row is None:
-        return StoredHead(None, None)
-    last = conn.execute(
-        "SELECT seq, hash FROM events WHERE run = ? ORDER BY seq DESC LIMIT 1", (row[0],)
-    ).fetchone()
-    return StoredHead(_pair(last), (int(row[1]), bytes(row[2])))
-
-
 class BlobCache:
     """Blobs a reader has fetched, the most recent kept (a bounded LRU)."""
 
@@ -670,39 +650,220 @@ async def v2_runs(
     return out
 
 
-def v2_rows(
+# -- stored rows, for integrity checks --------------------------------------------------------
+#
+# Plain sqlite3 (an integrity check is one synchronous pass), inside the caller's read
+# transaction, so that a log being written is read as one committed prefix.
+
+
+def sealed_heads(
+    conn: sqlite3.Connection, version: int, run_id: str | None = None
+) -> dict[str, tuple[int, bytes]]:
+    """Every run's sealed head (its last seq and hash, as the heads table holds them), or only
+    ``run_id``'s. A file whose heads table is gone has none: every run in it is headless."""
+    if version == 1:
+        sql = "SELECT run_id, seq, hash FROM run_heads"
+    else:
+        sql = "SELECT run_id, head_seq, head_hash FROM runs"
+    args: tuple[str, ...] = ()
+    if run_id is not None:
+        sql += " WHERE run_id = ?"
+        args = (run_id,)
+    try:
+        cur = conn.execute(sql, args)
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return {}
+        raise
+    return {str(rid): (int(seq), bytes(digest)) for rid, seq, digest in cur}
+
+
+def head(conn: sqlite3.Connection, version: int, run_id: str) -> StoredHead:
+    """A run's last row and sealed head in a file of ``version``."""
+    if version == 1:
+        sql = "SELECT seq, hash FROM events WHERE run_id = ? ORDER BY seq DESC LIMIT 1"
+    else:
+        # Rows whose run is not in the runs table cannot be found by the run's id.
+        sql = (
+            "SELECT seq, hash FROM events WHERE run = (SELECT key FROM runs WHERE run_id = ?)"
+            " ORDER BY seq DESC LIMIT 1"
+        )
+    last = conn.execute(sql, (run_id,)).fetchone()
+    return StoredHead(_pair(last), sealed_heads(conn, version, run_id).get(run_id))
+
+
+def stored_runs(
+    conn: sqlite3.Connection, version: int
+) -> Iterator[tuple[str, Iterator[StoredRow]]]:
+    """Every run's rows in seq order, run by run (each run's rows read before the next run's
+    are asked for)."""
+    if version == 1:
+        rows = conn.execute(f"SELECT {_V1_COLUMNS} FROM events ORDER BY run_id, seq")
+        yield from itertools.groupby(v1_stored_rows(rows), key=operator.itemgetter(0))
+        return
+    reader = _v2_reader_of(conn)
+    names = {int(k): str(r) for k, r in conn.execute("SELECT key, run_id FROM runs")}
+    keys = [int(k) for (k,) in conn.execute("SELECT DISTINCT run FROM events ORDER BY run")]
+    for key in sorted(set(keys) | set(names)):
+        # Rows whose run is gone from the runs table keep a name that says so.
+        run_id = names.get(key, f"<run key {key}>")
+        yield run_id, v2_stored_rows(conn, reader, key, run_id)
+
+
+def stored_rows(conn: sqlite3.Connection, version: int, run_id: str) -> Iterator[StoredRow]:
+    """One run's rows in seq order (none for a run the file does not know)."""
+    if version == 1:
+        yield from v1_stored_rows(
+            conn.execute(
+                f"SELECT {_V1_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            )
+        )
+        return
+    found = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    if found is not None:
+        yield from v2_stored_rows(conn, _v2_reader_of(conn), int(found[0]), run_id)
+
+
+_V1_COLUMNS = "run_id, seq, type, step, ts, body, hash"
+
+
+def v1_stored_rows(cur: Iterable[Any]) -> Iterator[StoredRow]:
+    """Version 1 rows (``_V1_COLUMNS``) as stored rows: a version 1 hash covers the body."""
+    for run_id, seq, type_, step, ts, body, digest in cur:
+        body = bytes(body)
+        decoded: AnyEvent | CorruptEventError
+        try:
+            decoded = decode_json(body)
+        except CorruptEventError as exc:
+            decoded = exc
+        yield (
+            str(run_id),
+            int(seq),
+            str(type_),
+            None if step is None else int(step),
+            float(ts),
+            body,
+            bytes(digest),
+            decoded,
+        )
+
+
+def v2_stored_rows(
     conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
-) -> Iterator[tuple[StoredRow, AnyEvent | CorruptEventError]]:
-    """A run's stored rows in seq order, each with its decoded event or why it does not decode,
-    for integrity checks (plain sqlite3, inside the caller's read transaction)."""
+) -> Iterator[StoredRow]:
+    """A version 2 run's rows (the run of ``key``) as stored rows, each body parsed once.
+
+    The decoding fetches the blobs it asks for (see :class:`_Blobs`), and what the hash covers
+    is made of the blobs it asked for, in the order it first did, which is the order of the
+    body's references (what :meth:`V2Reader.covered` computes from a second parse). A row that
+    does not decode fails with the error a reader that first computes what the hash covers
+    would meet first (see :func:`_first_failure`).
+    """
+    decoder = reader.decoder
+    decode = decoder.decode
+    blobs = _Blobs(conn)
     cur = conn.execute(
         "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
     )
     while rows := cur.fetchmany(_FETCH):
-        bodies = [bytes(row[4]) for row in rows]
-        missing = reader.needed(bodies)
-        for i in range(0, len(missing), 900):
-            part = missing[i : i + 900]
-            reader.blobs.add(conn.execute(_ids_sql("blobs", len(part)), part).fetchall())
-        for (seq, code, step, ts, _, digest), body in zip(rows, bodies, strict=True):
-            tag = TYPE_BY_CODE.get(int(code))
+        for seq, code, step, ts, body, digest in rows:
+            seq, code, ts, body = int(seq), int(code), float(ts), bytes(body)
+            envelope = v2_covered(run_id, seq, code, step, ts)
             decoded: AnyEvent | CorruptEventError
-            envelope = v2_covered(run_id, int(seq), int(code), step, float(ts))
+            used = blobs.used = {}
             try:
-                covered = envelope + reader.covered(body)
-                decoded = reader.decode(run_id, int(seq), float(ts), int(code), step, body)
-            except CorruptEventError as exc:
-                covered, decoded = envelope + body, exc
-            row = StoredRow(
-                int(seq),
+                decoded = decode(
+                    run_id=run_id,
+                    seq=seq,
+                    ts=ts,
+                    type_code=code,
+                    step=step,
+                    body=body,
+                    blobs=blobs,
+                )
+            except CorruptEventError as failure:
+                covered = envelope + body
+                decoded = _first_failure(decoder, blobs, body, failure)
+            else:
+                covered = b"".join((envelope, body, *used.values())) if used else envelope + body
+            tag = _TAGS.get(code)
+            yield (
+                run_id,
+                seq,
                 tag if tag is not None else f"?{code}",
                 None if step is None else int(step),
-                float(ts),
-                body,
-                bytes(digest),
+                ts,
                 covered,
+                bytes(digest),
+                decoded,
             )
-            yield row, decoded
+
+
+_TAGS = dict(TYPE_BY_CODE)  # a plain dict: a lookup a row, and a mapping proxy costs more
+
+
+def _first_failure(
+    decoder: Decoder, blobs: _Blobs, body: bytes, failure: CorruptEventError
+) -> CorruptEventError:
+    """Why a body does not decode, as a reader that computes what its hash covers first says
+    it: it fails first there (a body it cannot scan, a blob that is not there), if it does."""
+    try:
+        decoder.digest(body, blobs)
+    except CorruptEventError as first:
+        return first
+    return failure
+
+
+class _Blobs(dict[int, bytes]):
+    """A run's blobs as its rows' decoding asks for them: fetched on first need, and noted
+    in :attr:`used`, first reference first, for what the hash covers.
+
+    A blob not held yet past the newest one fetched brings in the ids after it too, a range at
+    a time: a run's new blobs are numbered as its rows first refer to them, so one query serves
+    the rows to come. An older one (a value met again) comes alone. At most ``_HELD`` are held,
+    the oldest fetched going first.
+    """
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__()
+        self._conn = conn
+        self._top = 0  # the highest id fetched
+        self.used: dict[int, bytes] = {}
+
+    def get(self, blob_id: int, default: Any = None) -> Any:
+        data = dict.get(self, blob_id)
+        if data is None:
+            data = self._fetch(blob_id)
+            if data is None:
+                return default
+        if blob_id not in self.used:
+            self.used[blob_id] = data
+        return data
+
+    def _fetch(self, blob_id: int) -> bytes | None:
+        if len(self) >= _HELD:
+            for old in list(itertools.islice(self, len(self) - _HELD // 2)):
+                del self[old]
+        last = blob_id + _RANGE if blob_id > self._top else blob_id + 1
+        for found, data in self._conn.execute(
+            "SELECT id, data FROM blobs WHERE id >= ? AND id < ?", (blob_id, last)
+        ):
+            self[int(found)] = bytes(data)
+        self._top = max(self._top, last - 1)
+        return dict.get(self, blob_id)
+
+
+_HELD = 8192
+_RANGE = 1024
+
+
+def _v2_reader_of(conn: sqlite3.Connection) -> V2Reader:
+    """A reader holding the file's dictionaries (plain sqlite3)."""
+    reader = V2Reader()
+    reader.add_dictionaries(
+        (int(i), bytes(d)) for i, d in conn.execute("SELECT id, data FROM dictionaries")
+    )
+    return reader
 
 
 def _pair(row: Any) -> tuple[int, bytes] | None:
@@ -716,11 +877,6 @@ def writer_for(conn: sqlite3.Connection, version: int) -> WriterFormat:
     if version == 2:
         return V2Writer.open(conn)
     raise EventLogError(f"no writer for schema version {version}")  # pragma: no cover
-
-
-def head(conn: sqlite3.Connection, version: int, run_id: str) -> StoredHead:
-    """A run's last row and sealed head in a file of ``version``."""
-    return v1_head(conn, run_id) if version == 1 else v2_head(conn, run_id)
 
 
 SCHEMAS = {1: V1_SCHEMA, 2: V2_SCHEMA}

@@ -26,6 +26,7 @@ from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, NamedTuple, Self
+from urllib.parse import quote
 
 import aiosqlite
 import anyio
@@ -33,10 +34,14 @@ from anyio.abc import TaskGroup
 
 from . import _formats
 from ._errors import (
+    AmbiguousRunError,
     CorruptEventError,
+    DamagedLogError,
     EventLogError,
+    InvalidOptionError,
     LogClosedError,
     NotALogError,
+    RunNotNamedError,
     SchemaVersionError,
     SequenceError,
     UnknownRunError,
@@ -131,22 +136,22 @@ class EventLog:
         writer: WriterKind = "thread",
     ) -> None:
         if mode not in ("w", "r"):
-            raise ValueError(f"mode must be 'w' or 'r', got {mode!r}")
+            raise InvalidOptionError("mode", "'w' or 'r'", mode)
         if writer not in ("thread", "process"):
-            raise ValueError(f"writer must be 'thread' or 'process', got {writer!r}")
+            raise InvalidOptionError("writer", "'thread' or 'process'", writer)
         if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+            raise InvalidOptionError("batch_size", "at least 1", batch_size)
         if not commit_interval >= 0:
-            raise ValueError(f"commit_interval must be >= 0, got {commit_interval}")
+            raise InvalidOptionError("commit_interval", ">= 0", commit_interval)
         if not poll_interval > 0:
-            raise ValueError(f"poll_interval must be positive, got {poll_interval}")
+            raise InvalidOptionError("poll_interval", "positive", poll_interval)
         if max_pending < 1:
-            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+            raise InvalidOptionError("max_pending", "at least 1", max_pending)
         if max_pending_bytes < 1:
-            raise ValueError(f"max_pending_bytes must be at least 1, got {max_pending_bytes}")
+            raise InvalidOptionError("max_pending_bytes", "at least 1", max_pending_bytes)
         if schema_version not in SCHEMAS:
             known = ", ".join(map(str, SCHEMAS))
-            raise ValueError(f"schema_version must be one of {known}, got {schema_version}")
+            raise InvalidOptionError("schema_version", f"one of {known}", schema_version)
         self.path = os.fspath(path)
         self.mode = mode
         self._batch_size = batch_size
@@ -254,13 +259,11 @@ class EventLog:
     async def _connect(self, path: str) -> aiosqlite.Connection:
         """A read-only connection for a reader."""
         try:
-            uri = "file:" + _quote_path(path) + "?mode=ro"
-            return await aiosqlite.connect(uri, uri=True)
+            return await aiosqlite.connect(_read_only_uri(path), uri=True)
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open {path}: {exc}") from exc
 
     async def _check_readable(self) -> None:
-        _check_exists(self.path)
         self._version = await anyio.to_thread.run_sync(_check_readable, self.path)
 
     @property
@@ -564,14 +567,18 @@ class EventLog:
         return [RunInfo(*info) for info in listed]
 
     async def run(self, run_id: str | None = None) -> RunInfo:
-        """One run: the one named, or the only run in the log."""
+        """One run: the one named (a unique prefix of its id will do), or the only run in the
+        log when none is named.
+
+        Raises :class:`UnknownRunError` when no run has that id, :class:`AmbiguousRunError`
+        (an :class:`UnknownRunError`) when it is the start of several runs' ids and no whole
+        one, and :class:`RunNotNamedError` (one too) when none is named and the log does not
+        hold exactly one run.
+        """
         runs = await self.runs()
         if run_id is None:
             if len(runs) != 1:
-                ids = ", ".join(r.run_id for r in runs[:5]) or "none"
-                raise UnknownRunError(
-                    f"<unspecified>: the log holds {len(runs)} runs ({ids}); name one with --run"
-                )
+                raise RunNotNamedError([info.run_id for info in runs])
             return runs[0]
         for info in runs:
             if info.run_id == run_id:
@@ -579,6 +586,8 @@ class EventLog:
         matches = [info for info in runs if info.run_id.startswith(run_id)]
         if len(matches) == 1:
             return matches[0]
+        if matches:
+            raise AmbiguousRunError(run_id, [info.run_id for info in matches])
         raise UnknownRunError(run_id)
 
     def _reader(self) -> _Reader:
@@ -642,16 +651,24 @@ def _load_head(
 
 def _check_identity(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> int:
     """Check that ``conn`` is a maker log of a version we read: returns the version, or 0 for
-    an empty new file."""
+    an empty new file (when ``allow_new``)."""
     try:
         row = conn.execute("PRAGMA application_id").fetchone()
         app_id = int(row[0]) if row else 0
         row = conn.execute("PRAGMA user_version").fetchone()
         version = int(row[0]) if row else 0
-        row = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
-        objects = int(row[0]) if row else 0
+        objects = 0
+        if app_id == 0:
+            # Only a file without our id can be a new one: a log's own schema is not read here,
+            # so damage past the file's first page is left for the integrity check to name.
+            row = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            objects = int(row[0]) if row else 0
     except sqlite3.DatabaseError as exc:
-        raise NotALogError(path, str(exc)) from exc
+        detail = " ".join(str(exc).split())
+        if _header_says_maker_log(path):
+            # A maker log SQLite cannot open (cut short, overwritten): damage, not a stranger.
+            raise DamagedLogError(path, detail) from exc
+        raise NotALogError(path, detail) from exc
     if app_id == 0 and objects == 0:
         if allow_new:
             return 0
@@ -663,16 +680,54 @@ def _check_identity(conn: sqlite3.Connection, path: str, *, allow_new: bool) -> 
     return version
 
 
-def _check_readable(path: str) -> int:
-    """Open ``path`` read-only, check that it is a maker log we read, and return its version."""
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _header_says_maker_log(path: str) -> bool:
+    # The 100-byte file header holds the application id at offset 68 (big-endian). Until the
+    # first checkpoint a new log's header may still lack it; then the file is simply not known.
     try:
-        conn = sqlite3.connect("file:" + _quote_path(path) + "?mode=ro", uri=True)
+        with open(path, "rb") as f:
+            header = f.read(100)
+    except OSError:
+        return False
+    return (
+        len(header) == 100
+        and header.startswith(_SQLITE_MAGIC)
+        and int.from_bytes(header[68:72], "big") == APPLICATION_ID
+    )
+
+
+def open_for_reading(path: str) -> tuple[sqlite3.Connection, int]:
+    """A plain read-only connection to the log at ``path``, checked to be a maker log we read,
+    and the file's version.
+
+    The one way a log is opened without :class:`EventLog` (integrity checks read with plain
+    sqlite3). Autocommit mode, so that an explicit ``BEGIN`` holds every read in one snapshot;
+    usable from one thread at a time, any thread (a check may be opened on a worker thread and
+    read on another). Raises what opening an :class:`EventLog` raises, and
+    :class:`DamagedLogError` for a maker log SQLite cannot read.
+    """
+    _check_exists(path)
+    try:
+        conn = sqlite3.connect(
+            _read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
+        )
     except sqlite3.Error as exc:
         raise EventLogError(f"cannot open {path}: {exc}") from exc
     try:
-        return _check_identity(conn, path, allow_new=False)
-    finally:
+        version = _check_identity(conn, path, allow_new=False)
+    except BaseException:
         conn.close()
+        raise
+    return conn, version
+
+
+def _check_readable(path: str) -> int:
+    """Check that ``path`` is a maker log we read, and return its version."""
+    conn, version = open_for_reading(path)
+    conn.close()
+    return version
 
 
 def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
@@ -748,7 +803,6 @@ def _write_batch(conn: sqlite3.Connection, layout: WriterFormat, batch: _formats
         raise
 
 
-def _quote_path(path: str) -> str:
-    from urllib.parse import quote
-
-    return quote(os.path.abspath(path))
+def _read_only_uri(path: str) -> str:
+    """The URI that opens ``path`` read-only (it never creates a file)."""
+    return "file:" + quote(os.path.abspath(path)) + "?mode=ro"

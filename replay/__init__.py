@@ -1,8 +1,10 @@
-"""Turn logs into answers: rebuild what a run did from its events alone, check a log's
-integrity, re-execute and resume runs, and re-vote them offline under another policy."""
+"""Turn logs into answers: rebuild what a run did from its events alone, re-execute and resume
+runs, and re-vote them offline under another policy. The integrity check belongs to the store
+(:mod:`events`); its names are here too, beside the readers that refuse a broken run."""
+
+from events import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
 
 from ._fold import Fold, RunSummary, StepRecord, summarize, summarize_async
-from ._integrity import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
 from ._replayer import (
     RecordedModel,
     client_for,

@@ -11,16 +11,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from contextlib import aclosing
 from typing import Any
 
 import anyio
 import click
 
-from events import EventLog
+from events import open_run, verify_log
 from maker.tasks import make_task
 
-from ._integrity import check_run, verify_log
 from ._revote import UNCHANGED, RevoteReport, revote_async
 
 EXIT_OK = 0
@@ -76,21 +74,18 @@ async def _revote(
     path: str, run_id: str | None, k: int | None, rule: str | None, red_flag_tokens: int | None
 ) -> RevoteReport:
     """Re-vote the run as it is read from the log: memory holds one step's responses."""
-    async with EventLog(path, mode="r") as log:
-        info = await log.run(run_id)
-        # Refuse a damaged run before reading it: its samples could not be trusted.
-        check_run(path, info.run_id)
-        started = info.started
+    # Refuse a damaged run before reading it: its samples could not be trusted.
+    async with open_run(path, run_id, check=True) as run:
+        started = run.info.started
         task = make_task(started.task, started.task_params)
-        async with aclosing(log.read(info.run_id)) as events:
-            return await revote_async(
-                events,
-                task,
-                k=int(started.policy.get("k", 1)) if k is None else k,
-                rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
-                max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
-                keep_steps=False,
-            )
+        return await revote_async(
+            run.events,
+            task,
+            k=int(started.policy.get("k", 1)) if k is None else k,
+            rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
+            max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
+            keep_steps=False,
+        )
 
 
 def _steps(steps: Sequence[int]) -> str:

@@ -39,9 +39,16 @@ except ImportError:  # not on this platform: pipes keep their default size
     fcntl = None  # type: ignore[assignment]
 
 import events
-from events import EVENT_TYPES, AnyEvent, Event, EventLogError, UnknownRunError
-
-from ._integrity import BrokenLogError, CheckedRun, RunIntegrity
+from events import (
+    EVENT_TYPES,
+    AnyEvent,
+    BrokenLogError,
+    CheckedRun,
+    Event,
+    EventLogError,
+    RunIntegrity,
+    UnknownRunError,
+)
 
 READ_AHEAD_MIN = 50_000
 """Events a run must hold before it is read in a helper process by default: below it, starting
@@ -280,7 +287,7 @@ def _child_env() -> dict[str, str]:
 _CHILD = """
 import sys, types
 # This package without its __init__, which would import the whole engine: the child needs
-# only the events package and the integrity check.
+# only this module and the events package, which holds the integrity check.
 package = types.ModuleType("replay")
 package.__path__ = [sys.argv[1]]
 sys.modules["replay"] = package

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import fields
 from typing import Any
 
-from anyio.lowlevel import checkpoint
+import anyio
 
-from events import AnyEvent, EventLog, RunInfo, RunStarted, WriterKind
+from events import AnyEvent, CheckedRun, OpenRun, RunStarted, WriterKind, check_run, open_run
 from maker.clients import SimConfig, SimulatedModel
 from maker.core import Client, Completion, ConfigError, MakerError, Policy, SampleRequest, Task
 from maker.engine import (
@@ -26,7 +27,6 @@ from maker.engine import (
 from maker.tasks import make_task
 
 from ._fold import summarize_async
-from ._integrity import CheckedRun, check_run
 from ._readahead import ReadAhead, worth_reading_ahead
 
 
@@ -36,9 +36,8 @@ async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -
     All in memory: for small logs and tests. The commands read with :meth:`events.EventLog.read`
     and fold as they go instead.
     """
-    async with EventLog(path, mode="r") as log:
-        info = await log.run(run_id)
-        return [event async for event in log.read(info.run_id)]
+    async with open_run(path, run_id) as run:
+        return [event async for event in run.events]
 
 
 def task_for(started: RunStarted) -> Task[Any, Any]:
@@ -121,13 +120,12 @@ async def verify_run(
     re-execution, with the same results; by default it is, for runs of 50,000 events or more
     when the machine has a core to spare.
     """
-    log = EventLog(path, mode="r")
-    async with log, _checked(log, run_id, read_ahead) as (info, source):
-        recording = Recording.of_run(info, source)
+    async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
+        recording = Recording.of_run(run.info, source)
         task = task if task is not None else task_for(recording.started)
         scheduler = Scheduler(Limits.from_json(recording.started.limits))
         client = RecordedModel(recording.started)
-        async with Engine(log=log, client=client, scheduler=scheduler) as engine:
+        async with Engine(log=run.log, client=client, scheduler=scheduler) as engine:
             return await engine.verify(task, recording, policy=policy, sinks=sinks)
 
 
@@ -155,9 +153,8 @@ async def resume_run(
     as for :func:`verify_run`; ``log_writer`` is where the continued run's log writer runs (see
     :class:`maker.Engine`).
     """
-    log = EventLog(path, mode="r")
-    async with log, _checked(log, run_id, read_ahead) as (info, source):
-        recording = Recording.of_run(info, source)
+    async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
+        recording = Recording.of_run(run.info, source)
         if not recording.resumable:
             return await _finished_result(source)
         task = task if task is not None else task_for(recording.started)
@@ -170,18 +167,18 @@ async def resume_run(
 
 
 @asynccontextmanager
-async def _checked(
-    log: EventLog, run_id: str | None, read_ahead: bool | None
-) -> AsyncIterator[tuple[RunInfo, CheckedRun | ReadAhead]]:
-    """A run of ``log`` and its events, read in the pass that checks the run's integrity;
-    refused if the run holds no chain.
+async def _checked(run: OpenRun, read_ahead: bool | None) -> AsyncIterator[CheckedRun | ReadAhead]:
+    """The events of ``run``, read in the pass that checks the run's integrity; refused if the
+    run holds no chain.
 
     A broken run is refused with :class:`BrokenLogError` however far its reader got: what
     the body raised (a divergence found before the damage was read, say) gives way to it.
     """
-    info = await log.run(run_id)
+    log, info = run.log, run.info
     if is_calibration(info.started):
-        check_run(log.path, info.run_id)  # a broken log is refused as broken all the same
+        # A broken log is refused as broken all the same. The check reads the whole run with
+        # plain sqlite3: on a worker thread, not the event loop's.
+        await anyio.to_thread.run_sync(check_run, log.path, info.run_id)
         raise MakerError(
             f"run {info.run_id} is a calibration: its steps are independent samples, "
             "not a chain to replay or resume"
@@ -189,28 +186,41 @@ async def _checked(
     if read_ahead is None:
         read_ahead = worth_reading_ahead(info.last_seq + 1)
     reader = ReadAhead if read_ahead else CheckedRun
-    with reader(log.path, info.run_id, last_seq=info.last_seq) as source:
+    source = reader(log.path, info.run_id, last_seq=info.last_seq)
+    # Opening (which reads the run's head, or starts the helper process), checking what was
+    # left unread and closing block: each is done on a worker thread. Reading the events as
+    # the re-execution goes is the engine's (a Recording iterates the source).
+    try:
+        await anyio.to_thread.run_sync(source.__enter__)
         try:
-            yield info, source
+            yield source
         except Exception:
-            source.finish()  # raises BrokenLogError in place of what was raised, if broken
+            # Raises BrokenLogError in place of what was raised, if the run is broken.
+            await anyio.to_thread.run_sync(source.finish)
             raise
-        source.finish()  # whatever was left unread is checked too
+        await anyio.to_thread.run_sync(source.finish)  # whatever was left unread is checked too
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(source.__exit__, None, None, None)
 
 
-async def _paced(events: Iterable[AnyEvent]) -> AsyncGenerator[AnyEvent, None]:
-    """A plain iterable of events as an async one that lets other tasks run now and then."""
-    for i, event in enumerate(events):
-        if i % _PACE == 0:
-            await checkpoint()
-        yield event
+async def _in_thread(events: Iterator[AnyEvent]) -> AsyncGenerator[AnyEvent, None]:
+    """A plain iterator of events, read on a worker thread a batch at a time: its reading
+    (SQLite and the checks, or a helper process's pipe) never holds up the event loop."""
+    while batch := await anyio.to_thread.run_sync(_batch, events):
+        for event in batch:
+            yield event
 
 
-_PACE = 1024
+def _batch(events: Iterator[AnyEvent]) -> list[AnyEvent]:
+    return list(itertools.islice(events, _BATCH))
+
+
+_BATCH = 1024
 
 
 async def _finished_result(source: CheckedRun | ReadAhead) -> RunResult:
-    async with aclosing(_paced(source)) as events:
+    async with aclosing(_in_thread(source)) as events:
         summary = await summarize_async(events, per_step=False)
     if summary.status not in ("succeeded", "failed", "cancelled"):
         raise ConfigError("run", f"run {summary.run_id} has status {summary.status!r}")

@@ -216,15 +216,15 @@ def revote(
     do not begin with the run's ``run_started``.
 
     >>> import anyio, os, tempfile
-    >>> from events import EventLog
+    >>> from events import open_run
     >>> from maker import Engine, Policy, SimulatedModel
     >>> from maker.tasks import Hanoi
     >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
     >>> async def main() -> list[AnyEvent]:
     ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
     ...         result = await engine.run(Hanoi(3), policy=Policy(k=3), seed=1)
-    ...     async with EventLog(path, mode="r") as log:
-    ...         return [event async for event in log.read(result.run_id)]
+    ...     async with open_run(path, result.run_id) as run:
+    ...         return [event async for event in run.events]
     >>> events = anyio.run(main)
     >>> report = revote(events, Hanoi(3), k=2)  # a model that never errs needs k votes a step
     >>> report.recorded_samples, report.samples_saved, report.changed_steps

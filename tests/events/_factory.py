@@ -9,6 +9,7 @@ from pathlib import Path
 
 from events import (
     AnyEvent,
+    CorruptEventError,
     RedFlagged,
     RunFinished,
     RunStarted,
@@ -20,7 +21,8 @@ from events import (
     VoteCounted,
     canonical_json,
 )
-from events._formats import V2Reader, v2_rows
+from events._compact import TYPE_BY_CODE
+from events._formats import StoredRow, V2Reader, v2_covered
 
 
 def run_events(
@@ -184,6 +186,48 @@ def raw_rows(path: Path, run_id: str) -> list[tuple[int, str, int | None, float,
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
         return [
-            (row.seq, row.type, row.step, row.ts, row.covered, row.hash)
-            for row, _ in v2_rows(conn, reader, int(key), run_id)
+            (seq, type_, step, ts, covered, digest)
+            for _, seq, type_, step, ts, covered, digest, _ in plain_v2_rows(
+                conn, reader, int(key), run_id
+            )
         ]
+
+
+def plain_v2_rows(
+    conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
+) -> list[StoredRow]:
+    """A version 2 run's rows read the plain way, as the store's own decoder defines them: the
+    blobs each body refers to fetched first, what the hash covers computed by a parse of its
+    own, then the body decoded."""
+    out = []
+    for seq, code, step, ts, body, digest in conn.execute(
+        "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
+    ):
+        body = bytes(body)
+        wanted = reader.needed([body])
+        if wanted:
+            marks = ", ".join("?" * len(wanted))
+            reader.blobs.add(
+                conn.execute(f"SELECT id, data FROM blobs WHERE id IN ({marks})", wanted)
+            )
+        tag = TYPE_BY_CODE.get(int(code))
+        envelope = v2_covered(run_id, int(seq), int(code), step, float(ts))
+        decoded: AnyEvent | CorruptEventError
+        try:
+            covered = envelope + reader.covered(body)
+            decoded = reader.decode(run_id, int(seq), float(ts), int(code), step, body)
+        except CorruptEventError as exc:
+            covered, decoded = envelope + body, exc
+        out.append(
+            (
+                run_id,
+                int(seq),
+                tag if tag is not None else f"?{code}",
+                None if step is None else int(step),
+                float(ts),
+                covered,
+                bytes(digest),
+                decoded,
+            )
+        )
+    return out

@@ -319,6 +319,9 @@ def test_encode_refuses_values_its_field_type_cannot_hold() -> None:
         )
     with pytest.raises(TypeError, match="not an event type"):
         encoder.encode(Event(run_id="r", seq=0, ts=0.0))
+    # The log's own error, and still the TypeError it always was.
+    with pytest.raises(events.UnencodableEventError, match="sample_id must be a str, got int"):
+        encoder.encode(bad)
 
 
 def test_a_failed_encode_forgets_the_blobs_it_made() -> None:
@@ -460,6 +463,8 @@ def test_next_ids_continue_an_existing_file() -> None:
         Encoder(next_blob_id=0)
     with pytest.raises(ValueError, match="lru_entries"):
         Encoder(lru_entries=0)
+    with pytest.raises(events.InvalidOptionError, match=r"^next_dictionary_id must be at least 1"):
+        Encoder(next_dictionary_id=0)
 
 
 # -- dictionaries --------------------------------------------------------------------------

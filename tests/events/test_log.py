@@ -17,13 +17,16 @@ import pytest
 from events import (
     APPLICATION_ID,
     SCHEMA_VERSION,
+    AmbiguousRunError,
     AnyEvent,
     CorruptEventError,
     EventLog,
     EventLogError,
+    InvalidOptionError,
     LogClosedError,
     NotALogError,
     RunFinished,
+    RunNotNamedError,
     RunStarted,
     SchemaVersionError,
     SequenceError,
@@ -35,21 +38,17 @@ from events import (
 )
 
 from ._factory import interleave, raw_rows, run_events
+from ._kinds import EVERY_KIND, V1_KINDS, log_kinds
 
-pytestmark = pytest.mark.anyio
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("log_kind"), log_kinds(*EVERY_KIND)]
+"""The log's contract holds whatever the kind of log: every test here runs on every kind (see
+conftest.py), but those that read version 1 rows with plain SQL, which run on version 1 files
+with either writer."""
 
 # A hang guard for tests whose tasks wait on one another; never a timing assertion.
 HANG_GUARD = 60
 
-
-@pytest.fixture(autouse=True)
-def _version_1_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """New logs here are made in the version 1 layout, which these tests read row by row with
-    plain SQL (logs of version 1 are still continued in it). test_log_v2.py runs the tests that
-    do not depend on the layout again on version 2, beside its own checks of that layout."""
-    defaults = EventLog.__init__.__kwdefaults__
-    assert defaults is not None
-    monkeypatch.setitem(defaults, "schema_version", 1)
+v1_rows = log_kinds(*V1_KINDS)
 
 
 async def read_all(log: EventLog, run_id: str, **kwargs: object) -> list[AnyEvent]:
@@ -79,6 +78,7 @@ def assert_chain(rows: Sequence[tuple[int, str, int | None, float, bytes, bytes]
 # -- appending and reading -----------------------------------------------------------------
 
 
+@v1_rows
 async def test_many_batches_of_interleaved_runs_read_back_in_order(tmp_path: Path) -> None:
     runs = {rid: run_events(rid, 556) for rid in ("run-a", "run-b", "run-c")}
     total = sum(len(r) for r in runs.values())
@@ -283,6 +283,7 @@ async def test_tail_from_another_log_object_polls(tmp_path: Path) -> None:
 # -- reopening -----------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_reopen_and_attach_continues_seq_and_chain(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     first = run_events("r", 20, finished=False)
@@ -328,6 +329,7 @@ def stored_heads(path: Path) -> dict[str, tuple[int, bytes]]:
         }
 
 
+@v1_rows
 async def test_run_heads_hold_each_runs_last_seq_and_hash_after_every_batch(
     tmp_path: Path,
 ) -> None:
@@ -351,6 +353,7 @@ async def test_run_heads_hold_each_runs_last_seq_and_hash_after_every_batch(
         assert heads[rid] == (evs[-1].seq, last[5])
 
 
+@v1_rows
 async def test_run_heads_are_written_in_the_same_transaction_as_the_rows(tmp_path: Path) -> None:
     """A batch that fails to insert leaves no head behind for its runs."""
     path = tmp_path / "log.db"
@@ -365,6 +368,7 @@ async def test_run_heads_are_written_in_the_same_transaction_as_the_rows(tmp_pat
     assert stored_heads(path) == before
 
 
+@v1_rows
 async def test_attach_refuses_a_run_whose_rows_do_not_reach_its_head(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     evs = run_events("r", 5, finished=False)
@@ -383,6 +387,7 @@ async def test_attach_refuses_a_run_whose_rows_do_not_reach_its_head(tmp_path: P
     assert stored_heads(path)["r"][0] == len(evs) - 1
 
 
+@v1_rows
 async def test_attach_refuses_a_run_without_a_head(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     await write_log(path, run_events("r", 2, finished=False))
@@ -505,6 +510,45 @@ async def test_run_matches_a_unique_prefix(tmp_path: Path) -> None:
             await log.run("gamma")
         with pytest.raises(UnknownRunError):
             await log.run("beta-and-more")
+
+
+async def test_a_run_not_named_or_named_by_too_little_is_said_in_one_line(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    async with EventLog(path) as log:
+        with pytest.raises(RunNotNamedError) as empty:
+            await log.run()
+        assert str(empty.value) == "the log holds no runs"
+    ids = ["alpha-1", "alpha-2", "beta", "gamma", "delta", "eps", "zeta"]
+    await write_log(path, list(interleave(*(run_events(rid, 1) for rid in ids[:3]))))
+    async with EventLog(path, mode="r") as log:
+        order = [info.run_id for info in await log.runs()]
+        with pytest.raises(UnknownRunError) as unnamed:
+            await log.run()
+        # One message, not one wrapped in "no run '...' in the log".
+        assert str(unnamed.value) == (
+            f"the log holds 3 runs; name one with --run ({', '.join(order)})"
+        )
+        assert isinstance(unnamed.value, RunNotNamedError)
+        assert unnamed.value.run_ids == tuple(order)
+        with pytest.raises(UnknownRunError) as ambiguous:
+            await log.run("alpha")
+        assert isinstance(ambiguous.value, AmbiguousRunError)
+        assert ambiguous.value.run_id == "alpha"
+        assert str(ambiguous.value) == (
+            "'alpha' is the start of 2 runs' ids (alpha-1, alpha-2); give more of the one you mean"
+        )
+        with pytest.raises(UnknownRunError) as unknown:
+            await log.run("omega")
+        assert type(unknown.value) is UnknownRunError
+        assert str(unknown.value) == "no run 'omega' in the log"
+    await write_log(path, list(interleave(*(run_events(rid, 1) for rid in ids[3:]))))
+    async with EventLog(path, mode="r") as log:
+        with pytest.raises(
+            RunNotNamedError, match=r"7 runs; name one with --run \(.*, and 2 more\)$"
+        ):
+            await log.run()
 
 
 async def test_runs_lists_started_and_finished(tmp_path: Path) -> None:
@@ -673,6 +717,18 @@ def test_invalid_arguments_are_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "x.db").exists()
 
 
+def test_an_invalid_option_is_the_logs_own_error_and_a_value_error(tmp_path: Path) -> None:
+    with pytest.raises(InvalidOptionError) as info:
+        EventLog(tmp_path / "x.db", max_pending_bytes=0)
+    assert str(info.value) == "max_pending_bytes must be at least 1, got 0"
+    assert (info.value.name, info.value.value) == ("max_pending_bytes", 0)
+    assert isinstance(info.value, EventLogError)
+    assert isinstance(info.value, ValueError)
+    with pytest.raises(InvalidOptionError, match=r"^schema_version must be one of 1, 2, got 7$"):
+        EventLog(tmp_path / "x.db", schema_version=7)
+
+
+@v1_rows
 async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     await write_log(path, run_events("r", 1))
@@ -697,6 +753,7 @@ async def test_file_layout_wal_strict_and_ids(tmp_path: Path) -> None:
 # -- append-only ---------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_events_table_is_append_only(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     evs = run_events("r", 2)
@@ -723,6 +780,7 @@ async def test_events_table_is_append_only(tmp_path: Path) -> None:
 # -- concurrency ---------------------------------------------------------------------------
 
 
+@v1_rows
 async def test_concurrent_readers_see_gap_free_prefixes(tmp_path: Path) -> None:
     path = tmp_path / "log.db"
     final = run_events("r", 400)  # 4,802 events

@@ -1,8 +1,8 @@
 """The log with its writer in a process of its own (``writer="process"``).
 
-The layout-independent contract tests of test_log.py, and test_log_v2.py's checks of version 2,
-run again here with the process writer; then what only the process writer has: the same rows as
-the thread writer byte for byte, a writer process that dies, its own session, and its counters.
+What only the process writer has: the same rows as the thread writer byte for byte, a writer
+process that dies, its own session, and its counters. (The tests of test_log.py and
+test_log_v2.py run with the process writer too: see their marks.)
 """
 
 from __future__ import annotations
@@ -36,60 +36,10 @@ from maker.tasks import Hanoi
 from replay import load_events
 
 from ._factory import run_events
-from .test_log import (  # noqa: F401  (collected here again, with the process writer)
-    HANG_GUARD,
-    read_all,
-    test_a_closed_log_refuses_to_append,
-    test_a_directory_is_not_a_log,
-    test_a_failed_write_surfaces_and_leaves_a_consistent_prefix,
-    test_a_text_file_is_not_a_log,
-    test_an_empty_file_is_not_a_log_to_read_but_becomes_one_to_write,
-    test_an_error_in_the_body_still_writes_everything_and_propagates,
-    test_another_sqlite_application_is_not_a_log,
-    test_appending_a_run_again_after_reopen_without_attach_is_refused,
-    test_cancelled_from_outside_while_idle_still_writes_everything,
-    test_cancelled_scope_still_writes_everything_appended,
-    test_chain_detects_a_changed_body,
-    test_closing_flushes_everything,
-    test_invalid_arguments_are_refused,
-    test_missing_file_in_read_mode_is_an_error_and_not_created,
-    test_no_append_accepted_while_closing_is_lost,
-    test_read_a_step_range,
-    test_read_after_seq,
-    test_read_can_stop_early,
-    test_read_mode_refuses_to_append,
-    test_read_sees_only_committed_events,
-    test_run_matches_a_unique_prefix,
-    test_run_without_id_needs_exactly_one_run,
-    test_runs_lists_started_and_finished,
-    test_runs_of_an_empty_log,
-    test_sequence_error_on_gap_or_repeat,
-    test_statistics_count_appended_written_and_pending,
-    test_tail_follows_a_run_being_written,
-    test_tail_from_another_log_object_polls,
-    test_tail_stops_at_run_finished_and_honours_after_seq,
-    test_unknown_run,
-    test_unknown_schema_version,
-    test_write_mode_creates_missing_directories,
-    write_log,
-)
-from .test_log_v2 import (  # noqa: F401
-    test_a_failed_batch_leaves_no_head_and_no_blob,
-    test_attach_refuses_a_truncated_run_or_one_without_a_head,
-    test_file_layout_of_version_2,
-    test_heads_in_runs_match_the_last_rows_after_every_batch,
-    test_tables_are_append_only_and_the_chain_covers_the_blobs,
-)
+from ._kinds import log_kinds
+from .test_log import HANG_GUARD, read_all, write_log
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _process_writer(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = EventLog.__init__.__kwdefaults__
-    assert defaults is not None
-    monkeypatch.setitem(defaults, "schema_version", 2)
-    monkeypatch.setitem(defaults, "writer", "process")
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("log_kind"), log_kinds((2, "process"))]
 
 
 def tables(path: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -1,6 +1,6 @@
-"""The log's version 2 layout: the layout-independent tests of test_log.py run again on it,
-and its own checks: heads in ``runs``, append-only tables, chains that cover the blobs, attach
-refusing a truncated run, and compact rows."""
+"""The log's version 2 layout, with either writer: heads in ``runs``, append-only tables, chains
+that cover the blobs, attach refusing a truncated run, and compact rows. (test_log.py's tests of
+the contract run on this layout too: see its marks.)"""
 
 from __future__ import annotations
 
@@ -15,50 +15,10 @@ from maker import Engine, Policy, SimulatedModel
 from maker.tasks import Hanoi
 
 from ._factory import interleave, raw_rows, run_events
-from .test_log import (  # noqa: F401  (collected here again, on version 2)
-    test_a_closed_log_refuses_to_append,
-    test_a_directory_is_not_a_log,
-    test_a_failed_write_surfaces_and_leaves_a_consistent_prefix,
-    test_a_text_file_is_not_a_log,
-    test_an_empty_file_is_not_a_log_to_read_but_becomes_one_to_write,
-    test_an_error_in_the_body_still_writes_everything_and_propagates,
-    test_another_sqlite_application_is_not_a_log,
-    test_appending_a_run_again_after_reopen_without_attach_is_refused,
-    test_cancelled_from_outside_while_idle_still_writes_everything,
-    test_cancelled_scope_still_writes_everything_appended,
-    test_chain_detects_a_changed_body,
-    test_closing_flushes_everything,
-    test_invalid_arguments_are_refused,
-    test_missing_file_in_read_mode_is_an_error_and_not_created,
-    test_no_append_accepted_while_closing_is_lost,
-    test_read_a_step_range,
-    test_read_after_seq,
-    test_read_can_stop_early,
-    test_read_mode_refuses_to_append,
-    test_read_sees_only_committed_events,
-    test_run_matches_a_unique_prefix,
-    test_run_without_id_needs_exactly_one_run,
-    test_runs_lists_started_and_finished,
-    test_runs_of_an_empty_log,
-    test_sequence_error_on_gap_or_repeat,
-    test_statistics_count_appended_written_and_pending,
-    test_tail_follows_a_run_being_written,
-    test_tail_from_another_log_object_polls,
-    test_tail_stops_at_run_finished_and_honours_after_seq,
-    test_unknown_run,
-    test_unknown_schema_version,
-    test_write_mode_creates_missing_directories,
-    write_log,
-)
+from ._kinds import V2_KINDS, log_kinds
+from .test_log import write_log
 
-pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(autouse=True)
-def _version_2_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = EventLog.__init__.__kwdefaults__
-    assert defaults is not None
-    monkeypatch.setitem(defaults, "schema_version", 2)
+pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("log_kind"), log_kinds(*V2_KINDS)]
 
 
 def stored_heads(path: Path) -> dict[str, tuple[int, bytes]]:
@@ -188,6 +148,7 @@ async def test_file_layout_of_version_2(tmp_path: Path) -> None:
         assert log.schema_version == 2
 
 
+@log_kinds((2, "thread"))
 async def test_an_engine_run_is_compact_in_version_2(tmp_path: Path) -> None:
     """File bytes per sample of a real run. The goal is at most 400 on 20 disks; 10 disks
     measured 368 (the trained dictionary's 16 KB weigh more on a short run, the states less)."""

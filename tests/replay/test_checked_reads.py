@@ -4,12 +4,15 @@ refuse a broken run whatever else they find first."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import sqlite3
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
+from typing import Any
 
 import anyio
 import msgspec
@@ -17,20 +20,21 @@ import pytest
 
 from events import (
     AnyEvent,
+    CheckedRun,
     EventLog,
     RunResumed,
     SampleRequested,
     StepDecided,
     StepStarted,
 )
-from events._formats import V2Reader, v2_rows
-from maker import Policy
+from events._formats import V2Reader, v2_stored_rows
+from maker import MakerError, Policy
 from maker.tasks import Hanoi
 from replay import BrokenLogError, check_run, load_events, resume_run, verify_run
-from replay._integrity import CheckedRun, _v2_run_rows
+from replay._commands import revote_command_impl
 from replay._readahead import ReadAhead
 
-from ..events._factory import run_events
+from ..events._factory import plain_v2_rows, run_events
 from ._logs import copy_log, load, record
 
 Reader = type[CheckedRun] | type[ReadAhead]
@@ -305,13 +309,10 @@ def test_the_integrity_check_reads_rows_as_the_store_reads_them(
         (key,) = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
-        theirs = [
-            (run_id, r.seq, r.type, r.step, r.ts, r.covered, r.hash, decoded)
-            for r, decoded in v2_rows(conn, reader, key, run_id)
-        ]
+        theirs = plain_v2_rows(conn, reader, key, run_id)
         reader = V2Reader()
         reader.add_dictionaries(conn.execute("SELECT id, data FROM dictionaries"))
-        ours = list(_v2_run_rows(conn, reader, key, run_id))
+        ours = list(v2_stored_rows(conn, reader, key, run_id))
     assert len(ours) == len(theirs) > 0
 
     def comparable(row: tuple[object, ...]) -> tuple[object, ...]:
@@ -459,3 +460,64 @@ async def test_the_helper_process_verifies_and_resumes_as_this_process_does(
 
 def winners(events: list[AnyEvent]) -> list[str]:
     return [e.winner for e in events if isinstance(e, StepDecided)]
+
+
+def statements_on_this_thread(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The SQL that every SQLite connection opened from now on runs on the calling thread.
+
+    Called from a synchronous test that then runs its event loop with ``anyio.run``: this
+    thread is the loop's, and what blocks it is what runs here (aiosqlite and worker threads
+    run their statements on threads of their own).
+    """
+    here = threading.get_ident()
+    seen: list[str] = []
+    connect = sqlite3.connect
+
+    def traced(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = connect(*args, **kwargs)
+        conn.set_trace_callback(
+            lambda sql: seen.append(sql) if threading.get_ident() == here else None
+        )
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", traced)
+    return seen
+
+
+@pytest.mark.parametrize("read_ahead", [False, True])
+def test_resuming_a_finished_run_reads_and_checks_it_off_the_event_loop(
+    recorded: dict[int, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch, read_ahead: bool
+) -> None:
+    path, run_id = recorded[2]
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    result = anyio.run(functools.partial(resume_run, path, run_id, read_ahead=read_ahead))
+    assert result.ok
+    assert on_the_loop == []
+    # What is watched is what runs: the same run read on this thread runs its statements here.
+    with CheckedRun(path, run_id) as run:
+        assert sum(1 for _ in run) == len(load(path, run_id))
+    assert any("FROM events" in sql for sql in on_the_loop)
+
+
+def test_refusing_a_calibration_checks_it_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from maker import SimulatedModel, calibrate
+
+    path = tmp_path / "calibration.db"
+    anyio.run(
+        functools.partial(calibrate, Hanoi(4), [SimulatedModel()], samples=5, seed=1, log=path)
+    )
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    with pytest.raises(MakerError, match="is a calibration"):
+        anyio.run(resume_run, path)
+    assert on_the_loop == []
+
+
+def test_the_re_vote_checks_its_run_off_the_event_loop(
+    recorded: dict[int, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, run_id = recorded[2]
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    assert revote_command_impl(path, run_id, 1, None, None, True) == 0
+    assert on_the_loop == []

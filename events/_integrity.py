@@ -16,61 +16,33 @@ The chain is a checksum, not a signature: someone who rewrites a run's whole cha
 from the edited row on goes unnoticed. It guards against accidents, bad disks and careless
 edits, not against a forger.
 
-The checks read the file through a plain read-only SQLite connection, inside one read
-transaction, so a log being written is checked as one consistent committed prefix.
+The checks read the file through the store's own plain read-only connection
+(:func:`events._log.open_for_reading`) and its readers of stored rows and heads
+(:mod:`events._formats`), inside one read transaction, so a log being written is checked as one
+consistent committed prefix. They are synchronous: async code runs them on a worker thread.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
-from urllib.parse import quote
 
-from events import (
-    APPLICATION_ID,
-    SCHEMA_VERSION,
-    AnyEvent,
+from ._errors import (
+    BrokenLogError,
     CorruptEventError,
+    DamagedLogError,
     EventLogError,
-    NotALogError,
-    SchemaVersionError,
-    StepEvent,
     UnknownRunError,
-    chain_hash,
-    decode,
-    event_tag,
 )
-from events._compact import TYPE_BY_CODE, Decoder
-from events._formats import _FETCH, SCHEMAS, V2Reader, v2_covered
+from ._formats import StoredRow, chain_hash, sealed_heads, stored_rows, stored_runs
+from ._log import open_for_reading
+from ._types import AnyEvent, StepEvent, event_tag
 
-_Row = tuple[str, int, str, int | None, float, bytes, bytes, "AnyEvent | Exception"]
-"""A stored row: (run_id, seq, type, step, ts, what its hash covers, hash, its decoded event or
-why it does not decode)."""
-
-_COLUMNS = "run_id, seq, type, step, ts, body, hash"
-
-
-class BrokenLogError(EventLogError):
-    """A run in the log failed its integrity check; replay and resume refuse it.
-
-    ``seq`` is the first bad seq (None when SQLite could not read the run at all) and
-    ``problem`` says what is wrong, in one line.
-    """
-
-    def __init__(self, path: str, run_id: str, seq: int | None, problem: str) -> None:
-        where = f" at seq {seq}" if seq is not None else ""
-        super().__init__(
-            f"{path}: run {run_id} is broken{where}: {problem} (see 'maker verify {path}')"
-        )
-        self.path = path
-        self.run_id = run_id
-        self.seq = seq
-        self.problem = problem
+__all__ = ["BrokenLogError", "CheckedRun", "LogReport", "RunIntegrity", "check_run", "verify_log"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,23 +122,31 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
     :class:`events.EventLogError` for a missing file. Damage, whether to the runs or to the SQLite
     file itself, is reported in the :class:`LogReport`, never raised.
 
-    >>> import anyio, os, tempfile
-    >>> from maker import Engine, Policy, SimulatedModel
-    >>> from maker.tasks import Hanoi
+    >>> import anyio, os, sqlite3, tempfile
+    >>> from events import EventLog, RunFinished, RunStarted
     >>> path = os.path.join(tempfile.mkdtemp(), "log.db")
     >>> async def main() -> None:
-    ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
-    ...         await engine.run(Hanoi(3), policy=Policy(k=2), seed=1, run_id="demo")
+    ...     async with EventLog(path) as log:
+    ...         log.append(RunStarted(run_id="demo", seq=0, ts=0.0, task="t", task_params={},
+    ...                               policy={}, models=[], model_params={}, seed=0, version=""))
+    ...         log.append(RunFinished(run_id="demo", seq=1, ts=1.0, status="succeeded",
+    ...                                steps=0, samples=0))
     >>> anyio.run(main)
     >>> report = verify_log(path)
     >>> report.ok, [run.line() for run in report.runs]
-    (True, ['demo: ok (65 events)'])
+    (True, ['demo: ok (2 events)'])
+    >>> conn = sqlite3.connect(path)  # cut the run short, behind the log's back
+    >>> conn.executescript("DROP TRIGGER events_append_only_delete;"
+    ...                    "DELETE FROM events WHERE seq = 1;").close()
+    >>> conn.close()
+    >>> [run.line() for run in verify_log(path).runs]
+    ['demo: BROKEN at seq 1: ends at seq 0 but its head says 1 (truncated)']
     """
     name = os.fspath(path)
     try:
-        conn = _open(name)
-    except _Damaged as exc:
-        return LogReport(path=name, problem=f"SQLite cannot read the file: {exc}")
+        conn, version = open_for_reading(name)
+    except DamagedLogError as exc:
+        return LogReport(path=name, problem=f"SQLite cannot read the file: {exc.detail}")
     runs: list[RunIntegrity] = []
     problem = ""
     checker: _RunChecker | None = None
@@ -176,8 +156,8 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
         if damage:
             # Keep going: the runs SQLite can still read are worth checking one by one.
             problem = f"SQLite reports the file damaged: {damage}"
-        heads = _read_heads(conn)
-        for run_id, group in _all_rows(conn):
+        heads = sealed_heads(conn, version)
+        for run_id, group in stored_runs(conn, version):
             checker = _RunChecker(run_id, heads.pop(run_id, None))
             checker.feed(group)
             runs.append(checker.result())
@@ -229,24 +209,24 @@ class CheckedRun:
         self._last_seq = last_seq
         self._checker = _RunChecker(run_id, None)
         self._conn: sqlite3.Connection | None = None
-        self._rows: Iterator[_Row] = iter(())
+        self._rows: Iterator[StoredRow] = iter(())
         self._result: RunIntegrity | None = None
         self._error: EventLogError | None = None
         self._envelope_in_columns = False
 
     def __enter__(self) -> Self:
         try:
-            conn = _open(self.path)
-        except _Damaged as exc:
+            conn, version = open_for_reading(self.path)
+        except DamagedLogError as exc:
             raise BrokenLogError(
-                self.path, self.run_id, None, f"SQLite cannot read the file: {exc}"
+                self.path, self.run_id, None, f"SQLite cannot read the file: {exc.detail}"
             ) from exc
         self._conn = conn
         try:
             conn.execute("BEGIN")
-            self._checker.head = _read_heads(conn, self.run_id).get(self.run_id)
-            self._envelope_in_columns = _version(conn) == 2
-            self._rows = _run_rows(conn, self.run_id)
+            self._checker.head = sealed_heads(conn, version, self.run_id).get(self.run_id)
+            self._envelope_in_columns = version == 2
+            self._rows = stored_rows(conn, version, self.run_id)
         except sqlite3.DatabaseError as exc:
             self._conclude(self._checker.unreadable(_one_line(str(exc))))
         return self
@@ -273,7 +253,7 @@ class CheckedRun:
                     and checker.bad is None
                     and checker._hash_suspect is None
                     and checker._misplaced is None
-                    and not isinstance(decoded, Exception)
+                    and not isinstance(decoded, CorruptEventError)
                     and digest == chain_hash(checker.previous, row[5])
                 ):
                     # What _row does with an intact row in place, where the body's envelope is
@@ -288,7 +268,7 @@ class CheckedRun:
                     break  # the head cannot seal this run: finish() says why
                 if last is not None and seq > last:
                     break
-                assert not isinstance(decoded, Exception)  # _row failed such a row
+                assert not isinstance(decoded, CorruptEventError)  # _row failed such a row
                 return decoded
         except sqlite3.DatabaseError as exc:
             self._conclude(checker.unreadable(_one_line(str(exc))))
@@ -329,65 +309,7 @@ class CheckedRun:
             conn.close()
 
 
-# -- opening ---------------------------------------------------------------------------------
-
-
-class _Damaged(Exception):
-    """SQLite cannot read a file whose header says it is a maker log."""
-
-
-_SQLITE_MAGIC = b"SQLite format 3\x00"
-
-
-def _open(path: str) -> sqlite3.Connection:
-    if not os.path.exists(path):
-        raise EventLogError(f"{path}: no such file")
-    if os.path.isdir(path):
-        raise NotALogError(path, "it is a directory")
-    uri = "file:" + quote(os.path.abspath(path)) + "?mode=ro"
-    try:
-        # Autocommit mode, so the explicit BEGIN holds every read in one snapshot.
-        conn = sqlite3.connect(uri, uri=True, isolation_level=None)
-    except sqlite3.Error as exc:
-        raise EventLogError(f"cannot open {path}: {exc}") from exc
-    try:
-        _check_identity(conn, path)
-    except BaseException:
-        conn.close()
-        raise
-    return conn
-
-
-def _check_identity(conn: sqlite3.Connection, path: str) -> None:
-    try:
-        app_id = int(conn.execute("PRAGMA application_id").fetchone()[0])
-        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-    except sqlite3.DatabaseError as exc:
-        if _header_says_maker_log(path):
-            # A maker log SQLite cannot open (cut short, overwritten): damage, not a stranger.
-            raise _Damaged(_one_line(str(exc))) from exc
-        raise NotALogError(path, _one_line(str(exc))) from exc
-    if app_id == 0 and os.path.getsize(path) == 0:
-        raise NotALogError(path, "the file is empty")
-    if app_id != APPLICATION_ID:
-        raise NotALogError(path, "a SQLite database of another application")
-    if version not in SCHEMAS:
-        raise SchemaVersionError(path, version, SCHEMA_VERSION)
-
-
-def _header_says_maker_log(path: str) -> bool:
-    # The 100-byte file header holds the application id at offset 68 (big-endian). Until the
-    # first checkpoint a new log's header may still lack it; then the file is simply not known.
-    try:
-        with open(path, "rb") as f:
-            header = f.read(100)
-    except OSError:
-        return False
-    return (
-        len(header) == 100
-        and header.startswith(_SQLITE_MAGIC)
-        and int.from_bytes(header[68:72], "big") == APPLICATION_ID
-    )
+# -- the file -------------------------------------------------------------------------------
 
 
 def _cut_short(conn: sqlite3.Connection, path: str) -> str:
@@ -410,194 +332,6 @@ def _quick_check(conn: sqlite3.Connection) -> str:
     if found == ["ok"]:
         return ""
     return _one_line("; ".join(found))
-
-
-def _version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
-
-
-def _v1_rows(cur: Iterable[Any]) -> Iterator[_Row]:
-    for run_id, seq, type_, step, ts, body, digest in cur:
-        body = bytes(body)
-        decoded: AnyEvent | Exception
-        try:
-            decoded = decode(body)
-        except (CorruptEventError, ValueError) as exc:
-            # ValueError: events.decode lets msgspec's UnicodeDecodeError through for bytes
-            # that are not UTF-8, which a flipped high bit produces.
-            decoded = exc
-        yield (
-            str(run_id),
-            int(seq),
-            str(type_),
-            None if step is None else int(step),
-            float(ts),
-            body,
-            bytes(digest),
-            decoded,
-        )
-
-
-def _v2_run_rows(
-    conn: sqlite3.Connection, reader: V2Reader, key: int, run_id: str
-) -> Iterator[_Row]:
-    """A run's rows as :func:`events._formats.v2_rows` reads them, each body parsed once.
-
-    ``v2_rows`` parses a body three times: for the blobs to fetch, for what the hash covers,
-    and to decode it. Here the decoding fetches the blobs it asks for (see :class:`_Blobs`),
-    and what the hash covers is made of the blobs it asked for, in the order it first did,
-    which is the order of the body's references. A row that does not decode is read again as
-    ``v2_rows`` reads it, so it fails with the same error.
-    """
-    decoder = reader.decoder
-    decode = decoder.decode
-    blobs = _Blobs(conn)
-    cur = conn.execute(
-        "SELECT seq, type, step, ts, body, hash FROM events WHERE run = ? ORDER BY seq", (key,)
-    )
-    while rows := cur.fetchmany(_FETCH):
-        for seq, code, step, ts, body, digest in rows:
-            seq, code, ts, body = int(seq), int(code), float(ts), bytes(body)
-            envelope = v2_covered(run_id, seq, code, step, ts)
-            decoded: AnyEvent | CorruptEventError
-            used = blobs.used = {}
-            try:
-                decoded = decode(
-                    run_id=run_id,
-                    seq=seq,
-                    ts=ts,
-                    type_code=code,
-                    step=step,
-                    body=body,
-                    blobs=blobs,
-                )
-            except CorruptEventError as failure:
-                covered = envelope + body
-                decoded = _first_failure(decoder, blobs, body, failure)
-            else:
-                covered = b"".join((envelope, body, *used.values())) if used else envelope + body
-            tag = _TAGS.get(code)
-            yield (
-                run_id,
-                seq,
-                tag if tag is not None else f"?{code}",
-                None if step is None else int(step),
-                ts,
-                covered,
-                bytes(digest),
-                decoded,
-            )
-
-
-_TAGS = dict(TYPE_BY_CODE)  # a plain dict: a lookup a row, and a mapping proxy costs more
-
-
-def _first_failure(
-    decoder: Decoder, blobs: _Blobs, body: bytes, failure: CorruptEventError
-) -> CorruptEventError:
-    """Why a body does not decode, as ``v2_rows`` says it: it fails first where it computes
-    what the hash covers (a body it cannot scan, a blob that is not there), if it does."""
-    try:
-        decoder.digest(body, blobs)
-    except CorruptEventError as first:
-        return first
-    return failure
-
-
-class _Blobs(dict[int, bytes]):
-    """A run's blobs as its rows' decoding asks for them: fetched on first need, and noted
-    in :attr:`used`, first reference first, for what the hash covers.
-
-    A blob not held yet past the newest one fetched brings in the ids after it too, a range at
-    a time: a run's new blobs are numbered as its rows first refer to them, so one query serves
-    the rows to come. An older one (a value met again) comes alone. At most ``_HELD`` are held,
-    the oldest fetched going first.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        super().__init__()
-        self._conn = conn
-        self._top = 0  # the highest id fetched
-        self.used: dict[int, bytes] = {}
-
-    def get(self, blob_id: int, default: Any = None) -> Any:
-        data = dict.get(self, blob_id)
-        if data is None:
-            data = self._fetch(blob_id)
-            if data is None:
-                return default
-        if blob_id not in self.used:
-            self.used[blob_id] = data
-        return data
-
-    def _fetch(self, blob_id: int) -> bytes | None:
-        if len(self) >= _HELD:
-            for old in list(itertools.islice(self, len(self) - _HELD // 2)):
-                del self[old]
-        last = blob_id + _RANGE if blob_id > self._top else blob_id + 1
-        for found, data in self._conn.execute(
-            "SELECT id, data FROM blobs WHERE id >= ? AND id < ?", (blob_id, last)
-        ):
-            self[int(found)] = bytes(data)
-        self._top = max(self._top, last - 1)
-        return dict.get(self, blob_id)
-
-
-_HELD = 8192
-_RANGE = 1024
-
-
-def _v2_reader(conn: sqlite3.Connection) -> V2Reader:
-    reader = V2Reader()
-    reader.add_dictionaries(
-        (int(i), bytes(d)) for i, d in conn.execute("SELECT id, data FROM dictionaries")
-    )
-    return reader
-
-
-def _all_rows(conn: sqlite3.Connection) -> Iterator[tuple[str, Iterator[_Row]]]:
-    """Every run's rows in seq order, run by run."""
-    if _version(conn) == 1:
-        rows = conn.execute(f"SELECT {_COLUMNS} FROM events ORDER BY run_id, seq")
-        for run_id, group in itertools.groupby(_v1_rows(rows), key=lambda row: row[0]):
-            yield run_id, group
-        return
-    reader = _v2_reader(conn)
-    names = {int(k): str(r) for k, r in conn.execute("SELECT key, run_id FROM runs")}
-    keys = [int(k) for (k,) in conn.execute("SELECT DISTINCT run FROM events ORDER BY run")]
-    for key in sorted(set(keys) | set(names)):
-        # Rows whose run is gone from the runs table keep a name that says so.
-        run_id = names.get(key, f"<run key {key}>")
-        yield run_id, _v2_run_rows(conn, reader, key, run_id)
-
-
-def _run_rows(conn: sqlite3.Connection, run_id: str) -> Iterator[_Row]:
-    if _version(conn) == 1:
-        yield from _v1_rows(
-            conn.execute(f"SELECT {_COLUMNS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,))
-        )
-        return
-    found = conn.execute("SELECT key FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-    if found is not None:
-        yield from _v2_run_rows(conn, _v2_reader(conn), int(found[0]), run_id)
-
-
-def _read_heads(
-    conn: sqlite3.Connection, run_id: str | None = None
-) -> dict[str, tuple[int, bytes]]:
-    table = "run_heads" if _version(conn) == 1 else "runs"
-    columns = "run_id, seq, hash" if table == "run_heads" else "run_id, head_seq, head_hash"
-    try:
-        if run_id is None:
-            cur = conn.execute(f"SELECT {columns} FROM {table}")
-        else:
-            cur = conn.execute(f"SELECT {columns} FROM {table} WHERE run_id = ?", (run_id,))
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            # Without the table every run is reported headless: truncation cannot be ruled out.
-            return {}
-        raise
-    return {str(rid): (int(seq), bytes(digest)) for rid, seq, digest in cur}
 
 
 def _headless_run(run_id: str, head: tuple[int, bytes]) -> RunIntegrity:
@@ -648,7 +382,7 @@ class _RunChecker:
         # A misplaced body waiting for its partner: (column seq, the seq its body names).
         self._misplaced: tuple[int, int] | None = None
 
-    def feed(self, rows: Iterable[_Row]) -> None:
+    def feed(self, rows: Iterable[StoredRow]) -> None:
         for row in rows:
             self.events += 1
             self._row(row)
@@ -657,18 +391,18 @@ class _RunChecker:
         if self.bad is None:
             self.bad, self.problem = seq, problem
 
-    def _row(self, row: _Row) -> None:
-        _run_id, seq, type_, step, ts, body, digest, decoded = row
+    def _row(self, row: StoredRow) -> None:
+        _run_id, seq, type_, step, ts, covered, digest, decoded = row
         if (
             seq == self.expected
             and self.bad is None
             and self._hash_suspect is None
             and self._misplaced is None
-            and not isinstance(decoded, Exception)
+            and not isinstance(decoded, CorruptEventError)
         ):
             # The usual row, intact and in place, checked at a fraction of the cost of the
             # general path below (which tells every kind of damage apart).
-            should_be = chain_hash(self.previous, body)
+            should_be = chain_hash(self.previous, covered)
             if (
                 digest == should_be
                 and decoded.seq == seq
@@ -683,7 +417,7 @@ class _RunChecker:
         if self._hash_suspect is not None:
             suspect, should_be = self._hash_suspect
             self._hash_suspect = None
-            if suspect == seq - 1 and digest == chain_hash(should_be, body):
+            if suspect == seq - 1 and digest == chain_hash(should_be, covered):
                 self._fail(suspect, f"the stored hash of seq {suspect} was altered (bit flip)")
             else:
                 self._fail(
@@ -700,9 +434,9 @@ class _RunChecker:
             return
         self.expected = seq + 1
         self.last_hash = digest
-        should_be = chain_hash(self.previous, body)
+        should_be = chain_hash(self.previous, covered)
         self.previous = digest
-        if isinstance(decoded, Exception):
+        if isinstance(decoded, CorruptEventError):
             self._fail(seq, f"the body of seq {seq} does not decode ({_one_line(str(decoded))})")
             return
         event = decoded
@@ -738,13 +472,13 @@ class _RunChecker:
         if digest != should_be:
             self._hash_suspect = (seq, should_be)
 
-    def _look_for_partner(self, seq: int, decoded: AnyEvent | Exception) -> None:
+    def _look_for_partner(self, seq: int, decoded: AnyEvent | CorruptEventError) -> None:
         assert self._misplaced is not None
         first, named = self._misplaced
         if seq != named:
             return
         self._misplaced = None
-        if isinstance(decoded, Exception):
+        if isinstance(decoded, CorruptEventError):
             return
         if decoded.seq == first:
             self.problem = f"seq {first} and {named} swapped (rows out of order)"
