@@ -49,7 +49,6 @@ from events import (
     AnyEvent,
     BreakerChanged,
     Event,
-    EventLog,
     RedFlagged,
     RunFinished,
     RunResumed,
@@ -63,6 +62,7 @@ from events import (
     StepDecided,
     StepStarted,
     VoteCounted,
+    open_run,
 )
 
 from ..core._errors import ConfigError, MakerError
@@ -1242,9 +1242,9 @@ async def _export_log(
     # A bad exporter fails before the log is read (and before an output file is created).
     if _parse_exporter(exporter, out)[0] == "otlp":
         _otlp_class()
-    async with EventLog(path, mode="r") as log:
-        info = await log.run(run_id)
-        events = [event async for event in log.read(info.run_id)]
+    async with open_run(path, run_id) as run:
+        info = run.info
+        events = [event async for event in run.events]
     provider = tracer_provider_for(exporter, out)
     try:
         count = await anyio.to_thread.run_sync(

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from contextlib import aclosing
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -27,7 +26,6 @@ from rich.progress import (
 
 from events import (
     Event,
-    EventLog,
     EventLogError,
     RedFlagged,
     RunStarted,
@@ -35,6 +33,7 @@ from events import (
     StepDecided,
     WriterKind,
     encode,
+    open_run,
 )
 
 from ...clients import close_client
@@ -436,10 +435,8 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
     async def load() -> Any:
         # Folded as it is read: a million-step run is never in memory, and the listed steps
         # come from a heap of N.
-        async with EventLog(file, mode="r") as log:
-            info = await log.run(run_id)
-            async with aclosing(log.read(info.run_id)) as events:
-                return await summarize_async(events, per_step=steps if steps else False)
+        async with open_run(file, run_id) as run:
+            return await summarize_async(run.events, per_step=steps if steps else False)
 
     summary = anyio.run(load)
     hardest = sorted(summary.step_records, key=lambda r: (-r.samples, r.step))
@@ -509,14 +506,12 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
     """Every event of a run, one JSON object per line, in seq order."""
 
     async def dump() -> None:
-        async with EventLog(file, mode="r") as log:
-            info = await log.run(run_id)
+        async with open_run(file, run_id) as run:
             sink = out.open("wb") if out is not None else sys.stdout.buffer
             try:
                 # One event at a time, in seq order: the run is never in memory.
-                async with aclosing(log.read(info.run_id)) as events:
-                    async for event in events:
-                        sink.write(encode(event) + b"\n")
+                async for event in run.events:
+                    sink.write(encode(event) + b"\n")
             finally:
                 if out is not None:
                     sink.close()
@@ -541,8 +536,8 @@ def resume(
     async def go() -> tuple[RunResult, bool]:
         # The run's start and end come from the log's run index; resume_run reads the recorded
         # prefix as it re-executes it, so the run is never loaded whole.
-        async with EventLog(file, mode="r") as log:
-            info = await log.run(run_id)
+        async with open_run(file, run_id) as run:
+            info = run.info
         finished = info.finished
         done = (
             finished is not None

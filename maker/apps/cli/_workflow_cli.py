@@ -369,20 +369,15 @@ def report_command(file: Path, run_id: str | None, out: Path) -> None:
     """Write an HTML report of a run: convergence, votes per step, red flags, cost, latency."""
     # replay/ builds on maker's public API; importing it here, not at the top, keeps the
     # layers acyclic.
-    from contextlib import aclosing
-
-    from events import EventLog
-    from replay import ReportData, check_run, report_data_async
+    from events import open_run
+    from replay import ReportData, report_data_async
     from replay._report import _new_figure, write_report
 
     async def load() -> ReportData:
-        async with EventLog(file, mode="r") as log:
-            info = await log.run(run_id)
-            # Refuse a damaged run: its figures could not be trusted.
-            check_run(file, info.run_id)
-            # Folded as it is read, in bounded memory (see replay.report_data).
-            async with aclosing(log.read(info.run_id)) as events:
-                return await report_data_async(events)
+        # A damaged run is refused before it is read: its figures could not be trusted. Folded
+        # as it is read, in bounded memory (see replay.report_data).
+        async with open_run(file, run_id, check=True) as run:
+            return await report_data_async(run.events)
 
     _new_figure()  # a missing matplotlib is said before the whole log is read
     page = write_report(anyio.run(load), out)
