@@ -86,7 +86,9 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     1.0
     """
     if n < 0 or not 0 <= successes <= n:
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
+        raise ConfigError(
+            "successes", f"need 0 <= successes <= n, got successes={successes}, n={n}"
+        )
     if n == 0:
         return 0.0, 1.0
     share = successes / n

@@ -53,7 +53,7 @@ def backoff_delay(
     4.0
     """
     if attempt < 1:
-        raise ValueError(f"attempt must be at least 1, got {attempt}")
+        raise ConfigError("attempt", f"must be at least 1, got {attempt}")
     # ldexp scales exactly (subnormal bases included); past the largest float the growth has
     # long saturated at the cap, so an overflow is simply infinity.
     try:

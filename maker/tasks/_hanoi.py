@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 import msgspec
 
-from ..core._errors import ConfigError, RedFlag
+from ..core._errors import ConfigError, RedFlag, StateError
 from ..core._task import Prompt, Task
 
 Pegs = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
@@ -153,7 +153,7 @@ def hanoi_state_at(disks: int, index: int) -> HanoiState:
     """
     total = 2**disks - 1
     if not 0 <= index <= total:
-        raise ValueError(f"index must be in 0..{total}, got {index}")
+        raise ConfigError("index", f"must be in 0..{total}, got {index}")
     pegs: list[list[int]] = [[], [], []]
     # Moving n disks src -> dst: 2**(n-1) - 1 moves take the n-1 smaller ones to via, one move
     # takes disk n to dst, and as many bring the smaller ones from via onto it.
@@ -294,6 +294,7 @@ def literal(text: str) -> Any:
             warnings.simplefilter("ignore")
             return ast.literal_eval(text)
     except Exception as exc:  # literal_eval's failure modes are not a closed set
+        # Caught by the parser, which flags the response: never seen outside this module.
         raise ValueError(type(exc).__name__) from exc
 
 
@@ -605,19 +606,19 @@ class Hanoi(Task[HanoiState, HanoiAnswer]):
     def state_from_json(self, data: Any) -> HanoiState:
         """The inverse of :meth:`state_to_json`; raises ValueError on a bad shape."""
         if not isinstance(data, dict) or set(data) != {"pegs", "previous_move"}:
-            raise ValueError("a Hanoi state is an object with 'pegs' and 'previous_move'")
+            raise StateError("a Hanoi state is an object with 'pegs' and 'previous_move'")
         pegs = data["pegs"]
         if (
             not isinstance(pegs, list)
             or len(pegs) != 3
             or not all(isinstance(p, list) and all(_is_int(d) for d in p) for p in pegs)
         ):
-            raise ValueError(f"'pegs' must be three lists of ints, got {pegs!r}")
+            raise StateError(f"'pegs' must be three lists of ints, got {pegs!r}")
         prev = data["previous_move"]
         if prev is not None and (
             not isinstance(prev, list) or len(prev) != 3 or not all(_is_int(v) for v in prev)
         ):
-            raise ValueError(f"'previous_move' must be null or three ints, got {prev!r}")
+            raise StateError(f"'previous_move' must be null or three ints, got {prev!r}")
         return HanoiState(
             pegs=(tuple(pegs[0]), tuple(pegs[1]), tuple(pegs[2])),
             previous_move=None if prev is None else (prev[0], prev[1], prev[2]),

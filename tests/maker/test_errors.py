@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from maker import ConfigError, MakerError, StateError, Tally
+from maker import ConfigError, MakerError, StateError, Tally, backoff_delay, wilson_interval
 from maker.core._pricing import Price
-from maker.tasks import Arithmetic, PromptTask
+from maker.tasks import Arithmetic, Hanoi, PromptTask
 
 
 def _prompt_state(data: Any) -> Callable[[], object]:
@@ -27,6 +27,14 @@ def _prompt_state(data: Any) -> Callable[[], object]:
         (lambda: Arithmetic().state_from_json({"value": "x", "index": 0}), StateError, None),
         (_prompt_state(True), StateError, None),
         (_prompt_state(3), StateError, None),
+        (lambda: Hanoi(3).state_from_json({"pegs": [[1], [], []]}), StateError, None),
+        (lambda: Hanoi(3).state_from_json({"pegs": [1], "previous_move": None}), StateError, None),
+        (
+            lambda: backoff_delay(0, base_s=1, cap_s=1, retry_after_s=None, draw=0.5),
+            ConfigError,
+            "attempt",
+        ),
+        (lambda: wilson_interval(5, 3), ConfigError, "successes"),
     ],
 )
 def test_bad_input_raises_a_narrow_maker_error(
