@@ -38,6 +38,7 @@ from maker.core import (
     Tally,
     Task,
     VoteRule,
+    judge,
 )
 
 
@@ -434,7 +435,7 @@ def _revote_step(
     winner: str | None = None
     for sample in received:
         consumed += 1
-        # The same judgement as the engine's: the rules first, then the strict parser.
+        # The engine's own judge: the rules first, then the strict parser.
         completion = Completion(
             text=sample.text,
             finish_reason=sample.finish_reason,
@@ -443,15 +444,11 @@ def _revote_step(
             model=sample.model,
             temperature_sent=sample.temperature_sent,
         )
-        if rules.check(completion) is not None:
+        verdict = judge(task, rules, completion)
+        if isinstance(verdict, RedFlag):
             flagged += 1
             continue
-        try:
-            answer = task.parse(sample.text)
-        except RedFlag:
-            flagged += 1
-            continue
-        winner = tally.add(canonical_json(task.answer_to_json(answer)))
+        winner = tally.add(canonical_json(task.answer_to_json(verdict)))
         if winner is not None:
             break
     return StepRevote(
