@@ -26,6 +26,7 @@ import pytest
 
 from events import (
     AnyEvent,
+    RunFinished,
     RunResumed,
     SampleReceived,
     SampleRequested,
@@ -351,7 +352,6 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
         emitted, alive, was_killed, had_writer = _kill_fast_run(
             path, progress, interval, delay, writer
         )
-        killed += was_killed
         waited += had_writer
         tag = f"kill {i} ({writer} writer, interval {interval} s, after {alive:.2f} s)"
 
@@ -381,6 +381,10 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
         print(line)
         if loss > allowed:
             failures.append(f"(b) {line}; allowed {allowed:.3f} s")
+        # A kill that lands after the run has finished (its process still closing the log)
+        # killed no run: the vacuity check below counts only kills of a run in progress.
+        finished = bool(committed) and isinstance(committed[-1], RunFinished)
+        killed += was_killed and not finished
 
         # (c) resuming finishes the run with the uninterrupted run's decisions
         if not committed:
@@ -400,7 +404,9 @@ def test_full_speed_runs_killed_lose_at_most_one_commit_interval(
         if not result.ok:
             failures.append(f"{tag}: (c) resume failed: {result.reason}")
             continue
-        failures += [f"{tag}: (c) {problem}" for problem in _resumed_problems(path, fast_reference)]
+        # A finished run is reported unchanged: nothing appended, so no run_resumed.
+        problems = _resumed_problems(path, fast_reference, resumes=0 if finished else 1)
+        failures += [f"{tag}: (c) {problem}" for problem in problems]
 
     assert killed >= FAST_KILLS - 1, "runs finished before the kill; raise FAST_DISKS"
     if writer == "process":
@@ -412,7 +418,7 @@ async def _resume_paper(path: Path) -> RunResult:
     return await resume_run(path)  # the preset's model is rebuilt from run_started
 
 
-def _resumed_problems(path: Path, winners: list[str]) -> list[str]:
+def _resumed_problems(path: Path, winners: list[str], *, resumes: int = 1) -> list[str]:
     events = anyio.run(load_events, path)
     problems = []
     got = [e.winner for e in events if isinstance(e, StepDecided)]
@@ -428,8 +434,9 @@ def _resumed_problems(path: Path, winners: list[str]) -> list[str]:
         twice = [sample for sample, n in counts.items() if n > 1]
         if twice:
             problems.append(f"{len(twice)} sample ids {kind} twice, e.g. {twice[0]}")
-    if sum(isinstance(e, RunResumed) for e in events) != 1:
-        problems.append("not exactly one run_resumed")
+    found = sum(isinstance(e, RunResumed) for e in events)
+    if found != resumes:
+        problems.append(f"{found} run_resumed events, not {resumes}")
     return problems
 
 
