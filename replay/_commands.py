@@ -17,6 +17,7 @@ import anyio
 import click
 
 from events import open_run, verify_log
+from maker.core import MakerError, PolicyRecord, recorded_policy
 from maker.tasks import make_task
 
 from ._revote import UNCHANGED, RevoteReport, revote_async
@@ -78,10 +79,13 @@ async def _revote(
     async with open_run(path, run_id, check=True) as run:
         started = run.info.started
         task = make_task(started.task, started.task_params)
+        recorded = recorded_policy(started.policy)
+        if not isinstance(recorded, PolicyRecord):
+            raise MakerError(f"run {started.run_id} is a calibration: it voted nothing to re-vote")
         return await revote_async(
             run.events,
             task,
-            k=int(started.policy.get("k", 1)) if k is None else k,
+            k=recorded.k if k is None else k,
             rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
             max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
             keep_steps=False,

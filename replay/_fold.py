@@ -23,6 +23,7 @@ from events import (
     StepStarted,
     VoteCounted,
 )
+from maker.core import CalibrationRecord, PolicyRecord, recorded_policy
 
 
 @dataclass(slots=True, kw_only=True)
@@ -134,8 +135,14 @@ class RunSummary:
 
     @property
     def rule(self) -> str:
-        """The recorded voting rule (``"ahead"`` when the policy does not say)."""
-        return str(self.policy.get("rule", "ahead"))
+        """The recorded voting rule (a calibration, which votes nothing, reads as the default)."""
+        recorded = self.recorded_policy
+        return recorded.rule if isinstance(recorded, PolicyRecord) else PolicyRecord().rule
+
+    @property
+    def recorded_policy(self) -> PolicyRecord | CalibrationRecord:
+        """The recorded policy, typed."""
+        return recorded_policy(self.policy)
 
     def to_json(self) -> dict[str, Any]:
         """The summary as JSON-compatible builtins (``maker show --json``), without the steps."""
@@ -281,7 +288,8 @@ class Fold:
                 s.models, s.seed = list(event.models), event.seed
                 s.policy, s.model_params = dict(event.policy), dict(event.model_params)
                 s.version = event.version
-                s.k = int(event.policy.get("k", 0))
+                recorded = recorded_policy(event.policy)
+                s.k = recorded.k if isinstance(recorded, PolicyRecord) else 0
                 s.initial_state = s.final_state = event.initial_state
             case StepStarted():
                 steps.get(event.step)

@@ -39,7 +39,7 @@ from events import (
     StepStarted,
     VoteCounted,
 )
-from maker.core import ConfigError
+from maker.core import CalibrationRecord, ConfigError
 
 from ._fold import Fold, OpenSteps, RunSummary, TopSteps
 
@@ -407,7 +407,7 @@ def _plot_convergence(ax: Axes, data: ReportData) -> None:
     if not points:
         # No decided step (a calibration, or a run that failed at once), or every step decided
         # by round 1: a log scale has nothing positive to show.
-        if data.summary.policy.get("mode") == "calibration":
+        if isinstance(data.summary.recorded_policy, CalibrationRecord):
             _empty(ax, "a calibration decides no step")
         elif not data.votes_to_decide:
             _empty(ax, "no step was decided")
@@ -565,9 +565,9 @@ def _figures(data: ReportData) -> list[tuple[str, str]]:
         ("task", f"{s['task']} {json.dumps(s['task_params'], sort_keys=True)}"),
         ("model", ", ".join(s["models"])),
     ]
-    mode = s["policy"].get("mode")
-    if mode:
-        rows.append(("mode", mode))
+    recorded = data.summary.recorded_policy
+    if isinstance(recorded, CalibrationRecord):
+        rows.append(("mode", recorded.mode))
     rows.append(("status", s["status"] + (f" ({s['reason']})" if s["reason"] else "")))
     if s["k"]:
         rows.append(("k", s["k"]))

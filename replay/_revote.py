@@ -32,13 +32,16 @@ from events import (
 from maker.core import (
     Completion,
     ConfigError,
+    PolicyRecord,
     RedFlag,
     RedFlagCheck,
+    RedFlagRecord,
     RedFlagRules,
     Tally,
     Task,
     VoteRule,
     judge,
+    recorded_policy,
 )
 
 
@@ -297,14 +300,19 @@ class _RevoteFold:
         if not isinstance(started, RunStarted):
             raise ConfigError("events", "a run's events must begin with its run_started event")
         self.started = started
-        self.recorded_flags = dict(started.policy.get("red_flags", {}))
-        self.recorded_rule = str(started.policy.get("rule", "ahead"))
+        recorded = recorded_policy(started.policy)
+        if not isinstance(recorded, PolicyRecord):
+            raise ConfigError(
+                "events", f"run {started.run_id} is a calibration: it voted nothing to re-vote"
+            )
+        self.recorded_policy = recorded
+        self.recorded_rule: VoteRule = recorded.rule
         new_rule = self.recorded_rule if rule is UNCHANGED else rule
         if new_rule not in ("ahead", "first"):
             raise ConfigError("rule", f"must be 'ahead' or 'first', got {new_rule!r}")
         if not isinstance(k, int) or k < 1:
             raise ConfigError("k", f"must be at least 1, got {k}")
-        self.rules = _rules(self.recorded_flags, max_output_tokens, flag_truncated, checks)
+        self.rules = _rules(recorded.red_flags, max_output_tokens, flag_truncated, checks)
         self.rule: VoteRule = "first" if new_rule == "first" else "ahead"
         self.task, self.k = task, k
         self.keep_steps, self.max_changed = keep_steps, max(0, max_changed)
@@ -352,12 +360,8 @@ class _RevoteFold:
             "after a step that decides differently, later steps are judged on samples drawn "
             "for the recorded states, so their outcome is counterfactual"
         ]
-        cap = started.policy.get("max_tokens")
-        if (
-            rules.max_output_tokens is not None
-            and isinstance(cap, int)
-            and rules.max_output_tokens >= cap
-        ):
+        cap = self.recorded_policy.max_tokens
+        if rules.max_output_tokens is not None and rules.max_output_tokens >= cap:
             notes.append(
                 f"responses were cut at max_tokens={cap} when recorded, so a threshold of "
                 f"{rules.max_output_tokens} output tokens flags nothing the cap did not cut"
@@ -379,9 +383,9 @@ class _RevoteFold:
             k=self.k,
             rule=self.rule,
             red_flags=rules.describe(),
-            recorded_k=int(started.policy.get("k", 0)),
+            recorded_k=self.recorded_policy.k,
             recorded_rule=self.recorded_rule,
-            recorded_red_flags=self.recorded_flags,
+            recorded_red_flags=self.recorded_policy.red_flags.to_json(),
             steps=tuple(self.steps),
             notes=tuple(notes),
             revoted=self.revoted,
@@ -396,29 +400,21 @@ class _RevoteFold:
 
 
 def _rules(
-    recorded: dict[str, Any],
+    recorded: RedFlagRecord,
     max_output_tokens: int | Unchanged | None,
     flag_truncated: bool | Unchanged,
     checks: tuple[RedFlagCheck, ...] | Unchanged,
 ) -> RedFlagRules:
     if checks is UNCHANGED:
-        names = list(recorded.get("checks", []))
-        if names:
+        if recorded.checks:
             raise ConfigError(
                 "red_flags.checks",
-                f"the run used red-flag checks {names}; pass them (or replacements) as checks",
+                f"the run used red-flag checks {list(recorded.checks)}; "
+                "pass them (or replacements) as checks",
             )
         checks = ()
-    limit = (
-        recorded.get("max_output_tokens", 750)
-        if max_output_tokens is UNCHANGED
-        else max_output_tokens
-    )
-    truncated = (
-        bool(recorded.get("flag_truncated", True))
-        if flag_truncated is UNCHANGED
-        else flag_truncated
-    )
+    limit = recorded.max_output_tokens if max_output_tokens is UNCHANGED else max_output_tokens
+    truncated = recorded.flag_truncated if flag_truncated is UNCHANGED else flag_truncated
     return RedFlagRules(max_output_tokens=limit, flag_truncated=truncated, checks=checks)
 
 

@@ -27,7 +27,7 @@ from ._formulas import (
 )
 from ._judge import judge
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
-from ._policy import Policy
+from ._policy import CalibrationRecord, Policy, PolicyRecord, RedFlagRecord, recorded_policy
 from ._redflags import RedFlagCheck, RedFlagRules
 from ._simulator import Simulator
 from ._tally import Tally, VoteRule
@@ -36,6 +36,7 @@ from ._version import __version__
 
 __all__ = [
     "AdaptiveK",
+    "CalibrationRecord",
     "Client",
     "ClientError",
     "Completion",
@@ -46,10 +47,12 @@ __all__ = [
     "PEstimate",
     "Plan",
     "Policy",
+    "PolicyRecord",
     "Probe",
     "Prompt",
     "RedFlag",
     "RedFlagCheck",
+    "RedFlagRecord",
     "RedFlagRules",
     "SampleRequest",
     "Simulator",
@@ -69,5 +72,6 @@ __all__ = [
     "p_run",
     "p_step",
     "plan",
+    "recorded_policy",
     "sample_cost",
 ]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
 
 from ._adaptive import AdaptiveK
 from ._errors import ConfigError
@@ -83,23 +85,29 @@ class Policy:
         if self.max_attempts < 1:
             raise ConfigError("max_attempts", f"must be at least 1, got {self.max_attempts}")
 
+    def record(self) -> PolicyRecord:
+        """The policy as ``run_started`` records it, typed."""
+        flags = self.red_flags
+        return PolicyRecord(
+            k=self.k,
+            rule=self.rule,
+            first_temperature=self.first_temperature,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            max_samples_per_step=self.max_samples_per_step,
+            max_attempts=self.max_attempts,
+            speculative=self.speculative,
+            red_flags=RedFlagRecord(
+                max_output_tokens=flags.max_output_tokens,
+                flag_truncated=flags.flag_truncated,
+                checks=tuple(getattr(c, "__name__", repr(c)) for c in flags.checks),
+            ),
+            adaptive=self.adaptive,
+        )
+
     def describe(self) -> dict[str, Any]:
         """The policy as JSON, for ``run_started``."""
-        out: dict[str, Any] = {
-            "k": self.k,
-            "rule": self.rule,
-            "first_temperature": self.first_temperature,
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-            "max_samples_per_step": self.max_samples_per_step,
-            "max_attempts": self.max_attempts,
-            "speculative": self.speculative,
-            "red_flags": self.red_flags.describe(),
-        }
-        if self.adaptive is not None:
-            # Only when set: runs recorded before adaptive k existed must still replay exactly.
-            out["adaptive"] = self.adaptive.describe()
-        return out
+        return self.record().to_json()
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
@@ -108,33 +116,126 @@ class Policy:
         A field the record leaves out (a log from before the field existed) takes the
         policy's default, as do the red-flag rules' fields. User red-flag checks are code, so
         the log holds only their names: pass the same checks again, in order, or this fails
-        naming them. A calibration's policy is not a voting policy (see
-        ``maker.engine.is_calibration``).
+        naming them. A calibration's policy is not a voting policy: this fails on one (see
+        :func:`recorded_policy`).
         """
-        flags = dict(data.get("red_flags", {}))
-        names = list(flags.get("checks", []))
-        given = [getattr(c, "__name__", repr(c)) for c in checks]
-        if names != given:
-            raise ConfigError(
-                "red_flags.checks",
-                f"the run used red-flag checks {names}; pass the same checks (got {given})",
-            )
-        defaults = RedFlagRules()
-        rules = RedFlagRules(
-            max_output_tokens=flags.get("max_output_tokens", defaults.max_output_tokens),
-            flag_truncated=bool(flags.get("flag_truncated", defaults.flag_truncated)),
-            checks=checks,
-        )
-        # Every other field is recorded as it is: read back by the dataclass's own field list.
-        plain = {f.name for f in fields(cls)} - {"red_flags", "adaptive"}
-        recorded = {name: data[name] for name in plain if name in data}
-        adaptive = data.get("adaptive")
-        return cls(
-            red_flags=rules,
-            adaptive=AdaptiveK.from_json(adaptive) if adaptive else None,
-            **recorded,
-        )
+        record = recorded_policy(data)
+        if not isinstance(record, PolicyRecord):
+            raise ConfigError("policy", "the run is a calibration, which records no voting policy")
+        return record.policy(checks)
 
     def temperature_for(self, ordinal: int) -> float:
         """The temperature of a step's sample number ``ordinal`` (0-based)."""
         return self.first_temperature if ordinal == 0 else self.temperature
+
+
+_DEFAULT = Policy()
+_DEFAULT_FLAGS = RedFlagRules()
+
+
+class RedFlagRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """The red-flag rules as a run records them: user checks are code, so only their names."""
+
+    max_output_tokens: int | None = _DEFAULT_FLAGS.max_output_tokens
+    flag_truncated: bool = _DEFAULT_FLAGS.flag_truncated
+    checks: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded."""
+        return _as_recorded(self)
+
+    def rules(self, checks: tuple[RedFlagCheck, ...] = ()) -> RedFlagRules:
+        """The rules again, given the same user checks, in order, or this fails naming them."""
+        given = tuple(getattr(c, "__name__", repr(c)) for c in checks)
+        if given != self.checks:
+            raise ConfigError(
+                "red_flags.checks",
+                f"the run used red-flag checks {list(self.checks)}; "
+                f"pass the same checks (got {list(given)})",
+            )
+        return RedFlagRules(
+            max_output_tokens=self.max_output_tokens,
+            flag_truncated=self.flag_truncated,
+            checks=checks,
+        )
+
+
+class PolicyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A voting run's policy as its ``run_started`` records it.
+
+    A field a record leaves out (a log from before the field existed) takes the policy's
+    default: the defaults live in :class:`Policy` alone.
+    """
+
+    k: int = _DEFAULT.k
+    rule: VoteRule = _DEFAULT.rule
+    first_temperature: float = _DEFAULT.first_temperature
+    temperature: float = _DEFAULT.temperature
+    max_tokens: int = _DEFAULT.max_tokens
+    max_samples_per_step: int = _DEFAULT.max_samples_per_step
+    max_attempts: int = _DEFAULT.max_attempts
+    speculative: int = _DEFAULT.speculative
+    red_flags: RedFlagRecord = RedFlagRecord()
+    adaptive: AdaptiveK | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded: ``adaptive`` only when set, so runs recorded before adaptive k existed
+        still replay exactly."""
+        out = _as_recorded(self)
+        if self.adaptive is None:
+            del out["adaptive"]
+        return out
+
+    def policy(self, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
+        """The policy again (validated); ``checks`` as for :meth:`RedFlagRecord.rules`."""
+        return Policy(
+            k=self.k,
+            rule=self.rule,
+            first_temperature=self.first_temperature,
+            temperature=self.temperature,
+            max_tokens=self.max_tokens,
+            max_samples_per_step=self.max_samples_per_step,
+            max_attempts=self.max_attempts,
+            speculative=self.speculative,
+            red_flags=self.red_flags.rules(checks),
+            adaptive=self.adaptive,
+        )
+
+
+class CalibrationRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """A calibration's policy as its ``run_started`` records it: it votes nothing, so it
+    records no k or rule, only how it sampled (and ``mode``, which marks it in the log)."""
+
+    mode: Literal["calibration"] = "calibration"
+    samples: int = 0
+    temperature: float = _DEFAULT.temperature
+    max_tokens: int = _DEFAULT.max_tokens
+    max_attempts: int = _DEFAULT.max_attempts
+    red_flags: RedFlagRecord = RedFlagRecord()
+
+    def to_json(self) -> dict[str, Any]:
+        """As recorded."""
+        return _as_recorded(self)
+
+
+def _as_recorded(record: msgspec.Struct) -> dict[str, Any]:
+    # Through JSON rather than to_builtins: the result must equal what a log reads back (lists,
+    # not tuples), since a replay compares the two.
+    out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(record))
+    return out
+
+
+def recorded_policy(data: Mapping[str, Any]) -> PolicyRecord | CalibrationRecord:
+    """The policy a ``run_started`` event records, typed: a calibration's or a voting run's.
+
+    Every reader of a recorded policy goes through here, so that a field missing from an old
+    log takes one default everywhere. A record that is not a policy raises
+    :class:`ConfigError`.
+    """
+    kind: type[PolicyRecord | CalibrationRecord] = (
+        CalibrationRecord if data.get("mode") == "calibration" else PolicyRecord
+    )
+    try:
+        return msgspec.convert(dict(data), kind)
+    except msgspec.ValidationError as exc:
+        raise ConfigError("policy", f"the recorded policy does not read back: {exc}") from None

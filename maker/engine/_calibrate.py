@@ -56,7 +56,7 @@ from events import (
 
 from ..core._client import Client
 from ..core._errors import ConfigError
-from ..core._policy import Policy
+from ..core._policy import CalibrationRecord, Policy, recorded_policy
 from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
 from ..tasks import make_task
@@ -383,7 +383,7 @@ class _Fold:
 
 def is_calibration(started: RunStarted) -> bool:
     """Whether a run is a calibration (its policy records ``"mode": "calibration"``)."""
-    return started.policy.get("mode") == CALIBRATION_MODE
+    return isinstance(recorded_policy(started.policy), CalibrationRecord)
 
 
 def calibration_from_events(
@@ -435,10 +435,6 @@ class _Calibration:
     expected: Mapping[int, str]
 
 
-_RECORDED_POLICY = ("temperature", "max_tokens", "max_attempts", "red_flags")
-"""The policy fields a calibration run records (beside its mode and sample count)."""
-
-
 class _CalibrationRun(_Run[Any, Any]):
     """One model's calibration: a run whose loop asks about independent states, each as many
     times as it was drawn, and votes nothing.
@@ -473,12 +469,14 @@ class _CalibrationRun(_Run[Any, Any]):
     def recorded_policy(self) -> dict[str, Any]:
         """Only what shapes a calibration's samples: it votes nothing, so k and the voting
         rule would only mislead a reader of the log."""
-        described = self.policy.describe()
-        return {
-            "mode": CALIBRATION_MODE,
-            "samples": self.calibration.samples,
-            **{key: described[key] for key in _RECORDED_POLICY},
-        }
+        policy = self.policy.record()
+        return CalibrationRecord(
+            samples=self.calibration.samples,
+            temperature=policy.temperature,
+            max_tokens=policy.max_tokens,
+            max_attempts=policy.max_attempts,
+            red_flags=policy.red_flags,
+        ).to_json()
 
     async def walk(self) -> None:
         """Request every sample and record every outcome."""

@@ -66,6 +66,7 @@ from events import (
 )
 
 from ..core._errors import ConfigError, MakerError
+from ..core._policy import PolicyRecord, recorded_policy
 from ..core._version import __version__
 
 INSTRUMENTATION_NAME: Final = "maker"
@@ -218,6 +219,12 @@ class _Step:
         self.ctx = trace.set_span_in_context(span, _EMPTY_CONTEXT)
 
 
+def _recorded_k(event: RunStarted) -> int:
+    """The run's k as recorded; 0 for a calibration, which votes nothing."""
+    recorded = recorded_policy(event.policy)
+    return recorded.k if isinstance(recorded, PolicyRecord) else 0
+
+
 class _Run:
     __slots__ = (
         "attrs",
@@ -241,8 +248,8 @@ class _Run:
         self.run_id = event.run_id
         self.trace_id = trace_id_for(event.run_id)
         self.task = event.task
-        self.k = int(event.policy.get("k", 0))
-        self.max_attempts = int(event.policy.get("max_attempts", 5))
+        self.k = _recorded_k(event)
+        self.max_attempts = recorded_policy(event.policy).max_attempts
         self.model = event.models[0] if event.models else "sim"
         self.attrs = attrs
         self.span: trace.Span | None = None
@@ -551,7 +558,7 @@ class TraceSink:
             "maker.run_id": e.run_id,
             "maker.task": e.task,
             "maker.task.params": _json.encode(e.task_params).decode(),
-            "maker.k": int(e.policy.get("k", 0)),
+            "maker.k": _recorded_k(e),
             "maker.policy": _json.encode(e.policy).decode(),
             "maker.seed": e.seed,
             "maker.models": list(e.models),

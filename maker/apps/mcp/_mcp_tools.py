@@ -39,7 +39,7 @@ from ...core._client import Client, Probe
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
 from ...core._plan import ModelEstimate, plan
-from ...core._policy import Policy
+from ...core._policy import Policy, PolicyRecord, recorded_policy
 from ...core._redflags import RedFlagRules
 from ...core._version import __version__
 from ...engine._calibrate import calibrate, calibration_from_events, is_calibration
@@ -695,12 +695,13 @@ class McpTools:
             # would cost time in proportion to its events, minutes for a million-step run.
             stats = handle.statistics()
             started = info.started
+            recorded = recorded_policy(started.policy)
             return {
                 "run_id": run_id,
                 "task": started.task,
                 "task_params": started.task_params,
                 "models": list(started.models),
-                "k": started.policy.get("k"),
+                "k": recorded.k if isinstance(recorded, PolicyRecord) else None,
                 "seed": started.seed,
                 "status": "running",
                 "active": True,
