@@ -13,17 +13,26 @@ These are the pieces behind a voting service that knows nothing of the problem i
 
 The JSON Schema checks use the optional ``jsonschema`` package (``pip install 'maker[mcp]'``),
 imported only when a schema is given.
+
+Patterns that come from someone else (a request to ``maker serve`` or an MCP tool) are compiled
+with ``engine="re2"``: Google's RE2 (``pip install 'maker[re2]'``) matches in time linear in the
+text, so no pattern can freeze the event loop; the constructs it cannot run in linear time
+(backreferences, lookaround) are refused when the parser is made, with a clear error. Its
+``\\w``, ``\\d`` and ``\\s`` are ASCII classes (``\\pL`` and ``\\pN`` cover other scripts).
+The engine is part of the task's recorded parameters, so a replay matches with the engine the
+run used. No timeout is put around matching: a decision must not depend on timing.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 from urllib.parse import unquote
 
 import msgspec
@@ -39,6 +48,56 @@ if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
 _JSONSCHEMA_MISSING = "needs the jsonschema package: pip install 'maker[mcp]'"
+_RE2_MISSING = "engine 're2' needs the google-re2 package: pip install 'maker[re2]'"
+
+RegexEngine = Literal["re", "re2"]
+"""Which regex engine an :class:`AnswerParser` matches with: Python's ``re``, or RE2 (linear
+time, for patterns from untrusted clients)."""
+
+
+class _Match(Protocol):
+    def group(self, name: int | str, /) -> str | None: ...
+
+
+class _Regex(Protocol):
+    """What the parser uses of a compiled pattern; ``re`` and ``re2`` both provide it."""
+
+    @property
+    def groups(self) -> int: ...
+    @property
+    def groupindex(self) -> Mapping[str, int]: ...
+    def finditer(self, text: str, /) -> Iterable[_Match]: ...
+    def search(self, text: str, /) -> _Match | None: ...
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(pattern: str, engine: RegexEngine, what: str) -> _Regex:
+    """``pattern`` compiled by ``engine``; ConfigError naming ``what`` when it does not compile.
+
+    Cached: a schema's ``pattern`` keywords are matched once per answer.
+    """
+    if engine == "re":
+        try:
+            return re.compile(pattern)
+        except re.error as exc:
+            raise ConfigError(what, f"not a valid regex: {exc}") from None
+    try:
+        import re2
+    except ImportError:
+        raise ConfigError(what, _RE2_MISSING) from None
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own copy of the error on stderr
+    try:
+        compiled: _Regex = re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else exc
+        raise ConfigError(
+            what,
+            f"the linear-time engine (RE2) cannot run it: {_one_line(str(reason), 120)} "
+            "(backreferences and lookaround are not supported)",
+        ) from None
+    return compiled
+
 
 CHARS_PER_TOKEN = 4
 """The rough rule :func:`validate_response` estimates output tokens by: ``ceil(chars / 4)``.
@@ -103,8 +162,12 @@ def _json_value(value: object, field_name: str) -> Any:
     return copied
 
 
-def _schema_validator(schema: dict[str, Any]) -> Validator:
-    """A Draft 2020-12 validator for a checked ``schema``; ConfigError naming ``schema``."""
+def _schema_validator(schema: dict[str, Any], engine: RegexEngine = "re") -> Validator:
+    """A Draft 2020-12 validator for a checked ``schema``; ConfigError naming ``schema``.
+
+    With ``engine="re2"`` the schema's ``pattern`` and ``patternProperties`` keywords match
+    with RE2 as well, and each of their patterns must compile with it.
+    """
     try:
         from jsonschema import Draft202012Validator
         from jsonschema.exceptions import SchemaError
@@ -118,7 +181,63 @@ def _schema_validator(schema: dict[str, Any]) -> Validator:
     _check_refs(schema, schema)
     # No format checker: which formats jsonschema can assert depends on optional packages, and
     # a red flag must not depend on what happens to be installed where a log is replayed.
-    return Draft202012Validator(schema)
+    if engine == "re":
+        return Draft202012Validator(schema)
+    for pattern in _schema_patterns(schema):
+        _compile(pattern, "re2", "schema")
+    return _re2_validator()(schema)
+
+
+@functools.cache
+def _re2_validator() -> type[Validator]:
+    """Draft 2020-12 with its two regex keywords matched by RE2 (jsonschema's own use ``re``)."""
+    from jsonschema import Draft202012Validator, ValidationError, validators
+
+    def pattern(validator: Validator, patrn: str, instance: Any, schema: Any) -> Iterable[Any]:
+        if validator.is_type(instance, "string") and not _compile(patrn, "re2", "schema").search(
+            instance
+        ):
+            yield ValidationError(f"{instance!r} does not match {patrn!r}")
+
+    def pattern_properties(
+        validator: Any, patterns: dict[str, Any], instance: Any, schema: Any
+    ) -> Iterable[Any]:
+        if not validator.is_type(instance, "object"):
+            return
+        for patrn, subschema in patterns.items():
+            regex = _compile(patrn, "re2", "schema")
+            for key, value in instance.items():
+                if regex.search(key):
+                    yield from validator.descend(value, subschema, path=key, schema_path=patrn)
+
+    extended: type[Validator] = validators.extend(  # type: ignore[no-untyped-call]
+        Draft202012Validator, {"pattern": pattern, "patternProperties": pattern_properties}
+    )
+    return extended
+
+
+_DATA_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+"""Schema keywords whose values are data, not schemas: a ``pattern`` inside is not a regex."""
+
+
+def _schema_patterns(node: object) -> Iterable[str]:
+    """Every regex a schema's ``pattern`` and ``patternProperties`` keywords hold."""
+    if isinstance(node, list):
+        for item in node:
+            yield from _schema_patterns(item)
+        return
+    if not isinstance(node, Mapping):
+        return
+    for key, value in node.items():
+        if key in _DATA_KEYWORDS:
+            continue
+        if key == "pattern" and isinstance(value, str):
+            yield value
+        elif key == "patternProperties" and isinstance(value, Mapping):
+            yield from (p for p in value if isinstance(p, str))
+            yield from _schema_patterns(list(value.values()))
+        else:
+            yield from _schema_patterns(value)
 
 
 def _check_refs(node: object, root: Mapping[str, Any]) -> None:
@@ -177,6 +296,9 @@ class AnswerParser:
       (``"format": "email"``) are annotations only, as the draft's default says.
     - both: the pattern's answer text must be JSON satisfying the schema.
     - neither: the answer is the stripped response; an empty one is ``malformed``.
+    - ``engine``: ``"re"`` (Python's regex) or ``"re2"`` (linear time; for patterns from
+      untrusted clients, see the module's notes). Both the answer pattern and the schema's
+      ``pattern`` keywords use it.
 
     :meth:`parse` returns a ``str`` without a schema and a JSON value (dict, list, str, number,
     bool or None) with one. Dicts and lists are not hashable; the engine never hashes an answer,
@@ -203,20 +325,20 @@ class AnswerParser:
 
     pattern: str | None = None
     schema: Mapping[str, Any] | None = None
-    _regex: re.Pattern[str] | None = field(init=False, repr=False, compare=False)
+    engine: RegexEngine = "re"
+    _regex: _Regex | None = field(init=False, repr=False, compare=False)
     _group: int | str = field(init=False, repr=False, compare=False)
     _validator: Validator | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        regex: re.Pattern[str] | None = None
+        regex: _Regex | None = None
         group: int | str = 0
+        if self.engine not in ("re", "re2"):
+            raise ConfigError("engine", f"must be 're' or 're2', got {self.engine!r}")
         if self.pattern is not None:
             if not isinstance(self.pattern, str):
                 raise ConfigError("pattern", f"must be a string, got {type(self.pattern).__name__}")
-            try:
-                regex = re.compile(self.pattern)
-            except re.error as exc:
-                raise ConfigError("pattern", f"not a valid regex: {exc}") from exc
+            regex = _compile(self.pattern, self.engine, "pattern")
             if "answer" in regex.groupindex:
                 group = "answer"
             elif regex.groups == 1:
@@ -233,7 +355,7 @@ class AnswerParser:
                 raise ConfigError("schema", f"must be an object, got {type(self.schema).__name__}")
             # A private JSON copy: later changes to the caller's dict cannot change the parser.
             schema = _json_value(self.schema, "schema")
-            validator = _schema_validator(schema)
+            validator = _schema_validator(schema, self.engine)
             object.__setattr__(self, "schema", schema)
         object.__setattr__(self, "_regex", regex)
         object.__setattr__(self, "_group", group)
@@ -242,7 +364,7 @@ class AnswerParser:
     def __hash__(self) -> int:
         # The schema is a dict: hash its canonical text, which equal schemas share.
         schema = None if self.schema is None else canonical_json(self.schema)
-        return hash((self.pattern, schema))
+        return hash((self.pattern, schema, self.engine))
 
     @property
     def returns_json(self) -> bool:
@@ -250,12 +372,17 @@ class AnswerParser:
         return self._validator is not None
 
     def describe(self) -> dict[str, Any]:
-        """``{"pattern": ..., "schema": ...}`` as JSON (None for what is not set).
+        """``{"pattern": ..., "schema": ...}`` as JSON (None for what is not set), and
+        ``"engine"`` when it is not the default (so that logs from before it existed read
+        back unchanged).
 
         >>> AnswerParser(r"x=(\\d)").describe()
         {'pattern': 'x=(\\\\d)', 'schema': None}
         """
-        return {"pattern": self.pattern, "schema": copy.deepcopy(self.schema)}
+        out = {"pattern": self.pattern, "schema": copy.deepcopy(self.schema)}
+        if self.engine != "re":
+            out["engine"] = self.engine
+        return out
 
     def parse(self, text: str) -> Any:
         """The answer in ``text``, or raise :class:`maker.RedFlag` (``malformed``/``schema``)."""
@@ -348,8 +475,9 @@ class PromptTask(Task[int, Any]):
         prompts: Sequence[Mapping[str, Any]],
         pattern: str | None = None,
         schema: Mapping[str, Any] | None = None,
+        engine: RegexEngine = "re",
     ) -> None:
-        self.parser = AnswerParser(pattern, schema)
+        self.parser = AnswerParser(pattern, schema, engine)
         if not isinstance(prompts, list | tuple):
             raise ConfigError("prompts", f"must be a list of prompts, got {type(prompts).__name__}")
         if not prompts:
@@ -375,7 +503,8 @@ class PromptTask(Task[int, Any]):
     def __repr__(self) -> str:
         return (
             f"PromptTask({len(self._prompts)} prompts, pattern={self.parser.pattern!r}, "
-            f"schema={'{...}' if self.parser.schema is not None else None})"
+            f"schema={'{...}' if self.parser.schema is not None else None}"
+            + (f", engine={self.parser.engine!r})" if self.parser.engine != "re" else ")")
         )
 
     @property
@@ -384,7 +513,8 @@ class PromptTask(Task[int, Any]):
         return self._prompts
 
     def params(self) -> dict[str, Any]:
-        """``{"prompts": [...], "pattern": ..., "schema": ...}``: JSON that rebuilds the task."""
+        """``{"prompts": [...], "pattern": ..., "schema": ...}`` (and ``"engine"`` when not the
+        default): JSON that rebuilds the task."""
         prompts: list[dict[str, Any]] = []
         for i, item in enumerate(self._prompts):
             entry: dict[str, Any] = {"system": item.system, "user": item.user}

@@ -14,7 +14,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, aclosing, suppress
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Final, Literal
 
 import anyio
 import anyio.lowlevel
@@ -51,6 +51,10 @@ from ...engine._scheduler import Scheduler
 from ...tasks import AnswerParser, PromptTask, make_task, validate_response
 from ._mcp_config import McpConfig
 
+CLIENT_REGEX_ENGINE: Final = "re2"
+"""Patterns from a tool call are compiled with RE2, whose matching is linear in the text: a
+client's pattern cannot freeze the server's event loop (see :class:`maker.tasks.AnswerParser`)."""
+
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 """Reports progress of one tool call: ``(progress, total, message)``."""
 
@@ -80,7 +84,8 @@ Pattern = Annotated[
     Meta(
         min_length=1,
         description=(
-            "Python regex locating the answer; the last match wins. The answer is the group "
+            "Regex locating the answer, in RE2 syntax (matched in linear time; no "
+            "backreferences or lookaround); the last match wins. The answer is the group "
             "named 'answer', else group 1, else the whole match."
         ),
     ),
@@ -480,7 +485,10 @@ class McpTools:
         client = self.client(args.model)
         k = choose_k(args.k, args.target, args.p, 1)
         task = PromptTask(
-            [{"system": args.system, "user": args.user}], pattern=args.pattern, schema=args.schema
+            [{"system": args.system, "user": args.user}],
+            pattern=args.pattern,
+            schema=args.schema,
+            engine=CLIENT_REGEX_ENGINE,
         )
         max_tokens = args.max_tokens
         if max_tokens is None:
@@ -508,7 +516,9 @@ class McpTools:
         """Every red flag the response raises under these rules."""
         checked = validate_response(
             args.response,
-            parser=AnswerParser(pattern=args.pattern, schema=args.schema),
+            parser=AnswerParser(
+                pattern=args.pattern, schema=args.schema, engine=CLIENT_REGEX_ENGINE
+            ),
             output_tokens=args.output_tokens,
             finish_reason=args.finish_reason,
             rules=_rules(args.max_output_tokens, args.flag_truncated),
@@ -569,6 +579,7 @@ class McpTools:
             ],
             pattern=args.pattern,
             schema=args.schema,
+            engine=CLIENT_REGEX_ENGINE,
         )
         policy = Policy(
             k=1,
