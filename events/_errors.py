@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 
@@ -125,6 +126,66 @@ class BrokenLogError(EventLogError):
 
 class CorruptEventError(EventLogError):
     """A stored event could not be decoded."""
+
+
+class ReadOnlyLogError(EventLogError):
+    """The log cannot be written: the file or its directory is read-only. Nothing was written.
+
+    (The directory matters: SQLite keeps the write-ahead log beside the file.)
+    """
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(f"{path} cannot be written: {detail}; nothing was run or recorded")
+        self.path = path
+        self.detail = detail
+
+
+class LogWriteError(EventLogError):
+    """Committing to the log failed (a full disk, an I/O error) while runs were being written.
+
+    What was committed before is kept, a gap-free prefix of each run that verifies; the
+    message says how to continue each run (``run_ids``) once the cause is fixed.
+    """
+
+    def __init__(self, path: str, detail: str, run_ids: Sequence[str]) -> None:
+        message = f"writing {path} failed: {detail}"
+        if len(run_ids) == 1:
+            message += (
+                "; the events committed before are kept: once that is fixed, continue with "
+                f"'maker resume {path} --run {run_ids[0]}'"
+            )
+        elif run_ids:
+            message += (
+                "; the events committed before are kept: once that is fixed, continue each "
+                f"run with 'maker resume {path} --run ID' ({_listed(run_ids)})"
+            )
+        super().__init__(message)
+        self.path = path
+        self.detail = detail
+        self.run_ids = tuple(run_ids)
+
+
+class RunBusyError(EventLogError):
+    """Another writer is writing the run: this one may not append to it.
+
+    ``pid`` is the process holding it (this process when another of its logs does), or None
+    when the platform does not say.
+    """
+
+    def __init__(self, path: str, run_id: str, pid: int | None) -> None:
+        if pid == os.getpid():
+            who = "another writer in this process"
+        elif pid is not None:
+            who = f"process {pid}"
+        else:
+            who = "another process"
+        super().__init__(
+            f"{path}: run {run_id} is being written by {who}; "
+            "let it finish (or stop it) before resuming the run"
+        )
+        self.path = path
+        self.run_id = run_id
+        self.pid = pid
 
 
 class LogClosedError(EventLogError):

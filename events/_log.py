@@ -32,7 +32,7 @@ import aiosqlite
 import anyio
 from anyio.abc import TaskGroup
 
-from . import _formats
+from . import _formats, _locks
 from ._errors import (
     AmbiguousRunError,
     CorruptEventError,
@@ -40,7 +40,9 @@ from ._errors import (
     EventLogError,
     InvalidOptionError,
     LogClosedError,
+    LogWriteError,
     NotALogError,
+    ReadOnlyLogError,
     RunNotNamedError,
     SchemaVersionError,
     SequenceError,
@@ -162,6 +164,7 @@ class EventLog:
         self._new_version = schema_version
         self.writer: WriterKind = writer
         self._version = 0  # the file's, once open
+        self._immutable = False  # read-only media: see _read_only_uri
         self._conn: sqlite3.Connection | None = None
         self._format: WriterFormat | None = None
         self._process: WriterProcess | None = None
@@ -254,17 +257,18 @@ class EventLog:
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(self._conn.close)
                 self._conn = None
+            _locks.release(self.path, self)  # once everything appended is written
         return None
 
     async def _connect(self, path: str) -> aiosqlite.Connection:
         """A read-only connection for a reader."""
         try:
-            return await aiosqlite.connect(_read_only_uri(path), uri=True)
+            return await aiosqlite.connect(_read_only_uri(path, self._immutable), uri=True)
         except sqlite3.Error as exc:
             raise EventLogError(f"cannot open {path}: {exc}") from exc
 
     async def _check_readable(self) -> None:
-        self._version = await anyio.to_thread.run_sync(_check_readable, self.path)
+        self._version, self._immutable = await anyio.to_thread.run_sync(_check_readable, self.path)
 
     @property
     def schema_version(self) -> int:
@@ -328,6 +332,9 @@ class EventLog:
         expected = 0 if head is None else head[0] + 1
         if event.seq != expected:
             raise SequenceError(event.run_id, expected, event.seq)
+        if head is None:
+            # A new run: from its first event on, no other writer may append to it.
+            _locks.acquire(self.path, event.run_id, self)
         process = self._process
         if process is None:
             assert self._format is not None
@@ -357,6 +364,8 @@ class EventLog:
             raise LogClosedError(f"{self.path} is not open for appending")
         head = self._heads.get(run_id)
         if head is None:
+            # Before its head is read: a writer still appending would move it under us.
+            await anyio.to_thread.run_sync(_locks.acquire, self.path, run_id, self)
             await self.flush()
             if self._process is not None:
                 head = (await self._attach_in_process(self._process, run_id), b"")
@@ -432,7 +441,7 @@ class EventLog:
                     except sqlite3.Error as exc:
                         self._failure = exc
                         self._progress.set()
-                        raise EventLogError(f"writing {self.path} failed: {exc}") from exc
+                        raise self._write_failed(" ".join(str(exc).split())) from exc
                     self._written += batch.events
                     self._pending_bytes -= batch.size
                     self._batches += 1
@@ -500,7 +509,10 @@ class EventLog:
             process.fail_requests(failure)
             self._progress.set()
             self._wake.set()
-            raise EventLogError(f"writing {self.path} failed: {problem}") from failure
+            raise self._write_failed(problem) from failure
+
+    def _write_failed(self, detail: str) -> LogWriteError:
+        return LogWriteError(self.path, detail, list(self._heads))
 
     @property
     def writer_pid(self) -> int | None:
@@ -708,26 +720,51 @@ def open_for_reading(path: str) -> tuple[sqlite3.Connection, int]:
     read on another). Raises what opening an :class:`EventLog` raises, and
     :class:`DamagedLogError` for a maker log SQLite cannot read.
     """
+    conn, version, _ = _open_for_reading(path)
+    return conn, version
+
+
+def _open_for_reading(path: str) -> tuple[sqlite3.Connection, int, bool]:
+    """:func:`open_for_reading`, and whether the file had to be opened as immutable."""
     _check_exists(path)
+    conn = _connect_read_only(path, immutable=False)
+    immutable = False
     try:
-        conn = sqlite3.connect(
-            _read_only_uri(path), uri=True, isolation_level=None, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        raise EventLogError(f"cannot open {path}: {exc}") from exc
+        conn.execute("PRAGMA application_id").fetchone()
+    except sqlite3.DatabaseError as exc:
+        if exc.sqlite_errorname == "SQLITE_READONLY_DIRECTORY":
+            # A log in a directory we cannot write (read-only media, a dropped capability):
+            # SQLite cannot make the WAL index a reader needs beside the file. Nobody can be
+            # writing the file then (a writer needs that directory too): read it as immutable.
+            conn.close()
+            conn, immutable = _connect_read_only(path, immutable=True), True
+        # Anything else (not SQLite, damaged): _check_identity names it.
     try:
         version = _check_identity(conn, path, allow_new=False)
     except BaseException:
         conn.close()
         raise
-    return conn, version
+    return conn, version, immutable
 
 
-def _check_readable(path: str) -> int:
-    """Check that ``path`` is a maker log we read, and return its version."""
-    conn, version = open_for_reading(path)
+def _connect_read_only(path: str, *, immutable: bool) -> sqlite3.Connection:
+    try:
+        return sqlite3.connect(
+            _read_only_uri(path, immutable),
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    except sqlite3.Error as exc:
+        raise EventLogError(f"cannot open {path}: {exc}") from exc
+
+
+def _check_readable(path: str) -> tuple[int, bool]:
+    """Check that ``path`` is a maker log we read: its version, and whether it is read as
+    immutable (see :func:`_open_for_reading`)."""
+    conn, version, immutable = _open_for_reading(path)
     conn.close()
-    return version
+    return version, immutable
 
 
 def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
@@ -736,6 +773,7 @@ def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
     On a worker thread (the thread writer uses it from worker threads, one call at a time,
     hence ``check_same_thread=False``).
     """
+    _check_writable(path)
     try:
         # isolation_level=None: the writer opens its own transactions, so nothing implicit
         # happens around the pragmas and the schema. A tiny statement cache: a batch's
@@ -761,6 +799,18 @@ def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
             version = new_version
             conn.executescript(f"BEGIN;\n{SCHEMAS[version]}\nCOMMIT;")
     return conn, version
+
+
+def _check_writable(path: str) -> None:
+    """Refuse, before anything runs, a log that SQLite would open read-only without a word and
+    fail to write at the first commit (with a run's work lost)."""
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise ReadOnlyLogError(path, "the file is read-only")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(path + "-wal") and not os.access(directory, os.W_OK | os.X_OK):
+        raise ReadOnlyLogError(
+            path, "its directory is read-only (SQLite keeps the write-ahead log beside the file)"
+        )
 
 
 @contextmanager
@@ -803,6 +853,9 @@ def _write_batch(conn: sqlite3.Connection, layout: WriterFormat, batch: _formats
         raise
 
 
-def _read_only_uri(path: str) -> str:
-    """The URI that opens ``path`` read-only (it never creates a file)."""
-    return "file:" + quote(os.path.abspath(path)) + "?mode=ro"
+def _read_only_uri(path: str, immutable: bool = False) -> str:
+    """The URI that opens ``path`` read-only (it never creates a file); ``immutable`` also
+    tells SQLite that nothing can change the file, so it takes no locks and needs no WAL index
+    (for read-only media only)."""
+    query = "?mode=ro&immutable=1" if immutable else "?mode=ro"
+    return "file:" + quote(os.path.abspath(path)) + query

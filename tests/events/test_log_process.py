@@ -24,6 +24,7 @@ from events import (
     EventLog,
     EventLogError,
     LogClosedError,
+    LogWriteError,
     NotALogError,
     RunStarted,
     SchemaVersionError,
@@ -153,10 +154,12 @@ async def test_a_killed_writer_is_a_clear_error_not_a_hang(tmp_path: Path) -> No
                 except LogClosedError as exc:
                     closed.append(exc)
     (error,) = group.value.exceptions
-    assert isinstance(error, EventLogError)
+    assert isinstance(error, LogWriteError)
+    assert error.run_ids == ("r",)
     assert str(error) == (
         f"writing {path} failed: the log writer process was killed by SIGKILL"
-        " (3 events appended and not committed)"
+        " (3 events appended and not committed); the events committed before are kept: once "
+        f"that is fixed, continue with 'maker resume {path} --run r'"
     )
     assert closed
     assert "killed by SIGKILL" in str(closed[0])
@@ -217,7 +220,8 @@ async def test_a_writer_that_dies_at_once_is_an_error_not_a_hang(
     (error,) = group.value.exceptions
     assert str(error) == (
         f"writing {path} failed: the log writer process exited with code 1"
-        f" ({len(evs)} events appended and not committed)"
+        f" ({len(evs)} events appended and not committed); the events committed before are "
+        f"kept: once that is fixed, continue with 'maker resume {path} --run r'"
     )
 
 
