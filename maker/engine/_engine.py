@@ -21,7 +21,7 @@ from anyio.abc import TaskGroup
 from events import EventLog, WriterKind
 
 from ..core._client import Client
-from ..core._errors import ConfigError, MakerError
+from ..core._errors import ConfigError, MakerError, StateError
 from ..core._policy import Policy
 from ..core._pricing import PriceTable
 from ..core._task import Task
@@ -209,7 +209,8 @@ class Engine:
     ) -> None:
         async def body() -> RunResult:
             if resuming:
-                await self._log.attach(run.run_id)
+                assert run.recording is not None
+                await self._attach(run.recording)
             return await self._execute(run)
 
         try:
@@ -276,9 +277,20 @@ class Engine:
         self._require_entered()
         if not recording.resumable:
             raise MakerError(f"run {recording.run_id} already finished; there is nothing to resume")
-        await self._log.attach(recording.run_id)
+        await self._attach(recording)
         run = self._replaying(task, recording.fresh(), policy, sinks, verify_only=False)
         return await self._execute(run)
+
+    async def _attach(self, recording: Recording) -> None:
+        """Hold the run for this engine's log (:class:`events.RunBusyError` if another writer
+        has it), and check that nobody continued it since the recording was read."""
+        next_seq = await self._log.attach(recording.run_id)
+        if next_seq != recording.next_seq:
+            raise StateError(
+                f"run {recording.run_id} was continued by another writer after it was read "
+                f"(the log now ends at seq {next_seq - 1}, the recording at seq "
+                f"{recording.next_seq - 1}); resume it again"
+            )
 
     async def verify(
         self,
