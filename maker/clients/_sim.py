@@ -281,8 +281,12 @@ class SimulatedModel:
         self._tokens_mean = cfg.output_tokens_mean
         self._tokens_sd = cfg.output_tokens_sd
 
-    in_process = True
-    """Answers without I/O, so the scheduler does not arm a timeout for its calls."""
+    @property
+    def in_process(self) -> bool:
+        """Whether it answers at once, without waiting: then the scheduler arms no timeout
+        for its calls (one would cost more than the call). With simulated latency it waits
+        like a real model, and the scheduler's timeout applies as to any client."""
+        return self._config.latency_ms == 0
 
     @property
     def config(self) -> SimConfig:
