@@ -98,8 +98,9 @@ _QUOTED = re.compile(r"'[^']*'|`[^`]*`|\"[^\"]*\"")
 
 
 def clip(message: str) -> str:
-    """One line, each quoted part (in '', \"\" or ``) cut to :data:`QUOTE_CHARS`, and the
-    whole to a few hundred characters: messages of the parsers quote what they reject.
+    """One line, each quoted part (in '', \"\" or ``) and each word cut to
+    :data:`QUOTE_CHARS`, and the whole to a few hundred characters: messages of the parsers
+    quote what they reject.
 
     >>> clip("unknown field `" + "a" * 100 + "`") == "unknown field `" + "a" * 79 + "..."
     True
@@ -111,6 +112,10 @@ def clip(message: str) -> str:
         return part if len(part) <= QUOTE_CHARS else part[:QUOTE_CHARS] + "..."
 
     line = _QUOTED.sub(cut, line)
+    # Some messages echo a name unquoted (a ConfigError's field): cut any long word too.
+    line = " ".join(
+        word if len(word) <= QUOTE_CHARS else word[:QUOTE_CHARS] + "..." for word in line.split(" ")
+    )
     return line if len(line) <= 4 * QUOTE_CHARS else line[: 4 * QUOTE_CHARS] + "..."
 
 
