@@ -4,6 +4,7 @@ Last-Event-ID, state from the log, errors, cancellation, shutdown and the ``serv
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -27,6 +28,12 @@ from maker.tasks import Hanoi
 from replay import resume_run, summarize, verify_run
 
 pytestmark = pytest.mark.anyio
+
+TOKEN = "test-token-0123456789abcdef"
+"""The token the services of these tests ask for (the guard's own tests are in
+test_service_guard.py)."""
+
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 LATENT = PRESETS["paper"].replace(latency_ms=3.0, latency_sigma=0.3)
 """The paper's model with a little latency, so that a run takes a moment to stream."""
@@ -98,8 +105,8 @@ async def service(
     client = options.pop("client", None) or SimulatedModel(LATENT)
     async with (
         Engine(log=path, client=client) as engine,
-        serve(engine, **options) as server,
-        aiohttp.ClientSession(base_url=server.base_url) as http,
+        serve(engine, token=TOKEN, **options) as server,
+        aiohttp.ClientSession(base_url=server.base_url, headers=AUTH) as http,
     ):
         yield engine, http
 
@@ -295,7 +302,8 @@ BAD_REQUESTS: list[tuple[bytes, str]] = [
 async def test_bad_requests_are_400_with_one_line(tmp_path: Path) -> None:
     async with service(tmp_path / "log.db") as (engine, http):
         for body, expected in BAD_REQUESTS:
-            async with http.post("/runs", data=body) as response:
+            headers = {"Content-Type": "application/json"}
+            async with http.post("/runs", data=body, headers=headers) as response:
                 answer = await response.json()
             assert response.status == 400, body
             assert list(answer) == ["error"], body
@@ -387,8 +395,8 @@ async def test_a_run_only_in_the_log_is_followed_live(tmp_path: Path) -> None:
         EventLog(tmp_path / "log.db") as log,
         Engine(log=log, client=SimulatedModel(LATENT)) as served,
         Engine(log=log, client=SimulatedModel(LATENT)) as elsewhere,
-        serve(served) as server,
-        aiohttp.ClientSession(base_url=server.base_url) as http,
+        serve(served, token=TOKEN) as server,
+        aiohttp.ClientSession(base_url=server.base_url, headers=AUTH) as http,
     ):
         handle = elsewhere.start(Hanoi(5), seed=2)
         await until(lambda: handle.statistics().events > 0)
@@ -422,13 +430,13 @@ async def test_an_idle_stream_sends_heartbeats_and_a_gone_client_is_noticed_by_t
     async with Engine(log=tmp_path / "log.db", client=client) as engine:
         # aiohttp's own runner, without handler cancellation: only a write can tell that the
         # client left, and while the run is stalled the heartbeat is the only write.
-        runner = web.AppRunner(create_service(engine, heartbeat_s=0.02))
+        runner = web.AppRunner(create_service(engine, token=TOKEN, heartbeat_s=0.02))
         await runner.setup()
         try:
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             base_url = f"http://127.0.0.1:{runner.addresses[0][1]}"
-            async with aiohttp.ClientSession(base_url=base_url) as http:
+            async with aiohttp.ClientSession(base_url=base_url, headers=AUTH) as http:
                 run_id = await start(http, task="hanoi", params={"disks": 3}, k=2)
                 handle = engine.handle(run_id)
                 assert handle is not None
@@ -458,9 +466,9 @@ async def test_leaving_serve_ends_open_streams_cleanly(tmp_path: Path) -> None:
     client = Gated(step=1)
     async with (
         Engine(log=tmp_path / "log.db", client=client) as engine,
-        aiohttp.ClientSession() as http,
+        aiohttp.ClientSession(headers=AUTH) as http,
     ):
-        async with serve(engine, heartbeat_s=60.0) as server:
+        async with serve(engine, token=TOKEN, heartbeat_s=60.0) as server:
             async with http.post(
                 f"{server.base_url}/runs", json={"task": "hanoi", "params": {"disks": 3}}
             ) as response:
@@ -552,7 +560,8 @@ async def test_the_serve_command_serves_until_stopped_and_cancels_its_runs(
         "--concurrency",
         "4",
     ]
-    async with await anyio.open_process(command, stderr=subprocess.PIPE) as process:
+    env = {**os.environ, "MAKER_TOKEN": TOKEN}
+    async with await anyio.open_process(command, stderr=subprocess.PIPE, env=env) as process:
         assert process.stderr is not None
         line = b""
         with anyio.fail_after(20):
@@ -560,7 +569,7 @@ async def test_the_serve_command_serves_until_stopped_and_cancels_its_runs(
                 line += await process.stderr.receive(1)
         found = re.search(r"listening on (http://127\.0\.0\.1:\d+) ", line.decode())
         assert found, line
-        async with aiohttp.ClientSession(base_url=found.group(1)) as http:
+        async with aiohttp.ClientSession(base_url=found.group(1), headers=AUTH) as http:
             run_id = await start(http, task="hanoi", params={"disks": 10})
             async with http.get(f"/runs/{run_id}/events") as response:
                 await read_sse(response, limit=100)

@@ -11,20 +11,27 @@ An aiohttp application over one :class:`~maker.Engine` (and so one scheduler and
   stream ends after the run's final ``run_finished``;
 - ``POST /runs/{id}/cancel`` cancels a run this engine started; it stays resumable.
 
-Errors are JSON, ``{"error": "one line"}``: 400 for a bad request, 404 for an unknown run.
+Every request carries the service's token (``Authorization: Bearer TOKEN``) and a Host the
+service answers for; bodies are JSON; requests and the service are bounded (see
+:mod:`._guard` and :class:`ServiceLimits`). Errors are JSON, ``{"error": "one line"}``: 400
+for a bad request, 401 without the token, 403 for what the service was not set up to allow,
+404 for an unknown run, 415 for a body that is not JSON, 421 for another Host, 429 (with
+``Retry-After``) when the service holds all the runs it may.
 
 >>> import asyncio, json, tempfile, os, urllib.request
 >>> from maker import Engine, SimulatedModel
 >>> async def main(path: str) -> str:
 ...     async with Engine(log=path, client=SimulatedModel(preset="ideal")) as engine:
 ...         async with serve(engine) as server:
+...             auth = {"Authorization": f"Bearer {server.token}"}
 ...             body = json.dumps({"task": "hanoi", "params": {"disks": 3}, "k": 2}).encode()
-...             post = urllib.request.Request(server.base_url + "/runs", data=body)
+...             headers = {**auth, "Content-Type": "application/json"}
+...             post = urllib.request.Request(server.base_url + "/runs", body, headers)
 ...             answer = await asyncio.to_thread(lambda: urllib.request.urlopen(post).read())
 ...             run_id = json.loads(answer)["run_id"]
 ...             await engine.handle(run_id).result()
-...             url = f"{server.base_url}/runs/{run_id}"
-...             state = await asyncio.to_thread(lambda: urllib.request.urlopen(url).read())
+...             get = urllib.request.Request(f"{server.base_url}/runs/{run_id}", None, auth)
+...             state = await asyncio.to_thread(lambda: urllib.request.urlopen(get).read())
 ...     return json.loads(state)["status"]
 >>> asyncio.run(main(os.path.join(tempfile.mkdtemp(), "log.db")))
 'succeeded'
@@ -33,9 +40,13 @@ Errors are JSON, ``{"error": "one line"}``: 400 for a bad request, 404 for an un
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+import os
+import re
+import uuid
+from collections import deque
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,12 +62,29 @@ from ...clients._sim import SimulatedModel, sim_config
 from ...core._client import Client
 from ...core._errors import ConfigError, MakerError, UnknownTaskError
 from ...core._policy import Policy
+from ...core._pricing import PriceTable
+from ...core._task import Task
 from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
-from ...tasks import make_task
+from ...tasks import CHARS_PER_TOKEN, PromptTask, make_task
 from .._http import base_url, listen, serving
-from .._options import rate_limit_options
+from .._options import prices_option, rate_limit_options
+from ._guard import (
+    ServiceLimits,
+    check_token,
+    clip,
+    is_loopback,
+    middlewares,
+    new_token,
+    prefix,
+    quote,
+    read_token_file,
+)
+from ._guard import (
+    allowed_hosts as allowed_hosts_of,
+)
+from ._options import limits_from, service_options
 
 if TYPE_CHECKING:
     # aiohttp is optional ('maker[providers]'): imported where it is used, so that the CLI
@@ -73,6 +101,9 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _KEEP_ALIVE = b": keep-alive\n\n"
+
+MAX_LATENCY_MS = 60_000.0
+"""The slowest simulated model a request may ask for."""
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -99,7 +130,12 @@ _decode_request = msgspec.json.Decoder(RunRequest).decode
 
 
 class _BadRequest(MakerError):
-    """A request the service refuses, with the one-line reason it answers (400)."""
+    """A request the service refuses, with the one-line reason it answers (400 unless
+    ``status`` says otherwise)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -108,6 +144,8 @@ class Server:
 
     host: str
     port: int
+    token: str | None = field(default=None, repr=False)
+    """What requests send as ``Authorization: Bearer TOKEN``; None when none is asked."""
 
     @property
     def base_url(self) -> str:
@@ -122,10 +160,10 @@ async def _no_events() -> AsyncIterator[AnyEvent]:
         yield event
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str, headers: Mapping[str, str] | None = None) -> web.Response:
     from aiohttp import web
 
-    return web.json_response({"error": " ".join(message.split())}, status=status)
+    return web.json_response({"error": clip(message)}, status=status, headers=headers)
 
 
 def _frame(event: AnyEvent) -> bytes:
@@ -137,6 +175,11 @@ def _frame(event: AnyEvent) -> bytes:
     )
 
 
+_SEQ = re.compile(r"[0-9]{1,18}")
+"""An event seq as a client may send it: ASCII digits, short enough for SQLite's integers
+(``int()`` would also take ``+5``, ``1_0``, other scripts' digits and numbers past 2**63)."""
+
+
 def _resume_point(request: web.Request) -> int:
     """The seq the client has seen: ``Last-Event-ID`` (a reconnect) wins over ``?after=``."""
     raw = request.headers.get("Last-Event-ID")
@@ -144,24 +187,38 @@ def _resume_point(request: web.Request) -> int:
         raw = request.query.get("after")
     if raw is None or not raw.strip():
         return -1  # the SSE spec: an empty Last-Event-ID means from the start
-    try:
-        seq = int(raw.strip())
-    except ValueError:
-        raise _BadRequest(f"Last-Event-ID/after must be an event seq, got {raw!r}") from None
-    if seq < -1:
-        raise _BadRequest(f"Last-Event-ID/after must be >= -1, got {seq}")
-    return seq
+    if not _SEQ.fullmatch(raw.strip()):
+        raise _BadRequest(
+            f"Last-Event-ID/after must be an event seq (0 or more, at most 18 digits),"
+            f" got {quote(raw)}"
+        )
+    return int(raw.strip())
+
+
+@dataclass(eq=False)
+class _Queued:
+    """An accepted run waiting for a place among the running ones."""
+
+    run_id: str
+    task: Task[Any, Any]
+    policy: Policy
+    seed: int
+    client: Client
+    started: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class _Service:
     """The handlers, and what they share: the engine, the clients made for requests, the
-    streams open now (so that shutting down ends them at once)."""
+    streams open now (so that shutting down ends them at once), the runs this service started
+    that are running and those waiting for a place."""
 
     def __init__(
         self,
         engine: Engine,
         make_client: Callable[[str], Client] | None,
         heartbeat_s: float,
+        limits: ServiceLimits,
+        allow_prompts: bool,
     ) -> None:
         from replay import summarize_async  # replay/ builds on maker's public API: lazily
 
@@ -169,8 +226,14 @@ class _Service:
         self.summarize = summarize_async
         self.make_client = make_client
         self.heartbeat_s = heartbeat_s
+        self.limits = limits
+        self.allow_prompts = allow_prompts
         self.clients: dict[str, Client] = {}
         self.streams: set[anyio.CancelScope] = set()
+        self.running = 0
+        self.queue: deque[_Queued] = deque()
+        self.queued: dict[str, _Queued] = {}
+        self.watchers: set[asyncio.Task[None]] = set()
 
     @property
     def log(self) -> EventLog:
@@ -188,22 +251,112 @@ class _Service:
         except msgspec.DecodeError as exc:
             return _error(400, f"the body is not valid JSON: {exc}")
         try:
+            if body.task == PromptTask.name and not self.allow_prompts:
+                # Prompts of anyone's choosing, on the owner's key: only when the owner says.
+                raise _BadRequest(
+                    "prompt tasks are not enabled on this service (maker serve --allow-prompts)",
+                    403,
+                )
+            self._check_request(body)
             task = make_task(body.task, body.params)
             policy = Policy(
                 k=body.k, max_samples_per_step=body.max_samples, speculative=body.speculative
             )
             client = self._client_for(body)
-        except (_BadRequest, ConfigError, UnknownTaskError) as exc:
+            self._check_budget(task, policy, client)
+        except _BadRequest as exc:
+            return _error(exc.status, str(exc))
+        except (ConfigError, UnknownTaskError) as exc:
             return _error(400, str(exc))
-        handle = self.engine.start(task, policy=policy, seed=body.seed, client=client)
-        # One turn of the loop lets the run record run_started before anyone asks about it.
-        await anyio.lowlevel.checkpoint()
-        location = f"/runs/{handle.run_id}"
+        except (ValueError, TypeError, OverflowError) as exc:  # a task's own validation
+            return _error(400, f"{body.task}: {exc}")
+        if self.running >= self.limits.max_running and len(self.queue) >= self.limits.max_queued:
+            retry = self.limits.retry_after_s
+            return _error(
+                429,
+                f"the service is full ({self.running} runs running, {len(self.queue)} queued);"
+                f" retry in {retry} s",
+                headers={"Retry-After": str(retry)},
+            )
+        entry = _Queued(uuid.uuid4().hex, task, policy, body.seed, client)
+        if self.running < self.limits.max_running:
+            self._launch(entry)
+            # One turn of the loop lets the run record run_started before anyone asks about it.
+            await anyio.lowlevel.checkpoint()
+        else:
+            self.queue.append(entry)
+            self.queued[entry.run_id] = entry
+        location = f"/runs/{entry.run_id}"
         return web.json_response(
-            {"run_id": handle.run_id, "events": f"{location}/events", "state": location},
+            {"run_id": entry.run_id, "events": f"{location}/events", "state": location},
             status=201,
             headers={"Location": location},
         )
+
+    def _check_request(self, body: RunRequest) -> None:
+        """The per-request bounds that need no task: samples per step, the simulated model's
+        latency (a run held back for hours would hold its place as long)."""
+        limit = self.limits.max_samples
+        for name, value in (
+            ("k", body.k),
+            ("max_samples", body.max_samples),
+            ("speculative", body.speculative),
+        ):
+            if value > limit:
+                raise _BadRequest(f"{name}: at most {limit} on this service, got {value}")
+        if body.latency_ms is not None and body.latency_ms > MAX_LATENCY_MS:
+            raise _BadRequest(f"latency_ms: at most {MAX_LATENCY_MS:g}, got {body.latency_ms}")
+        if not 0 <= body.seed < 2**63:
+            raise _BadRequest(f"seed: must be in 0..2**63-1, got {quote(body.seed)}")
+
+    def _check_budget(self, task: Task[Any, Any], policy: Policy, client: Client) -> None:
+        """The step bound, and the worst case cost when the model's price is known."""
+        steps = task.max_steps()
+        if steps is not None and steps > self.limits.max_steps:
+            raise _BadRequest(
+                f"the task has up to {steps} steps; this service runs at most"
+                f" {self.limits.max_steps}"
+            )
+        cap = self.limits.max_cost_usd
+        prices: PriceTable = self.engine.prices
+        if cap is None or not prices.known(client.model):
+            return
+        first = task.prompt(task.initial_state())
+        prompt_tokens = -(-(len(first.system) + len(first.user)) // CHARS_PER_TOKEN)
+        per_sample = prices.cost(client.model, prompt_tokens, policy.max_tokens)
+        worst = (steps or 1) * policy.max_samples_per_step * per_sample
+        if worst > cap:
+            raise _BadRequest(
+                f"this run could cost up to ${worst:.2f} on {client.model} ({steps} steps of up to"
+                f" {policy.max_samples_per_step} samples); this service allows ${cap:.2f}:"
+                " lower max_samples or the task's size"
+            )
+
+    def _launch(self, entry: _Queued) -> None:
+        """Start a run in a free place; when it ends, the next queued one takes the place."""
+        handle = self.engine.start(
+            entry.task,
+            policy=entry.policy,
+            seed=entry.seed,
+            run_id=entry.run_id,
+            client=entry.client,
+        )
+        self.running += 1
+        entry.started.set()
+        watcher = asyncio.get_running_loop().create_task(self._release(handle))
+        self.watchers.add(watcher)
+        watcher.add_done_callback(self.watchers.discard)
+
+    async def _release(self, handle: RunHandle) -> None:
+        try:
+            with suppress(Exception):  # how the run ended is the log's, not this watcher's
+                await handle.result()
+        finally:
+            self.running -= 1
+            while self.queue and self.running < self.limits.max_running:
+                entry = self.queue.popleft()
+                del self.queued[entry.run_id]
+                self._launch(entry)
 
     def _client_for(self, body: RunRequest) -> Client:
         default = self.engine.client
@@ -236,14 +389,30 @@ class _Service:
 
     async def cancel_run(self, request: web.Request) -> web.StreamResponse:
         run_id = request.match_info["run_id"]
+        entry = self.queued.pop(run_id, None)
+        if entry is not None:
+            # It leaves the queue as a run that was cancelled before its first step, recorded
+            # (and resumable) like any other.
+            self.queue.remove(entry)
+            entry_handle = self.engine.start(
+                entry.task,
+                policy=entry.policy,
+                seed=entry.seed,
+                run_id=entry.run_id,
+                client=entry.client,
+            )
+            entry.started.set()
+            from aiohttp import web
+
+            return web.json_response((await entry_handle.cancel()).to_json())
         handle = self.engine.handle(run_id)
         if handle is None:
             if not await self._exists(run_id):
-                return _error(404, f"no run {run_id}")
+                return _error(404, f"no run {prefix(run_id)}")
             await self._flush()
             info = await self.log.run(run_id)
             if info.finished is None:
-                return _error(409, f"run {run_id} is not running in this service")
+                return _error(409, f"run {prefix(run_id)} is not running in this service")
             # It has already ended: cancelling changes nothing; answer with how it ended.
             from aiohttp import web
 
@@ -277,6 +446,16 @@ class _Service:
                     "live": handle is not None and not handle.done,
                 }
             )
+        out.extend(
+            {
+                "run_id": entry.run_id,
+                "task": entry.task.name,
+                "status": "queued",
+                "events": 0,
+                "live": True,
+            }
+            for entry in self.queue
+        )
         return web.json_response({"runs": out})
 
     async def run_state(self, request: web.Request) -> web.StreamResponse:
@@ -284,15 +463,20 @@ class _Service:
 
         run_id = request.match_info["run_id"]
         await self._flush()
+        status = None
         try:
             async with aclosing(self.log.read(run_id)) as events:
                 summary = await self.summarize(events, per_step=False)
         except UnknownRunError:
-            if self.engine.handle(run_id) is None:
-                return _error(404, f"no run {run_id}")
+            if self.engine.handle(run_id) is None and run_id not in self.queued:
+                return _error(404, f"no run {prefix(run_id)}")
             summary = await self.summarize(_no_events(), per_step=False)  # no run_started yet
+            status = "queued" if run_id in self.queued else None
         summary.run_id = run_id
-        return web.json_response(summary.to_json())
+        state = summary.to_json()
+        if status is not None:
+            state["status"] = status
+        return web.json_response(state)
 
     async def run_events(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
@@ -303,14 +487,15 @@ class _Service:
         except _BadRequest as exc:
             return _error(400, str(exc))
         handle = self.engine.handle(run_id)
-        if handle is None and not await self._exists(run_id):
-            return _error(404, f"no run {run_id}")
+        queued = self.queued.get(run_id)
+        if handle is None and queued is None and not await self._exists(run_id):
+            return _error(404, f"no run {prefix(run_id)}")
         response = web.StreamResponse(headers=_SSE_HEADERS)
         await response.prepare(request)
         with anyio.CancelScope() as scope:
             self.streams.add(scope)
             try:
-                await self._pump(response, self._follow(run_id, handle, after))
+                await self._pump(response, self._follow(run_id, handle, after, queued))
             finally:
                 self.streams.discard(scope)
         return response
@@ -345,10 +530,14 @@ class _Service:
             pass  # the client went away; closing the generator released its subscription
 
     async def _follow(
-        self, run_id: str, handle: RunHandle | None, after: int
+        self, run_id: str, handle: RunHandle | None, after: int, queued: _Queued | None = None
     ) -> AsyncGenerator[AnyEvent, None]:
         """The run's events after seq ``after``, until its final ``run_finished``: live from
-        the handle of a run this engine started, then (or else) followed in the log."""
+        the handle of a run this engine started (once it has, for a queued one), then (or
+        else) followed in the log."""
+        if queued is not None:
+            await queued.started.wait()  # the heartbeats keep the stream open meanwhile
+            handle = self.engine.handle(run_id)
         last = after
         if handle is not None:
             async with aclosing(handle.events(after_seq=last)) as live:
@@ -414,6 +603,11 @@ class _Service:
         # Open streams would otherwise hold the shutdown for its whole timeout.
         for scope in list(self.streams):
             scope.cancel()
+        # Queued runs recorded nothing yet: they are dropped, and no watcher starts them.
+        self.queue.clear()
+        self.queued.clear()
+        for watcher in list(self.watchers):
+            watcher.cancel()
 
     async def on_cleanup(self, app: web.Application) -> None:
         for client in self.clients.values():
@@ -431,10 +625,22 @@ def _status(info: RunInfo) -> str:
 def create_service(
     engine: Engine,
     *,
+    token: str | None,
     make_client: Callable[[str], Client] | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    limits: ServiceLimits | None = None,
+    allow_prompts: bool = False,
+    host: str | None = None,
+    allowed_hosts: Collection[str] = (),
 ) -> web.Application:
     """The aiohttp application serving runs of ``engine`` (which must be entered).
+
+    Every request must send ``Authorization: Bearer TOKEN`` with this ``token`` (None: no
+    token is asked, for a service only this machine reaches), and a Host header naming
+    localhost, 127.0.0.1, [::1], ``host`` (the address it listens on) or the address the
+    request reached, at the port it listens on, or one of ``allowed_hosts`` (``name``: any
+    port, ``name:port``). ``limits`` bounds requests and runs (:class:`ServiceLimits`);
+    ``prompt`` tasks are refused (403) unless ``allow_prompts``.
 
     Runs use the engine's client unless a request asks for another model: ``"sim"`` (with its
     ``p`` and ``latency_ms``) is always allowed, any other model only when ``make_client`` is
@@ -447,10 +653,16 @@ def create_service(
     """
     if not heartbeat_s > 0:
         raise ConfigError("heartbeat_s", f"must be positive, got {heartbeat_s}")
+    if token is not None:
+        check_token(token)
+    limits = limits if limits is not None else ServiceLimits()
     from aiohttp import web
 
-    service = _Service(engine, make_client, heartbeat_s)
-    app = web.Application()
+    service = _Service(engine, make_client, heartbeat_s, limits, allow_prompts)
+    app = web.Application(
+        middlewares=middlewares(token, allowed_hosts_of(host, allowed_hosts), _error),
+        client_max_size=limits.max_body_bytes,
+    )
     app.router.add_post("/runs", service.start_run)
     app.router.add_get("/runs", service.list_runs)
     app.router.add_get("/runs/{run_id}", service.run_state)
@@ -469,17 +681,44 @@ async def serve(
     port: int = 0,
     make_client: Callable[[str], Client] | None = None,
     heartbeat_s: float = HEARTBEAT_S,
+    token: str | None = None,
+    auth: bool = True,
+    limits: ServiceLimits | None = None,
+    allow_prompts: bool = False,
+    allowed_hosts: Collection[str] = (),
 ) -> AsyncIterator[Server]:
     """Serve :func:`create_service` on ``host:port`` (0: an ephemeral port) for the block.
+
+    Requests must send ``token`` (a new random one when None: see ``Server.token``);
+    ``auth=False`` asks for none, and only on a loopback ``host``. The other options are
+    :func:`create_service`'s.
 
     Needs the asyncio event loop (aiohttp). Leaving the block ends the open event streams and
     closes the server; the runs themselves belong to the engine.
     """
+    if not auth:
+        if token is not None:
+            raise ConfigError("token", "is not asked for with auth=False")
+        if not is_loopback(host):
+            raise ConfigError(
+                "auth", f"may be turned off only on a loopback address, not {quote(host)}"
+            )
+    elif token is None:
+        token = new_token()
     # listen() ends the handler of a client that disconnects at once, which releases its
     # event stream's subscription.
-    app = create_service(engine, make_client=make_client, heartbeat_s=heartbeat_s)
+    app = create_service(
+        engine,
+        token=token if auth else None,
+        make_client=make_client,
+        heartbeat_s=heartbeat_s,
+        limits=limits,
+        allow_prompts=allow_prompts,
+        host=host,
+        allowed_hosts=allowed_hosts,
+    )
     async with listen(app, host, port) as bound:
-        yield Server(host, bound)
+        yield Server(host, bound, token if auth else None)
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -513,8 +752,11 @@ async def serve(
 @click.option(
     "--allow-models",
     is_flag=True,
-    help="Let POST /runs choose another model (keys come from the environment).",
+    help="Let POST /runs choose another model (keys come from the environment; with"
+    " --base-url, only models of that provider, reached there).",
 )
+@prices_option
+@service_options
 @click.option(
     "--heartbeat",
     type=click.FloatRange(0.0, min_open=True),
@@ -534,12 +776,24 @@ def serve_command(
     base_url: str | None,
     latency_ms: float | None,
     allow_models: bool,
+    prices: Path | None,
+    token_file: Path | None,
+    no_auth: bool,
+    allow_hosts: tuple[str, ...],
+    allow_prompts: bool,
+    max_steps: int,
+    max_samples: int,
+    max_cost: float,
+    max_running: int,
+    max_queued: int,
     heartbeat: float,
 ) -> None:
     """Serve runs over HTTP, their events as server-sent events, until interrupted.
 
     POST /runs {"task": "hanoi", "params": {"disks": 10}, "k": 3} starts a run; GET /runs/ID
-    gives its state; GET /runs/ID/events streams its events (Last-Event-ID resumes).
+    gives its state; GET /runs/ID/events streams its events (Last-Event-ID resumes). Every
+    request sends Authorization: Bearer TOKEN (MAKER_TOKEN, --token-file, or the token printed
+    at start).
     """
     from ...clients import make_client
 
@@ -547,6 +801,7 @@ def serve_command(
         import aiohttp  # noqa: F401
     except ImportError as exc:
         raise click.ClickException("serve needs aiohttp: pip install 'maker[providers]'") from exc
+    token, generated = _token(host, token_file, no_auth)
     try:
         if model == "sim":
             if base_url is not None:
@@ -557,17 +812,37 @@ def serve_command(
                 raise ConfigError("latency_ms", "applies only to the simulated model (--model sim)")
             client = make_client(model, base_url=base_url, timeout=timeout)
         limits = Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout)
+        table = PriceTable.load(prices) if prices is not None else PriceTable()
+        allowed_hosts_of(host, allow_hosts)  # a bad --allow-host is a usage error, now
     except ConfigError as exc:
         option = "--" + exc.field.replace("_", "-")
-        if option not in ("--base-url", "--latency-ms", "--concurrency", "--rpm", "--tpm"):
+        if option == "--allowed-hosts":
+            option = "--allow-host"
+        known = ("--base-url", "--latency-ms", "--concurrency", "--rpm", "--tpm", "--prices")
+        if option not in (*known, "--allow-host"):
             option = "--model"
         raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint=option) from exc
 
-    def per_request(spec: str) -> Client:
-        return make_client(spec, timeout=timeout)
-
     serve_args = _ServeArgs(
-        log, host, port, client, Scheduler(limits), per_request if allow_models else None, heartbeat
+        log,
+        host,
+        port,
+        client,
+        Scheduler(limits),
+        table,
+        request_models(model, base_url, timeout) if allow_models else None,
+        heartbeat,
+        token,
+        generated,
+        limits_from(
+            max_steps=max_steps,
+            max_samples=max_samples,
+            max_cost=max_cost,
+            max_running=max_running,
+            max_queued=max_queued,
+        ),
+        allow_prompts,
+        allow_hosts,
     )
     # asyncio.run cancels the service before it raises KeyboardInterrupt: the runs in flight
     # have recorded "cancelled" by then.
@@ -579,31 +854,91 @@ def serve_command(
     )
 
 
+def _token(host: str, token_file: Path | None, no_auth: bool) -> tuple[str | None, bool]:
+    """The token requests must send (None: none, with ``--no-auth``), and whether it was
+    generated here (and so must be shown once)."""
+    from_env = os.environ.get("MAKER_TOKEN")
+    if no_auth:
+        if token_file is not None or from_env:
+            given = "--token-file" if token_file is not None else "MAKER_TOKEN"
+            raise click.UsageError(f"--no-auth asks for no token, yet {given} gives one")
+        if not is_loopback(host):
+            raise click.BadParameter(
+                f"--no-auth is allowed only on a loopback --host, not {quote(host)}",
+                param_hint="--no-auth",
+            )
+        return None, False
+    try:
+        if token_file is not None:
+            return read_token_file(token_file), False
+        if from_env:
+            return check_token(from_env.strip()), False
+    except ConfigError as exc:
+        hint = "--token-file" if token_file is not None else "MAKER_TOKEN"
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint=hint) from None
+    return new_token(), True
+
+
+def request_models(model: str, base_url: str | None, timeout: float) -> Callable[[str], Client]:
+    """The factory of the models requests choose (``--allow-models``): each reached where the
+    service's own model is. With a ``base_url``, only that provider's models, reached there: a
+    request never makes the service dial another address with its keys."""
+    from ...clients import make_client
+
+    provider = model.partition(":")[0]
+
+    def per_request(spec: str) -> Client:
+        if base_url is None:
+            return make_client(spec, timeout=timeout)
+        if spec.partition(":")[0] != provider:
+            raise ConfigError(
+                "model",
+                f"this service reaches {provider} models at its --base-url only; got {quote(spec)}",
+            )
+        return make_client(spec, base_url=base_url, timeout=timeout)
+
+    return per_request
+
+
 @dataclass(frozen=True)
 class _ServeArgs:
     """What ``maker serve`` serves, read from its options: the log, the address, the default
-    model and its scheduler, the factory of per-request models (None: not allowed)."""
+    model, its scheduler and prices, the factory of per-request models (None: not allowed),
+    the token (generated: to be shown once) and what guards the service."""
 
     log: Path
     host: str
     port: int
     client: Client
     scheduler: Scheduler
+    prices: PriceTable
     make_client: Callable[[str], Client] | None
     heartbeat_s: float
+    token: str | None
+    generated: bool
+    limits: ServiceLimits
+    allow_prompts: bool
+    allowed_hosts: tuple[str, ...]
 
 
 async def _serve_forever(args: _ServeArgs) -> None:
     with serving(args.host, args.port):
         try:
             async with (
-                Engine(log=args.log, client=args.client, scheduler=args.scheduler) as engine,
+                Engine(
+                    log=args.log, client=args.client, scheduler=args.scheduler, prices=args.prices
+                ) as engine,
                 serve(
                     engine,
                     host=args.host,
                     port=args.port,
                     make_client=args.make_client,
                     heartbeat_s=args.heartbeat_s,
+                    token=args.token,
+                    auth=args.token is not None,
+                    limits=args.limits,
+                    allow_prompts=args.allow_prompts,
+                    allowed_hosts=args.allowed_hosts,
                 ) as server,
             ):
                 click.echo(
@@ -611,6 +946,14 @@ async def _serve_forever(args: _ServeArgs) -> None:
                     f"POST /runs, GET /runs/ID, GET /runs/ID/events; Ctrl-C stops",
                     err=True,
                 )
+                if args.generated:
+                    # Shown this once, and nowhere else: keep it, or set MAKER_TOKEN next time.
+                    click.echo(
+                        f"maker serve: token (send Authorization: Bearer TOKEN): {server.token}",
+                        err=True,
+                    )
+                elif args.token is None:
+                    click.echo("maker serve: no token asked (--no-auth, loopback only)", err=True)
                 # Leaving by cancellation (SIGTERM, Ctrl-C) cancels the runs in flight, and
                 # each records run_finished "cancelled": they stay resumable.
                 await anyio.sleep_forever()
