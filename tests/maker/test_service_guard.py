@@ -278,6 +278,32 @@ async def test_prompt_tasks_only_when_allowed(tmp_path: Path) -> None:
         assert status != 403, answered  # the gate is open; the task's own checks remain
 
 
+async def test_a_clients_patterns_run_on_re2_whatever_the_body_asks(tmp_path: Path) -> None:
+    """ReDoS: a catastrophic pattern is compiled by RE2 (linear time) even when the body asks
+    for Python's re; what RE2 cannot run is a 400 naming it; the server keeps answering."""
+    prompts = [{"system": "", "user": "1111111111111111111111111111111111111111"}]
+    catastrophic = {
+        "task": "prompt",
+        "params": {"prompts": prompts, "pattern": r"(\d+)+!", "engine": "re"},
+        "k": 1,
+        "max_samples": 2,
+    }
+    lookahead = {**catastrophic, "params": {"prompts": prompts, "pattern": r"1(?=1)"}}
+    async with guarded(tmp_path / "log.db", allow_prompts=True) as (engine, _, http):
+        status, _, started = await answer(http, "POST", "/runs", json=catastrophic, headers=AUTH)
+        assert status == 201, started
+        handle = engine.handle(started["run_id"])
+        if handle is not None:
+            await handle.result()
+        status, _, refused = await answer(http, "POST", "/runs", json=lookahead, headers=AUTH)
+        assert status == 400
+        assert "RE2" in refused["error"]
+        status, _, _ = await answer(http, "GET", "/runs", headers=AUTH)
+        assert status == 200
+        info = await engine.log.run(started["run_id"])
+    assert info.started.task_params["engine"] == "re2"
+
+
 async def test_a_requested_model_is_reached_at_the_configured_base_url(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

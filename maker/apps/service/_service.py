@@ -48,7 +48,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection,
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -85,6 +85,10 @@ from ._guard import (
     allowed_hosts as allowed_hosts_of,
 )
 from ._options import limits_from, service_options
+
+CLIENT_REGEX_ENGINE: Final = "re2"
+"""The regex engine of prompt tasks' patterns from requests: linear time, so that no
+client's pattern can freeze the event loop (see :class:`maker.tasks.AnswerParser`)."""
 
 if TYPE_CHECKING:
     # aiohttp is optional ('maker[providers]'): imported where it is used, so that the CLI
@@ -258,7 +262,12 @@ class _Service:
                     403,
                 )
             self._check_request(body)
-            task = make_task(body.task, body.params)
+            params = body.params
+            if body.task == PromptTask.name:
+                # A client's patterns run on the linear-time engine, whatever the body asks:
+                # Python's re would let one pattern freeze the server's event loop.
+                params = {**params, "engine": CLIENT_REGEX_ENGINE}
+            task = make_task(body.task, params)
             policy = Policy(
                 k=body.k, max_samples_per_step=body.max_samples, speculative=body.speculative
             )
