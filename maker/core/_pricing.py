@@ -129,6 +129,10 @@ class PriceTable:
             text = file.read_text(encoding="utf-8")
         except OSError as exc:
             raise ConfigError("prices", f"cannot read {file}: {exc.strerror or exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError(
+                "prices", f"{file} is not UTF-8 text (byte {exc.start}: {exc.reason})"
+            ) from exc
         try:
             if file.suffix.lower() == ".toml":
                 data: object = tomllib.loads(text)
