@@ -67,6 +67,10 @@ from ._scheduler import Scheduler
 Z95 = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
 
+MAX_CALIBRATION_SAMPLES = 1_000_000
+"""The most samples a calibration takes per model: its states are drawn up front (tens of bytes
+each), and the interval on p is already about ±0.001 wide at this many."""
+
 CALIBRATION_MODE = "calibration"
 """The ``mode`` a calibration run records in its policy, which marks it in the log."""
 
@@ -575,6 +579,12 @@ async def calibrate(
     """
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ConfigError("samples", f"must be a positive integer, got {samples!r}")
+    if samples > MAX_CALIBRATION_SAMPLES:
+        raise ConfigError(
+            "samples",
+            f"at most {MAX_CALIBRATION_SAMPLES:,} per model, got {samples:,} (the states to ask "
+            "are drawn up front, and each sample is a call to the model)",
+        )
     if isinstance(in_flight, bool) or not isinstance(in_flight, int) or in_flight < 1:
         raise ConfigError("in_flight", f"must be a positive integer, got {in_flight!r}")
     if not clients:
