@@ -774,6 +774,7 @@ def _prepare(path: str, new_version: int) -> tuple[sqlite3.Connection, int]:
     hence ``check_same_thread=False``).
     """
     _check_writable(path)
+    _create_private(path)
     try:
         # isolation_level=None: the writer opens its own transactions, so nothing implicit
         # happens around the pragmas and the schema. A tiny statement cache: a batch's
@@ -811,6 +812,22 @@ def _check_writable(path: str) -> None:
         raise ReadOnlyLogError(
             path, "its directory is read-only (SQLite keeps the write-ahead log beside the file)"
         )
+
+
+FILE_MODE = 0o600
+"""The mode a new log is made with: it holds prompts and responses, so only its owner reads it.
+SQLite gives the files it keeps beside it (the write-ahead log, its index) the same mode."""
+
+
+def _create_private(path: str) -> None:
+    """Make the log's file, empty, readable by its owner alone (unless it exists)."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    except FileExistsError:
+        return
+    except OSError as exc:
+        raise EventLogError(f"cannot create {path}: {exc.strerror}") from None
+    os.close(fd)
 
 
 @contextmanager
