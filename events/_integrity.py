@@ -31,6 +31,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Self
 
+import msgspec
+
 from ._errors import (
     BrokenLogError,
     CorruptEventError,
@@ -66,14 +68,9 @@ class RunIntegrity:
         return f"{self.run_id}: BROKEN {where}: {self.problem}"
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins."""
-        return {
-            "run_id": self.run_id,
-            "events": self.events,
-            "ok": self.ok,
-            "first_bad_seq": self.first_bad_seq,
-            "problem": self.problem,
-        }
+        """JSON-compatible builtins: the fields."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
+        return out
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,8 +82,8 @@ class LogReport:
     """
 
     path: str
-    runs: tuple[RunIntegrity, ...] = ()
     problem: str = ""
+    runs: tuple[RunIntegrity, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -104,14 +101,13 @@ class LogReport:
         return tuple(run for run in self.runs if not run.ok)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins (``maker verify --json``)."""
-        return {
-            "path": self.path,
-            "ok": self.ok,
-            "problem": self.problem,
-            "events": self.events,
-            "runs": [run.to_json() for run in self.runs],
-        }
+        """JSON-compatible builtins (``maker verify --json``): the fields, then ``ok`` and
+        ``events``."""
+        # Through JSON rather than to_builtins, so that ``runs`` is a list as a reader gets it.
+        out: dict[str, Any] = msgspec.json.decode(msgspec.json.encode(self))
+        out["ok"] = self.ok
+        out["events"] = self.events
+        return out
 
 
 def verify_log(path: str | os.PathLike[str]) -> LogReport:

@@ -6,7 +6,7 @@ import heapq
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 from events import (
     AnyEvent,
@@ -24,6 +24,7 @@ from events import (
     VoteCounted,
 )
 from maker.core import CalibrationRecord, PolicyRecord, recorded_policy
+from maker.core._serialise import fields_json
 
 
 @dataclass(slots=True, kw_only=True)
@@ -54,19 +55,8 @@ class StepRecord:
         return self.winner is not None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins."""
-        return {
-            "step": self.step,
-            "winner": self.winner,
-            "votes": dict(self.votes),
-            "samples": self.samples,
-            "received": self.received,
-            "red_flags": self.red_flags,
-            "failures": self.failures,
-            "cancelled": self.cancelled,
-            "cost_usd": self.cost_usd,
-            "state": self.state,
-        }
+        """JSON-compatible builtins: the fields."""
+        return fields_json(self)
 
 
 @dataclass
@@ -85,15 +75,26 @@ class RunSummary:
     models: list[str] = field(default_factory=list)
     k: int = 0
     seed: int = 0
+    policy: dict[str, Any] = field(default_factory=dict)
+    """The recorded policy, as ``run_started`` holds it."""
     status: str = "running"
     reason: str = ""
     steps: int = 0
     samples: int = 0
-    received: int = 0
     votes: int = 0
     failures: int = 0
+    failures_by_kind: Counter[str] = field(default_factory=Counter)
     cancelled: int = 0
     red_flags: Counter[str] = field(default_factory=Counter)
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    wall_s: float | None = None
+    resumed: int = 0
+    """How many times the run was resumed after a crash or a cancellation."""
+    events: int = 0
+    # Not in the JSON (see _NOT_IN_JSON): what the fold works with, and the run's own data.
+    received: int = 0
     samples_per_step: dict[int, int] = field(default_factory=dict)
     """Decided step -> samples it requested; filled only by a ``per_step=True`` fold (the
     figures below do not need it)."""
@@ -103,23 +104,30 @@ class RunSummary:
     """Samples requested by the decided steps, in all."""
     max_decided_samples: int = 0
     """The most samples any decided step requested."""
-    input_tokens: int = 0
-    output_tokens: int = 0
     first_ts: float = 0.0
     last_ts: float = 0.0
-    wall_s: float | None = None
     final_state: Any = None
-    events: int = 0
-    policy: dict[str, Any] = field(default_factory=dict)
-    """The recorded policy, as ``run_started`` holds it."""
     model_params: dict[str, Any] = field(default_factory=dict)
     version: str = ""
     initial_state: Any = None
-    failures_by_kind: Counter[str] = field(default_factory=Counter)
-    cost_usd: float = 0.0
-    resumed: int = 0
-    """How many times the run was resumed after a crash or a cancellation."""
     step_records: list[StepRecord] = field(default_factory=list)
+
+    _NOT_IN_JSON: ClassVar[tuple[str, ...]] = (
+        "received",
+        "samples_per_step",
+        "decided_steps",
+        "decided_samples",
+        "max_decided_samples",
+        "first_ts",
+        "last_ts",
+        "final_state",
+        "model_params",
+        "version",
+        "initial_state",
+        "step_records",
+    )
+    """Fields :meth:`to_json` leaves out: the fold's working figures (given as the derived
+    means and maxima instead), the run's states, and the per-step records (O(steps))."""
 
     @property
     def mean_samples_per_step(self) -> float:
@@ -145,34 +153,23 @@ class RunSummary:
         return recorded_policy(self.policy)
 
     def to_json(self) -> dict[str, Any]:
-        """The summary as JSON-compatible builtins (``maker show --json``), without the steps."""
-        return {
-            "run_id": self.run_id,
-            "task": self.task,
-            "task_params": self.task_params,
-            "models": self.models,
-            "k": self.k,
-            "seed": self.seed,
-            "policy": self.policy,
-            "status": self.status,
-            "reason": self.reason,
-            "steps": self.steps,
-            "samples": self.samples,
-            "votes": self.votes,
-            "failures": self.failures,
-            "failures_by_kind": dict(self.failures_by_kind),
-            "cancelled_samples": self.cancelled,
-            "red_flags": sum(self.red_flags.values()),
-            "red_flags_by_reason": dict(self.red_flags),
-            "samples_per_step_mean": self.mean_samples_per_step,
-            "samples_per_step_max": self.max_samples_per_step,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "cost_usd": self.cost_usd,
-            "wall_s": self.wall_s if self.wall_s is not None else self.last_ts - self.first_ts,
-            "resumed": self.resumed,
-            "events": self.events,
-        }
+        """The summary as JSON-compatible builtins (``maker show --json``), without the steps.
+
+        The fields, ``cancelled`` as ``cancelled_samples`` and the red flags by reason as
+        ``red_flags_by_reason`` (``red_flags`` is their total); ``wall_s``, when the run did not
+        finish, the span of its events; then the samples per decided step."""
+        wall_s = self.wall_s if self.wall_s is not None else self.last_ts - self.first_ts
+        return fields_json(
+            self,
+            omit=self._NOT_IN_JSON,
+            rename={"cancelled": "cancelled_samples", "red_flags": "red_flags_by_reason"},
+            values={"wall_s": wall_s},
+            derived={
+                "red_flags": sum(self.red_flags.values()),
+                "samples_per_step_mean": self.mean_samples_per_step,
+                "samples_per_step_max": self.max_samples_per_step,
+            },
+        )
 
 
 OPEN_STEPS = 1024

@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from events import (
     AnyEvent,
@@ -40,6 +40,7 @@ from events import (
     VoteCounted,
 )
 from maker.core import CalibrationRecord, ConfigError
+from maker.core._serialise import fields_json
 
 from ._fold import Fold, OpenSteps, RunSummary, TopSteps
 
@@ -61,14 +62,18 @@ class HardStep:
     votes: int
     samples: int
     red_flags: int
+    decided: bool
     tally: dict[str, int]
     """The votes each candidate had when the step ended (canonical JSON answers)."""
-    decided: bool
 
     @property
     def candidates(self) -> int:
         """How many distinct answers got a vote."""
         return len(self.tally)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-compatible builtins: the fields and ``candidates``."""
+        return fields_json(self, derived={"candidates": self.candidates})
 
 
 class StepVotes(Mapping[int, int]):
@@ -155,27 +160,37 @@ class ReportData:
     votes_to_decide: Mapping[int, int]
     """Decided step -> the valid votes counted until its decision (a compact
     :class:`StepVotes`)."""
-    undecided: tuple[int, ...]
-    """``undecided[r]``: steps not decided after r voting rounds (votes), r = 0, 1, ... R, where
-    R is the most votes any step needed. ``undecided[0] == steps_started``; steps never decided
-    stay counted to the end."""
     hardest: tuple[HardStep, ...]
     red_flags_by_step: dict[int, dict[str, int]]
     """Step -> red flags by reason, for the steps that had any. When more than
     :data:`FLAG_BINS` steps had some, the keys are the first steps of bins of
     :attr:`red_flags_step_width` steps."""
-    cost_over_time: tuple[tuple[float, float], ...]
-    """(seconds since the run started, cumulative USD) at each response received; sampled
-    evenly down to about ``points`` entries for a longer run, always ending with the last."""
     latencies: tuple[float, ...]
     """Seconds of every response received, in the order received; sampled like
-    :attr:`cost_over_time` for a longer run."""
+    :attr:`cost_over_time` for a longer run. The JSON gives their number."""
     k_changes: tuple[tuple[int, int], ...] = ()
     """(step, new k) of every change adaptive k made, in order."""
+    undecided: tuple[int, ...]
+    """``undecided[r]``: steps not decided after r voting rounds (votes), r = 0, 1, ... R, where
+    R is the most votes any step needed. ``undecided[0] == steps_started``; steps never decided
+    stay counted to the end. The JSON gives it as :attr:`convergence`."""
+    cost_over_time: tuple[tuple[float, float], ...]
+    """(seconds since the run started, cumulative USD) at each response received; sampled
+    evenly down to about ``points`` entries for a longer run, always ending with the last. The
+    JSON gives the last total, as ``cost_usd``."""
     red_flags_step_width: int = 1
     """How many steps each key of :attr:`red_flags_by_step` covers."""
     votes_histogram: dict[int, int] = field(default_factory=dict)
     """Votes -> how many decided steps needed that many."""
+
+    _NOT_IN_JSON: ClassVar[tuple[str, ...]] = (
+        "undecided",
+        "cost_over_time",
+        "red_flags_step_width",
+        "votes_histogram",
+    )
+    """Fields :meth:`to_json` leaves out: the series behind the plots, given in the JSON by
+    what they add up to (``convergence``, ``cost_usd``), and what only the plots need."""
 
     @property
     def ks(self) -> list[int]:
@@ -192,31 +207,25 @@ class ReportData:
         return [(r, self.undecided[r]) for r in range(1, len(self.undecided))]
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins."""
-        return {
-            "summary": self.summary.to_json(),
-            "steps_started": self.steps_started,
-            "convergence": [list(pair) for pair in self.convergence],
-            "votes_to_decide": {str(s): v for s, v in sorted(self.votes_to_decide.items())},
-            "hardest": [
-                {
-                    "step": h.step,
-                    "votes": h.votes,
-                    "samples": h.samples,
-                    "red_flags": h.red_flags,
-                    "candidates": h.candidates,
-                    "decided": h.decided,
-                    "tally": dict(h.tally),
-                }
-                for h in self.hardest
-            ],
-            "red_flags_by_step": {
-                str(s): dict(r) for s, r in sorted(self.red_flags_by_step.items())
+        """JSON-compatible builtins: the fields (steps as string keys, in step order; the
+        number of latencies), then ``convergence`` and the run's ``cost_usd``."""
+        return fields_json(
+            self,
+            omit=self._NOT_IN_JSON,
+            values={
+                "summary": self.summary.to_json(),
+                "votes_to_decide": {str(s): v for s, v in sorted(self.votes_to_decide.items())},
+                "hardest": [h.to_json() for h in self.hardest],
+                "red_flags_by_step": {
+                    str(s): dict(r) for s, r in sorted(self.red_flags_by_step.items())
+                },
+                "latencies": len(self.latencies),
             },
-            "cost_usd": self.cost_over_time[-1][1] if self.cost_over_time else 0.0,
-            "latencies": len(self.latencies),
-            "k_changes": [list(change) for change in self.k_changes],
-        }
+            derived={
+                "convergence": [list(pair) for pair in self.convergence],
+                "cost_usd": self.cost_over_time[-1][1] if self.cost_over_time else 0.0,
+            },
+        )
 
 
 POINTS = 4096

@@ -19,7 +19,7 @@ import enum
 from array import array
 from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from events import (
     AnyEvent,
@@ -43,6 +43,7 @@ from maker.core import (
     judge,
     recorded_policy,
 )
+from maker.core._serialise import fields_json
 
 
 class _Unchanged(enum.Enum):
@@ -100,20 +101,8 @@ class StepRevote:
         return self.recorded_samples - self.needed if self.needed is not None else 0
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins."""
-        return {
-            "step": self.step,
-            "recorded_winner": self.recorded_winner,
-            "winner": self.winner,
-            "decided": self.decided,
-            "changed": self.changed,
-            "recorded_samples": self.recorded_samples,
-            "requested": self.requested,
-            "needed": self.needed,
-            "red_flags": self.red_flags,
-            "votes": dict(self.votes),
-            "more_votes_needed": self.more_votes_needed,
-        }
+        """JSON-compatible builtins: the fields, then ``decided`` and ``changed``."""
+        return fields_json(self, derived={"decided": self.decided, "changed": self.changed})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -134,9 +123,6 @@ class RevoteReport:
     recorded_k: int
     recorded_rule: str
     recorded_red_flags: dict[str, Any]
-    steps: tuple[StepRevote, ...] = ()
-    notes: tuple[str, ...] = ()
-    """Caveats that apply to this run (a threshold past the recorded cap, an undecided step)."""
     revoted: int = 0
     """How many decided steps were re-voted."""
     decided_steps: int = 0
@@ -150,8 +136,15 @@ class RevoteReport:
     changed: tuple[StepRevote, ...] = ()
     """The changed steps in full: all of them, or the first ``max_changed`` when the steps
     were not kept."""
+    notes: tuple[str, ...] = ()
+    """Caveats that apply to this run (a threshold past the recorded cap, an undecided step)."""
+    steps: tuple[StepRevote, ...] = ()
     changed_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
     short_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
+
+    _RECORDED: ClassVar[tuple[str, ...]] = ("recorded_k", "recorded_rule", "recorded_red_flags")
+    """The recorded settings, which the JSON nests as ``recorded`` (``k``, ``rule``,
+    ``red_flags``) beside the new ones."""
 
     @property
     def changed_steps(self) -> list[int]:
@@ -164,27 +157,24 @@ class RevoteReport:
         return list(self.short_steps_)
 
     def to_json(self, *, steps: bool = False) -> dict[str, Any]:
-        """JSON-compatible builtins. The changed steps are given in full; ``steps`` adds all."""
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "k": self.k,
-            "rule": self.rule,
-            "red_flags": self.red_flags,
-            "recorded": {
-                "k": self.recorded_k,
-                "rule": self.recorded_rule,
-                "red_flags": self.recorded_red_flags,
+        """JSON-compatible builtins. The changed steps are given in full; ``steps`` adds all.
+
+        The fields, with the recorded settings nested as ``recorded`` (they stay flat
+        attributes, which the CLI and callers read), ``revoted`` as ``steps`` and the step
+        lists as ``changed_steps`` and ``short_steps``; every step only as ``per_step``."""
+        out = fields_json(
+            self,
+            omit=(*self._RECORDED, "steps", "changed_steps_", "short_steps_"),
+            rename={"revoted": "steps"},
+            values={"changed": [s.to_json() for s in self.changed]},
+            derived={
+                "recorded": {
+                    name.removeprefix("recorded_"): getattr(self, name) for name in self._RECORDED
+                },
+                "changed_steps": self.changed_steps,
+                "short_steps": self.short_steps,
             },
-            "steps": self.revoted,
-            "decided_steps": self.decided_steps,
-            "changed_steps": self.changed_steps,
-            "short_steps": self.short_steps,
-            "recorded_samples": self.recorded_samples,
-            "needed_samples": self.needed_samples,
-            "samples_saved": self.samples_saved,
-            "changed": [s.to_json() for s in self.changed],
-            "notes": list(self.notes),
-        }
+        )
         if steps:
             out["per_step"] = [s.to_json() for s in self.steps]
         return out

@@ -12,6 +12,7 @@ from typing import Any
 
 from ._client import Completion
 from ._errors import ConfigError, RedFlag
+from ._serialise import fields_json
 
 RedFlagCheck = Callable[[Completion], str | None]
 """A user check: return a reason to discard the response, or None to keep it."""
@@ -43,12 +44,10 @@ class RedFlagRules:
             )
 
     def describe(self) -> dict[str, Any]:
-        """The rules as JSON, for ``run_started``."""
-        return {
-            "max_output_tokens": self.max_output_tokens,
-            "flag_truncated": self.flag_truncated,
-            "checks": [getattr(c, "__name__", repr(c)) for c in self.checks],
-        }
+        """The rules as JSON, for ``run_started``: the fields, a user check (code) by its name."""
+        return fields_json(
+            self, values={"checks": [getattr(c, "__name__", repr(c)) for c in self.checks]}
+        )
 
     def check(self, completion: Completion) -> RedFlag | None:
         """The red flag a completion raises before parsing, or None."""

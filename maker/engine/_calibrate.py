@@ -58,6 +58,7 @@ from ..core._client import Client
 from ..core._errors import ConfigError
 from ..core._policy import CalibrationRecord, Policy, recorded_policy
 from ..core._pricing import PriceTable
+from ..core._serialise import fields_json
 from ..core._task import Prompt, Task
 from ..tasks import make_task
 from ._run import EventSink, _Run
@@ -197,12 +198,12 @@ class ModelCalibration:
     run_id: str
     status: RunStatus | str
     reason: str = ""
-    requested: int = 0
     n: int = 0
     valid: int = 0
     correct: int = 0
-    red_flags: dict[str, int] = field(default_factory=dict)
+    requested: int = 0
     failures: int = 0
+    red_flags: dict[str, int] = field(default_factory=dict)
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
@@ -255,28 +256,26 @@ class ModelCalibration:
         return self.latency_s / self.n if self.n else None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins: one entry of ``CalibrationReport.to_json()["models"]``."""
+        """JSON-compatible builtins: one entry of ``CalibrationReport.to_json()["models"]``.
+
+        The totals of tokens, cost and latency are given per response (what ``maker plan``
+        reads), beside ``p``, its interval and ``v``; the red flags sorted by reason."""
         low, high = self.interval
-        return {
-            "model": self.model,
-            "run_id": self.run_id,
-            "status": self.status,
-            "reason": self.reason,
-            "p": self.p,
-            "p_low": low,
-            "p_high": high,
-            "v": self.v,
-            "n": self.n,
-            "valid": self.valid,
-            "correct": self.correct,
-            "requested": self.requested,
-            "failures": self.failures,
-            "red_flags": dict(sorted(self.red_flags.items())),
-            "mean_input_tokens": self.mean_input_tokens,
-            "mean_output_tokens": self.mean_output_tokens,
-            "cost_per_call": self.cost_per_call,
-            "mean_latency_s": self.mean_latency_s,
-        }
+        return fields_json(
+            self,
+            omit=("input_tokens", "output_tokens", "cost_usd", "latency_s"),
+            values={"red_flags": dict(sorted(self.red_flags.items()))},
+            derived={
+                "p": self.p,
+                "p_low": low,
+                "p_high": high,
+                "v": self.v,
+                "mean_input_tokens": self.mean_input_tokens,
+                "mean_output_tokens": self.mean_output_tokens,
+                "cost_per_call": self.cost_per_call,
+                "mean_latency_s": self.mean_latency_s,
+            },
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -304,14 +303,11 @@ class CalibrationReport:
         raise KeyError(name)
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-compatible builtins (``maker calibrate --json``; ``maker plan`` reads them)."""
-        return {
-            "task": self.task,
-            "task_params": dict(self.task_params),
-            "samples": self.samples,
-            "seed": self.seed,
-            "models": [m.to_json() for m in self.models],
-        }
+        """JSON-compatible builtins (``maker calibrate --json``; ``maker plan`` reads them):
+        the fields but the sampled steps, each model as :meth:`ModelCalibration.to_json`."""
+        return fields_json(
+            self, omit=("steps",), values={"models": [m.to_json() for m in self.models]}
+        )
 
 
 class _Fold:

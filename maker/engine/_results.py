@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 from events import RunStatus
 
+from ..core._serialise import fields_json
 from ._recording import Divergence
 
 
@@ -16,6 +17,7 @@ class RunResult:
 
     run_id: str
     status: RunStatus
+    reason: str = ""
     steps: int
     samples: int
     votes: int
@@ -23,14 +25,14 @@ class RunResult:
     red_flags_by_reason: dict[str, int]
     failures: int
     cancelled_samples: int
-    k: int
-    wall_s: float
-    reason: str = ""
-    final_state: Any = None
     max_samples_in_step: int = 0
+    k: int
     cost_usd: float = 0.0
     input_tokens: int = 0
     output_tokens: int = 0
+    wall_s: float
+    final_state: Any = None
+    """The task's own state object, which is not JSON: left out of :meth:`to_json`."""
 
     @property
     def ok(self) -> bool:
@@ -38,26 +40,10 @@ class RunResult:
         return self.status == "succeeded"
 
     def to_json(self) -> dict[str, Any]:
-        """The result as JSON-compatible builtins (``maker run --json`` prints this)."""
-        return {
-            "run_id": self.run_id,
-            "status": self.status,
-            "reason": self.reason,
-            "steps": self.steps,
-            "samples": self.samples,
-            "votes": self.votes,
-            "red_flags": self.red_flags,
-            "red_flags_by_reason": dict(self.red_flags_by_reason),
-            "failures": self.failures,
-            "cancelled_samples": self.cancelled_samples,
-            "samples_per_step": self.samples / self.steps if self.steps else 0.0,
-            "max_samples_in_step": self.max_samples_in_step,
-            "k": self.k,
-            "cost_usd": self.cost_usd,
-            "input_tokens": self.input_tokens,
-            "output_tokens": self.output_tokens,
-            "wall_s": self.wall_s,
-        }
+        """The result as JSON-compatible builtins (``maker run --json`` prints this): every
+        field but ``final_state``, and ``samples_per_step``."""
+        per_step = self.samples / self.steps if self.steps else 0.0
+        return fields_json(self, omit=("final_state",), derived={"samples_per_step": per_step})
 
 
 class EngineStatistics(NamedTuple):
@@ -81,13 +67,9 @@ class VerifyResult:
     divergence: Divergence | None
 
     def to_json(self) -> dict[str, Any]:
-        """The result as JSON (``maker replay --verify --json``)."""
-        out: dict[str, Any] = {
-            "run_id": self.run_id,
-            "ok": self.ok,
-            "checked": self.checked,
-            "recorded": self.recorded,
-        }
+        """The result as JSON (``maker replay --verify --json``): the fields, with the
+        divergence (an exception, not a record) written out only when there is one."""
+        out = fields_json(self, omit=("divergence",))
         if self.divergence is not None:
             out["divergence"] = {
                 "seq": self.divergence.seq,

@@ -49,6 +49,7 @@ import msgspec
 
 from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
+from ...core._serialise import fields_json
 from .._http import base_url, listen, serving
 
 if TYPE_CHECKING:
@@ -221,12 +222,12 @@ class SimStats:
     than the config's ``keep_requests``. The counts cover every request.
     """
 
-    requests: tuple[SimRequest, ...]
     total: int
     in_flight: int
     max_in_flight: int
     fault_counts: dict[str, int]
     status_counts: dict[int | None, int]
+    requests: tuple[SimRequest, ...]
 
     def faults(self) -> Counter[str]:
         """How many requests got each fault kind."""
@@ -237,17 +238,18 @@ class SimStats:
         return Counter(self.status_counts)
 
     def to_json(self) -> dict[str, Any]:
-        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves). Written
-        out, not the fields: the counters are sorted, and the statuses keyed by strings."""
+        """The snapshot as JSON-compatible builtins (what ``GET /sim/stats`` serves): the
+        fields, the counters as ``faults`` (sorted by kind) and ``statuses`` (keyed by the
+        status as a string, ``"none"`` for no response, in status order)."""
         statuses = sorted(self.status_counts.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
-        return {
-            "total": self.total,
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "faults": dict(sorted(self.fault_counts.items())),
-            "statuses": {("none" if k is None else str(k)): n for k, n in statuses},
-            "requests": [r.to_json() for r in self.requests],
-        }
+        return fields_json(
+            self,
+            rename={"fault_counts": "faults", "status_counts": "statuses"},
+            values={
+                "fault_counts": dict(sorted(self.fault_counts.items())),
+                "status_counts": {("none" if k is None else str(k)): n for k, n in statuses},
+            },
+        )
 
 
 class _Record:
