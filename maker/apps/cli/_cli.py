@@ -64,7 +64,7 @@ from .._options import (
     task_argument,
     task_options,
 )
-from ._table import echo_table
+from ._table import counts_text, echo_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -400,7 +400,7 @@ class _ProgressSink:
 
 def _print_result(result: RunResult, log: Path) -> None:
     per_step = result.samples / result.steps if result.steps else 0.0
-    flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
+    flags = counts_text(result.red_flags_by_reason) or "none"
     echo_table(
         [
             ("run", result.run_id),
@@ -451,8 +451,8 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         return
     data = summary.to_json()
     flags = data["red_flags_by_reason"]
-    text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
-    kinds = ", ".join(f"{n} {k}" for k, n in sorted(data["failures_by_kind"].items()))
+    text = counts_text(flags) or "none"
+    kinds = counts_text(data["failures_by_kind"])
     rows = [
         ("run", data["run_id"]),
         ("task", f"{data['task']} {json.dumps(data['task_params'])}"),

@@ -32,7 +32,7 @@ from .._options import (
     task_argument,
     task_options,
 )
-from ._table import echo_table
+from ._table import counts_text, echo_table
 
 EXIT_FAILED = 1
 
@@ -78,7 +78,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
     header = ("model", "status", "n", "v", "p", "95% interval", "red flags", "tokens in/out")
     rows = []
     for m in report.models:
-        flags = ", ".join(f"{n} {r}" for r, n in sorted(m.red_flags.items())) or "none"
+        flags = counts_text(m.red_flags) or "none"
         cost = f"${m.cost_per_call:.6f}" if prices.known(m.model) else "unknown price"
         rows.append(
             (
