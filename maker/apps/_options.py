@@ -14,14 +14,46 @@ from ..tasks import BUILTIN_TASKS, PromptTask, make_task
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def rate_limit_options(function: F) -> F:
-    """``--rpm``, ``--tpm`` and ``--timeout``: the scheduler's limits of a command's model."""
-    for option in reversed(_RATE_LIMITS):  # decorators apply bottom-up; keep the help order
-        function = option(function)
-    return function
+def stacked(*decorators: Callable[[F], F]) -> Callable[[F], F]:
+    """One decorator applying ``decorators`` so that ``--help`` lists them in the order given
+    (decorators apply bottom-up)."""
+
+    def apply(command: F) -> F:
+        for decorator in reversed(decorators):
+            command = decorator(command)
+        return command
+
+    return apply
 
 
-_RATE_LIMITS = (
+# -- the model and its scheduler ---------------------------------------------------------------
+
+
+def model_option(help: str) -> Callable[[F], F]:
+    """``--model SPEC``, the simulated model unless given: the one model of a command that runs
+    tasks (``maker run``, ``maker serve``); ``help`` says what the model is for."""
+    return click.option("--model", default="sim", show_default=True, help=help)
+
+
+base_url_option = click.option(
+    "--base-url",
+    help="Server root: http://HOST:PORT/v1 for openai, http://HOST:PORT for anthropic and ollama.",
+)
+"""``--base-url URL``: where the provider model of ``--model`` is served."""
+
+latency_ms_option = click.option(
+    "--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency."
+)
+"""``--latency-ms MS``: the simulated model's median latency, for a command whose model may also
+be a provider's."""
+
+concurrency_option = click.option(
+    "--concurrency", type=click.IntRange(1), help="Cap on requests in flight."
+)
+"""``--concurrency N``: the scheduler's cap on a command's model calls in flight (none unless
+given)."""
+
+rate_limit_options = stacked(
     click.option("--rpm", type=click.IntRange(1), help="Cap on requests per minute."),
     click.option("--tpm", type=click.IntRange(1), help="Cap on tokens per minute."),
     click.option(
@@ -32,6 +64,7 @@ _RATE_LIMITS = (
         help="Seconds one model call may take.",
     ),
 )
+"""``--rpm``, ``--tpm`` and ``--timeout``: the scheduler's limits of a command's model."""
 
 
 prices_option = click.option(
@@ -42,6 +75,43 @@ prices_option = click.option(
 """``--prices FILE``: overrides of the price table."""
 
 
+# -- servers and logs --------------------------------------------------------------------------
+
+
+def log_option(help: str) -> Callable[[F], F]:
+    """``--log FILE``, required: the event log a command appends its runs to; ``help`` says
+    which runs."""
+    return click.option(
+        "--log", type=click.Path(dir_okay=False, path_type=Path), required=True, help=help
+    )
+
+
+def listen_options(port: int) -> Callable[[F], F]:
+    """``--host`` (the loopback interface unless given) and ``--port`` (``port`` unless given):
+    where a server command listens."""
+    return stacked(
+        click.option(
+            "--host", default="127.0.0.1", show_default=True, help="Interface to listen on."
+        ),
+        click.option(
+            "--port",
+            type=click.IntRange(0, 65535),
+            default=port,
+            show_default=True,
+            help="0: any free.",
+        ),
+    )
+
+
+log_run_arguments = stacked(
+    click.argument("file", type=click.Path(dir_okay=False, path_type=Path)),
+    click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs."),
+)
+"""``FILE`` and ``--run ID``: the event log a command reads, and which of its runs."""
+
+
+# -- built-in tasks ----------------------------------------------------------------------------
+
 task_argument = click.argument(
     "task",
     # The prompt task takes its prompts as data (MCP vote and calibrate, the library), which
@@ -50,16 +120,7 @@ task_argument = click.argument(
 )
 """``TASK``: a built-in task whose parameters are options."""
 
-
-def task_options(command: F) -> F:
-    """``--disks``, ``--steps``, ``--digits`` and ``--task-seed``: what builds a built-in task
-    (see :func:`build_task`)."""
-    for option in reversed(_TASK_OPTIONS):  # decorators apply bottom-up; keep the help order
-        command = option(command)
-    return command
-
-
-_TASK_OPTIONS = (
+task_options = stacked(
     click.option(
         "--disks", type=click.IntRange(1, 30), help="hanoi: number of disks (default 10)."
     ),
@@ -67,6 +128,8 @@ _TASK_OPTIONS = (
     click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
     click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
 )
+"""``--disks``, ``--steps``, ``--digits`` and ``--task-seed``: what builds a built-in task (see
+:func:`build_task`)."""
 
 
 def build_task(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..core._client import Completion, SampleRequest
-from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk, resolve_key
+from ._common import SDKArgs, SDKClient
 
 if TYPE_CHECKING:
     import anthropic
@@ -27,7 +27,7 @@ def _is_api_not_found(exc: anthropic.NotFoundError) -> bool:
     return isinstance(error, dict) and error.get("type") == "not_found_error"
 
 
-class AnthropicClient(ProviderClient):
+class AnthropicClient(SDKClient["anthropic.AsyncAnthropic"]):
     """A model behind Anthropic's Messages API. The system prompt goes in ``system``.
 
     The key comes from ``api_key`` or ``ANTHROPIC_API_KEY``; ``base_url`` is the root
@@ -48,6 +48,8 @@ class AnthropicClient(ProviderClient):
     """
 
     provider = "anthropic"
+    package = "anthropic"
+    title = "Anthropic"
 
     def __init__(
         self,
@@ -58,23 +60,13 @@ class AnthropicClient(ProviderClient):
         timeout: float = 60.0,
         send_temperature: bool = False,
     ) -> None:
-        name = check_model_name(model, self.provider)
-        seconds = check_timeout(timeout)
-        try:
-            import anthropic
-        except ImportError as exc:
-            raise missing_sdk(self.provider, "anthropic") from exc
-        key = resolve_key(api_key, self.provider, "Anthropic")
-        self._client = anthropic.AsyncAnthropic(
-            api_key=key, base_url=base_url, timeout=seconds, max_retries=0
-        )
-        super().__init__(name, str(self._client.base_url), seconds)
-        self._secrets = (key,)
+        super().__init__(model, api_key=api_key, base_url=base_url, timeout=timeout)
         self._send_temperature = send_temperature
 
-    async def aclose(self) -> None:
-        """Close the SDK's connection pool."""
-        await self._client.close()
+    def _connect(self, args: SDKArgs) -> anthropic.AsyncAnthropic:
+        import anthropic
+
+        return anthropic.AsyncAnthropic(**args)
 
     async def probe(self) -> None:
         """Check that the model is reachable and known, without generating (see
@@ -151,6 +143,6 @@ class AnthropicClient(ProviderClient):
             finish_reason=finish,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            model=self._served_as(served),
             temperature_sent=temperature,
         )

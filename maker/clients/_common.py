@@ -1,7 +1,9 @@
-"""What the provider clients share: error mapping at the boundary, Retry-After, key hygiene."""
+"""What the provider clients share: their construction, error mapping at the boundary,
+Retry-After, key hygiene."""
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import re
@@ -9,7 +11,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core._errors import ClientError, ConfigError
@@ -171,6 +173,22 @@ class ProviderClient:
     """The parts of a provider client that do not depend on its SDK."""
 
     provider: ClassVar[str]
+    package: ClassVar[str]
+    """The package the client cannot work without (its SDK, or aiohttp), which the
+    ``maker[PROVIDER]`` extra installs."""
+
+    @classmethod
+    def _checked(cls, model: object, timeout: object) -> tuple[str, float]:
+        """The model name and the timeout, checked, once the client's package is known to be
+        installed: ConfigError("model"), ConfigError("timeout"), or the one-line install hint.
+        """
+        name = check_model_name(model, cls.provider)
+        seconds = check_timeout(timeout)
+        try:
+            importlib.import_module(cls.package)
+        except ImportError as exc:
+            raise missing_sdk(cls.provider, cls.package) from exc
+        return name, seconds
 
     def __init__(self, name: str, base_url: str, timeout: float) -> None:
         self._name = name
@@ -282,3 +300,59 @@ class ProviderClient:
 
     def _bad_response(self, detail: str) -> ClientError:
         return self._error(f"unreadable response: {detail}", kind="bad_response", retryable=True)
+
+    def _served_as(self, served: object) -> str:
+        """The model a completion records: the one the server says it served, else ours."""
+        return f"{self.provider}:{served}" if isinstance(served, str) and served else self.model
+
+
+class SDKArgs(TypedDict):
+    """What an official SDK's async client (openai's, anthropic's) is built from."""
+
+    api_key: str
+    base_url: str | None
+    timeout: float
+    max_retries: int
+
+
+class _AsyncSDKClient(Protocol):
+    @property
+    def base_url(self) -> object: ...
+
+    async def close(self) -> None: ...
+
+
+S = TypeVar("S", bound=_AsyncSDKClient)
+
+
+class SDKClient(ProviderClient, Generic[S]):
+    """A provider client over an official SDK: the key from the argument or the provider's
+    variable, the SDK's client built by :meth:`_connect`, its connection pool closed by
+    :meth:`aclose`. The key is kept only by the SDK's client and in the secrets redacted
+    from errors: never in ``describe()`` or ``repr``.
+    """
+
+    title: ClassVar[str]
+    """The provider's name in messages: "OpenAI"."""
+    key_hint: ClassVar[str] = ""
+    """Appended to the message of a missing key."""
+
+    def __init__(
+        self, model: str, *, api_key: str | None, base_url: str | None, timeout: float
+    ) -> None:
+        name, seconds = self._checked(model, timeout)
+        key = resolve_key(api_key, self.provider, self.title, self.key_hint)
+        # The SDK's own retries are off: the engine retries, so that every attempt is recorded.
+        self._client = self._connect(
+            SDKArgs(api_key=key, base_url=base_url, timeout=seconds, max_retries=0)
+        )
+        super().__init__(name, str(self._client.base_url), seconds)
+        self._secrets = (key,)
+
+    def _connect(self, args: SDKArgs) -> S:
+        """The SDK's async client, built from ``args`` (the SDK is installed by now)."""
+        raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close the SDK's connection pool."""
+        await self._client.close()

@@ -6,7 +6,7 @@ import json
 from typing import TYPE_CHECKING, Any
 
 from ..core._client import Completion, SampleRequest
-from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk
+from ._common import ProviderClient
 
 if TYPE_CHECKING:
     import aiohttp
@@ -27,16 +27,12 @@ class OllamaClient(ProviderClient):
     """
 
     provider = "ollama"
+    package = "aiohttp"
 
     def __init__(
         self, model: str, *, base_url: str = DEFAULT_OLLAMA_URL, timeout: float = 60.0
     ) -> None:
-        name = check_model_name(model, self.provider)
-        seconds = check_timeout(timeout)
-        try:
-            import aiohttp  # noqa: F401
-        except ImportError as exc:
-            raise missing_sdk(self.provider, "aiohttp") from exc
+        name, seconds = self._checked(model, timeout)
         super().__init__(name, base_url.rstrip("/"), seconds)
         self._session: aiohttp.ClientSession | None = None
 
@@ -128,7 +124,7 @@ class OllamaClient(ProviderClient):
             finish_reason=str(finish),
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            model=self._served_as(served),
             temperature_sent=temperature,
         )
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..core._client import Completion, SampleRequest
-from ._common import ProviderClient, check_model_name, check_timeout, missing_sdk, resolve_key
+from ._common import SDKArgs, SDKClient
 
 if TYPE_CHECKING:
     import openai
@@ -37,7 +37,7 @@ def _rejects_max_tokens(exc: openai.BadRequestError) -> bool:
     )
 
 
-class OpenAIClient(ProviderClient):
+class OpenAIClient(SDKClient["openai.AsyncOpenAI"]):
     """A model behind OpenAI's chat completions API, or any server that speaks it.
 
     ``base_url`` points at another server (vLLM, llama.cpp's server, LM Studio, serve-sim):
@@ -57,6 +57,9 @@ class OpenAIClient(ProviderClient):
     """
 
     provider = "openai"
+    package = "openai"
+    title = "OpenAI"
+    key_hint = " (any non-empty value serves a local OpenAI-compatible server)"
 
     def __init__(
         self,
@@ -67,33 +70,15 @@ class OpenAIClient(ProviderClient):
         timeout: float = 60.0,
         organization: str | None = None,
     ) -> None:
-        name = check_model_name(model, self.provider)
-        seconds = check_timeout(timeout)
-        try:
-            import openai
-        except ImportError as exc:
-            raise missing_sdk(self.provider, "openai") from exc
-        key = resolve_key(
-            api_key,
-            self.provider,
-            "OpenAI",
-            " (any non-empty value serves a local OpenAI-compatible server)",
-        )
-        self._client = openai.AsyncOpenAI(
-            api_key=key,
-            base_url=base_url,
-            organization=organization,
-            timeout=seconds,
-            max_retries=0,
-        )
-        super().__init__(name, str(self._client.base_url), seconds)
-        self._secrets = (key,)
+        self._organization = organization  # read by _connect
+        super().__init__(model, api_key=api_key, base_url=base_url, timeout=timeout)
         self._send_temperature = True
         self._cap_param = "max_tokens"
 
-    async def aclose(self) -> None:
-        """Close the SDK's connection pool."""
-        await self._client.close()
+    def _connect(self, args: SDKArgs) -> openai.AsyncOpenAI:
+        import openai
+
+        return openai.AsyncOpenAI(**args, organization=self._organization)
 
     async def probe(self) -> None:
         """Check that the model is reachable and known, without generating (see
@@ -199,6 +184,6 @@ class OpenAIClient(ProviderClient):
             finish_reason=finish,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
-            model=f"{self.provider}:{served}" if isinstance(served, str) and served else self.model,
+            model=self._served_as(served),
             temperature_sent=temperature,
         )

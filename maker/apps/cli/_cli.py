@@ -50,8 +50,21 @@ from ...engine._engine import Engine
 from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
-from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
-from ._table import echo_table
+from .._options import (
+    base_url_option,
+    build_task,
+    concurrency_option,
+    latency_ms_option,
+    log_option,
+    log_run_arguments,
+    model_option,
+    prices_option,
+    rate_limit_options,
+    stacked,
+    task_argument,
+    task_options,
+)
+from ._table import counts_text, echo_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -73,38 +86,31 @@ def app() -> None:
 
 _probability = click.FloatRange(0.0, 1.0)
 
-# A run at full speed spends a third of its main thread on the log; in a process of its own the
-# encoding, hashing and SQLite take another core. Starting it costs about a quarter of a second.
-_log_writer_option = click.option(
-    "--log-writer",
-    "log_writer",
-    type=click.Choice(["process", "thread"]),
-    default="process",
-    show_default=True,
-    help="Where the log's writer runs: a process of its own, or a thread of this one.",
+_live_run_options = stacked(
+    # A run at full speed spends a third of its main thread on the log; in a process of its own
+    # the encoding, hashing and SQLite take another core. Starting it costs about a quarter of a
+    # second.
+    click.option(
+        "--log-writer",
+        "log_writer",
+        type=click.Choice(["process", "thread"]),
+        default="process",
+        show_default=True,
+        help="Where the log's writer runs: a process of its own, or a thread of this one.",
+    ),
+    click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end."),
+    click.option("--progress/--no-progress", default=True, help="Show the live progress bar."),
 )
+"""``--log-writer``, ``--json`` and ``--progress``: how a command that runs the engine here
+(``maker run``, ``maker resume``) writes its log and reports."""
 
 
 @app.command()
 @task_argument
-@click.option(
-    "--log",
-    "log",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="SQLite event log to append the run to.",
-)
+@log_option("SQLite event log to append the run to.")
 @task_options
-@click.option(
-    "--model",
-    default="sim",
-    show_default=True,
-    help="sim, openai:NAME, anthropic:NAME or ollama:NAME.",
-)
-@click.option(
-    "--base-url",
-    help="Server root: http://HOST:PORT/v1 for openai, http://HOST:PORT for anthropic and ollama.",
-)
+@model_option("sim, openai:NAME, anthropic:NAME or ollama:NAME.")
+@base_url_option
 @click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),
@@ -116,8 +122,8 @@ _log_writer_option = click.option(
     type=_probability,
     help="sim: P(a valid answer is correct); other models: the assumed p for --target.",
 )
-@click.option("--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency.")
-@click.option("--concurrency", type=click.IntRange(1), help="Cap on requests in flight.")
+@latency_ms_option
+@concurrency_option
 @rate_limit_options
 @prices_option
 @click.option("--k", "k", type=click.IntRange(1), help="Vote margin (default 3).")
@@ -165,9 +171,7 @@ _log_writer_option = click.option(
     metavar="EXPORTER",
     help="Trace the run live: console, otlp or json:FILE (default: the OTEL_* variables).",
 )
-@_log_writer_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
-@click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
+@_live_run_options
 def run(
     task: str,
     log: Path,
@@ -396,7 +400,7 @@ class _ProgressSink:
 
 def _print_result(result: RunResult, log: Path) -> None:
     per_step = result.samples / result.steps if result.steps else 0.0
-    flags = ", ".join(f"{n} {r}" for r, n in sorted(result.red_flags_by_reason.items())) or "none"
+    flags = counts_text(result.red_flags_by_reason) or "none"
     echo_table(
         [
             ("run", result.run_id),
@@ -417,8 +421,7 @@ def _print_result(result: RunResult, log: Path) -> None:
 
 
 @app.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@log_run_arguments
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option(
     "--steps",
@@ -448,8 +451,8 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         return
     data = summary.to_json()
     flags = data["red_flags_by_reason"]
-    text = ", ".join(f"{n} {r}" for r, n in sorted(flags.items())) or "none"
-    kinds = ", ".join(f"{n} {k}" for k, n in sorted(data["failures_by_kind"].items()))
+    text = counts_text(flags) or "none"
+    kinds = counts_text(data["failures_by_kind"])
     rows = [
         ("run", data["run_id"]),
         ("task", f"{data['task']} {json.dumps(data['task_params'])}"),
@@ -489,8 +492,7 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
 
 
 @app.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@log_run_arguments
 @click.option(
     "--format",
     "fmt",
@@ -522,11 +524,8 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 
 
 @app.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
-@_log_writer_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end.")
-@click.option("--progress/--no-progress", default=True, help="Show the live progress bar.")
+@log_run_arguments
+@_live_run_options
 def resume(
     file: Path, run_id: str | None, log_writer: WriterKind, as_json: bool, progress: bool
 ) -> None:
@@ -569,8 +568,7 @@ def resume(
 
 
 @app.command()
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@log_run_arguments
 @click.option("--verify", "verify_", is_flag=True, help="Re-execute and compare with the log.")
 @click.option("--k", "k", type=click.IntRange(1), help="Re-vote every step with this k, offline.")
 @click.option(

@@ -23,6 +23,7 @@ from ...otel._otel import (
     trace_id_for,
     tracer_provider_for,
 )
+from .._options import log_run_arguments
 
 OTEL_SPECS = "console, otlp or json:FILE"
 
@@ -85,8 +86,7 @@ def otel_sink_from_env() -> tuple[TraceSink, Callable[[], None]] | None:
 
 
 @click.command("export-otel")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@log_run_arguments
 @click.option(
     "--exporter",
     type=click.Choice(["console", "otlp", "json"]),

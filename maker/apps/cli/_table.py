@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import click
 
@@ -27,6 +27,15 @@ def table_lines(rows: Sequence[Sequence[str]], header: Sequence[str] | None = No
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in lines
     ]
+
+
+def counts_text(counts: Mapping[str, int]) -> str:
+    """Counts by reason (red flags, failures) in one cell: ``"N reason"``, by reason, or ``""``.
+
+    >>> counts_text({"too_long": 2, "format": 1})
+    '1 format, 2 too_long'
+    """
+    return ", ".join(f"{n} {reason}" for reason, n in sorted(counts.items()))
 
 
 def echo_table(

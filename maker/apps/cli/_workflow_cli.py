@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
 
 import anyio
 import click
@@ -25,12 +23,18 @@ from ...core._policy import Policy
 from ...core._pricing import PriceTable
 from ...engine._calibrate import CalibrationReport, calibrate
 from ...engine._scheduler import Limits, Scheduler
-from .._options import build_task, prices_option, rate_limit_options, task_argument, task_options
-from ._table import echo_table
+from .._options import (
+    build_task,
+    log_option,
+    log_run_arguments,
+    prices_option,
+    rate_limit_options,
+    task_argument,
+    task_options,
+)
+from ._table import counts_text, echo_table
 
 EXIT_FAILED = 1
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -74,7 +78,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
     header = ("model", "status", "n", "v", "p", "95% interval", "red flags", "tokens in/out")
     rows = []
     for m in report.models:
-        flags = ", ".join(f"{n} {r}" for r, n in sorted(m.red_flags.items())) or "none"
+        flags = counts_text(m.red_flags) or "none"
         cost = f"${m.cost_per_call:.6f}" if prices.known(m.model) else "unknown price"
         rows.append(
             (
@@ -110,12 +114,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
     "--samples", type=click.IntRange(1), required=True, help="Random steps to query each model on."
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the step draw.")
-@click.option(
-    "--log",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="SQLite event log to append the calibration runs to (one run per model).",
-)
+@log_option("SQLite event log to append the calibration runs to (one run per model).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (for maker plan).")
 @click.option(
     "--base-url",
@@ -357,8 +356,7 @@ def plan_command(
 
 
 @click.command("report")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs.")
+@log_run_arguments
 @click.option(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),

@@ -51,6 +51,7 @@ from ...clients._sim import PRESETS, SimConfig, SimulatedModel, sim_config
 from ...core._errors import ConfigError
 from ...core._serialise import fields_json
 from .._http import base_url, listen, serving
+from .._options import listen_options
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -1010,10 +1011,7 @@ _OPTIONS = {
 
 
 @click.command("serve-sim")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=8765, show_default=True, help="0: any free."
-)
+@listen_options(port=8765)
 @click.option(
     "--preset",
     type=click.Choice(sorted(PRESETS)),

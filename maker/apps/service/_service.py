@@ -69,7 +69,16 @@ from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import CHARS_PER_TOKEN, PromptTask, make_task
 from .._http import base_url, listen, serving
-from .._options import prices_option, rate_limit_options
+from .._options import (
+    base_url_option,
+    concurrency_option,
+    latency_ms_option,
+    listen_options,
+    log_option,
+    model_option,
+    prices_option,
+    rate_limit_options,
+)
 from ._guard import (
     ServiceLimits,
     check_token,
@@ -734,30 +743,13 @@ async def serve(
 
 
 @click.command("serve")
-@click.option(
-    "--log",
-    "log",
-    type=click.Path(dir_okay=False, path_type=Path),
-    required=True,
-    help="SQLite event log the runs are appended to.",
-)
-@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to listen on.")
-@click.option(
-    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: any free."
-)
-@click.option("--concurrency", type=click.IntRange(1), help="Cap on requests in flight.")
+@log_option("SQLite event log the runs are appended to.")
+@listen_options(port=8080)
+@concurrency_option
 @rate_limit_options
-@click.option(
-    "--model",
-    default="sim",
-    show_default=True,
-    help="The runs' model: sim, openai:NAME, anthropic:NAME or ollama:NAME.",
-)
-@click.option(
-    "--base-url",
-    help="Server root: http://HOST:PORT/v1 for openai, http://HOST:PORT for anthropic and ollama.",
-)
-@click.option("--latency-ms", type=click.FloatRange(0.0), help="Simulated model: median latency.")
+@model_option("The runs' model: sim, openai:NAME, anthropic:NAME or ollama:NAME.")
+@base_url_option
+@latency_ms_option
 @click.option(
     "--allow-models",
     is_flag=True,
