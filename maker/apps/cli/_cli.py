@@ -99,7 +99,13 @@ _live_run_options = stacked(
         help="Where the log's writer runs: a process of its own, or a thread of this one.",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end."),
-    click.option("--progress/--no-progress", default=True, help="Show the live progress bar."),
+    # Only on a terminal unless asked: piped to a file or a CI log, the bar is noise, and a
+    # failure's one line of stderr must stay one line.
+    click.option(
+        "--progress/--no-progress",
+        default=None,
+        help="Show the live progress bar.  [default: when stderr is a terminal]",
+    ),
 )
 """``--log-writer``, ``--json`` and ``--progress``: how a command that runs the engine here
 (``maker run``, ``maker resume``) writes its log and reports."""
@@ -200,7 +206,7 @@ def run(
     otel: str | None,
     log_writer: WriterKind,
     as_json: bool,
-    progress: bool,
+    progress: bool | None,
 ) -> None:
     """Run a built-in task, voting every step, with every event logged."""
     the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
@@ -252,7 +258,7 @@ def run(
             policy,
             seed,
             log,
-            progress and not as_json,
+            _show_progress(progress) and not as_json,
             sinks,
         )
     except KeyboardInterrupt:
@@ -339,6 +345,11 @@ def _interrupted(log: Path, run_id: str | None) -> NoReturn:
         soft_wrap=True,
     )
     raise SystemExit(130)
+
+
+def _show_progress(asked: bool | None) -> bool:
+    """``--progress``/``--no-progress`` as given, else whether stderr is a terminal."""
+    return _err.is_terminal if asked is None else asked
 
 
 class _ProgressSink:
@@ -527,7 +538,7 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 @log_run_arguments
 @_live_run_options
 def resume(
-    file: Path, run_id: str | None, log_writer: WriterKind, as_json: bool, progress: bool
+    file: Path, run_id: str | None, log_writer: WriterKind, as_json: bool, progress: bool | None
 ) -> None:
     """Continue a crashed or cancelled run; a finished run is reported unchanged."""
     from replay import resume_run
@@ -545,7 +556,9 @@ def resume(
         )
         started = info.started
         budget = make_task(started.task, started.task_params).max_steps()
-        with _ProgressSink(budget, 0, enabled=progress and not as_json and not done) as sink:
+        with _ProgressSink(
+            budget, 0, enabled=_show_progress(progress) and not as_json and not done
+        ) as sink:
             result = await resume_run(file, info.run_id, sinks=[sink], log_writer=log_writer)
             return result, done
 
