@@ -268,3 +268,42 @@ def test_two_resumes_of_one_run_at_once_let_one_write(tmp_path: Path) -> None:
     assert json.loads(out)["status"] == "succeeded"
     verified(tmp_path, "x.db")
     assert maker(tmp_path, "replay", "x.db", "--verify").returncode == 0
+
+
+# -- bad files and bounds ---------------------------------------------------------------------
+
+
+def test_a_prices_file_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    assert maker(tmp_path, "run", "hanoi", "--disks", "3", "--log", "x.db").returncode == 0
+    before = verified(tmp_path, "x.db")
+    (tmp_path / "prices.json").write_bytes(b'{"sim": \xff\xfe}')
+    done = maker(
+        tmp_path, "run", "hanoi", "--disks", "3", "--log", "x.db", "--prices", "prices.json"
+    )
+    line = one_error_line(done)
+    assert "prices.json is not UTF-8 text" in line, line
+    assert verified(tmp_path, "x.db") == before
+
+
+def test_calibration_samples_are_bounded_before_anything_is_drawn(tmp_path: Path) -> None:
+    # 1e11 samples once meant a MemoryError after minutes (1e8 took 2 GB before the first call).
+    done = maker(
+        tmp_path, "calibrate", "hanoi", "--model", "sim", "--samples", "100000000000",
+        "--log", "cal.db",
+    )  # fmt: skip
+    assert "at most 1,000,000 per model" in one_error_line(done)
+
+
+def test_the_timeout_applies_to_the_simulated_model(tmp_path: Path) -> None:
+    # Five-second answers against a quarter-second timeout: every attempt times out and the
+    # run fails, recorded, instead of waiting (--latency-ms 1e9 used to hang for good).
+    done = maker(
+        tmp_path, "run", "hanoi", "--disks", "2", "--latency-ms", "5000", "--timeout", "0.25",
+        "--log", "x.db", "--json",
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    result = json.loads(done.stdout)
+    assert result["status"] == "failed"
+    assert "timeout" in result["reason"]
+    assert result["steps"] == 0
+    verified(tmp_path, "x.db")

@@ -755,3 +755,17 @@ def test_the_command_serves_until_interrupted(
     command_process.send_signal(stop)
     assert command_process.wait(timeout=10) == 0
     assert command_process.stderr.read() == ""
+
+
+def test_a_slow_fault_outlasts_the_default_timeout_of_a_call() -> None:
+    """What the README promises: with the client's default timeout, a slow fault is a timeout
+    (retried), not an answer that arrives late; the command's default is the config's."""
+    from maker.apps.serve_sim import DEFAULT_SLOW_S
+    from maker.apps.serve_sim._serve_sim import serve_sim_command
+    from maker.engine import Limits
+
+    timeout = Limits().timeout_s
+    assert timeout is not None
+    assert SimServerConfig().slow_s == DEFAULT_SLOW_S > timeout
+    (slow,) = [p for p in serve_sim_command.params if p.name == "slow_s"]
+    assert slow.default == DEFAULT_SLOW_S

@@ -1,6 +1,22 @@
 """``maker serve-sim``: the simulated model behind the OpenAI, Anthropic and Ollama wire formats,
 for testing clients and measuring the engine over real HTTP."""
 
-from ._serve_sim import FAULT_KINDS, SimServer, SimServerConfig, SimStats, create_app, serve_sim
+from ._serve_sim import (
+    DEFAULT_SLOW_S,
+    FAULT_KINDS,
+    SimServer,
+    SimServerConfig,
+    SimStats,
+    create_app,
+    serve_sim,
+)
 
-__all__ = ["FAULT_KINDS", "SimServer", "SimServerConfig", "SimStats", "create_app", "serve_sim"]
+__all__ = [
+    "DEFAULT_SLOW_S",
+    "FAULT_KINDS",
+    "SimServer",
+    "SimServerConfig",
+    "SimStats",
+    "create_app",
+    "serve_sim",
+]

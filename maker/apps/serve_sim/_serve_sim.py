@@ -71,7 +71,8 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 - ``server_error``: 500;
 - ``unavailable``: 503;
 - ``overloaded``: 529 (Anthropic's ``overloaded_error``; the same status in every format);
-- ``slow``: the answer comes after ``slow_s`` seconds, longer than a client's timeout should be;
+- ``slow``: the answer comes after ``slow_s`` seconds (150 by default, longer than maker's
+  default 120 s timeout of a call, so that the client times out rather than waits);
 - ``malformed``: status 200 with a body that is not valid JSON (a response cut in half);
 - ``disconnect``: the connection is closed without a response.
 """
@@ -87,6 +88,12 @@ def _finite(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
+DEFAULT_SLOW_S = 150.0
+"""A ``slow`` fault's delay by default: beyond maker's default timeout of a call (120 s), so a
+client with the default times out, as the fault means it to. Set ``slow_s`` below your client's
+timeout to test slow answers that do arrive instead."""
+
+
 @dataclass(frozen=True, kw_only=True)
 class SimServerConfig:
     """How a serve-sim server behaves. Frozen, keyword-only, validated on construction.
@@ -98,7 +105,7 @@ class SimServerConfig:
     - ``fault_rate``: probability that a request gets an injected fault;
     - ``faults``: the enabled fault kinds (all by default, see :data:`FAULT_KINDS`);
     - ``retry_after_s``: the ``Retry-After`` of injected 429s, in seconds;
-    - ``slow_s``: how long a ``slow`` fault delays its answer;
+    - ``slow_s``: how long a ``slow`` fault delays its answer (:data:`DEFAULT_SLOW_S`);
     - ``seed``: seeds the fault draws and the seeds of requests that bring none;
     - ``keep_requests``: how many of the latest requests the statistics list one by one (the
       counts cover all), so that a million-step run does not hold millions of records.
@@ -118,7 +125,7 @@ server_error, unavailable, overloaded, slow, malformed, disconnect
     fault_rate: float = 0.0
     faults: tuple[str, ...] = FAULT_KINDS
     retry_after_s: float = 1.0
-    slow_s: float = 30.0
+    slow_s: float = DEFAULT_SLOW_S
     seed: int = 0
     keep_requests: int = 100_000
 
@@ -1044,9 +1051,9 @@ _OPTIONS = {
 @click.option(
     "--slow-s",
     type=click.FloatRange(0.0, min_open=True),
-    default=30.0,
+    default=DEFAULT_SLOW_S,
     show_default=True,
-    help="Delay of a 'slow' fault, in seconds.",
+    help="Delay of a 'slow' fault, in seconds (beyond the client's --timeout, 120 by default).",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 def serve_sim_command(
