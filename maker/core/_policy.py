@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 import msgspec
@@ -89,14 +89,7 @@ class Policy:
         """The policy as ``run_started`` records it, typed."""
         flags = self.red_flags
         return PolicyRecord(
-            k=self.k,
-            rule=self.rule,
-            first_temperature=self.first_temperature,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            max_samples_per_step=self.max_samples_per_step,
-            max_attempts=self.max_attempts,
-            speculative=self.speculative,
+            **{name: getattr(self, name) for name in _RECORDED_AS_IS},
             red_flags=RedFlagRecord(
                 max_output_tokens=flags.max_output_tokens,
                 flag_truncated=flags.flag_truncated,
@@ -128,6 +121,11 @@ class Policy:
         """The temperature of a step's sample number ``ordinal`` (0-based)."""
         return self.first_temperature if ordinal == 0 else self.temperature
 
+
+_RECORDED_AS_IS = tuple(f.name for f in fields(Policy) if f.name not in ("red_flags", "adaptive"))
+"""The policy's fields a record holds as they are (red-flag checks are code: only their names
+are recorded). A field added to :class:`Policy` is recorded without more ado, once
+:class:`PolicyRecord` has it too (a test checks that the two agree)."""
 
 _DEFAULT = Policy()
 _DEFAULT_FLAGS = RedFlagRules()
@@ -189,14 +187,7 @@ class PolicyRecord(msgspec.Struct, frozen=True, kw_only=True):
     def policy(self, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
         """The policy again (validated); ``checks`` as for :meth:`RedFlagRecord.rules`."""
         return Policy(
-            k=self.k,
-            rule=self.rule,
-            first_temperature=self.first_temperature,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            max_samples_per_step=self.max_samples_per_step,
-            max_attempts=self.max_attempts,
-            speculative=self.speculative,
+            **{name: getattr(self, name) for name in _RECORDED_AS_IS},
             red_flags=self.red_flags.rules(checks),
             adaptive=self.adaptive,
         )

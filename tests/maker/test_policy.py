@@ -67,3 +67,34 @@ async def test_a_runs_run_started_reads_back_as_its_policy(tmp_path: Path) -> No
     started = (await load_events(path))[0]
     assert isinstance(started, RunStarted)
     assert Policy.from_json(started.policy) == policy
+
+
+def test_the_record_has_every_field_of_the_policy_with_its_default() -> None:
+    """One list of fields: a field added to Policy and not to PolicyRecord fails here, not as
+    a policy that silently stops being recorded."""
+    import dataclasses
+
+    import msgspec
+
+    from maker.core import PolicyRecord, RedFlagRecord
+
+    policy_fields = {f.name: f for f in dataclasses.fields(Policy)}
+    record_fields = {f.name: f for f in msgspec.structs.fields(PolicyRecord)}
+    assert list(record_fields) == list(policy_fields)
+    default = Policy()
+    for name, f in record_fields.items():
+        if name not in ("red_flags", "adaptive"):
+            assert f.default == getattr(default, name), name
+    flags = {f.name: f.default for f in msgspec.structs.fields(RedFlagRecord)}
+    assert flags == {f.name: f.default for f in dataclasses.fields(RedFlagRules)}
+
+
+def test_a_calibration_record_is_not_a_voting_policy() -> None:
+    from maker.core import CalibrationRecord, recorded_policy
+
+    recorded = recorded_policy({"mode": "calibration", "samples": 30, "temperature": 0.5})
+    assert recorded == CalibrationRecord(samples=30, temperature=0.5)
+    with pytest.raises(ConfigError, match="calibration"):
+        Policy.from_json(recorded.to_json())
+    with pytest.raises(ConfigError, match="does not read back"):
+        recorded_policy({"k": "three"})
