@@ -9,7 +9,7 @@ the same tree, and exporting a log twice gives the same ids.
 The tree of a run (one trace per run)::
 
     maker.run {task}                  INTERNAL, run_started .. run_finished
-      maker.step {step}               INTERNAL, step_started .. state_changed
+      maker.step                      INTERNAL, step_started .. state_changed (maker.step: n)
         chat {model}                  CLIENT, sample_requested .. its outcome (GenAI conventions)
 
 A resumed run gets a second root span ``maker.run {task}`` in the same trace, linked to the span of
@@ -19,6 +19,7 @@ the part it continues; see :class:`TraceSink` for the details.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import math
 import os
@@ -306,6 +307,22 @@ _INPUT: Final = {"gen_ai.token.type": "input"}
 _OUTPUT: Final = {"gen_ai.token.type": "output"}
 
 
+STEP_SPAN: Final = "maker.step"
+"""The name of every step's span (the step is its ``maker.step`` attribute): span names stay
+few, as the conventions ask, where a name per step would make a million in a 20-disk run."""
+
+SETTINGS_ONLY_TASKS: Final = frozenset({"hanoi", "arithmetic"})
+"""Built-in tasks whose parameters are settings, not content: recorded in traces as they are."""
+
+
+@functools.lru_cache(maxsize=4096)
+def content_digest(text: str) -> str:
+    """What a trace records of content (an answer, a prompt task's parameters) unless content
+    capture is on: ``sha256:`` and 16 hex digits of the text's SHA-256, enough to tell equal
+    answers apart from different ones, nothing to read the text back from."""
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class TraceSink:
     """An event sink that turns a run's events into OpenTelemetry spans (and metrics).
 
@@ -314,7 +331,8 @@ class TraceSink:
     synchronously on the event loop, in seq order; it may serve several runs at once.
 
     **Spans.** One root span per run, ``maker.run {task}`` (INTERNAL), from ``run_started`` to
-    ``run_finished``; one ``maker.step {step}`` per step, its child, from ``step_started`` to
+    ``run_finished``; one ``maker.step`` per step (the step number is its ``maker.step``
+    attribute), its child, from ``step_started`` to
     ``state_changed``; one span per sample, child of its step, from ``sample_requested`` to its
     ``sample_received`` (or its final ``sample_failed``, or its ``sample_cancelled``). Sample
     spans follow the GenAI semantic conventions: name ``chat {gen_ai.request.model}``, kind
@@ -343,9 +361,13 @@ class TraceSink:
     a root of its own trace, never a child of the caller's current span, unless
     ``parent_context`` is given (then it takes that trace, not the derived one).
 
-    **Content.** No prompt or response text is put in any span unless ``capture_content`` is
-    true; then sample spans get ``gen_ai.output.messages`` (the response as GenAI JSON) and
-    red flags their ``maker.red_flag.detail``. Prompts never enter the events, so never a span.
+    **Content.** Prompts, responses, parsed answers and a prompt task's parameters enter spans
+    only when ``capture_content`` is true: then sample spans get ``gen_ai.output.messages`` (the
+    response as GenAI JSON), red flags their ``maker.red_flag.detail``, and ``maker.candidate``,
+    ``maker.winner``, the answers in ``maker.votes`` and ``maker.task.params`` are the text
+    itself. Otherwise each of those is its :func:`content_digest` (equal answers have equal
+    digests, so a vote can still be matched to its winner); the parameters of the built-in
+    tasks whose parameters are settings (:data:`SETTINGS_ONLY_TASKS`) are recorded as they are.
 
     **Interruptions.** A ``run_finished`` with status ``cancelled`` ends every open span at its
     time. A ``run_resumed`` first ends whatever is still open (a crash leaves spans open; so does
@@ -377,7 +399,7 @@ class TraceSink:
     ...         await engine.run(Hanoi(2), policy=Policy(k=1), sinks=[TraceSink(provider)])
     >>> anyio.run(main, os.path.join(tempfile.mkdtemp(), "log.db"))
     >>> sorted({span.name for span in spans.get_finished_spans()})
-    ['chat sim', 'maker.run hanoi', 'maker.step 0', 'maker.step 1', 'maker.step 2']
+    ['chat sim', 'maker.run hanoi', 'maker.step']
     """
 
     def __init__(
@@ -477,9 +499,7 @@ class TraceSink:
             attrs: dict[str, Any] = {"maker.step": step, "maker.k": run.k}
             if run.resumed_at is not None:
                 attrs["maker.resumed"] = True
-            span = self._start(
-                run, f"{seq}:step", f"maker.step {step}", run.ctx, _INTERNAL, attrs, start
-            )
+            span = self._start(run, f"{seq}:step", STEP_SPAN, run.ctx, _INTERNAL, attrs, start)
             found = run.steps[step] = _Step(span)
         return found
 
@@ -548,6 +568,27 @@ class TraceSink:
             run.previous = run.span.get_span_context()
             run.span = None
 
+    # -- content ---------------------------------------------------------------------------------
+
+    def _content(self, text: str) -> str:
+        """``text`` (a parsed answer's canonical JSON) when content is captured, else its
+        :func:`content_digest`: votes can still be matched to their winner."""
+        return text if self.capture_content else content_digest(text)
+
+    def _votes(self, votes: Mapping[str, int]) -> str:
+        if self.capture_content:
+            return _json.encode(votes).decode()
+        return _json.encode({content_digest(answer): n for answer, n in votes.items()}).decode()
+
+    def _params(self, task: str, params: Mapping[str, Any]) -> str:
+        """The task's parameters as JSON: in full for the built-in tasks whose parameters are
+        settings (disks, steps), else only when content is captured (a prompt task's are its
+        prompts), and otherwise their digest."""
+        text = _json.encode(params).decode()
+        if self.capture_content or task in SETTINGS_ONLY_TASKS:
+            return text
+        return content_digest(text)
+
     # -- handlers --------------------------------------------------------------------------------
 
     def _run_started(self, e: RunStarted) -> None:
@@ -557,7 +598,7 @@ class TraceSink:
         attrs: dict[str, Any] = {
             "maker.run_id": e.run_id,
             "maker.task": e.task,
-            "maker.task.params": _json.encode(e.task_params).decode(),
+            "maker.task.params": self._params(e.task, e.task_params),
             "maker.k": _recorded_k(e),
             "maker.policy": _json.encode(e.policy).decode(),
             "maker.seed": e.seed,
@@ -577,7 +618,7 @@ class TraceSink:
         if old is not None:
             self._end(old.span, at)
         attrs = {"maker.step": e.step, "maker.k": run.k}
-        span = self._start(run, e.seq, f"maker.step {e.step}", run.ctx, _INTERNAL, attrs, at)
+        span = self._start(run, e.seq, STEP_SPAN, run.ctx, _INTERNAL, attrs, at)
         run.steps[e.step] = _Step(span)
 
     def _sample_requested(self, run: _Run, e: SampleRequested) -> None:
@@ -645,7 +686,7 @@ class TraceSink:
     def _vote_counted(self, run: _Run, e: VoteCounted) -> None:
         at = _ns(e.ts)
         sample = self._sample(run, e.step, e.sample_id, e.seq, at)
-        sample.attrs["maker.candidate"] = e.candidate
+        sample.attrs["maker.candidate"] = self._content(e.candidate)
         self._finish(run, sample, e.seq, at)
 
     def _sample_failed(self, run: _Run, e: SampleFailed) -> None:
@@ -684,8 +725,8 @@ class TraceSink:
         step = self._step(run, e.step, e.seq, _ns(e.ts))
         step.span.set_attributes(
             {
-                "maker.winner": e.winner,
-                "maker.votes": _json.encode(e.votes).decode(),
+                "maker.winner": self._content(e.winner),
+                "maker.votes": self._votes(e.votes),
                 "maker.lead": _lead(e.votes),
                 "maker.samples": e.samples,
                 "maker.red_flags": e.red_flags,

@@ -64,9 +64,11 @@ from maker import (
 )
 from maker.apps.cli._otel_cli import export_otel_command, otel_sink_for
 from maker.otel._otel import (
+    STEP_SPAN,
     DeterministicIdGenerator,
     TraceSink,
     configure_from_env,
+    content_digest,
     export_log,
     export_run,
     provider_losses,
@@ -204,7 +206,11 @@ async def test_a_live_run_gives_one_trace_of_run_step_and_sample_spans(tmp_path:
     assert root.attributes["maker.steps"] == result.steps
     assert root.status.status_code is StatusCode.UNSET
 
-    steps = {int(str(s.name).split()[1]): s for s in spans if s.name.startswith("maker.step ")}
+    steps = {
+        int((s.attributes or {})["maker.step"]): s  # type: ignore[arg-type]
+        for s in spans
+        if s.name == "maker.step"
+    }
     assert sorted(steps) == list(range(result.steps))
     step_started = {e.step: e for e in events if isinstance(e, StepStarted)}
     state_changed = {e.step: e for e in events if isinstance(e, StateChanged)}
@@ -218,8 +224,11 @@ async def test_a_live_run_gives_one_trace_of_run_step_and_sample_spans(tmp_path:
         assert step.end_time == ns(state_changed[number].ts)
         assert step.attributes is not None
         assert step.attributes["maker.step"] == number
-        assert step.attributes["maker.winner"] == decided[number].winner
-        assert json.loads(str(step.attributes["maker.votes"])) == decided[number].votes
+        # Answers are content: digests unless content is captured (see the content tests).
+        assert step.attributes["maker.winner"] == content_digest(decided[number].winner)
+        assert json.loads(str(step.attributes["maker.votes"])) == {
+            content_digest(answer): n for answer, n in decided[number].votes.items()
+        }
         assert step.attributes["maker.samples"] == decided[number].samples
         votes = [*sorted(decided[number].votes.values(), reverse=True), 0]
         assert step.attributes["maker.lead"] == votes[0] - votes[1] == 3
@@ -259,7 +268,7 @@ async def test_a_live_run_gives_one_trace_of_run_step_and_sample_spans(tmp_path:
             assert attrs["gen_ai.usage.output_tokens"] == answer.output_tokens
             assert attrs["gen_ai.response.finish_reasons"] == (answer.finish_reason,)
         if sample_id in voted:
-            assert attrs["maker.candidate"] == voted[sample_id].candidate
+            assert attrs["maker.candidate"] == content_digest(voted[sample_id].candidate)
         if sample_id in flagged:
             assert attrs["maker.red_flag.reason"] == flagged[sample_id].reason
             assert names == ["maker.red_flag"]
@@ -351,7 +360,7 @@ async def test_retries_are_span_events_and_a_final_failure_is_an_error_with_its_
     root = next(s for s in run.spans if s.parent is None)
     assert root.status.status_code is StatusCode.ERROR
     assert root.status.description == run.result.reason
-    step = next(s for s in run.spans if s.name == "maker.step 0")
+    step = next(s for s in run.spans if (s.attributes or {}).get("maker.step") == 0)
     assert step.status.status_code is StatusCode.ERROR
     provider, exporter = memory_provider()
     export_run(run.events, provider)
@@ -443,14 +452,20 @@ async def test_a_cancelled_then_resumed_run_is_one_trace_with_a_linked_second_ro
     assert roots[0].attributes is not None
     assert roots[0].attributes["maker.status"] == "cancelled"
     # The cut step and its samples appear in both parts, each under its own run span.
-    step2 = [s for s in exported if s.name == "maker.step 2"]
+    step2 = [
+        s for s in exported if s.name == "maker.step" and (s.attributes or {})["maker.step"] == 2
+    ]
     assert [s.parent.span_id for s in step2 if s.parent] == [span_id(r) for r in roots]
     samples = [s for s in exported if (s.attributes or {}).get("maker.sample_id") == "2:0"]
     assert len(samples) == 2
     assert (samples[0].attributes or {})["maker.cancelled"] == "run_cancelled"
     assert {s.parent.span_id for s in samples if s.parent} == {span_id(s) for s in step2}
-    steps = {s.name for s in exported if s.name.startswith("maker.step")}
-    assert steps == {f"maker.step {i}" for i in range(4)}
+    assert {s.name for s in exported if s.kind is SpanKind.INTERNAL} == {
+        "maker.run count",
+        "maker.step",
+    }
+    steps = {(s.attributes or {})["maker.step"] for s in exported if s.name == "maker.step"}
+    assert steps == set(range(4))
     # Every span lies within its parent.
     for span in exported:
         if span.parent is not None:
@@ -835,3 +850,64 @@ def test_ids_derive_from_the_run_id_and_seq_and_are_never_zero() -> None:
     generator.prime(5, 6)
     assert (generator.generate_trace_id(), generator.generate_span_id()) == (5, 6)
     assert generator.generate_span_id() not in (0, 6)  # random once the primed id is used
+
+
+# -- content ---------------------------------------------------------------------------------
+
+
+def _everything(spans: Sequence[ReadableSpan], reader: InMemoryMetricReader) -> str:
+    """Every span (names, attributes, events) and every metric point, as one text."""
+    parts = []
+    for span in spans:
+        parts.append(span.name)
+        parts.append(json.dumps(dict(span.attributes or {}), default=str))
+        for event in span.events:
+            parts.append(event.name + json.dumps(dict(event.attributes or {}), default=str))
+    data = reader.get_metrics_data()
+    if data is not None:
+        parts.append(data.to_json())
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_a_prompt_tasks_content_reaches_telemetry_only_when_captured(
+    tmp_path: Path, capture: bool
+) -> None:
+    from maker.tasks import PromptTask
+
+    task = PromptTask(
+        [{"system": "MARKER-SYSTEM-7f3a", "user": "Say the word. MARKER-USER-9c1d"}],
+        pattern=r"word: (\w+)",
+    )
+
+    def answers(request: SampleRequest, attempt: int) -> str:
+        return "the word: MARKERANSWER5e2b"
+
+    reader = InMemoryMetricReader()
+    run = await traced_run(
+        tmp_path / "log.db",
+        client=ScriptedClient(answers),
+        task=task,
+        policy=Policy(k=2),
+        capture_content=capture,
+        meter_provider=MeterProvider(metric_readers=[reader]),
+    )
+    assert run.result.ok
+    live = _everything(run.spans, reader)
+    provider, exporter = memory_provider()
+    export_run(run.events, provider, capture_content=capture)
+    exported = _everything(exporter.get_finished_spans(), InMemoryMetricReader())
+    for text in (live, exported):
+        for marker in ("MARKER-SYSTEM-7f3a", "MARKER-USER-9c1d", "MARKERANSWER5e2b"):
+            assert (marker in text) is capture, marker
+    step = next(s for s in run.spans if s.name == STEP_SPAN)
+    winner = str((step.attributes or {})["maker.winner"])
+    assert winner == ('"MARKERANSWER5e2b"' if capture else content_digest('"MARKERANSWER5e2b"'))
+
+
+async def test_step_spans_share_one_name_and_hanoi_keeps_its_settings(tmp_path: Path) -> None:
+    run = await traced_run(tmp_path / "log.db")
+    names = {s.name for s in run.spans}
+    assert names == {"maker.run hanoi", STEP_SPAN, "chat sim"}
+    root = next(s for s in run.spans if s.parent is None)
+    assert json.loads(str((root.attributes or {})["maker.task.params"])) == {"disks": 4}
