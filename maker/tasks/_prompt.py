@@ -11,7 +11,7 @@ These are the pieces behind a voting service that knows nothing of the problem i
 - :func:`validate_response` runs every red-flag check on one response and reports all the flags
   it raises, not just the first, so that a prompt's author sees everything wrong at once.
 
-The JSON Schema checks use the optional ``jsonschema`` package (``pip install 'maker[mcp]'``),
+The JSON Schema checks use the optional ``jsonschema`` package (``pip install 'maker[schema]'``),
 imported only when a schema is given.
 
 Patterns that come from someone else (a request to ``maker serve`` or an MCP tool) are compiled
@@ -47,7 +47,7 @@ from ..core._task import Prompt, Task
 if TYPE_CHECKING:
     from jsonschema.protocols import Validator
 
-_JSONSCHEMA_MISSING = "needs the jsonschema package: pip install 'maker[mcp]'"
+_JSONSCHEMA_MISSING = "needs the jsonschema package: pip install 'maker[schema]'"
 _RE2_MISSING = "engine 're2' needs the google-re2 package: pip install 'maker[re2]'"
 
 RegexEngine = Literal["re", "re2"]

@@ -274,7 +274,7 @@ def test_a_schema_without_jsonschema_says_what_to_install(monkeypatch: pytest.Mo
     with pytest.raises(ConfigError) as info:
         AnswerParser(schema={"type": "integer"})
     assert info.value.field == "schema"
-    assert "pip install 'maker[mcp]'" in str(info.value)
+    assert "pip install 'maker[schema]'" in str(info.value)
     assert AnswerParser(RESULT).parse("result = 3") == "3"  # no schema, no jsonschema needed
 
 
