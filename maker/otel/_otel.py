@@ -25,6 +25,7 @@ import math
 import os
 import sys
 import threading
+import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -194,13 +195,14 @@ class _Sample:
     """A sample whose span is built when it ends: every attribute and event is known then, so
     the SDK is called once per span rather than once per event (the sink's main cost)."""
 
-    __slots__ = ("attrs", "end", "events", "key", "name", "start", "status", "step")
+    __slots__ = ("attempt", "attrs", "end", "events", "key", "name", "start", "status", "step")
 
     def __init__(self, key: str, name: str, step: int, start: int, attrs: dict[str, Any]) -> None:
         self.key = key
         self.name = name
         self.step = step
         self.start = start
+        self.attempt = start  # when the current attempt began: a retry starts after its backoff
         self.attrs = attrs
         self.end: int | None = None
         self.events: list[tuple[str, dict[str, Any], int]] | None = None
@@ -238,6 +240,7 @@ class _Run:
         "resumed_at",
         "run_id",
         "samples",
+        "server",
         "span",
         "steps",
         "stopped",
@@ -252,6 +255,7 @@ class _Run:
         self.k = _recorded_k(event)
         self.max_attempts = recorded_policy(event.policy).max_attempts
         self.model = event.models[0] if event.models else "sim"
+        self.server = _server(event.model_params)
         self.attrs = attrs
         self.span: trace.Span | None = None
         self.ctx: Context = _EMPTY_CONTEXT
@@ -263,6 +267,20 @@ class _Run:
         self.previous: trace.SpanContext | None = None
         """The span of the part a resumption continues (a cancelled run's)."""
         self.last_ts = event.ts
+
+
+def _server(model_params: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """``server.address`` and ``server.port`` of the client a run records (its ``base_url``);
+    none for a client without one (the simulated model)."""
+    url = model_params.get("base_url")
+    if not isinstance(url, str) or not url:
+        return ()
+    parsed = urllib.parse.urlsplit(url)
+    if not parsed.hostname:
+        return ()
+    port = parsed.port or {"https": 443, "http": 80}.get(parsed.scheme)
+    found: tuple[tuple[str, Any], ...] = (("server.address", parsed.hostname),)
+    return (*found, ("server.port", port)) if port else found
 
 
 class _Instruments:
@@ -297,6 +315,19 @@ class _Instruments:
             unit="{vote}",
             description="Valid votes it took to decide a step.",
             explicit_bucket_boundaries_advisory=[1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30, 50],
+        )
+        # The GenAI client metrics, with the conventions' names, units and bucket boundaries.
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            description="GenAI operation duration.",
+            explicit_bucket_boundaries_advisory=[0.01 * 2**i for i in range(14)],
+        )
+        self.token_usage = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            description="Number of input and output tokens used.",
+            explicit_bucket_boundaries_advisory=[4**i for i in range(14)],
         )
 
 
@@ -426,6 +457,7 @@ class TraceSink:
         self._account = _ACCOUNTS.get(provider) if isinstance(provider, TracerProvider) else None
         self._runs: dict[str, _Run] = {}
         self._models: dict[str, tuple[str, str, str]] = {}
+        self._metric_bases: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._ended = 0
         self._handlers: dict[type[Event], Callable[[_Run, Any], None]] = {
             StepStarted: self._step_started,
@@ -543,6 +575,22 @@ class TraceSink:
             span.set_status(sample.status)
         self._end(span, sample.end if sample.end is not None else at)
 
+    def _metric_attrs(self, run: _Run, model: str) -> dict[str, Any]:
+        """The GenAI attributes of a metric point: operation, provider, requested model and the
+        server (when the run's client has a base URL)."""
+        key = (model, run.server)
+        found = self._metric_bases.get(key)
+        if found is None:
+            _, provider, name = self._model(model)
+            found = {
+                "gen_ai.operation.name": "chat",
+                "gen_ai.provider.name": provider,
+                "gen_ai.request.model": name,
+                **dict(run.server),
+            }
+            self._metric_bases[key] = found
+        return found
+
     def _model(self, model: str) -> tuple[str, str, str]:
         """Span name, provider and model name of a model string (cached)."""
         found = self._models.get(model)
@@ -634,7 +682,7 @@ class TraceSink:
             attrs["gen_ai.request.max_tokens"] = e.max_tokens
         run.samples[e.sample_id] = _Sample(str(e.seq), name, e.step, _ns(e.ts), attrs)
         if self._metrics is not None:
-            self._metrics.samples.add(1)
+            self._metrics.samples.add(1, self._metric_attrs(run, e.model))
 
     def _sample_received(self, run: _Run, e: SampleReceived) -> None:
         at = _ns(e.ts)
@@ -664,10 +712,17 @@ class TraceSink:
         sample.end = at
         metrics = self._metrics
         if metrics is not None:
-            metrics.tokens.add(e.input_tokens, _INPUT)
-            metrics.tokens.add(e.output_tokens, _OUTPUT)
+            base = self._metric_attrs(run, str(attrs.get("gen_ai.request.model", e.model)))
+            if served != base["gen_ai.request.model"]:
+                base = {**base, "gen_ai.response.model": served}
+            metrics.duration.record((at - sample.attempt) / 1e9, base)
+            inputs, outputs = {**base, **_INPUT}, {**base, **_OUTPUT}
+            metrics.token_usage.record(e.input_tokens, inputs)
+            metrics.token_usage.record(e.output_tokens, outputs)
+            metrics.tokens.add(e.input_tokens, inputs)
+            metrics.tokens.add(e.output_tokens, outputs)
             if e.cost_usd:
-                metrics.cost.add(e.cost_usd)
+                metrics.cost.add(e.cost_usd, base)
 
     def _red_flagged(self, run: _Run, e: RedFlagged) -> None:
         at = _ns(e.ts)
@@ -681,7 +736,10 @@ class TraceSink:
         sample.event("maker.red_flag", flag, at)
         self._finish(run, sample, e.seq, at)
         if self._metrics is not None:
-            self._metrics.red_flags.add(1, {"maker.red_flag.reason": e.reason})
+            model = str(sample.attrs.get("gen_ai.request.model", run.model))
+            self._metrics.red_flags.add(
+                1, {**self._metric_attrs(run, model), "maker.red_flag.reason": e.reason}
+            )
 
     def _vote_counted(self, run: _Run, e: VoteCounted) -> None:
         at = _ns(e.ts)
@@ -694,7 +752,12 @@ class TraceSink:
         sample = self._sample(run, e.step, e.sample_id, e.seq, at)
         sample.attrs["maker.attempts"] = e.attempt
         if self._metrics is not None:
-            self._metrics.failures.add(1, {"error.type": e.error_kind})
+            model = str(sample.attrs.get("gen_ai.request.model", run.model))
+            failed = {**self._metric_attrs(run, model), "error.type": e.error_kind}
+            self._metrics.failures.add(1, failed)
+            self._metrics.duration.record((at - sample.attempt) / 1e9, failed)
+        # The next attempt starts after the backoff (scheduler waits aside).
+        sample.attempt = at + int(e.backoff_s * 1e9)
         if e.retryable and e.attempt < run.max_attempts:
             retry: dict[str, Any] = {
                 "error.type": e.error_kind,

@@ -911,3 +911,69 @@ async def test_step_spans_share_one_name_and_hanoi_keeps_its_settings(tmp_path: 
     assert names == {"maker.run hanoi", STEP_SPAN, "chat sim"}
     root = next(s for s in run.spans if s.parent is None)
     assert json.loads(str((root.attributes or {})["maker.task.params"])) == {"disks": 4}
+
+
+async def test_the_genai_client_metrics_follow_the_conventions(tmp_path: Path) -> None:
+    """gen_ai.client.operation.duration (s) and gen_ai.client.token.usage ({token}) with the
+    conventions' attributes and bucket boundaries; maker's own counters carry the model."""
+    from opentelemetry.sdk.metrics.export import HistogramDataPoint
+
+    def flaky(request: SampleRequest, attempt: int) -> Reply:
+        if attempt == 1 and request.sample_id.endswith(":0"):
+            return ClientError("slow", kind="timeout", retryable=True)
+        return correct(request, attempt)
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    run = await traced_run(
+        tmp_path / "log.db",
+        client=ScriptedClient(flaky),
+        task=Count(3),
+        policy=Policy(k=1),
+        meter_provider=meters,
+    )
+    result = run.result
+    points = metric_points(reader)
+    model = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "maker.fake",
+        "gen_ai.request.model": "fake",
+    }
+    durations = points["gen_ai.client.operation.duration s"]
+    assert all(isinstance(p, HistogramDataPoint) for p in durations)
+    by_error = {p.attributes.get("error.type"): p for p in durations}
+    assert set(by_error) == {None, "timeout"}
+    assert dict(by_error[None].attributes) == model
+    assert dict(by_error["timeout"].attributes) == {**model, "error.type": "timeout"}
+    # One duration per attempt: every received sample, and each failed attempt.
+    assert by_error[None].count == result.samples - result.cancelled_samples
+    assert by_error["timeout"].count == 3
+    assert list(by_error[None].explicit_bounds) == pytest.approx(
+        [0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92]
+    )
+    usage = {
+        p.attributes["gen_ai.token.type"]: p for p in points["gen_ai.client.token.usage {token}"]
+    }
+    assert {t: p.sum for t, p in usage.items()} == {
+        "input": result.input_tokens,
+        "output": result.output_tokens,
+    }
+    assert dict(usage["input"].attributes) == {**model, "gen_ai.token.type": "input"}
+    assert list(usage["input"].explicit_bounds) == [4**i for i in range(14)]
+    (samples,) = points["maker.samples {sample}"]
+    assert dict(samples.attributes) == model
+    meters.shutdown()
+
+
+def test_the_server_of_a_metric_point_is_the_clients_base_url() -> None:
+    from maker.otel._otel import _server
+
+    assert _server({"base_url": "http://127.0.0.1:8765/v1"}) == (
+        ("server.address", "127.0.0.1"),
+        ("server.port", 8765),
+    )
+    assert _server({"base_url": "https://api.openai.com/v1"}) == (
+        ("server.address", "api.openai.com"),
+        ("server.port", 443),
+    )
+    assert _server({"preset": "paper"}) == ()
