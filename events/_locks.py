@@ -138,3 +138,28 @@ def _holder(fd: int, offset: int) -> int | None:
         return None
     l_type, _, _, _, pid = struct.unpack(_FLOCK, answer)
     return pid if l_type != fcntl.F_UNLCK and pid > 0 else None
+
+
+def holder(path: str, run_id: str) -> int | None:
+    """The process writing ``run_id`` of the log at ``path`` now, or None when nobody holds it
+    (or the platform does not say who). Takes nothing, creates nothing."""
+    with _guard:
+        key = _key(path)
+        if key is None:
+            return None  # no lock file: no writer ever held a run here
+        entry = _files.get(key)
+        if entry is not None and run_id in entry.held:
+            return os.getpid()
+        fd = entry.fd if entry is not None else None
+        opened = fd is None
+        if fd is None:
+            try:
+                fd = os.open(lock_path(path), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+        try:
+            return _holder(fd, _offset(run_id))
+        finally:
+            # Safe: this process holds no lock on the file (it had no entry for it).
+            if opened:
+                os.close(fd)

@@ -659,6 +659,7 @@ def _register_commands() -> None:
     from ..serve_sim._serve_sim import serve_sim_command
     from ..service._service import serve_command
     from ._otel_cli import export_otel_command
+    from ._runs_cli import runs_command
     from ._workflow_cli import WORKFLOW_COMMANDS
 
     app.add_command(serve_sim_command, "serve-sim")
@@ -666,6 +667,7 @@ def _register_commands() -> None:
     app.add_command(serve_command, "serve")
     app.add_command(export_otel_command, "export-otel")
     app.add_command(mcp_command, "mcp")
+    app.add_command(runs_command, "runs")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 

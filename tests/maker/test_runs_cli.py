@@ -1,0 +1,79 @@
+"""``maker runs FILE``: every run of a log, from its first and last events, with who writes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MAKER = [sys.executable, "-m", "maker"]
+
+
+def maker(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MAKER, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def listed(cwd: Path, log: str) -> list[dict[str, Any]]:
+    done = maker(cwd, "runs", log, "--json")
+    assert done.returncode == 0, done.stderr
+    lines: list[dict[str, Any]] = json.loads(done.stdout)
+    return lines
+
+
+def test_runs_lists_finished_interrupted_and_running_runs(tmp_path: Path) -> None:
+    done = maker(tmp_path, "run", "hanoi", "--disks", "4", "--log", "x.db", "--json")
+    finished = json.loads(done.stdout)
+    # A run killed mid-way has no end: interrupted, once nobody holds it.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    writer = subprocess.Popen(
+        [*MAKER, "run", "hanoi", "--disks", "8", "--latency-ms", "10", "--log", "x.db"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            lines = listed(tmp_path, "x.db")
+            if len(lines) == 2 and lines[1]["events"] > 20:
+                break
+            assert time.monotonic() < deadline, "the second run never started writing"
+            time.sleep(0.1)
+        running = lines[1]
+        assert running["status"] == "running"
+        assert running["pid"] == writer.pid
+        assert running["steps"] is None
+        table = maker(tmp_path, "runs", "x.db")
+        assert f"running (pid {writer.pid})" in table.stdout
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    first, second = listed(tmp_path, "x.db")
+    assert first["run_id"] == finished["run_id"]
+    assert first["status"] == "succeeded"
+    assert (first["steps"], first["samples"]) == (finished["steps"], finished["samples"])
+    assert first["task"] == "hanoi"
+    assert first["task_params"] == {"disks": 4}
+    assert first["models"] == ["sim"]
+    assert second["status"] == "interrupted"
+    assert second["pid"] is None
+    rows = maker(tmp_path, "runs", "x.db").stdout.splitlines()
+    assert rows[0].split() == [
+        "run", "task", "model", "status", "steps", "samples", "events", "started", "(UTC)",
+    ]  # fmt: skip
+    assert rows[1].startswith(finished["run_id"])
+    assert "interrupted" in rows[2]
+
+
+def test_runs_of_a_file_that_is_not_a_log_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    done = maker(tmp_path, "runs", "notes.txt")
+    assert done.returncode != 0
+    assert done.stderr.count("\n") == 1
+    assert "is not a maker event log" in done.stderr
+    assert "Traceback" not in done.stderr
