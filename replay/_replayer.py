@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
@@ -16,6 +17,7 @@ from maker.clients import SimConfig, SimulatedModel
 from maker.core import Client, Completion, ConfigError, MakerError, Policy, SampleRequest, Task
 from maker.engine import (
     Engine,
+    EventBatches,
     EventSink,
     Limits,
     Recording,
@@ -121,7 +123,7 @@ async def verify_run(
     when the machine has a core to spare.
     """
     async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
-        recording = Recording.of_run(run.info, source)
+        recording = Recording.of_run(run.info, _batches(source))
         task = task if task is not None else task_for(recording.started)
         scheduler = Scheduler(Limits.from_json(recording.started.limits))
         client = RecordedModel(recording.started)
@@ -154,7 +156,7 @@ async def resume_run(
     :class:`maker.Engine`).
     """
     async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
-        recording = Recording.of_run(run.info, source)
+        recording = Recording.of_run(run.info, _batches(source))
         if not recording.resumable:
             return await _finished_result(source)
         task = task if task is not None else task_for(recording.started)
@@ -187,9 +189,9 @@ async def _checked(run: OpenRun, read_ahead: bool | None) -> AsyncIterator[Check
         read_ahead = worth_reading_ahead(info.last_seq + 1)
     reader = ReadAhead if read_ahead else CheckedRun
     source = reader(log.path, info.run_id, last_seq=info.last_seq)
-    # Opening (which reads the run's head, or starts the helper process), checking what was
-    # left unread and closing block: each is done on a worker thread. Reading the events as
-    # the re-execution goes is the engine's (a Recording iterates the source).
+    # Opening (which reads the run's head, or starts the helper process), reading, checking what
+    # was left unread and closing block: each is done on a worker thread (the reading a batch
+    # at a time, see _batches).
     try:
         await anyio.to_thread.run_sync(source.__enter__)
         try:
@@ -214,6 +216,11 @@ async def _in_thread(events: Iterator[AnyEvent]) -> AsyncGenerator[AnyEvent, Non
 
 def _batch(events: Iterator[AnyEvent]) -> list[AnyEvent]:
     return list(itertools.islice(events, _BATCH))
+
+
+def _batches(events: Iterator[AnyEvent]) -> EventBatches:
+    """The checked read as a recording reads it: a batch at a time on a worker thread."""
+    return EventBatches(functools.partial(_batch, events))
 
 
 _BATCH = 1024

@@ -17,7 +17,7 @@ from ._calibrate import (
 )
 from ._engine import Engine
 from ._handle import RunHandle, RunStatistics
-from ._recording import Divergence, Recording, decision_events
+from ._recording import Divergence, EventBatches, Recording, decision_events
 from ._results import EngineStatistics, RunResult, VerifyResult
 from ._run import EventSink
 from ._sampling import sample_seed
@@ -41,6 +41,7 @@ __all__ = [
     "Divergence",
     "Engine",
     "EngineStatistics",
+    "EventBatches",
     "EventSink",
     "Limits",
     "ModelCalibration",

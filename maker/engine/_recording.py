@@ -190,6 +190,22 @@ Key = tuple[str, int]
 """A sample attempt: (sample_id, attempt)."""
 
 
+class EventBatches:
+    """A run's events read a batch at a time by ``read`` on a worker thread: a read that does
+    I/O (SQLite and its checks, a helper process's pipe) never holds up the event loop, and
+    costs a thread hop per batch rather than per event. ``read`` returns an empty list at the
+    end; it is called from one thread at a time."""
+
+    __slots__ = ("_read",)
+
+    def __init__(self, read: Callable[[], list[AnyEvent]]) -> None:
+        self._read = read
+
+    async def next_batch(self) -> list[AnyEvent]:
+        """The next batch; empty at the end."""
+        return await anyio.to_thread.run_sync(self._read)
+
+
 class Recording:
     """One run's recorded events, prepared for re-execution, read in seq order as it goes.
 
@@ -236,14 +252,18 @@ class Recording:
 
     @classmethod
     def of_run(
-        cls, info: RunInfo, events: Iterator[AnyEvent] | AsyncIterator[AnyEvent]
+        cls,
+        info: RunInfo,
+        events: Iterator[AnyEvent] | AsyncIterator[AnyEvent] | EventBatches,
     ) -> Recording:
         """The recording of the run ``info`` describes, read from ``events`` (the run's events
         in seq order) as the re-execution needs them.
 
-        ``events`` may be a plain iterator (a read that checks the log as it goes, for one):
-        then each step is read at once, without suspending. Events after ``info.last_seq`` are
-        not part of the recording.
+        ``events`` may be a plain iterator (events in memory): then each step is read at once,
+        without suspending. A read that does I/O (SQLite, a pipe) comes as :class:`EventBatches`
+        read off the event loop's thread, a batch at a time, and consumed as fast as a plain
+        iterator in between; or as an async iterator, an event at a time. Events after
+        ``info.last_seq`` are not part of the recording.
         """
         finished = info.finished
         if finished is not None and finished.seq != info.last_seq:
@@ -258,7 +278,7 @@ class Recording:
         started: RunStarted,
         next_seq: int,
         finished: RunFinished | None,
-        source: Iterator[AnyEvent] | AsyncIterator[AnyEvent],
+        source: Iterator[AnyEvent] | AsyncIterator[AnyEvent] | EventBatches,
     ) -> None:
         self.started: RunStarted = started
         self.run_id = started.run_id
@@ -270,8 +290,13 @@ class Recording:
         """Set to re-execute under a different policy: run_started's policy is not compared.
         (:meth:`Engine.verify` given a policy compares so without setting it.)"""
         self._taken = False  # a re-execution has read from this recording
-        self._sync = source if isinstance(source, Iterator) else None
-        self._async = source if not isinstance(source, Iterator) else None
+        # Three ways to be read: a plain iterator (events in memory), batches read elsewhere and
+        # then consumed as a plain iterator, or an async iterator of events.
+        self._batches = source if isinstance(source, EventBatches) else None
+        self._sync: Iterator[AnyEvent] | None = (
+            source if isinstance(source, Iterator) else iter(()) if self._batches else None
+        )
+        self._async = source if isinstance(source, AsyncIterator) else None
         self._last_seq = next_seq - 1
         self._decisions = _Decisions(self._admit)
         self._window: deque[AnyEvent] = deque()
@@ -343,21 +368,38 @@ class Recording:
     async def _read_one(self) -> None:
         """Read one more event of the log into the window (or find that there is none)."""
         if self._sync is not None:
-            self._read_now()
+            if not self._read_now():
+                await self._refill()
             return
         assert self._async is not None
         self._push(await anext(self._async, None))
 
-    def _read_now(self) -> None:
-        """:meth:`_read_one` from a plain iterator: no await, so no lock is needed either."""
+    def _read_now(self) -> bool:
+        """:meth:`_read_one` from a plain iterator: no await, so no lock is needed either.
+        False when a batch ran out and the next must be read first (:meth:`_refill`)."""
         assert self._sync is not None
-        self._push(next(self._sync, None))
+        event = next(self._sync, None)
+        if event is None and self._batches is not None:
+            return False
+        self._push(event)
+        return True
 
-    def _read_step(self, position: int) -> None:
-        """:meth:`ready` from a plain iterator, with the usual event taken on a short path."""
+    async def _refill(self) -> None:
+        """The next batch of a batched read, read off the loop's thread; at the end of the
+        read, an empty one, after which the plain iterator's end is the recording's end."""
+        assert self._batches is not None
+        batch = await self._batches.next_batch()
+        if not batch:
+            self._batches = None
+        self._sync = iter(batch)
+
+    def _read_step(self, position: int) -> bool:
+        """:meth:`ready` from a plain iterator, with the usual event taken on a short path.
+        False when a batch ran out first (then :meth:`_refill` and call again)."""
         source, decisions, admit = self._sync, self._decisions, self._admit
         assert source is not None
         last = self._last_seq
+        batched = self._batches is not None
         while not self._ended and self._boundary <= position:
             event = next(source, None)
             if (
@@ -367,8 +409,11 @@ class Recording:
                 and not decisions.held
             ):
                 admit(event)  # what _push and _Decisions.push would do with it
+            elif event is None and batched:
+                return False
             else:
                 self._push(event)
+        return True
 
     def _push(self, event: AnyEvent | None) -> None:
         if event is None or event.seq > self._last_seq:
@@ -388,10 +433,14 @@ class Recording:
         """
         if self._ended or self._boundary > position:
             return
-        if self._sync is not None:
+        if self._sync is not None and self._batches is None:
             self._read_step(position)
             return
         async with self._lock:
+            if self._sync is not None:
+                while not self._read_step(position):
+                    await self._refill()
+                return
             while not self._ended and self._boundary <= position:
                 await self._read_one()
 
@@ -421,7 +470,7 @@ class Recording:
         """How many events a re-execution must reproduce. Reads the rest of the log, counting
         and keeping nothing: call it once the re-execution is over."""
         self._counting = True
-        if self._sync is not None:
+        if self._sync is not None and self._batches is None:
             while not self._ended:
                 self._read_now()
             return self._read
@@ -456,7 +505,7 @@ class Recording:
                     return None
                 # No outcome waits in the window: whether another is recorded decides between
                 # waiting for its turn and going live. Read on to the next one, or the end.
-                if self._sync is not None:
+                if self._sync is not None and self._batches is None:
                     while not self._ended and not self._queue:
                         self._read_now()
                     continue

@@ -521,3 +521,16 @@ def test_the_re_vote_checks_its_run_off_the_event_loop(
     on_the_loop = statements_on_this_thread(monkeypatch)
     assert revote_command_impl(path, run_id, 1, None, None, True) == 0
     assert on_the_loop == []
+
+
+def test_re_executing_a_run_reads_it_off_the_event_loop(
+    recorded: dict[int, tuple[Path, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """replay --verify (and resume, which reads its prefix the same way): the checked read runs
+    on worker threads a batch at a time; the loop's thread runs no SQL."""
+    path, run_id = recorded[2]
+    on_the_loop = statements_on_this_thread(monkeypatch)
+    result = anyio.run(functools.partial(verify_run, path, run_id, read_ahead=False))
+    assert result.ok
+    assert result.checked == len(load(path, run_id))
+    assert on_the_loop == []
