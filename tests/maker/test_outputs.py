@@ -256,32 +256,46 @@ def _open_output_size(pid: int, directory: Path) -> int:
     return total
 
 
+def kill_mid_way(command: list[str], cwd: Path, written: int) -> None:
+    """Run ``maker COMMAND`` and SIGKILL it once its output holds ``written`` bytes."""
+    process = subprocess.Popen(
+        [*MAKER, *command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while _open_output_size(process.pid, cwd) < written:
+            assert process.poll() is None, "the command ended before it could be killed mid-way"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to time the kill")
 def test_an_export_killed_mid_way_leaves_the_old_file_and_nothing_else(tmp_path: Path) -> None:
     before = a_log(tmp_path, runs=1, disks=12)  # about 14 MB of JSON lines
     old = tmp_path / "events.jsonl"
     old.write_bytes(b"the previous export\n")
-    export = subprocess.Popen(
-        [*MAKER, "export", "x.db", "--out", "events.jsonl"],
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while _open_output_size(export.pid, tmp_path) < 1_000_000:
-            assert export.poll() is None, "the export ended before it could be killed mid-way"
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
-        export.send_signal(signal.SIGKILL)
-    finally:
-        export.wait(timeout=60)
-        assert export.stderr is not None
-        export.stderr.close()
-    assert export.returncode == -signal.SIGKILL
+    kill_mid_way(["export", "x.db", "--out", "events.jsonl"], tmp_path, 1_000_000)
     assert old.read_bytes() == b"the previous export\n"
     # Nothing but the log (and its companions) and the old export.
     assert {name for name in os.listdir(tmp_path) if not name.startswith("x.db")} == {
         "events.jsonl"
     }
     assert verified(tmp_path, "x.db") == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc to time the kill")
+def test_a_run_killed_mid_way_leaves_no_half_trace(tmp_path: Path) -> None:
+    before = a_log(tmp_path, runs=1)
+    old = tmp_path / "trace.jsonl"
+    old.write_bytes(b"the previous trace\n")
+    command = ["run", "hanoi", "--disks", "12", "--log", "x.db", "--otel", "json:trace.jsonl"]
+    kill_mid_way(command, tmp_path, 100_000)
+    assert old.read_bytes() == b"the previous trace\n"
+    assert {name for name in os.listdir(tmp_path) if not name.startswith("x.db")} == {"trace.jsonl"}
+    after = verified(tmp_path, "x.db")  # the killed run's prefix, and every run before intact
+    assert {run: after[run] for run in before} == before
+    assert len(after) == len(before) + 1
