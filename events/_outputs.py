@@ -113,17 +113,22 @@ def _check_output(path: PathLike, logs: Iterable[PathLike] = ()) -> None:
         raise OutputIsLogError(shown, real, f"the maker log {named}")
     for suffix in _COMPANIONS:
         base = real.removesuffix(suffix)
-        if base != real and (_header_says_maker_log(base) or os.path.exists(base + "-wal")):
+        if base != real and (_header_says_maker_log(base) or _being_written(base)):
             log_named = named.removesuffix(suffix) if named.endswith(suffix) else base
             raise OutputIsLogError(shown, base, f"the {suffix[1:]} file of the log {log_named}")
-    # A new log's header is written at its first checkpoint; until then the file is empty (or
-    # a bare SQLite header) with its write-ahead log beside it.
-    if (_is_empty(real) or _starts_with(real, [_SQLITE_MAGIC])) and _starts_with(
-        real + "-wal", _WAL_MAGIC
-    ):
+    if _being_written(real):
         raise OutputIsLogError(
             shown, real, f"a database being written ({named}-wal is beside it), perhaps a log"
         )
+
+
+def _being_written(path: str) -> bool:
+    """Whether ``path`` is an SQLite database with a write-ahead log beside it: a new log's
+    header is written at its first checkpoint, and until then the file is empty (or a bare
+    SQLite header), its pages all in the write-ahead log."""
+    return (_is_empty(path) or _starts_with(path, [_SQLITE_MAGIC])) and _starts_with(
+        path + "-wal", _WAL_MAGIC
+    )
 
 
 @overload

@@ -186,6 +186,12 @@ def test_other_files_and_unrelated_sqlite_files_are_written(tmp_path: Path, log:
     with open_output(plain, logs=[log]) as f:
         f.write("ok")
     assert plain.read_text() == "ok"
+    # A name like a companion's, beside no log, is just a name (and may be replaced).
+    for name in ("notes-wal", "notes-lock"):
+        (tmp_path / name).write_text("old")
+        with open_output(tmp_path / name, logs=[log]) as f:
+            f.write("new")
+        assert (tmp_path / name).read_text() == "new"
     # A symlink elsewhere is written through: the file it points to is replaced.
     target = tmp_path / "target.txt"
     target.write_text("old")
