@@ -25,6 +25,7 @@ from ._errors import (
 )
 from ._integrity import CheckedRun, LogReport, RunIntegrity, check_run, verify_log
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
+from ._outputs import OUTPUT_MODE, OutputIsLogError, open_output
 from ._reading import OpenRun, open_run
 from ._types import (
     EVENT_TYPES,
@@ -56,6 +57,7 @@ __all__ = [
     "APPLICATION_ID",
     "EVENT_TYPES",
     "OBSERVATIONAL_TYPES",
+    "OUTPUT_MODE",
     "SCHEMA_VERSION",
     "AmbiguousRunError",
     "AnyEvent",
@@ -75,6 +77,7 @@ __all__ = [
     "LogWriteError",
     "NotALogError",
     "OpenRun",
+    "OutputIsLogError",
     "ReadOnlyLogError",
     "RedFlagged",
     "RunBusyError",
@@ -106,6 +109,7 @@ __all__ = [
     "decode",
     "encode",
     "event_tag",
+    "open_output",
     "open_run",
     "to_dict",
     "verify_log",

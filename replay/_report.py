@@ -24,6 +24,7 @@ import os
 from array import array
 from collections import Counter
 from collections.abc import AsyncIterable, Iterable, Iterator, Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -38,6 +39,7 @@ from events import (
     StepDecided,
     StepStarted,
     VoteCounted,
+    open_output,
 )
 from maker.core import CalibrationRecord, ConfigError
 from maker.core._serialise import fields_json
@@ -516,18 +518,19 @@ _PLOTS = (
 """(file, caption, drawer) of every plot, in page order."""
 
 
-def write_plots(data: ReportData, out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Draw every plot of ``data`` as a PNG in ``out_dir``; returns their paths, in page order."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name, _caption, draw in _PLOTS:
-        figure = _new_figure()
-        draw(figure.subplots(), data)
-        path = out / name
-        figure.savefig(path, format="png")
-        paths.append(path)
-    return paths
+def write_plots(
+    data: ReportData,
+    out_dir: str | os.PathLike[str],
+    *,
+    logs: Iterable[str | os.PathLike[str]] = (),
+) -> list[Path]:
+    """Draw every plot of ``data`` as a PNG in ``out_dir``; returns their paths, in page order.
+
+    The files are written with :func:`events.open_output`: each appears whole, mode 0600, and
+    none does when drawing fails. None may be one of ``logs`` (the log the data came from) nor
+    any other maker log: that raises :class:`events.OutputIsLogError` before any is written.
+    """
+    return _write(data, out_dir, tuple(logs), page=False)
 
 
 def write_report(
@@ -535,22 +538,51 @@ def write_report(
     out_dir: str | os.PathLike[str],
     *,
     hardest: int = HARDEST,
+    logs: Iterable[str | os.PathLike[str]] = (),
 ) -> Path:
     """Write ``index.html`` and its PNG plots for one run into ``out_dir``; return the page.
 
     ``events`` are the run's events (folded by :func:`report_data`), or the data already folded
     (by :func:`report_data_async` from a log, say; ``hardest`` then does not apply).
 
+    The files are written as in :func:`write_plots`, the page last (so it is never there
+    without its plots); none may be one of ``logs`` nor any other maker log.
+
     Needs matplotlib (``pip install 'maker[report]'``); without it raises
     :class:`maker.ConfigError` saying so, before writing anything.
     """
     _new_figure()  # fail on a missing matplotlib before touching the directory
     data = events if isinstance(events, ReportData) else report_data(events, hardest=hardest)
+    _write(data, out_dir, tuple(logs), page=True)
+    return Path(out_dir) / "index.html"
+
+
+def _write(
+    data: ReportData,
+    out_dir: str | os.PathLike[str],
+    logs: tuple[str | os.PathLike[str], ...],
+    *,
+    page: bool,
+) -> list[Path]:
+    """Write the plots (and the page): every file is opened, and so checked, before any is
+    drawn; each is renamed into place when all are written, the page (opened first) last."""
     out = Path(out_dir)
-    write_plots(data, out)
-    page = out / "index.html"
-    page.write_text(render_html(data), encoding="utf-8")
-    return page
+    out.mkdir(parents=True, exist_ok=True)
+    with ExitStack() as files:
+        html_file = (
+            files.enter_context(open_output(out / "index.html", logs=logs)) if page else None
+        )
+        plots = [
+            (out / name, draw, files.enter_context(open_output(out / name, logs=logs, mode="wb")))
+            for name, _caption, draw in _PLOTS
+        ]
+        for _path, draw, png in plots:
+            figure = _new_figure()
+            draw(figure.subplots(), data)
+            figure.savefig(png, format="png")
+        if html_file is not None:
+            html_file.write(render_html(data))
+    return [path for path, _draw, _png in plots]
 
 
 # -- the page ------------------------------------------------------------------------------

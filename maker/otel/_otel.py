@@ -28,6 +28,7 @@ import threading
 import urllib.parse
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import IO, Any, Final
 
@@ -64,6 +65,7 @@ from events import (
     StepDecided,
     StepStarted,
     VoteCounted,
+    open_output,
     open_run,
 )
 
@@ -1091,19 +1093,33 @@ class OtlpJsonSpanExporter(SpanExporter):
     """Writes spans as OTLP JSON, one ``ExportTraceServiceRequest`` per line (JSON Lines).
 
     The format of the OpenTelemetry Collector's file exporter (``format: json``), which its
-    ``otlpjsonfile`` receiver reads back. ``path`` is created or overwritten; or give an open
-    text ``stream`` (not closed at shutdown).
+    ``otlpjsonfile`` receiver reads back. Give a ``path``, or an open text ``stream`` (not
+    closed at shutdown).
+
+    ``path`` is written with :func:`events.open_output`: the spans go to a private temporary
+    file (0600) that replaces any file at ``path`` at shutdown, whole. So a process that dies
+    mid-run leaves no half file, and a file already there untouched; a path that is one of
+    ``logs`` (the logs being written or read), a companion file of one, or any maker log is
+    refused with :class:`events.OutputIsLogError` (here and again at shutdown), and a path that
+    cannot be written raises :class:`OSError`.
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None = None, *, stream: IO[str] | None = None
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        stream: IO[str] | None = None,
+        logs: Iterable[str | os.PathLike[str]] = (),
     ) -> None:
         if (path is None) == (stream is None):
             raise ConfigError("path", "give a path or a stream, not both and not neither")
-        self._owned = path is not None
+        self._output: ExitStack | None = None
         self._out: IO[str]
         if path is not None:
-            self._out = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed at shutdown)
+            # Entered now, committed (renamed into place) at shutdown.
+            output = ExitStack()
+            self._out = output.enter_context(open_output(path, logs=logs))
+            self._output = output
         else:
             assert stream is not None
             self._out = stream
@@ -1126,8 +1142,8 @@ class OtlpJsonSpanExporter(SpanExporter):
             if self._closed:
                 return
             self._closed = True
-            if self._owned:
-                self._out.close()
+            if self._output is not None:
+                self._output.close()  # flushes, syncs and renames the file into place
             else:
                 self._out.flush()
 
@@ -1195,6 +1211,7 @@ def tracer_provider_for(
     *,
     stream: IO[str] | None = None,
     resource: Resource | None = None,
+    logs: Iterable[str | os.PathLike[str]] = (),
 ) -> TracerProvider:
     """A tracer provider with deterministic ids and a batch processor that does not lose spans.
 
@@ -1205,6 +1222,12 @@ def tracer_provider_for(
     from the standard ``OTEL_EXPORTER_OTLP_*`` variables) or ``"json:FILE"`` / ``"json"`` with
     ``out`` (OTLP JSON lines, see :class:`OtlpJsonSpanExporter`). The otlp exporter needs
     ``pip install 'maker[otlp]'``; without it this raises :class:`maker.ConfigError`.
+
+    A file (json's, or console's ``out``) is written with :func:`events.open_output`: it appears
+    whole, mode 0600, when the provider shuts down, and a process that dies before leaves none.
+    It may not be one of ``logs`` (pass the logs the traced run writes or reads) nor any other
+    maker log: that raises :class:`events.OutputIsLogError`; a file that cannot be written
+    raises :class:`maker.ConfigError`.
 
     The queue holds :data:`QUEUE_SIZE` spans; :class:`TraceSink` flushes synchronously when
     the backlog passes half of it, and :func:`provider_losses` tells, after a flush, how many
@@ -1218,21 +1241,30 @@ def tracer_provider_for(
     elif kind == "json":
         assert target is not None
         try:
-            inner = OtlpJsonSpanExporter(target)
+            inner = OtlpJsonSpanExporter(target, logs=logs)
         except OSError as exc:
             raise ConfigError("out", f"cannot write {os.fspath(target)}: {exc.strerror}") from exc
     else:
         if target is not None:
+            output = ExitStack()
             try:
-                handle = open(target, "w", encoding="utf-8")  # noqa: SIM115 (closed at shutdown)
+                handle = output.enter_context(open_output(target, logs=logs))
             except OSError as exc:
                 raise ConfigError(
                     "out", f"cannot write {os.fspath(target)}: {exc.strerror}"
                 ) from exc
             inner = ConsoleSpanExporter(out=handle)
-            close = handle.close
+            close = output.close  # renames the file into place
         else:
             inner = ConsoleSpanExporter(out=stream if stream is not None else sys.stdout)
+    return _provider(inner, close, resource)
+
+
+def _provider(
+    inner: SpanExporter, close: Callable[[], None] | None, resource: Resource | None
+) -> TracerProvider:
+    """The provider of :func:`tracer_provider_for` around its exporter (``close`` is called
+    after the exporter's shutdown)."""
     provider = TracerProvider(
         resource=resource if resource is not None else _resource(),
         id_generator=DeterministicIdGenerator(),
@@ -1335,7 +1367,10 @@ async def export_log(
     """Export one run of a log (the only run when ``run_id`` is None) as spans; return how many.
 
     ``exporter`` and ``out`` are as in :func:`tracer_provider_for`. Spans are built and exported
-    on a worker thread, so the event loop stays free (an OTLP receiver may share it).
+    on a worker thread, so the event loop stays free (an OTLP receiver may share it). A file
+    ``out`` appears whole (mode 0600) once every span is in it, and not at all when the export
+    fails; it may not be the log at ``path`` nor any other log
+    (:class:`events.OutputIsLogError`, raised before the log is read).
     """
     _, count = await _export_log(path, run_id, exporter, out, capture_content=capture_content)
     return count
@@ -1351,18 +1386,35 @@ async def _export_log(
 ) -> tuple[str, int]:
     """:func:`export_log`, also returning the run id it exported."""
     # A bad exporter fails before the log is read (and before an output file is created).
-    if _parse_exporter(exporter, out)[0] == "otlp":
+    kind, target = _parse_exporter(exporter, out)
+    if kind == "otlp":
         _otlp_class()
-    async with open_run(path, run_id) as run:
-        info = run.info
-        events = [event async for event in run.events]
-    provider = tracer_provider_for(exporter, out)
-    try:
-        count = await anyio.to_thread.run_sync(
-            lambda: export_run(events, provider, capture_content=capture_content)
-        )
-    finally:
-        await anyio.to_thread.run_sync(provider.shutdown)
+    with ExitStack() as output:
+        stream: IO[str] | None = None
+        if kind != "otlp" and target is not None:
+            # The file appears whole when the export succeeds, and not at all when it fails;
+            # it may not be the log read (nor any log): that is refused before reading.
+            try:
+                stream = output.enter_context(open_output(target, logs=(path,)))
+            except OSError as exc:
+                raise ConfigError(
+                    "out", f"cannot write {os.fspath(target)}: {exc.strerror}"
+                ) from exc
+        async with open_run(path, run_id) as run:
+            info = run.info
+            events = [event async for event in run.events]
+        if stream is None:
+            provider = tracer_provider_for(exporter, out)
+        elif kind == "json":
+            provider = _provider(OtlpJsonSpanExporter(stream=stream), None, None)
+        else:
+            provider = _provider(ConsoleSpanExporter(out=stream), None, None)
+        try:
+            count = await anyio.to_thread.run_sync(
+                lambda: export_run(events, provider, capture_content=capture_content)
+            )
+        finally:
+            await anyio.to_thread.run_sync(provider.shutdown)
     return info.run_id, count
 
 

@@ -33,6 +33,7 @@ from events import (
     StepDecided,
     WriterKind,
     encode,
+    open_output,
     open_run,
 )
 
@@ -246,7 +247,7 @@ def run(
     from ._otel_cli import otel_sink_for, otel_sink_from_env
 
     # Set up before the run, so a bad exporter or a missing package is one line, not a lost run.
-    traced = otel_sink_for(otel) if otel is not None else otel_sink_from_env()
+    traced = otel_sink_for(otel, logs=(log,)) if otel is not None else otel_sink_from_env()
     sinks: list[Callable[[Event], None]] = [remember]
     if traced:
         sinks.append(traced[0])
@@ -519,17 +520,12 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
     """Every event of a run, one JSON object per line, in seq order."""
 
     async def dump() -> None:
-        async with open_run(file, run_id) as run:
-            sink = out.open("wb") if out is not None else sys.stdout.buffer
-            try:
+        # The file appears whole (0600) or not at all, and is never the log or any other log.
+        with open_output(out, logs=(file,), mode="wb") as sink:
+            async with open_run(file, run_id) as run:
                 # One event at a time, in seq order: the run is never in memory.
                 async for event in run.events:
                     sink.write(encode(event) + b"\n")
-            finally:
-                if out is not None:
-                    sink.close()
-                else:
-                    sink.flush()
 
     anyio.run(dump)
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import anyio
@@ -45,7 +45,10 @@ def _closer(sink: TraceSink, provider: TracerProvider) -> Callable[[], None]:
 
 
 def otel_sink_for(
-    spec: str, *, capture_content: bool = False
+    spec: str,
+    *,
+    capture_content: bool = False,
+    logs: Iterable[str | os.PathLike[str]] = (),
 ) -> tuple[TraceSink, Callable[[], None]]:
     """The live trace sink for ``maker run --otel SPEC``, and the call that finishes it.
 
@@ -56,6 +59,10 @@ def otel_sink_for(
     interruption: it ends spans left open, flushes and shuts the exporter down, and prints a
     one-line warning on stderr if spans were lost. Raises :class:`maker.ConfigError` for a bad
     spec or a missing OTLP package.
+
+    The json FILE is renamed into place, whole and 0600, by that call (a process killed before
+    leaves none); it may be none of ``logs`` (the run's log) nor any other maker log, which
+    raises :class:`events.OutputIsLogError` before the run starts.
     """
     kind, sep, target = spec.partition(":")
     if kind == "console" and not sep:
@@ -63,7 +70,7 @@ def otel_sink_for(
     elif kind == "otlp" and not sep:
         provider = tracer_provider_for("otlp")
     elif kind == "json" and sep and target:
-        provider = tracer_provider_for("json", target)
+        provider = tracer_provider_for("json", target, logs=logs)
     elif kind == "json":
         raise ConfigError("otel", "json needs a file: --otel json:FILE")
     else:

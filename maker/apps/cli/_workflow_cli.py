@@ -378,7 +378,7 @@ def report_command(file: Path, run_id: str | None, out: Path) -> None:
             return await report_data_async(run.events)
 
     _new_figure()  # a missing matplotlib is said before the whole log is read
-    page = write_report(anyio.run(load), out)
+    page = write_report(anyio.run(load), out, logs=(file,))
     click.echo(str(page))
 
 
