@@ -222,7 +222,7 @@ def _events(cwd: Path, log: str) -> int:
 
 def test_resuming_a_run_another_process_is_writing_is_refused(tmp_path: Path) -> None:
     writer = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "8", "--latency-ms", "10", "--log", "x.db"],
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -242,7 +242,7 @@ def test_resuming_a_run_another_process_is_writing_is_refused(tmp_path: Path) ->
 def test_two_resumes_of_one_run_at_once_let_one_write(tmp_path: Path) -> None:
     # A run with latency, killed mid-way: its resume takes a while, so the second overlaps it.
     original = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "8", "--latency-ms", "10", "--log", "x.db"],
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
