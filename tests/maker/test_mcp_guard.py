@@ -25,6 +25,7 @@ pytest.importorskip("mcp")
 import httpx2
 from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
+from mcp_types import CallToolResult
 
 from .test_mcp import error_text, structured
 
@@ -229,7 +230,7 @@ async def test_the_tools_that_start_runs_are_bounded(tmp_path: Path) -> None:
     with guarded_server(tmp_path, *args, *bounds) as server:
         async with connect(server.url, bearer(TOKEN)) as client:
 
-            async def run(params: dict[str, object]) -> object:
+            async def run(params: dict[str, object]) -> CallToolResult:
                 return await client.call_tool("run", {"task": "hanoi", **params})
 
             steps = await run({"params": {"disks": 6}})  # 63 steps
