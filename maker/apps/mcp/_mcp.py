@@ -266,21 +266,22 @@ async def serve_http(
     sock = _bind(host, port)
     bound = int(sock.getsockname()[1])
     url = base_url(host, bound) + "/mcp"
-    async with McpTools(config, limits if limits is not None else HTTP_LIMITS) as tools:
-        server = create_mcp_server(tools)
-        app: ASGIApp = server.streamable_http_app(
-            host=host, transport_security=transport_security(host, bound, allow_hosts)
-        )
-        if token is not None:
-            app = BearerToken(app, token)
-        uv = uvicorn.Server(
-            uvicorn.Config(
-                app, log_config=None, access_log=False, lifespan="on", log_level="warning"
+    with sock:  # closed however the server ends, also when the log cannot be opened
+        async with McpTools(config, limits if limits is not None else HTTP_LIMITS) as tools:
+            server = create_mcp_server(tools)
+            app: ASGIApp = server.streamable_http_app(
+                host=host, transport_security=transport_security(host, bound, allow_hosts)
             )
-        )
-        if ready is not None:
-            ready(url)
-        await uv.serve(sockets=[sock])
+            if token is not None:
+                app = BearerToken(app, token)
+            uv = uvicorn.Server(
+                uvicorn.Config(
+                    app, log_config=None, access_log=False, lifespan="on", log_level="warning"
+                )
+            )
+            if ready is not None:
+                ready(url)
+            await uv.serve(sockets=[sock])
 
 
 _SERVE = ServiceLimits()
