@@ -5,6 +5,7 @@ against the log, validate, kmin, run with progress, bad input, and a clean stdou
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -19,8 +20,10 @@ import pytest
 
 pytest.importorskip("mcp")
 
+import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.stdio import stdio_client
+from mcp.client.streamable_http import streamable_http_client
 from mcp_types import CallToolResult
 
 from events import EventLog, SampleReceived, StepDecided, VoteCounted
@@ -488,15 +491,21 @@ def test_nothing_but_protocol_messages_reach_stdout(tmp_path: Path) -> None:
 # -- HTTP ------------------------------------------------------------------------------------
 
 
+HTTP_TOKEN = "mcp-test-token-0123456789"
+"""The token the HTTP server of these tests asks for."""
+
+
 @contextmanager
 def http_server(tmp_path: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen[str]]]:
-    """``maker mcp --http --port 0`` as a subprocess; yields its URL."""
+    """``maker mcp --http --port 0`` as a subprocess, asking for :data:`HTTP_TOKEN`; yields its
+    URL."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "maker", "mcp", "--http", "--port", "0", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=tmp_path,
+        env={**os.environ, "MAKER_TOKEN": HTTP_TOKEN},
     )
     try:
         assert proc.stderr is not None
@@ -518,14 +527,26 @@ def http_server(tmp_path: Path, *args: str) -> Iterator[tuple[str, subprocess.Po
                 stream.close()
 
 
+@asynccontextmanager
+async def http_client(url: str) -> AsyncIterator[Client]:
+    """The SDK's streamable HTTP client, sending :data:`HTTP_TOKEN`."""
+    auth = {"Authorization": f"Bearer {HTTP_TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=auth) as http,
+        Client(streamable_http_client(url, http_client=http)) as client,
+    ):
+        yield client
+
+
 def _drain(stream: IO[str]) -> str:
     return stream.read() if stream else ""
 
 
 async def test_the_http_transport_serves_the_same_tools(tmp_path: Path) -> None:
     system, user, right = arithmetic_prompt()
-    with http_server(tmp_path, "--log", "mcp.db") as (url, proc):
-        async with Client(url) as client:
+    # 14 disks are 16383 steps: above the default bound of an HTTP server.
+    with http_server(tmp_path, "--log", "mcp.db", "--max-steps", "16383") as (url, proc):
+        async with http_client(url) as client:
             names = {tool.name for tool in (await client.list_tools()).tools}
             out = structured(
                 await client.call_tool(

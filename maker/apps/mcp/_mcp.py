@@ -6,6 +6,14 @@ schema is its msgspec argument struct's JSON schema; arguments are decoded by th
 so an unknown field, a wrong type or a value out of range is a tool error naming the field, and
 the server goes on serving.
 
+Over HTTP the server is guarded as ``maker serve`` is (:mod:`maker.apps.service._guard`): every
+request sends the token (``Authorization: Bearer TOKEN``; 401 otherwise), checked in constant
+time by a small ASGI middleware in front of the SDK's app (the SDK's own bearer hook wants an
+OAuth authorization server to name, which a shared token has not); its Host, and its Origin if
+any, must name this server (421, 403: against DNS rebinding), which the SDK's transport
+security checks against the names ``--host`` and ``--allow-host`` give; the SDK takes only
+JSON bodies. The tools that start runs are bounded (:class:`ToolLimits`).
+
 stdout belongs to the protocol on stdio: diagnostics go to stderr through :mod:`logging`, and
 the SDK's stdio transport moves file descriptor 1 aside, so even a stray ``print`` cannot
 corrupt the stream.
@@ -13,11 +21,12 @@ corrupt the stream.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,12 +39,16 @@ from ...core._errors import ConfigError, MakerError
 from ...core._version import __version__
 from .._http import base_url, cancelled_on_sigterm
 from .._options import rate_limit_options
+from ..service._guard import ServiceLimits, allowed_hosts, is_loopback, quote
+from ..service._options import guard_options, token_from
 from ._mcp_config import McpConfig, load_mcp_config
-from ._mcp_tools import TOOLS, McpTools, Progress, ToolError
+from ._mcp_tools import TOOLS, McpTools, Progress, ToolError, ToolLimits
 
 if TYPE_CHECKING:
     from mcp.server import Server, ServerRequestContext
+    from mcp.server.transport_security import TransportSecuritySettings
     from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult
+    from starlette.types import ASGIApp, Receive, Scope, Send
 
 logger = logging.getLogger("maker.mcp")
 
@@ -215,11 +228,12 @@ async def call(
     )
 
 
-async def serve_stdio(config: McpConfig) -> None:
-    """Serve MCP over this process's stdin and stdout until the client closes them."""
+async def serve_stdio(config: McpConfig, limits: ToolLimits | None = None) -> None:
+    """Serve MCP over this process's stdin and stdout until the client closes them; ``limits``
+    bounds the tools (none unless given)."""
     from mcp.server.stdio import stdio_server
 
-    async with McpTools(config) as tools:
+    async with McpTools(config, limits) as tools:
         server = create_mcp_server(tools)
         logger.info("maker mcp: serving on stdio (log %s)", config.log)
         async with stdio_server() as (read, write):
@@ -227,32 +241,140 @@ async def serve_stdio(config: McpConfig) -> None:
 
 
 async def serve_http(
-    config: McpConfig, port: int, ready: Callable[[str], None] | None = None
+    config: McpConfig,
+    port: int,
+    ready: Callable[[str], None] | None = None,
+    *,
+    token: str | None,
+    host: str = "127.0.0.1",
+    allow_hosts: Collection[str] = (),
+    limits: ToolLimits | None = None,
 ) -> None:
-    """Serve MCP as streamable HTTP on 127.0.0.1:``port`` (0 picks a free port) until
-    interrupted. ``ready`` receives the endpoint's URL once the server listens."""
+    """Serve MCP as streamable HTTP on ``host:port`` (0 picks a free port) until interrupted.
+    ``ready`` receives the endpoint's URL once the server listens.
+
+    Every request must send ``Authorization: Bearer`` ``token`` (None: none asked, for a
+    loopback server only) and a Host naming the server: a loopback name, ``host``, at the
+    port bound, or one of ``allow_hosts`` (``name``: any port, ``name:port``). ``limits``
+    bounds the tools (:class:`ToolLimits`; those of ``maker serve`` unless given).
+    """
     import uvicorn
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if token is None and not is_loopback(host):
+        raise ConfigError("token", f"a server on {quote(host)} must ask for a token")
+    allowed_hosts(host, allow_hosts)  # a bad name is an error now, before listening
+    sock = _bind(host, port)
+    bound = int(sock.getsockname()[1])
+    url = base_url(host, bound) + "/mcp"
+    with sock:  # closed however the server ends, also when the log cannot be opened
+        async with McpTools(config, limits if limits is not None else HTTP_LIMITS) as tools:
+            server = create_mcp_server(tools)
+            app: ASGIApp = server.streamable_http_app(
+                host=host, transport_security=transport_security(host, bound, allow_hosts)
+            )
+            if token is not None:
+                app = BearerToken(app, token)
+            uv = uvicorn.Server(
+                uvicorn.Config(
+                    app, log_config=None, access_log=False, lifespan="on", log_level="warning"
+                )
+            )
+            if ready is not None:
+                ready(url)
+            await uv.serve(sockets=[sock])
+
+
+_SERVE = ServiceLimits()
+HTTP_LIMITS = ToolLimits(
+    max_steps=_SERVE.max_steps,
+    max_samples=_SERVE.max_samples,
+    max_cost_usd=_SERVE.max_cost_usd,
+    max_running=_SERVE.max_running,
+)
+"""The bounds of ``maker mcp --http`` unless told: those of ``maker serve``."""
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A socket listening on ``host:port``; a ConfigError naming the address otherwise."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigError("host", f"cannot listen on {quote(host)}: {exc.strerror or exc}") from exc
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind(("127.0.0.1", port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError("port", f"cannot listen on 127.0.0.1:{port}: {exc.strerror}") from exc
-    url = base_url("127.0.0.1", sock.getsockname()[1]) + "/mcp"
-    async with McpTools(config) as tools:
-        server = create_mcp_server(tools)
-        # The SDK turns DNS-rebinding protection on for a host of 127.0.0.1.
-        app = server.streamable_http_app(host="127.0.0.1")
-        uv = uvicorn.Server(
-            uvicorn.Config(
-                app, log_config=None, access_log=False, lifespan="on", log_level="warning"
-            )
-        )
-        if ready is not None:
-            ready(url)
-        await uv.serve(sockets=[sock])
+        raise ConfigError("port", f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    return sock
+
+
+def transport_security(
+    host: str, port: int, allow_hosts: Collection[str] = ()
+) -> TransportSecuritySettings:
+    """The SDK's DNS-rebinding protection, admitting the Host names ``maker serve`` admits
+    (:func:`maker.apps.service._guard.allowed_hosts`): the loopback names and ``host`` at
+    ``port``, and each of ``allow_hosts`` (a name alone at any port); Origins of those, over
+    http or https. A wildcard ``host`` (0.0.0.0) adds no name: name the addresses clients
+    use with ``allow_hosts``.
+
+    >>> transport_security("127.0.0.1", 8770, ["mcp.example"]).allowed_hosts
+    ['127.0.0.1:8770', '[::1]:8770', 'localhost:8770', 'mcp.example', 'mcp.example:*']
+    """
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    allowed = allowed_hosts(host, allow_hosts)
+    names: set[str] = set()
+
+    def add(name: str, at: int | str | None) -> None:
+        shown = f"[{name}]" if ":" in name else name
+        if at is None or at == 80:  # a Host without a port means port 80
+            names.add(shown)
+        if at is not None:
+            names.add(f"{shown}:{at}")
+
+    for name in allowed.bound:
+        add(name, port)
+    for name, at in allowed.extra:
+        add(name, at)
+        if at is None:  # a name alone: at any port
+            add(name, "*")
+    origins = {f"{scheme}://{name}" for name in names for scheme in ("http", "https")}
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=sorted(names),
+        allowed_origins=sorted(origins),
+    )
+
+
+class BearerToken:
+    """ASGI middleware: a request without ``Authorization: Bearer TOKEN`` is answered 401, as
+    ``maker serve`` answers it; the comparison takes constant time, so how much of a guess
+    matched does not show in the answer's timing. The token is never logged or echoed."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self._expected = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            given = next((v for k, v in scope["headers"] if k.lower() == b"authorization"), b"")
+            scheme, _, value = bytes(given).partition(b" ")
+            ok = hmac.compare_digest(value.strip(), self._expected)
+            if scheme.lower() != b"bearer" or not ok:
+                from starlette.responses import JSONResponse
+
+                refused = JSONResponse(
+                    {"error": "a bearer token is required: Authorization: Bearer TOKEN"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="maker"'},
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 @click.command()
@@ -283,7 +405,10 @@ async def serve_http(
 @click.option("--base-url", help="API root of the one --model (OpenAI-compatible servers).")
 @click.option("--concurrency", type=click.IntRange(1), help="Cap on calls in flight per model.")
 @rate_limit_options
-@click.option("--http", is_flag=True, help="Serve streamable HTTP on 127.0.0.1, not stdio.")
+@click.option("--http", is_flag=True, help="Serve streamable HTTP (on --host), not stdio.")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="HTTP: the interface to listen on."
+)
 @click.option(
     "--port",
     type=click.IntRange(0, 65535),
@@ -291,6 +416,8 @@ async def serve_http(
     show_default=True,
     help="HTTP port (0: any free).",
 )
+@guard_options("--token-file", "--no-auth", "--allow-host")
+@guard_options("--max-steps", "--max-samples", "--max-cost", "--max-running")
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (to stderr) at INFO.")
 @click.pass_context
 def mcp_command(
@@ -304,15 +431,26 @@ def mcp_command(
     tpm: int | None,
     timeout: float,
     http: bool,
+    host: str,
     port: int,
+    token_file: Path | None,
+    no_auth: bool,
+    allow_hosts: tuple[str, ...],
+    max_steps: int,
+    max_samples: int,
+    max_cost: float,
+    max_running: int,
     verbose: bool,
 ) -> None:
     """Serve MAKER's tools to MCP clients: vote, validate, kmin, plan, calibrate, run,
     run_status, cancel, resume, show, replay_verify, health.
 
     stdio by default (for local clients); --http serves streamable HTTP at
-    http://127.0.0.1:PORT/mcp. Options override MAKER_MCP_* variables (MAKER_MCP_MODELS is
-    space-separated), which override the --config file. Diagnostics go to stderr only.
+    http://127.0.0.1:PORT/mcp, where every request sends Authorization: Bearer TOKEN
+    (MAKER_TOKEN, --token-file, or the token printed at start) and the tools are bounded
+    (--max-*; on stdio only the bounds given apply). Options override MAKER_MCP_* variables
+    (MAKER_MCP_MODELS is space-separated), which override the --config file. Diagnostics go to
+    stderr only.
     """
     try:
         import mcp  # noqa: F401
@@ -329,7 +467,28 @@ def mcp_command(
         found = ctx.get_parameter_source(name)
         return "env" if found == click.core.ParameterSource.ENVIRONMENT else "cli"
 
-    explicit_timeout = ctx.get_parameter_source("timeout") != click.core.ParameterSource.DEFAULT
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) != click.core.ParameterSource.DEFAULT
+
+    if not http:
+        for name in ("host", "token_file", "no_auth", "allow_hosts"):
+            if given(name):
+                flag = "--allow-host" if name == "allow_hosts" else "--" + name.replace("_", "-")
+                raise click.UsageError(f"{flag} applies to --http only")
+    # Over HTTP every bound holds; on stdio, whose one client is the user who started the
+    # server, only those asked for.
+    limits = ToolLimits(
+        max_steps=max_steps if http or given("max_steps") else None,
+        max_samples=max_samples if http or given("max_samples") else None,
+        max_cost_usd=max_cost if http or given("max_cost") else None,
+        max_running=max_running if http or given("max_running") else None,
+    )
+    token, generated = token_from(host, token_file, no_auth) if http else (None, False)
+    try:
+        allowed_hosts(host, allow_hosts)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint="--allow-host") from None
+    explicit_timeout = given("timeout")
     config = load_mcp_config(
         config_file=config_file,
         log=log,
@@ -349,10 +508,26 @@ def mcp_command(
 
                 def ready(url: str) -> None:
                     click.echo(f"maker mcp: listening on {url} (log {config.log})", err=True)
+                    if generated:
+                        # Shown this once, and nowhere else: keep it, or set MAKER_TOKEN.
+                        click.echo(
+                            f"maker mcp: token (send Authorization: Bearer TOKEN): {token}",
+                            err=True,
+                        )
+                    elif token is None:
+                        click.echo("maker mcp: no token asked (--no-auth, loopback only)", err=True)
 
-                await serve_http(config, port, ready)
+                await serve_http(
+                    config,
+                    port,
+                    ready,
+                    token=token,
+                    host=host,
+                    allow_hosts=allow_hosts,
+                    limits=limits,
+                )
             else:
-                await serve_stdio(config)
+                await serve_stdio(config, limits)
 
     with suppress(KeyboardInterrupt):
         anyio.run(main, backend="asyncio")

@@ -12,8 +12,9 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from contextlib import AsyncExitStack, aclosing, suppress
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
+from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Final, Literal
 
 import anyio
@@ -49,6 +50,7 @@ from ...engine._recording import Divergence, Recording
 from ...engine._results import RunResult
 from ...engine._scheduler import Scheduler
 from ...tasks import AnswerParser, PromptTask, make_task, validate_response
+from ..service._guard import worst_cost
 from ._mcp_config import McpConfig
 
 CLIENT_REGEX_ENGINE: Final = "re2"
@@ -390,6 +392,52 @@ class ToolError(MakerError):
         self.data = data
 
 
+@dataclass(frozen=True, kw_only=True)
+class ToolLimits:
+    """Bounds of what one tool call may start and of the runs the server holds at once, as
+    ``maker serve`` bounds its requests (:class:`~maker.apps.service.ServiceLimits`). None: no
+    bound, which is what :class:`McpTools` has unless told (``maker mcp`` on stdio, whose one
+    client is the user who started it); ``maker mcp --http`` bounds every one.
+
+    - ``max_steps``: a run's step budget (``run``, ``resume``), and a calibration's samples
+      (each is one step in the log), may not exceed this;
+    - ``max_samples``: nor may ``k`` or ``max_samples`` (the samples per step of ``run`` and
+      ``vote``);
+    - ``max_cost_usd``: nor may a call's worst case cost, when the model's price is known: every
+      step drawing all its samples, each with the prompt and ``max_tokens`` of output;
+    - ``max_running``: runs of the server going at once (``run``, ``vote``, ``calibrate``,
+      ``resume``); a call beyond them is refused, there is no queue.
+
+    A call over a bound is a tool error naming the bound: the one line MCP has where HTTP
+    would answer 429.
+
+    >>> ToolLimits(max_steps=0)
+    Traceback (most recent call last):
+    ...
+    maker.core._errors.ConfigError: max_steps: must be at least 1, got 0
+    """
+
+    max_steps: int | None = None
+    max_samples: int | None = None
+    max_cost_usd: float | None = None
+    max_running: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_steps", "max_samples", "max_running"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(name, f"must be at least 1, got {value!r}")
+        cost = self.max_cost_usd
+        if cost is not None and not (isinstance(cost, int | float) and 0 <= cost < math.inf):
+            raise ConfigError("max_cost_usd", f"must be a finite number >= 0, got {cost!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The bounds as ``health`` reports them (null: none)."""
+        return asdict(self)
+
+
 # -- the tools -------------------------------------------------------------------------------
 
 
@@ -397,8 +445,10 @@ class McpTools:
     """The tools over one engine: enter it to open the log and the clients, leave it to close
     them (runs still going are cancelled and recorded as such: they stay resumable)."""
 
-    def __init__(self, config: McpConfig) -> None:
+    def __init__(self, config: McpConfig, limits: ToolLimits | None = None) -> None:
         self.config = config
+        self.limits = limits if limits is not None else ToolLimits()
+        self._calibrating = 0  # calibrations going: runs outside the engine's handles
         self.prices = config.price_table()
         self.scheduler = Scheduler(limits={m.spec: m.limits() for m in config.models})
         self.clients: dict[str, Client] = {}
@@ -454,6 +504,66 @@ class McpTools:
         self.config.model(spec)  # ConfigError naming what the server offers
         return self.clients[spec]
 
+    # -- bounds ------------------------------------------------------------------------
+
+    def running(self) -> int:
+        """Runs of this server going now: those with a handle, and calibrations."""
+        return sum(not h.done for h in self._handles.values()) + self._calibrating
+
+    def _check_place(self) -> None:
+        """A ToolError when the server runs all the runs it may. Called with no await between
+        it and the start of the run, so two calls cannot both take the last place."""
+        cap = self.limits.max_running
+        if cap is not None and self.running() >= cap:
+            raise ToolError(
+                f"the server is full: {self.running()} runs going, at most {cap} at once"
+                " (--max-running); retry when one has ended"
+            )
+
+    def _check_samples(self, **given: int | None) -> None:
+        """Each of ``given`` (k, max_samples) within the bound of samples per step."""
+        cap = self.limits.max_samples
+        for name, value in given.items():
+            if cap is not None and value is not None and value > cap:
+                raise ToolError(
+                    f"{name}: at most {cap} on this server (--max-samples), got {value}"
+                )
+
+    def _check_steps(self, steps: int | None, what: str = "the task has up to") -> None:
+        cap = self.limits.max_steps
+        if cap is not None and steps is not None and steps > cap:
+            raise ToolError(f"{what} {steps} steps; this server runs at most {cap} (--max-steps)")
+
+    def _check_cost(
+        self, client: Client, *, prompt_chars: int, max_tokens: int, samples: int
+    ) -> None:
+        """The worst case cost within its bound, when the model's price is known."""
+        cap = self.limits.max_cost_usd
+        if cap is None:
+            return
+        worst = worst_cost(
+            self.prices,
+            client.model,
+            prompt_chars=prompt_chars,
+            max_tokens=max_tokens,
+            samples=samples,
+        )
+        if worst is not None and worst > cap:
+            raise ToolError(
+                f"this call could cost up to ${worst:.2f} on {client.model} ({samples} samples"
+                f" of up to {max_tokens} tokens); this server allows ${cap:.2f} (--max-cost):"
+                " lower max_samples or the task's size"
+            )
+
+    @contextmanager
+    def _calibration_place(self) -> Iterator[None]:
+        self._check_place()
+        self._calibrating += 1
+        try:
+            yield
+        finally:
+            self._calibrating -= 1
+
     def _start(self, task: Any, client: Client, policy: Policy, seed: int) -> RunHandle:
         handle = self.engine.start(task, policy=policy, seed=seed, client=client)
         self._keep(handle)
@@ -484,6 +594,7 @@ class McpTools:
         """One decision: a one-step run of a prompt task, voted first-to-ahead-by-k."""
         client = self.client(args.model)
         k = choose_k(args.k, args.target, args.p, 1)
+        self._check_samples(k=k, max_samples=args.max_samples)
         task = PromptTask(
             [{"system": args.system, "user": args.user}],
             pattern=args.pattern,
@@ -500,6 +611,13 @@ class McpTools:
             red_flags=_rules(args.max_output_tokens, args.flag_truncated),
         )
         seed = args.seed if args.seed is not None else secrets.randbits(62)
+        self._check_cost(
+            client,
+            prompt_chars=len(args.system) + len(args.user),
+            max_tokens=max_tokens,
+            samples=policy.max_samples_per_step,
+        )
+        self._check_place()
         handle = self._start(task, client, policy, seed)
         result = await self._result(handle)
         events = await self._events(handle.run_id)
@@ -587,6 +705,14 @@ class McpTools:
             red_flags=_rules(args.max_output_tokens),
         )
         samples = args.samples if args.samples is not None else len(args.prompts)
+        # Each sample of a calibration is a step of its run, with one sample.
+        self._check_steps(samples, "this calibration asks for")
+        self._check_cost(
+            client,
+            prompt_chars=max(len(item.system) + len(item.user) for item in args.prompts),
+            max_tokens=policy.max_tokens,
+            samples=samples,
+        )
         throttle = _Throttle(progress)
         done = 0
 
@@ -600,21 +726,22 @@ class McpTools:
                 await throttle(done, samples, f"{done}/{samples} responses", False)
                 await anyio.sleep(0.25)
 
-        async with anyio.create_task_group() as tg:
-            if progress is not None:
-                tg.start_soon(report)
-            report_ = await calibrate(
-                task,
-                [client],
-                samples=samples,
-                seed=args.seed,
-                log=self.log,
-                policy=policy,
-                scheduler=self.scheduler,
-                prices=self.prices,
-                sinks=[seen],
-            )
-            tg.cancel_scope.cancel()
+        with self._calibration_place():
+            async with anyio.create_task_group() as tg:
+                if progress is not None:
+                    tg.start_soon(report)
+                report_ = await calibrate(
+                    task,
+                    [client],
+                    samples=samples,
+                    seed=args.seed,
+                    log=self.log,
+                    policy=policy,
+                    scheduler=self.scheduler,
+                    prices=self.prices,
+                    sinks=[seen],
+                )
+                tg.cancel_scope.cancel()
         await throttle(done, samples, f"{done}/{samples} responses", True)
         measured = report_.models[0]
         out = measured.to_json()
@@ -642,8 +769,18 @@ class McpTools:
         client = self.client(args.model)
         task = make_task(args.task, dict(args.params))
         total = task.max_steps()
+        self._check_steps(total)
         k = choose_k(args.k, args.target, args.p, total or 1)
+        self._check_samples(k=k, max_samples=args.max_samples)
         policy = Policy(k=k, max_samples_per_step=max(args.max_samples, k))
+        first = task.prompt(task.initial_state())
+        self._check_cost(
+            client,
+            prompt_chars=len(first.system) + len(first.user),
+            max_tokens=policy.max_tokens,
+            samples=(total or 1) * policy.max_samples_per_step,
+        )
+        self._check_place()
         handle = self._start(task, client, policy, args.seed)
         # One turn of the loop records run_started before anyone asks about the run.
         await anyio.lowlevel.checkpoint()
@@ -780,6 +917,8 @@ class McpTools:
         else:
             client = self.client(model)  # a provider the server configures, with its key
         task = make_task(started.task, dict(started.task_params))
+        self._check_steps(task.max_steps())
+        self._check_place()
         handle = self.engine.start_resume(task, recording, client=client)
         self._keep(handle)
         await anyio.lowlevel.checkpoint()
@@ -856,6 +995,7 @@ class McpTools:
         return {
             "server": {"name": "maker", "version": __version__},
             "config": models,
+            "bounds": {**self.limits.to_json(), "running": self.running()},
             "scheduler": self.scheduler.statistics()._asdict(),
             "engine": self.engine.statistics()._asdict(),
             "log": {"path": str(self.config.log), **self.log.statistics()._asdict()},

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...core._errors import ConfigError
+from ...core._pricing import PriceTable
+from ...tasks import CHARS_PER_TOKEN
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -77,6 +79,25 @@ class ServiceLimits:
         cost = self.max_cost_usd
         if cost is not None and not (isinstance(cost, int | float) and 0 <= cost < float("inf")):
             raise ConfigError("max_cost_usd", f"must be a finite number >= 0, got {cost!r}")
+
+
+def worst_cost(
+    prices: PriceTable, model: str, *, prompt_chars: int, max_tokens: int, samples: int
+) -> float | None:
+    """The most ``samples`` samples of ``model`` can cost: each with a prompt of
+    ``prompt_chars`` characters and ``max_tokens`` of output. None when the price of ``model``
+    is unknown (there is then nothing to bound).
+
+    >>> prices = PriceTable({"m": {"input": 1.0, "output": 10.0}})
+    >>> round(worst_cost(prices, "m", prompt_chars=4000, max_tokens=1000, samples=100), 6)
+    1.1
+    >>> worst_cost(PriceTable({}), "unpriced", prompt_chars=1, max_tokens=1, samples=1) is None
+    True
+    """
+    if not prices.known(model):
+        return None
+    prompt_tokens = -(-prompt_chars // CHARS_PER_TOKEN)
+    return samples * prices.cost(model, prompt_tokens, max_tokens)
 
 
 def quote(value: object) -> str:

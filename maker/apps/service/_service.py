@@ -40,7 +40,6 @@ for a bad request, 401 without the token, 403 for what the service was not set u
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import uuid
 from collections import deque
@@ -67,7 +66,7 @@ from ...core._task import Task
 from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
-from ...tasks import CHARS_PER_TOKEN, PromptTask, make_task
+from ...tasks import PromptTask, make_task
 from .._http import base_url, listen, serving
 from .._options import (
     base_url_option,
@@ -88,12 +87,12 @@ from ._guard import (
     new_token,
     prefix,
     quote,
-    read_token_file,
+    worst_cost,
 )
 from ._guard import (
     allowed_hosts as allowed_hosts_of,
 )
-from ._options import limits_from, service_options
+from ._options import limits_from, service_options, token_from
 
 CLIENT_REGEX_ENGINE: Final = "re2"
 """The regex engine of prompt tasks' patterns from requests: linear time, so that no
@@ -336,14 +335,17 @@ class _Service:
                 f" {self.limits.max_steps}"
             )
         cap = self.limits.max_cost_usd
-        prices: PriceTable = self.engine.prices
-        if cap is None or not prices.known(client.model):
+        if cap is None:
             return
         first = task.prompt(task.initial_state())
-        prompt_tokens = -(-(len(first.system) + len(first.user)) // CHARS_PER_TOKEN)
-        per_sample = prices.cost(client.model, prompt_tokens, policy.max_tokens)
-        worst = (steps or 1) * policy.max_samples_per_step * per_sample
-        if worst > cap:
+        worst = worst_cost(
+            self.engine.prices,
+            client.model,
+            prompt_chars=len(first.system) + len(first.user),
+            max_tokens=policy.max_tokens,
+            samples=(steps or 1) * policy.max_samples_per_step,
+        )
+        if worst is not None and worst > cap:
             raise _BadRequest(
                 f"this run could cost up to ${worst:.2f} on {client.model} ({steps} steps of up to"
                 f" {policy.max_samples_per_step} samples); this service allows ${cap:.2f}:"
@@ -802,7 +804,7 @@ def serve_command(
         import aiohttp  # noqa: F401
     except ImportError as exc:
         raise click.ClickException("serve needs aiohttp: pip install 'maker[providers]'") from exc
-    token, generated = _token(host, token_file, no_auth)
+    token, generated = token_from(host, token_file, no_auth)
     try:
         if model == "sim":
             if base_url is not None:
@@ -853,31 +855,6 @@ def serve_command(
         f"maker serve: stopped; continue a cancelled run with: maker resume {log} --run ID",
         err=True,
     )
-
-
-def _token(host: str, token_file: Path | None, no_auth: bool) -> tuple[str | None, bool]:
-    """The token requests must send (None: none, with ``--no-auth``), and whether it was
-    generated here (and so must be shown once)."""
-    from_env = os.environ.get("MAKER_TOKEN")
-    if no_auth:
-        if token_file is not None or from_env:
-            given = "--token-file" if token_file is not None else "MAKER_TOKEN"
-            raise click.UsageError(f"--no-auth asks for no token, yet {given} gives one")
-        if not is_loopback(host):
-            raise click.BadParameter(
-                f"--no-auth is allowed only on a loopback --host, not {quote(host)}",
-                param_hint="--no-auth",
-            )
-        return None, False
-    try:
-        if token_file is not None:
-            return read_token_file(token_file), False
-        if from_env:
-            return check_token(from_env.strip()), False
-    except ConfigError as exc:
-        hint = "--token-file" if token_file is not None else "MAKER_TOKEN"
-        raise click.BadParameter(str(exc).split(": ", 1)[-1], param_hint=hint) from None
-    return new_token(), True
 
 
 def request_models(model: str, base_url: str | None, timeout: float) -> Callable[[str], Client]:
