@@ -83,10 +83,11 @@ if TYPE_CHECKING:
         McpTools,
         ModelConfig,
         ToolError,
+        ToolLimits,
         create_mcp_server,
         load_mcp_config,
     )
-    from .apps.service import Server, create_service, serve
+    from .apps.service import Server, ServiceLimits, create_service, serve
     from .otel import TraceSink, export_log, export_run, tracer_provider_for
 
 _LAZY = {
@@ -94,7 +95,9 @@ _LAZY = {
     "McpTools": ".apps.mcp",
     "ModelConfig": ".apps.mcp",
     "Server": ".apps.service",
+    "ServiceLimits": ".apps.service",
     "ToolError": ".apps.mcp",
+    "ToolLimits": ".apps.mcp",
     "TraceSink": ".otel",
     "create_mcp_server": ".apps.mcp",
     "create_service": ".apps.service",
@@ -161,6 +164,7 @@ __all__ = [
     "SchedulerObserver",
     "SchedulerStatistics",
     "Server",
+    "ServiceLimits",
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
@@ -170,6 +174,7 @@ __all__ = [
     "Tally",
     "Task",
     "ToolError",
+    "ToolLimits",
     "TraceSink",
     "UnknownTaskError",
     "VerifyResult",
