@@ -77,3 +77,36 @@ def test_runs_of_a_file_that_is_not_a_log_is_one_line(tmp_path: Path) -> None:
     assert done.stderr.count("\n") == 1
     assert "is not a maker event log" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_export_otel_and_report_say_what_they_wrote_as_json(tmp_path: Path) -> None:
+    done = maker(tmp_path, "run", "hanoi", "--disks", "3", "--log", "x.db", "--json")
+    result = json.loads(done.stdout)
+    exported = maker(
+        tmp_path, "export-otel", "x.db", "--exporter", "json", "--out", "t.jsonl", "--json"
+    )
+    assert exported.returncode == 0, exported.stderr
+    summary = json.loads(exported.stdout)
+    assert summary["run_id"] == result["run_id"]
+    assert summary["out"] == "t.jsonl"
+    assert summary["exporter"] == "json"
+    # One span per run, step and sample.
+    assert summary["spans"] == 1 + result["steps"] + result["samples"]
+    spans = [
+        span
+        for line in (tmp_path / "t.jsonl").read_text().splitlines()
+        for resource in json.loads(line)["resourceSpans"]
+        for scope in resource["scopeSpans"]
+        for span in scope["spans"]
+    ]
+    assert len(spans) == summary["spans"]
+    assert {s["traceId"] for s in spans} == {summary["trace_id"]}
+
+    report = maker(tmp_path, "report", "x.db", "--out", "rep", "--json")
+    assert report.returncode == 0, report.stderr
+    written = json.loads(report.stdout)
+    assert written["page"] == str(Path("rep") / "index.html")
+    assert all((tmp_path / f).is_file() for f in written["files"])
+    assert sorted(Path(f).name for f in written["files"]) == sorted(os.listdir(tmp_path / "rep"))
+    assert written["report"]["summary"]["run_id"] == result["run_id"]
+    assert written["report"]["summary"]["steps"] == result["steps"]

@@ -5,6 +5,7 @@ Kept apart from ``_cli.py`` so the CLI only has to register the command and wire
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -109,10 +110,20 @@ def otel_sink_from_env() -> tuple[TraceSink, Callable[[], None]] | None:
     ),
 )
 @click.option(
-    "--capture-content", is_flag=True, help="Put response text in sample spans (off by default)."
+    "--capture-content",
+    is_flag=True,
+    help="Put prompts, responses and answers in spans (off by default).",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Say what was exported as one JSON object on stdout."
 )
 def export_otel_command(
-    file: Path, run_id: str | None, exporter: str, out: str | None, capture_content: bool
+    file: Path,
+    run_id: str | None,
+    exporter: str,
+    out: str | None,
+    capture_content: bool,
+    as_json: bool,
 ) -> None:
     """A recorded run as OpenTelemetry spans, with its recorded times and deterministic ids.
 
@@ -127,6 +138,17 @@ def export_otel_command(
         return await _export_log(file, run_id, exporter, out, capture_content=capture_content)
 
     found, count = anyio.run(go)
+    if as_json:
+        summary = {
+            "run_id": found,
+            "trace_id": f"{trace_id_for(found):032x}",
+            "spans": count,
+            "exporter": exporter,
+            "out": out,
+        }
+        # With the console exporter the spans themselves are on stdout: the summary goes last.
+        click.echo(json.dumps(summary))
+        return
     where = f" to {out}" if out is not None else ""
     click.echo(
         f"exported {count} spans of run {found} (trace {trace_id_for(found):032x}){where}",

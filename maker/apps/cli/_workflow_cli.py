@@ -363,13 +363,16 @@ def plan_command(
     required=True,
     help="Directory to write index.html and its PNG plots into.",
 )
-def report_command(file: Path, run_id: str | None, out: Path) -> None:
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the page, its files and the run's figures."
+)
+def report_command(file: Path, run_id: str | None, out: Path, as_json: bool) -> None:
     """Write an HTML report of a run: convergence, votes per step, red flags, cost, latency."""
     # replay/ builds on maker's public API; importing it here, not at the top, keeps the
     # layers acyclic.
     from events import open_run
     from replay import ReportData, report_data_async
-    from replay._report import _new_figure, write_report
+    from replay._report import _PLOTS, _new_figure, write_report
 
     async def load() -> ReportData:
         # A damaged run is refused before it is read: its figures could not be trusted. Folded
@@ -378,7 +381,12 @@ def report_command(file: Path, run_id: str | None, out: Path) -> None:
             return await report_data_async(run.events)
 
     _new_figure()  # a missing matplotlib is said before the whole log is read
-    page = write_report(anyio.run(load), out, logs=(file,))
+    data = anyio.run(load)
+    page = write_report(data, out, logs=(file,))
+    if as_json:
+        files = [str(page), *(str(out / name) for name, _, _ in _PLOTS)]
+        click.echo(json.dumps({"page": str(page), "files": files, "report": data.to_json()}))
+        return
     click.echo(str(page))
 
 
