@@ -307,3 +307,25 @@ def test_the_timeout_applies_to_the_simulated_model(tmp_path: Path) -> None:
     assert "timeout" in result["reason"]
     assert result["steps"] == 0
     verified(tmp_path, "x.db")
+
+
+def test_a_new_log_and_its_companions_are_readable_by_their_owner_alone(tmp_path: Path) -> None:
+    # Under a permissive umask too: the log holds prompts and responses.
+    def open_umask() -> None:
+        os.umask(0)
+
+    writer = subprocess.Popen(
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=open_umask,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: (tmp_path / "x.db-wal").exists(), "the log's write-ahead log")
+        names = ("x.db", "x.db-wal", "x.db-shm", "x.db-lock")
+        modes = {n: stat.S_IMODE((tmp_path / n).stat().st_mode) for n in names}
+        assert writer.wait(timeout=120) == 0
+    finally:
+        writer.kill()
+        writer.wait()
+    assert modes == dict.fromkeys(names, 0o600)
+    assert stat.S_IMODE((tmp_path / "x.db").stat().st_mode) == 0o600
