@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from maker import ConfigError, SimConfig
 from maker.apps.serve_sim._serve_sim import (
+    DEFAULT_SLOW_S,
     FAULT_KINDS,
     SimServer,
     SimServerConfig,
@@ -145,7 +146,7 @@ def test_the_default_config_enables_every_fault_kind_and_no_fault() -> None:
     assert config.faults == FAULT_KINDS
     assert config.fault_rate == 0.0
     assert config.retry_after_s == 1.0
-    assert config.slow_s == 30.0
+    assert config.slow_s == DEFAULT_SLOW_S == 150.0
     assert config.sim_config() == SimConfig()
 
 
@@ -760,8 +761,6 @@ def test_the_command_serves_until_interrupted(
 def test_a_slow_fault_outlasts_the_default_timeout_of_a_call() -> None:
     """What the README promises: with the client's default timeout, a slow fault is a timeout
     (retried), not an answer that arrives late; the command's default is the config's."""
-    from maker.apps.serve_sim import DEFAULT_SLOW_S
-    from maker.apps.serve_sim._serve_sim import serve_sim_command
     from maker.engine import Limits
 
     timeout = Limits().timeout_s
