@@ -433,14 +433,16 @@ class Recording:
         """
         if self._ended or self._boundary > position:
             return
-        if self._sync is not None and self._batches is None:
-            self._read_step(position)
-            return
-        async with self._lock:
-            if self._sync is not None:
+        if self._sync is not None:
+            # The events in hand are read at once. Only a batch that runs out takes the lock:
+            # a refill awaits, and another reader may come meanwhile.
+            if self._read_step(position):
+                return
+            async with self._lock:
                 while not self._read_step(position):
                     await self._refill()
-                return
+            return
+        async with self._lock:
             while not self._ended and self._boundary <= position:
                 await self._read_one()
 
