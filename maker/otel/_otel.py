@@ -290,7 +290,7 @@ class _Instruments:
 
     # OpenTelemetry naming: units go in ``unit``, not in names; attributes are namespaced.
     def __init__(self, meter_provider: MeterProvider) -> None:
-        meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__)
+        meter = meter_provider.get_meter(INSTRUMENTATION_NAME, __version__, SCHEMA_URL)
         self.samples = meter.create_counter(
             "maker.samples", unit="{sample}", description="Samples requested of a model."
         )
@@ -339,6 +339,10 @@ _OUTCOME_KEYS: Final = ("maker.cancelled", "error.type")
 _INPUT: Final = {"gen_ai.token.type": "input"}
 _OUTPUT: Final = {"gen_ai.token.type": "output"}
 
+
+SCHEMA_URL: Final = "https://opentelemetry.io/schemas/1.41.0"
+"""The semantic conventions the spans and metrics follow (their GenAI names were checked
+against this version), declared on the tracer and the meter."""
 
 STEP_SPAN: Final = "maker.step"
 """The name of every step's span (the step is its ``maker.step`` attribute): span names stay
@@ -447,7 +451,7 @@ class TraceSink:
         provider = tracer_provider if tracer_provider is not None else trace.get_tracer_provider()
         self.tracer_provider = provider
         self.capture_content = capture_content
-        self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__)
+        self._tracer = provider.get_tracer(INSTRUMENTATION_NAME, __version__, SCHEMA_URL)
         generator = getattr(provider, "id_generator", None)
         self._ids = (
             generator
@@ -682,6 +686,8 @@ class TraceSink:
         }
         if e.max_tokens:
             attrs["gen_ai.request.max_tokens"] = e.max_tokens
+        if run.server:
+            attrs.update(run.server)
         run.samples[e.sample_id] = _Sample(str(e.seq), name, e.step, _ns(e.ts), attrs)
         if self._metrics is not None:
             self._metrics.samples.add(1, self._metric_attrs(run, e.model))

@@ -977,3 +977,26 @@ def test_the_server_of_a_metric_point_is_the_clients_base_url() -> None:
         ("server.port", 443),
     )
     assert _server({"preset": "paper"}) == ()
+
+
+async def test_sample_spans_name_the_server_and_the_scope_its_conventions(tmp_path: Path) -> None:
+    from maker.otel._otel import SCHEMA_URL
+
+    class Served(ScriptedClient):
+        def describe(self) -> dict[str, Any]:
+            return {"kind": "scripted", "base_url": "http://127.0.0.1:8765/v1"}
+
+    run = await traced_run(tmp_path / "log.db", client=Served(), task=Count(2), policy=Policy(k=1))
+    samples = by_sample(run.spans)
+    assert samples
+    for span in samples.values():
+        assert (span.attributes or {})["server.address"] == "127.0.0.1"
+        assert (span.attributes or {})["server.port"] == 8765
+    assert {s.instrumentation_scope.schema_url for s in run.spans} == {SCHEMA_URL}  # type: ignore[union-attr]
+    # A client without a base URL (the simulated model, this scripted one) names no server.
+    plain = await traced_run(
+        tmp_path / "plain.db", client=ScriptedClient(), task=Count(2), policy=Policy(k=1)
+    )
+    assert plain.result.ok
+    assert by_sample(plain.spans)
+    assert all("server.address" not in (s.attributes or {}) for s in plain.spans)
