@@ -320,8 +320,9 @@ def test_a_new_log_and_its_companions_are_readable_by_their_owner_alone(tmp_path
         preexec_fn=open_umask,
     )  # fmt: skip
     try:
-        _wait_for(lambda: (tmp_path / "x.db-wal").exists(), "the log's write-ahead log")
         names = ("x.db", "x.db-wal", "x.db-shm", "x.db-lock")
+        # The WAL files come when the log is opened, the lock at the run's first event.
+        _wait_for(lambda: all((tmp_path / n).exists() for n in names), "the log's files")
         modes = {n: stat.S_IMODE((tmp_path / n).stat().st_mode) for n in names}
         assert writer.wait(timeout=120) == 0
     finally:
