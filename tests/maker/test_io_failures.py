@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 
-MAKER = [sys.executable, "-m", "maker"]
+from ._cli import MAKER, maker, one_error_line, verified
+
 CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH = 1, 2
 PR_CAPBSET_DROP = 24
 
@@ -60,41 +61,6 @@ def _file_size_limit(limit: int) -> Callable[[], None]:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
     return preexec
-
-
-def maker(
-    cwd: Path, *args: str, preexec: Callable[[], None] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MAKER, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        preexec_fn=preexec,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The failure's single stderr line (checked: non-zero exit, no traceback)."""
-    assert done.returncode != 0, done
-    assert "Traceback" not in done.stderr
-    assert "ExceptionGroup" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("maker: error: ")
-    return lines[0]
-
-
-def verified(cwd: Path, log: str) -> dict[str, int]:
-    """Every run of the log and its event count, after ``maker verify`` passed."""
-    done = maker(cwd, "verify", log, "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert report["ok"], report
-    return {run["run_id"]: run["events"] for run in report["runs"]}
 
 
 @contextlib.contextmanager

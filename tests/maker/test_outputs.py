@@ -14,46 +14,11 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-MAKER = [sys.executable, "-m", "maker"]
-
-
-def maker(
-    cwd: Path, *args: str, preexec: Callable[[], None] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MAKER, *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        preexec_fn=preexec,
-    )
-
-
-def one_error_line(done: subprocess.CompletedProcess[str]) -> str:
-    """The failure's single stderr line (checked: non-zero exit, no traceback)."""
-    assert done.returncode != 0, done
-    assert "Traceback" not in done.stderr
-    assert "ExceptionGroup" not in done.stderr
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    assert lines[0].startswith("maker: error: ")
-    return lines[0]
-
-
-def verified(cwd: Path, log: str) -> dict[str, int]:
-    """Every run of the log and its event count, after ``maker verify`` passed."""
-    done = maker(cwd, "verify", log, "--json")
-    assert done.returncode == 0, done.stderr
-    report = json.loads(done.stdout)
-    assert report["ok"], report
-    return {run["run_id"]: run["events"] for run in report["runs"]}
+from ._cli import MAKER, maker, one_error_line, verified
 
 
 def a_log(cwd: Path, log: str = "x.db", runs: int = 2, disks: int = 3) -> dict[str, int]:
