@@ -463,7 +463,7 @@ class TraceSink:
         self._account = _ACCOUNTS.get(provider) if isinstance(provider, TracerProvider) else None
         self._runs: dict[str, _Run] = {}
         self._models: dict[str, tuple[str, str, str]] = {}
-        self._metric_bases: dict[tuple[str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
+        self._metric_bases: dict[tuple[str, str, tuple[tuple[str, Any], ...]], dict[str, Any]] = {}
         self._ended = 0
         self._handlers: dict[type[Event], Callable[[_Run, Any], None]] = {
             StepStarted: self._step_started,
@@ -581,17 +581,16 @@ class TraceSink:
             span.set_status(sample.status)
         self._end(span, sample.end if sample.end is not None else at)
 
-    def _metric_attrs(self, run: _Run, model: str) -> dict[str, Any]:
-        """The GenAI attributes of a metric point: operation, provider, requested model and the
-        server (when the run's client has a base URL)."""
-        key = (model, run.server)
+    def _metric_attrs(self, run: _Run, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """The GenAI attributes of a metric point, taken from its sample span's: operation,
+        provider, requested model, and the server when the run's client has a base URL."""
+        key = (sample["gen_ai.provider.name"], sample["gen_ai.request.model"], run.server)
         found = self._metric_bases.get(key)
         if found is None:
-            _, provider, name = self._model(model)
             found = {
                 "gen_ai.operation.name": "chat",
-                "gen_ai.provider.name": provider,
-                "gen_ai.request.model": name,
+                "gen_ai.provider.name": key[0],
+                "gen_ai.request.model": key[1],
                 **dict(run.server),
             }
             self._metric_bases[key] = found
@@ -690,7 +689,7 @@ class TraceSink:
             attrs.update(run.server)
         run.samples[e.sample_id] = _Sample(str(e.seq), name, e.step, _ns(e.ts), attrs)
         if self._metrics is not None:
-            self._metrics.samples.add(1, self._metric_attrs(run, e.model))
+            self._metrics.samples.add(1, self._metric_attrs(run, attrs))
 
     def _sample_received(self, run: _Run, e: SampleReceived) -> None:
         at = _ns(e.ts)
@@ -720,7 +719,7 @@ class TraceSink:
         sample.end = at
         metrics = self._metrics
         if metrics is not None:
-            base = self._metric_attrs(run, str(attrs.get("gen_ai.request.model", e.model)))
+            base = self._metric_attrs(run, attrs)
             if served != base["gen_ai.request.model"]:
                 base = {**base, "gen_ai.response.model": served}
             metrics.duration.record((at - sample.attempt) / 1e9, base)
@@ -744,9 +743,8 @@ class TraceSink:
         sample.event("maker.red_flag", flag, at)
         self._finish(run, sample, e.seq, at)
         if self._metrics is not None:
-            model = str(sample.attrs.get("gen_ai.request.model", run.model))
             self._metrics.red_flags.add(
-                1, {**self._metric_attrs(run, model), "maker.red_flag.reason": e.reason}
+                1, {**self._metric_attrs(run, sample.attrs), "maker.red_flag.reason": e.reason}
             )
 
     def _vote_counted(self, run: _Run, e: VoteCounted) -> None:
@@ -760,8 +758,7 @@ class TraceSink:
         sample = self._sample(run, e.step, e.sample_id, e.seq, at)
         sample.attrs["maker.attempts"] = e.attempt
         if self._metrics is not None:
-            model = str(sample.attrs.get("gen_ai.request.model", run.model))
-            failed = {**self._metric_attrs(run, model), "error.type": e.error_kind}
+            failed = {**self._metric_attrs(run, sample.attrs), "error.type": e.error_kind}
             self._metrics.failures.add(1, failed)
             self._metrics.duration.record((at - sample.attempt) / 1e9, failed)
         # The next attempt starts after the backoff (scheduler waits aside).

@@ -1000,3 +1000,32 @@ async def test_sample_spans_name_the_server_and_the_scope_its_conventions(tmp_pa
     assert plain.result.ok
     assert by_sample(plain.spans)
     assert all("server.address" not in (s.attributes or {}) for s in plain.spans)
+
+
+async def test_every_metric_point_of_a_provider_model_names_its_provider(tmp_path: Path) -> None:
+    def flaky(request: SampleRequest, attempt: int) -> Reply:
+        if attempt == 1 and request.sample_id.endswith(":0"):
+            return ClientError("slow", kind="timeout", retryable=True)
+        return correct(request, attempt)
+
+    class Provided(ScriptedClient):
+        @property
+        def model(self) -> str:
+            return "openai:local-model"
+
+    reader = InMemoryMetricReader()
+    meters = MeterProvider(metric_readers=[reader])
+    run = await traced_run(
+        tmp_path / "log.db",
+        client=Provided(flaky),
+        task=Count(2),
+        policy=Policy(k=1),
+        meter_provider=meters,
+    )
+    assert run.result.ok
+    for name, points in metric_points(reader).items():
+        for point in points:
+            if "gen_ai.request.model" in point.attributes:
+                assert point.attributes["gen_ai.provider.name"] == "openai", name
+                assert point.attributes["gen_ai.request.model"] == "local-model", name
+    meters.shutdown()
