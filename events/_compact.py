@@ -78,6 +78,8 @@ TYPE_CODES: Final[Mapping[str, int]] = types.MappingProxyType(
         "breaker_changed": 13,
         "run_resumed": 14,
         "run_finished": 15,
+        "step_abandoned": 16,
+        "sample_hedged": 17,
     }
 )
 TYPE_BY_CODE: Final[Mapping[int, str]] = types.MappingProxyType(

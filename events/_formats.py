@@ -874,10 +874,17 @@ def writer_for(conn: sqlite3.Connection, version: int) -> WriterFormat:
     """The writer of a file's own version (on the writer's thread)."""
     if version == 1:
         return V1Writer()
-    if version == 2:
+    if version in (2, 3):
         return V2Writer.open(conn)
     raise EventLogError(f"no writer for schema version {version}")  # pragma: no cover
 
 
-SCHEMAS = {1: V1_SCHEMA, 2: V2_SCHEMA}
+# Version 3 keeps version 2's layout; its events may carry what pipelined and hedged runs record
+# (new fields, the step_abandoned type), which a reader of version 2 would not know. The number
+# changes so that such a reader says the log is newer than it, instead of misreading a row.
+V3_SCHEMA = V2_SCHEMA.replace("'schema_version', '2'", "'schema_version', '3'").replace(
+    "PRAGMA user_version = 2;", "PRAGMA user_version = 3;"
+)
+
+SCHEMAS = {1: V1_SCHEMA, 2: V2_SCHEMA, 3: V3_SCHEMA}
 """The DDL of each version a new file can be created in."""

@@ -221,7 +221,7 @@ class CheckedRun:
         try:
             conn.execute("BEGIN")
             self._checker.head = sealed_heads(conn, version, self.run_id).get(self.run_id)
-            self._envelope_in_columns = version == 2
+            self._envelope_in_columns = version >= 2
             self._rows = stored_rows(conn, version, self.run_id)
         except sqlite3.DatabaseError as exc:
             self._conclude(self._checker.unreadable(_one_line(str(exc))))

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import msgspec
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Version of the event schema and of the log file layout."""
 
 RunStatus = Literal["succeeded", "failed", "cancelled"]
@@ -44,14 +44,26 @@ class RunStarted(Event, frozen=True, kw_only=True, tag="run_started"):
     """The scheduler's limits for the model: the backoff rule in them shapes retries."""
 
 
-class StepStarted(StepEvent, frozen=True, kw_only=True, tag="step_started"):
-    """Voting on a step begins from ``state``."""
+class StepStarted(StepEvent, frozen=True, kw_only=True, omit_defaults=True, tag="step_started"):
+    """Voting on a step begins from ``state``.
+
+    A pipelined run may start a step more than once: ``branch`` numbers its starts (0 first).
+    ``speculative`` marks a start made before the previous step was decided, from the state its
+    leading answer implies; the branch counts only if that answer wins (else it is
+    ``step_abandoned`` and the step starts again, as the next branch, from the decided state).
+    Both are left out of the JSON when they say nothing (a first, decided start), as before they
+    existed.
+    """
 
     state: Any
+    branch: int = 0
+    speculative: bool = False
 
 
 class SampleRequested(StepEvent, frozen=True, kw_only=True, tag="sample_requested"):
-    """A sample was asked of a model. ``sample_id`` is ``"{step}:{ordinal}"``."""
+    """A sample was asked of a model. ``sample_id`` is ``"{step}:{ordinal}"``; ordinals are
+    unique within a step, across its starts. A sample is drawn for the state of its step's
+    latest ``step_started``: a step has one start open at a time."""
 
     sample_id: str
     model: str
@@ -88,8 +100,9 @@ class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):
 
 
 class SampleCancelled(StepEvent, frozen=True, kw_only=True, tag="sample_cancelled"):
-    """A sample in flight was abandoned: its step was decided (``reason="decided"``) or the run
-    was cancelled (``reason="run_cancelled"``)."""
+    """A sample in flight was abandoned: its step was decided (``reason="decided"``), the run
+    was cancelled (``reason="run_cancelled"``), or the branch it was drawn for was abandoned
+    (``reason="misspeculated"``, see :class:`StepAbandoned`)."""
 
     sample_id: str
     reason: str = "decided"
@@ -112,11 +125,35 @@ class VoteCounted(StepEvent, frozen=True, kw_only=True, tag="vote_counted"):
 
 
 class StepDecided(StepEvent, frozen=True, kw_only=True, tag="step_decided"):
-    """``winner`` (canonical JSON) led every rival by k votes."""
+    """``winner`` (canonical JSON) led every rival by k votes, in the tally of the step's
+    latest start."""
 
     winner: str
     votes: dict[str, int]
     samples: int
+    red_flags: int = 0
+
+
+class SampleHedged(StepEvent, frozen=True, kw_only=True, tag="sample_hedged"):
+    """``straggler`` had been in flight ``in_flight_s`` seconds, over the run's hedging threshold
+    (``threshold_s``): sample ``sample_id`` (requested next) is sent beside it. The straggler
+    still votes if it answers before its step is decided."""
+
+    sample_id: str
+    straggler: str
+    in_flight_s: float = 0.0
+    threshold_s: float = 0.0
+
+
+class StepAbandoned(StepEvent, frozen=True, kw_only=True, tag="step_abandoned"):
+    """A speculative start of a step (``branch``) no longer counts: the state it was drawn for
+    is not the one the previous step leads to or decided (``reason="misspeculated"``). Its
+    samples in flight were cancelled before this event; its votes count for nothing."""
+
+    branch: int
+    reason: str
+    samples: int
+    votes: dict[str, int]
     red_flags: int = 0
 
 
@@ -191,6 +228,8 @@ AnyEvent = (
     | RedFlagged
     | VoteCounted
     | StepDecided
+    | StepAbandoned
+    | SampleHedged
     | StateChanged
     | KChanged
     | SchedulerWaited
@@ -216,6 +255,8 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     BreakerChanged,
     RunResumed,
     RunFinished,
+    StepAbandoned,
+    SampleHedged,
 )
 
 OBSERVATIONAL_TYPES: tuple[type[Event], ...] = (SchedulerWaited, BreakerChanged)

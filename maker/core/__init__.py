@@ -27,7 +27,14 @@ from ._formulas import (
 )
 from ._judge import judge
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
-from ._policy import CalibrationRecord, Policy, PolicyRecord, RedFlagRecord, recorded_policy
+from ._policy import (
+    CalibrationRecord,
+    Hedge,
+    Policy,
+    PolicyRecord,
+    RedFlagRecord,
+    recorded_policy,
+)
 from ._redflags import RedFlagCheck, RedFlagRules
 from ._simulator import Simulator
 from ._tally import Tally, VoteRule
@@ -41,6 +48,7 @@ __all__ = [
     "ClientError",
     "Completion",
     "ConfigError",
+    "Hedge",
     "MakerError",
     "ModelEstimate",
     "ModelPlan",

@@ -16,6 +16,41 @@ from ._tally import VoteRule
 
 
 @dataclass(frozen=True, kw_only=True)
+class Hedge:
+    """When a straggling sample gets a second one sent beside it (a hedge).
+
+    A sample of the step that holds up the run (the oldest undecided) that has been in flight
+    longer than the ``quantile`` of this run's observed latencies, and at least ``min_s``
+    seconds, gets one more sample requested for its step: whichever answers first votes first,
+    and the straggler still votes if it answers before the step is decided. Until ``warmup``
+    latencies are observed the threshold is twice the slowest seen so far (nothing is hedged
+    before one is seen). At most ``per_step`` hedges go to one start of a step, and hedges stay
+    within ``share`` of the run's samples (at least one is always allowed).
+
+    The threshold is a wall-clock matter, so a hedge is recorded (``sample_requested`` with
+    ``hedge_of``) and a replay sends it where the log has it, never from a clock.
+    """
+
+    quantile: float = 0.95
+    min_s: float = 0.01
+    warmup: int = 20
+    per_step: int = 1
+    share: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.quantile) and 0.0 < self.quantile < 1.0):
+            raise ConfigError("hedge.quantile", f"must be between 0 and 1, got {self.quantile}")
+        if not (math.isfinite(self.min_s) and self.min_s >= 0.0):
+            raise ConfigError("hedge.min_s", f"must be >= 0, got {self.min_s}")
+        if self.warmup < 1:
+            raise ConfigError("hedge.warmup", f"must be at least 1, got {self.warmup}")
+        if self.per_step < 1:
+            raise ConfigError("hedge.per_step", f"must be at least 1, got {self.per_step}")
+        if not (math.isfinite(self.share) and 0.0 < self.share <= 1.0):
+            raise ConfigError("hedge.share", f"must be in (0, 1], got {self.share}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Policy:
     """How each step is voted.
 
@@ -31,6 +66,12 @@ class Policy:
     - ``speculative``: samples kept in flight beyond the k - lead that could still matter. The
       default 0 requests nothing that could not change the outcome; a few extra cut wall time
       when red flags or disagreements are common, at the price of samples cancelled unused;
+    - ``pipeline``: how many steps may be voted ahead of the oldest undecided one, each from
+      the state its predecessor's leading answer implies (0: one step at a time). A step still
+      decides only from samples drawn for the state it was decided to start from: a start whose
+      predecessor decides otherwise is abandoned, its samples cancelled, and started again;
+    - ``hedge``: when set, a straggling sample of the step that holds up the run gets one more
+      sample sent beside it (see :class:`Hedge`);
     - ``red_flags``: which responses are discarded;
     - ``adaptive``: when set, k follows the run's own votes (see :class:`AdaptiveK`); ``k`` is
       then only the value recorded before the first step.
@@ -49,6 +90,8 @@ class Policy:
     max_samples_per_step: int = 100
     max_attempts: int = 5
     speculative: int = 0
+    pipeline: int = 0
+    hedge: Hedge | None = None
     red_flags: RedFlagRules = field(default_factory=RedFlagRules)
     adaptive: AdaptiveK | None = None
 
@@ -76,6 +119,10 @@ class Policy:
             )
         if self.speculative < 0:
             raise ConfigError("speculative", f"must be >= 0, got {self.speculative}")
+        if not isinstance(self.pipeline, int) or self.pipeline < 0:
+            raise ConfigError("pipeline", f"must be >= 0, got {self.pipeline}")
+        if self.hedge is not None and not isinstance(self.hedge, Hedge):
+            raise ConfigError("hedge", f"must be a Hedge or None, got {self.hedge!r}")
         if self.adaptive is not None and self.max_samples_per_step < self.adaptive.k_max:
             raise ConfigError(
                 "max_samples_per_step",
@@ -95,6 +142,7 @@ class Policy:
                 flag_truncated=flags.flag_truncated,
                 checks=tuple(getattr(c, "__name__", repr(c)) for c in flags.checks),
             ),
+            hedge=self.hedge,
             adaptive=self.adaptive,
         )
 
@@ -122,7 +170,9 @@ class Policy:
         return self.first_temperature if ordinal == 0 else self.temperature
 
 
-_RECORDED_AS_IS = tuple(f.name for f in fields(Policy) if f.name not in ("red_flags", "adaptive"))
+_RECORDED_AS_IS = tuple(
+    f.name for f in fields(Policy) if f.name not in ("red_flags", "adaptive", "hedge")
+)
 """The policy's fields a record holds as they are (red-flag checks are code: only their names
 are recorded). A field added to :class:`Policy` is recorded without more ado, once
 :class:`PolicyRecord` has it too (a test checks that the two agree)."""
@@ -173,15 +223,19 @@ class PolicyRecord(msgspec.Struct, frozen=True, kw_only=True):
     max_samples_per_step: int = _DEFAULT.max_samples_per_step
     max_attempts: int = _DEFAULT.max_attempts
     speculative: int = _DEFAULT.speculative
+    pipeline: int = 0
+    """0, not the policy's default: a run recorded before pipelining voted one step at a time."""
+    hedge: Hedge | None = None
     red_flags: RedFlagRecord = RedFlagRecord()
     adaptive: AdaptiveK | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """As recorded: ``adaptive`` only when set, so runs recorded before adaptive k existed
-        still replay exactly."""
+        """As recorded: ``pipeline``, ``hedge`` and ``adaptive`` only when set, so runs
+        recorded before they existed still replay exactly."""
         out = _as_recorded(self)
-        if self.adaptive is None:
-            del out["adaptive"]
+        for name, off in _OMITTED_WHEN_OFF:
+            if out[name] == off:
+                del out[name]
         return out
 
     def policy(self, checks: tuple[RedFlagCheck, ...] = ()) -> Policy:
@@ -189,8 +243,18 @@ class PolicyRecord(msgspec.Struct, frozen=True, kw_only=True):
         return Policy(
             **{name: getattr(self, name) for name in _RECORDED_AS_IS},
             red_flags=self.red_flags.rules(checks),
+            hedge=self.hedge,
             adaptive=self.adaptive,
         )
+
+
+_OMITTED_WHEN_OFF: tuple[tuple[str, Any], ...] = (
+    ("pipeline", 0),
+    ("hedge", None),
+    ("adaptive", None),
+)
+"""The record's fields that a run without them leaves out (runs recorded before they existed
+had none), with the value that means off."""
 
 
 class CalibrationRecord(msgspec.Struct, frozen=True, kw_only=True):

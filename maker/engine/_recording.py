@@ -32,8 +32,21 @@ from events import (
 from ..core._client import Completion
 from ..core._errors import ClientError, MakerError
 
-IGNORED_FIELDS = frozenset({"seq", "ts", "latency_s", "wall_s", "version", "cost_usd", "limits"})
-"""Fields a re-execution need not reproduce: positions and times, durations, the package version,
+IGNORED_FIELDS = frozenset(
+    {
+        "seq",
+        "ts",
+        "latency_s",
+        "wall_s",
+        "in_flight_s",
+        "threshold_s",
+        "version",
+        "cost_usd",
+        "limits",
+    }
+)
+"""Fields a re-execution need not reproduce: positions and times, durations (a hedge's wait and
+threshold among them: a replay sends a hedge where the log has it), the package version,
 prices (derived from a price table that may change) and the scheduler's limits (a resumed run
 may run under other limits; the backoff it draws is compared in ``sample_failed``)."""
 

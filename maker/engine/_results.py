@@ -25,6 +25,14 @@ class RunResult:
     red_flags_by_reason: dict[str, int]
     failures: int
     cancelled_samples: int
+    """Samples abandoned in flight, whatever the reason (the misspeculated among them)."""
+    misspeculated_samples: int = 0
+    """Samples drawn for a speculative start of a step that did not count (drawn, received or
+    cancelled): the price of pipelining."""
+    misspeculated_steps: int = 0
+    """Speculative starts of a step abandoned (``step_abandoned`` events)."""
+    hedged_samples: int = 0
+    """Samples sent as hedges beside a straggler (counted in ``samples`` too)."""
     max_samples_in_step: int = 0
     k: int
     cost_usd: float = 0.0

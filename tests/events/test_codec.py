@@ -40,6 +40,8 @@ DOCUMENTED_TAGS = {
     "red_flagged": events.RedFlagged,
     "vote_counted": events.VoteCounted,
     "step_decided": events.StepDecided,
+    "step_abandoned": events.StepAbandoned,
+    "sample_hedged": events.SampleHedged,
     "state_changed": events.StateChanged,
     "scheduler_waited": events.SchedulerWaited,
     "breaker_changed": events.BreakerChanged,
@@ -134,7 +136,15 @@ def test_encoding_is_tagged_json(event: Event) -> None:
     # The tag comes first, so a reader can dispatch on a prefix of the text.
     assert blob.startswith(b'{"type":"' + tag.encode() + b'"')
     assert as_json["type"] == tag
-    assert set(as_json) == {"type", *(f.name for f in msgspec.structs.fields(type(event)))}
+    names = {f.name for f in msgspec.structs.fields(type(event))}
+    if type(event).__struct_config__.omit_defaults:
+        # A first, decided start of a step writes what it wrote before pipelining existed.
+        names -= {
+            f.name
+            for f in msgspec.structs.fields(type(event))
+            if f.default is not msgspec.NODEFAULT and getattr(event, f.name) == f.default
+        }
+    assert set(as_json) == {"type", *names}
     assert to_dict(event) == as_json
 
 

@@ -645,7 +645,7 @@ def test_garbage_bodies_raise_corrupt_event_error(sample_store: Store) -> None:
         b"\x91" + ext(1, b"\x01\x02\x03"),  # a reference of 3 bytes
         b"\x91" + ext(2, b"\x00"),  # a back-reference to nothing
         b"\x91" + ext(3, b"12x"),  # not a big int
-        b"\x92\x01\x02",  # too many fields
+        b"\x94\x01\x02\xc2\x04",  # too many fields
     ]:
         with pytest.raises(CorruptEventError):
             decode_row(sample_store, 0, body=body)

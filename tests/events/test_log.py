@@ -724,7 +724,7 @@ def test_an_invalid_option_is_the_logs_own_error_and_a_value_error(tmp_path: Pat
     assert (info.value.name, info.value.value) == ("max_pending_bytes", 0)
     assert isinstance(info.value, EventLogError)
     assert isinstance(info.value, ValueError)
-    with pytest.raises(InvalidOptionError, match=r"^schema_version must be one of 1, 2, got 7$"):
+    with pytest.raises(InvalidOptionError, match=r"^schema_version must be one of 1, 2, 3, got 7$"):
         EventLog(tmp_path / "x.db", schema_version=7)
 
 

@@ -87,9 +87,11 @@ async def test_ten_disks_succeed_through_each_wire_format_with_ten_percent_fault
     assert stats.total == len(stats.requests)  # nothing was dropped from the server's record
     # Each failure and each answer is one request the server saw; a sample cancelled when its
     # step decided may have had one in flight (the server saw it, nothing answered it) or none.
+    # A client-side timeout may expire before a loaded server has taken the request in: the
+    # server then never counts it, so timeouts bound the count from above only.
     answered = sum(1 for e in events if isinstance(e, SampleReceived))
     seen = sum(recorded.values()) + answered
-    assert seen <= stats.total <= seen + result.cancelled_samples
+    assert seen - recorded["timeout"] <= stats.total <= seen + result.cancelled_samples
 
     # No sample is counted twice.
     received = Counter(e.sample_id for e in events if isinstance(e, SampleReceived))
