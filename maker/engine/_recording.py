@@ -25,6 +25,7 @@ from events import (
     RunStarted,
     SampleCancelled,
     SampleFailed,
+    SampleHedged,
     SampleReceived,
     StepStarted,
 )
@@ -318,13 +319,10 @@ class Recording:
         self._boundary = -1  # the position of the last step_started read
         self._ended = False  # every event has been read
         self._counting = False  # length(): count the rest, keep none of it
-        self._step = -1
-        self._attempts: dict[str, int] = {}
+        self._attempts: dict[str, int] = {}  # samples whose attempts failed, by id
         self._queue: deque[Key] = deque()  # outcomes read and not yet delivered, in order
         self._outcomes: dict[Key, SampleReceived | SampleFailed] = {}
         self._lock = anyio.Lock()
-        # Set when an outcome is delivered; made only when a sample waits for its turn.
-        self._advanced: anyio.Event | None = None
 
     def fresh(self) -> Recording:
         """This recording, ready to be re-executed from its first event.
@@ -362,21 +360,30 @@ class Recording:
         self._window.append(event)
         if isinstance(event, StepStarted):
             self._boundary = position
-            if event.step != self._step:
-                # Attempts are numbered within a step: the outcomes of earlier steps are all in.
-                self._step = event.step
-                self._attempts.clear()
         elif isinstance(event, SampleReceived | SampleFailed):
-            attempt = self._attempts.get(event.sample_id, 0) + 1
-            self._attempts[event.sample_id] = attempt
-            if isinstance(event, SampleFailed) and event.attempt != attempt:
-                raise MakerError(
-                    f"seq {event.seq}: sample {event.sample_id} records attempt "
-                    f"{event.attempt} where {attempt} was expected"
-                )
-            key = (event.sample_id, attempt)
+            attempts = self._attempts
+            sample_id = event.sample_id
+            attempt = attempts.get(sample_id, 0) + 1
+            if isinstance(event, SampleFailed):
+                if event.attempt != attempt:
+                    raise MakerError(
+                        f"seq {event.seq}: sample {sample_id} records attempt "
+                        f"{event.attempt} where {attempt} was expected"
+                    )
+                attempts[sample_id] = attempt
+            elif attempt > 1:
+                # Answered: no attempt of it follows, so only samples in flight are counted (a
+                # pipelined run interleaves steps; a million-step run keeps no more).
+                del attempts[sample_id]
+            key = (sample_id, attempt)
             self._queue.append(key)
             self._outcomes[key] = event
+        elif isinstance(event, SampleHedged):
+            # The loop sent a hedge here, when its straggler's turn to be hedged came: the turn
+            # is served like an outcome, in its recorded place.
+            self._queue.append((event.straggler, 0))
+        elif isinstance(event, SampleCancelled):
+            self._attempts.pop(event.sample_id, None)
 
     async def _read_one(self) -> None:
         """Read one more event of the log into the window (or find that there is none)."""
@@ -496,41 +503,16 @@ class Recording:
 
     # -- outcomes --------------------------------------------------------------------------
 
-    def has(self, sample_id: str, attempt: int) -> bool:
-        """Whether this attempt's outcome is still to be served from the recording.
-
-        Asked of a sample launched in the step being re-executed: its outcome, if recorded,
-        comes before the end of that step's events, which the window holds.
-        """
-        return (sample_id, attempt) in self._outcomes
-
-    async def take(self, sample_id: str, attempt: int) -> Completion | ClientError | None:
-        """This attempt's recorded outcome, once every earlier outcome has been delivered.
-
-        None when the recording holds no outcome for it: it was still in flight when the run
-        stopped, so it must be asked of the live model.
-        """
-        key = (sample_id, attempt)
-        while True:
-            queue = self._queue
-            if queue and queue[0] == key:
-                return _outcome(self._outcomes[key])
-            if not queue and key not in self._outcomes:
-                if self._ended:
-                    return None
-                # No outcome waits in the window: whether another is recorded decides between
-                # waiting for its turn and going live. Read on to the next one, or the end.
-                if self._sync is not None and self._batches is None:
-                    while not self._ended and not self._queue:
-                        self._read_now()
-                    continue
-                async with self._lock:
-                    while not self._ended and not self._queue:
-                        await self._read_one()
-                continue
-            if self._advanced is None:
-                self._advanced = anyio.Event()
-            await self._advanced.wait()
+    async def read_outcome(self) -> None:
+        """Read on until the window holds an outcome not yet delivered, or the recording ends:
+        a pipelined step's outcomes may come after later steps' starts."""
+        if self._sync is not None and self._batches is None:
+            while not self._ended and not self._queue:
+                self._read_now()
+            return
+        async with self._lock:
+            while not self._ended and not self._queue:
+                await self._read_one()
 
     def next_turn(self) -> Key | None:
         """The attempt whose recorded outcome is to be served next, if the window holds one:
@@ -555,10 +537,7 @@ class Recording:
         key = (sample_id, attempt)
         if self._queue and self._queue[0] == key:
             self._queue.popleft()
-            del self._outcomes[key]
-            advanced, self._advanced = self._advanced, None
-            if advanced is not None:
-                advanced.set()
+            self._outcomes.pop(key, None)
 
     # -- comparing -------------------------------------------------------------------------
 

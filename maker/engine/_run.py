@@ -10,6 +10,7 @@ a resumption's prefix) checks each event against the recorded one instead of app
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
@@ -25,7 +26,9 @@ from events import (
     RunResumed,
     RunStarted,
     RunStatus,
+    SampleHedged,
     StateChanged,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -38,11 +41,11 @@ from ..core._errors import ConfigError
 from ..core._policy import Policy
 from ..core._pricing import PriceTable
 from ..core._tally import Tally
-from ..core._task import Task
+from ..core._task import Prompt, Task
 from ..core._version import __version__
 from ._recording import Divergence, Recording, _RecordingEnded
 from ._results import RunResult
-from ._sampling import _Counters, _Envelope, _Sampler, _StepFailed, _Traffic
+from ._sampling import HedgeDue, _Counters, _Envelope, _Sampler, _StepFailed, _Traffic
 from ._scheduler import Scheduler
 
 S = TypeVar("S")
@@ -272,6 +275,9 @@ class _Run(Generic[S, A]):
             red_flags_by_reason=dict(c.red_flags),
             failures=c.failures,
             cancelled_samples=c.cancelled,
+            misspeculated_samples=c.misspeculated,
+            misspeculated_steps=c.misspeculated_steps,
+            hedged_samples=c.hedged,
             k=self.k,
             wall_s=wall,
             reason=reason,
@@ -293,6 +299,10 @@ class _Run(Generic[S, A]):
         state_json = task.state_to_json(self.state)
         if self.estimate is not None:
             await self._adapt(budget)
+        policy = self.policy
+        if policy.pipeline or policy.hedge is not None:
+            await self._walk_pipelined(budget, state_json)
+            return
         while not task.is_done(self.state):
             if budget is not None and self.steps >= budget:
                 raise _StepFailed(f"the task is not done after its budget of {budget} steps")
@@ -337,6 +347,8 @@ class _Run(Generic[S, A]):
                         if answer is None:
                             red_flags += 1
                             continue
+                        if isinstance(answer, HedgeDue):
+                            continue  # not asked for: this loop sends no hedges
                         if answer is not last_answer:
                             # A task may hand back the very answer it read for an earlier
                             # sample (Hanoi does when the answer lines repeat): its key is the
@@ -382,6 +394,38 @@ class _Run(Generic[S, A]):
         assert winner is not None
         return answers[winner]
 
+    # -- the pipelined chain -----------------------------------------------------------------
+
+    async def _walk_pipelined(self, budget: int | None, state_json: Any) -> None:
+        """Vote up to ``policy.pipeline`` steps ahead of the oldest undecided one, each from
+        the state its predecessor's leading answer implies, and hedge stragglers.
+
+        Every choice here (what to request, which start to abandon, when to hedge) is made in
+        the loop's turn from outcomes in the order they are recorded, so a replay takes the
+        same path: a hedge, the one choice made by the clock, comes to the loop as an outcome
+        (recorded as ``sample_hedged``) and a replay serves it where the log has it.
+        """
+        task, sampler = self.task, self.sampler
+        if task.is_done(self.state):
+            return
+        if budget is not None and self.steps >= budget:
+            raise _StepFailed(f"the task is not done after its budget of {budget} steps")
+        chain = _Chain[S, A](self, budget)
+        failure: _StepFailed | None = None
+        try:
+            async with sampler.scope():
+                try:
+                    await chain.walk(state_json)
+                except _StepFailed as exc:
+                    # Raised once the scope is left, as itself (its task group would wrap it).
+                    failure = exc
+                sampler.abandon("decided")
+        except anyio.get_cancelled_exc_class():
+            sampler.abandon("run_cancelled")
+            raise
+        if failure is not None:
+            raise failure
+
     async def _adapt(self, budget: int | None) -> None:
         """Adaptive k: choose k for the steps ahead from the votes so far; record a change."""
         estimate = self.estimate
@@ -401,6 +445,349 @@ class _Run(Generic[S, A]):
                     disagree=estimate.beta,
                 )
             )
+
+
+class _Start(Generic[S, A]):
+    """One start of a step: the state its samples are drawn for, and their tally.
+
+    ``assumed`` is the predecessor's candidate whose answer leads to ``state`` while that step
+    is undecided (a speculative start); None once the state is the decided one.
+    """
+
+    __slots__ = (
+        "answers",
+        "assumed",
+        "branch",
+        "candidate",
+        "hedged",
+        "hedges",
+        "in_flight",
+        "last_answer",
+        "overdue",
+        "prompt",
+        "red_flags",
+        "requested",
+        "state",
+        "state_json",
+        "step",
+        "stuck_on",
+        "tally",
+        "votes",
+    )
+
+    def __init__(
+        self,
+        step: int,
+        branch: int,
+        state: S,
+        state_json: Any,
+        prompt: Prompt,
+        tally: Tally,
+        assumed: str | None,
+    ) -> None:
+        self.step = step
+        self.branch = branch
+        self.state = state
+        self.state_json = state_json
+        self.prompt = prompt
+        self.tally = tally
+        self.assumed = assumed
+        self.answers: dict[str, A] = {}
+        self.votes: list[str] = []  # in order: a change of k counts them again
+        self.requested = 0
+        self.red_flags = 0
+        self.in_flight: dict[str, None] = {}  # sample ids, in request order
+        self.hedges = 0
+        self.hedged: set[str] = set()
+        self.overdue: list[str] = []  # stragglers passed over while this start was ahead
+        self.last_answer: object = None
+        self.candidate = ""
+        self.stuck_on: str | None = None  # a leader whose answer the task cannot apply
+
+    def leader(self) -> str | None:
+        """The candidate the next step follows: the winner, else the most voted."""
+        winner = self.tally.winner
+        return winner if winner is not None else self.tally.leader()[0]
+
+
+class _Chain(Generic[S, A]):
+    """The open starts of a pipelined run: ``opened[0]`` is the oldest undecided step (the
+    head), each later one a start of the next step from the state its predecessor's leader
+    implies."""
+
+    def __init__(self, run: _Run[S, A], budget: int | None) -> None:
+        self.run = run
+        self.task = run.task
+        self.policy = run.policy
+        self.sampler = run.sampler
+        self.counters = run.counters
+        self.budget = budget
+        self.opened: deque[_Start[S, A]] = deque()
+        self.by_sample: dict[str, _Start[S, A]] = {}
+        self.branches: dict[int, int] = {}  # starts of each open step so far
+        self.ordinals: dict[int, int] = {}  # sample ordinals of each open step so far
+
+    async def walk(self, state_json: Any) -> None:
+        """Vote until the task is done (or raise :class:`_StepFailed`)."""
+        run, sampler, opened, by_sample = self.run, self.sampler, self.opened, self.by_sample
+        await self._open(run.steps, run.state, state_json, None)
+        await self._extend()
+        while True:
+            head = opened[0]
+            if not head.in_flight:
+                raise _StepFailed(_undecided(head.step, head.requested, self.policy, head.tally))
+            request, answer = await sampler.next()
+            sample_id = request.sample_id
+            start = by_sample[sample_id]
+            if isinstance(answer, HedgeDue):
+                await self._hedge(start, sample_id, answer)
+                continue
+            del by_sample[sample_id]
+            del start.in_flight[sample_id]
+            if answer is None:
+                start.red_flags += 1
+            else:
+                await self._vote(start, sample_id, answer)
+                if await self._settle():
+                    return
+            if start.assumed is None or start in opened:
+                await self._fill(start)
+            await self._extend()
+
+    async def _open(self, step: int, state: S, state_json: Any, assumed: str | None) -> None:
+        """Start ``step`` from ``state`` (speculatively when ``assumed`` is set)."""
+        run = self.run
+        branch = self.branches.get(step, 0)
+        self.branches[step] = branch + 1
+        start = _Start[S, A](
+            step,
+            branch,
+            state,
+            state_json,
+            self.task.prompt(state),
+            Tally(run.k, self.policy.rule),
+            assumed,
+        )
+        await run.emit(
+            StepStarted(
+                **run.envelope(),
+                step=step,
+                state=state_json,
+                branch=branch,
+                speculative=assumed is not None,
+            )
+        )
+        self.opened.append(start)
+        await self._fill(start)
+
+    async def _fill(self, start: _Start[S, A]) -> None:
+        """Request what could still decide ``start``, within the per-step cap."""
+        tally = start.tally
+        if tally.winner is not None:
+            return
+        policy = self.policy
+        deficit = tally.needed() + policy.speculative - len(start.in_flight)
+        while deficit > 0 and start.requested < policy.max_samples_per_step:
+            await self._request(start)
+            deficit -= 1
+
+    async def _request(self, start: _Start[S, A]) -> None:
+        step = start.step
+        ordinal = self.ordinals.get(step, 0)
+        self.ordinals[step] = ordinal + 1
+        # The temperature follows the start's own count: its first sample is its first vote.
+        temperature = self.policy.temperature_for(start.requested)
+        sample_id = await self.sampler.request(step, ordinal, start.prompt, temperature)
+        start.requested += 1
+        start.in_flight[sample_id] = None
+        self.by_sample[sample_id] = start
+
+    async def _extend(self) -> None:
+        """Open starts ahead while the depth allows and the last one has a leader."""
+        opened, task, budget = self.opened, self.task, self.budget
+        depth = self.policy.pipeline
+        while len(opened) <= depth:
+            last = opened[-1]
+            leader = last.leader()
+            if leader is None or leader == last.stuck_on:
+                return
+            step = last.step + 1
+            if budget is not None and step >= budget:
+                return
+            try:
+                state = task.apply(last.state, last.answers[leader])
+            except Exception:
+                # A leading answer the task refuses to apply: nothing to speculate on until
+                # another leads (if it wins, the run records the task's error as it would).
+                last.stuck_on = leader
+                return
+            if task.is_done(state):
+                return
+            await self._open(step, state, task.state_to_json(state), leader)
+
+    async def _vote(self, start: _Start[S, A], sample_id: str, answer: A) -> None:
+        run = self.run
+        if answer is not start.last_answer:
+            # A task may hand back the very answer it read for an earlier sample: its key is
+            # the same too.
+            start.last_answer = answer
+            start.candidate = canonical_json(self.task.answer_to_json(answer))
+        candidate = start.candidate
+        start.answers.setdefault(candidate, answer)
+        start.votes.append(candidate)
+        tally = start.tally
+        winner = tally.add(candidate)
+        self.counters.votes += 1
+        await run.emit(
+            VoteCounted(
+                **run.envelope(),
+                step=start.step,
+                sample_id=sample_id,
+                candidate=candidate,
+                tally=tally.votes,
+            )
+        )
+        opened = self.opened
+        if winner is not None and start is not opened[0] and start.in_flight:
+            self._cancel(start, "decided")  # its tally is decided; its step soon may be
+        at = opened.index(start) + 1
+        if at < len(opened) and opened[at].assumed != start.leader():
+            await self._abandon(at)
+
+    async def _settle(self) -> bool:
+        """Decide the head while its tally has a winner; True once the task is done."""
+        run, task, opened, budget = self.run, self.task, self.opened, self.budget
+        while opened and opened[0].tally.winner is not None:
+            head = opened.popleft()
+            winner = head.tally.winner
+            assert winner is not None
+            votes = head.tally.votes
+            run.last_votes, run.last_winner = votes, winner
+            await run.emit(
+                StepDecided(
+                    **run.envelope(),
+                    step=head.step,
+                    winner=winner,
+                    votes=votes,
+                    samples=head.requested,
+                    red_flags=head.red_flags,
+                )
+            )
+            self.counters.max_in_step = max(self.counters.max_in_step, head.requested)
+            if head.in_flight:
+                self._cancel(head, "decided")
+            child = opened[0] if opened else None
+            confirmed = child is not None and child.assumed == winner
+            if child is not None and confirmed:
+                state, state_json = child.state, child.state_json
+            else:
+                state = task.apply(head.state, head.answers[winner])
+                state_json = task.state_to_json(state)
+            run.state = state
+            await run.emit(StateChanged(**run.envelope(), step=head.step, state=state_json))
+            run.steps += 1
+            del self.branches[head.step], self.ordinals[head.step]
+            self.sampler.rearm()
+            if run.estimate is not None:
+                agree = votes.get(winner, 0)
+                run.estimate.add(agree=agree, disagree=sum(votes.values()) - agree)
+                k = run.k
+                await run._adapt(budget)
+                if run.k != k:
+                    await self._retally()
+            if task.is_done(state):
+                if opened:
+                    await self._abandon(0)
+                return True
+            if budget is not None and run.steps >= budget:
+                raise _StepFailed(f"the task is not done after its budget of {budget} steps")
+            if child is not None and confirmed:
+                child.assumed = None
+                if child.overdue:
+                    self.sampler.refire(child.overdue)
+                    child.overdue.clear()
+            else:
+                if opened:
+                    await self._abandon(0)
+                await self._open(run.steps, state, state_json, None)
+        return False
+
+    def _cancel(self, start: _Start[S, A], reason: str) -> None:
+        ids = list(start.in_flight)
+        self.sampler.cancel(ids, reason)
+        by_sample = self.by_sample
+        for sample_id in ids:
+            del by_sample[sample_id]
+        start.in_flight.clear()
+
+    async def _abandon(self, at: int) -> None:
+        """Abandon the starts from ``opened[at]`` on: they follow a state that is not their
+        predecessor's leader (or decided) any more."""
+        run, opened, counters = self.run, self.opened, self.counters
+        doomed = [opened[i] for i in range(at, len(opened))]
+        for _ in doomed:
+            opened.pop()
+        for start in doomed:
+            if start.in_flight:
+                self._cancel(start, "misspeculated")
+            await run.emit(
+                StepAbandoned(
+                    **run.envelope(),
+                    step=start.step,
+                    branch=start.branch,
+                    reason="misspeculated",
+                    samples=start.requested,
+                    votes=start.tally.votes,
+                    red_flags=start.red_flags,
+                )
+            )
+            counters.misspeculated += start.requested
+            counters.misspeculated_steps += 1
+
+    async def _hedge(self, start: _Start[S, A], straggler: str, due: HedgeDue) -> None:
+        """Send a hedge beside ``straggler`` if it holds up the run and the bounds allow."""
+        hedge, counters = self.policy.hedge, self.counters
+        assert hedge is not None
+        if start is not self.opened[0]:
+            # Not holding up the run yet (its step is ahead): asked again if it becomes so.
+            start.overdue.append(straggler)
+            return
+        if (
+            straggler in start.hedged
+            or start.hedges >= hedge.per_step
+            or start.tally.winner is not None
+            or start.requested >= self.policy.max_samples_per_step
+            or counters.hedged >= max(1, int(hedge.share * counters.samples))
+        ):
+            return
+        run, step = self.run, start.step
+        await run.emit(
+            SampleHedged(
+                **run.envelope(),
+                step=step,
+                sample_id=f"{step}:{self.ordinals[step]}",
+                straggler=straggler,
+                in_flight_s=due.in_flight_s,
+                threshold_s=due.threshold_s,
+            )
+        )
+        start.hedges += 1
+        start.hedged.add(straggler)
+        counters.hedged += 1
+        await self._request(start)
+
+    async def _retally(self) -> None:
+        """k changed: count each open start's votes again under the new k, in their order."""
+        k, rule = self.run.k, self.policy.rule
+        for start in list(self.opened):
+            tally = Tally(k, rule)
+            for candidate in start.votes:
+                if tally.winner is None:
+                    tally.add(candidate)
+            start.tally = tally
+        for start in list(self.opened):
+            if start in self.opened:
+                await self._fill(start)
 
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:

@@ -9,11 +9,12 @@ the decisions (the determinism contract).
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import random
 import time
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -22,6 +23,7 @@ from typing import Any, Generic, NamedTuple, Protocol, Self, TypedDict, TypeVar
 import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 from anyio.lowlevel import checkpoint
+from anyio.streams.memory import MemoryObjectSendStream
 
 from events import (
     BreakerChanged,
@@ -35,9 +37,9 @@ from events import (
 )
 
 from ..core._client import Client, Completion, SampleRequest
-from ..core._errors import ClientError, RedFlag
+from ..core._errors import ClientError, MakerError, RedFlag
 from ..core._judge import judge
-from ..core._policy import Policy
+from ..core._policy import Hedge, Policy
 from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
 from ._recording import Recording, _RecordingEnded
@@ -115,6 +117,9 @@ class _Counters:
     votes: int = 0
     failures: int = 0
     cancelled: int = 0
+    misspeculated: int = 0
+    misspeculated_steps: int = 0
+    hedged: int = 0
     max_in_step: int = 0
     cost: float = 0.0
     input_tokens: int = 0
@@ -239,6 +244,117 @@ def _attempt_now(
     return outcome
 
 
+class HedgeDue:
+    """What :meth:`_Sampler.next` hands back for a sample in flight past the hedging threshold
+    (live), or where the log records a hedge of it (a replay): the loop may hedge it."""
+
+    __slots__ = ("in_flight_s", "threshold_s")
+
+    def __init__(self, in_flight_s: float, threshold_s: float) -> None:
+        self.in_flight_s = in_flight_s
+        self.threshold_s = threshold_s
+
+
+_HEDGE_TURN = 0
+"""The attempt number an outcome of the stream carries when it says "hedge this sample" (real
+attempts count from 1); the recording queues a recorded hedge under the same key."""
+
+
+class _Watch:
+    """A live run's stragglers: which sample attempts, running in tasks, have been in flight
+    past the hedging threshold, told to the loop through the outcomes' stream.
+
+    The threshold is the :class:`Hedge` quantile of the latencies observed so far (of attempts
+    that ran in tasks), at least ``min_s``; during the warm-up, twice the slowest seen. Only
+    a live run has one: a replay sends its hedges where the log has them.
+    """
+
+    _WINDOW = 1024  # latencies kept: a long run's threshold follows its recent calls
+    _EVERY = 16  # the quantile is recomputed every this many observations
+
+    def __init__(self, hedge: Hedge, send: MemoryObjectSendStream[_Outcome]) -> None:
+        self._hedge = hedge
+        self._send = send
+        self._seen: deque[float] = deque(maxlen=self._WINDOW)
+        self._count = 0
+        self._slowest = 0.0
+        self._threshold: float | None = None
+        self._heap: list[tuple[float, str, float]] = []  # (deadline, sample id, started)
+        self._watched: dict[str, float] = {}  # sample id -> when its attempt started
+        self._wake = anyio.Event()
+
+    @property
+    def threshold(self) -> float | None:
+        """Seconds in flight after which a sample straggles; None before a latency is seen."""
+        return self._threshold
+
+    def observe(self, latency: float) -> None:
+        """An attempt that ran in a task answered (or failed) after ``latency`` seconds."""
+        hedge = self._hedge
+        self._seen.append(latency)
+        self._count += 1
+        if self._count < hedge.warmup:
+            self._slowest = max(self._slowest, latency)
+            self._threshold = max(hedge.min_s, 2.0 * self._slowest)
+        elif self._count == hedge.warmup or self._count % self._EVERY == 0:
+            ordered = sorted(self._seen)
+            at = min(len(ordered) - 1, int(hedge.quantile * len(ordered)))
+            self._threshold = max(hedge.min_s, ordered[at])
+
+    def watch(self, sample_id: str) -> None:
+        """An attempt of ``sample_id`` starts in a task now."""
+        started = time.perf_counter()
+        self._watched[sample_id] = started
+        threshold = self._threshold
+        if threshold is None:
+            return  # nothing observed yet: nothing to measure a straggler by
+        deadline = started + threshold
+        heap = self._heap
+        heapq.heappush(heap, (deadline, sample_id, started))
+        if heap[0][1] == sample_id:
+            self._wake.set()
+
+    def unwatch(self, sample_id: str) -> None:
+        """The sample's attempt ended, or the sample was abandoned."""
+        self._watched.pop(sample_id, None)
+
+    def refire(self, sample_ids: Collection[str]) -> None:
+        """Tell the loop again about these samples, if still in flight past the threshold (the
+        loop passed them over when they were not yet holding up the run)."""
+        threshold = self._threshold
+        if threshold is None:
+            return
+        now = time.perf_counter()
+        for sample_id in sample_ids:
+            started = self._watched.get(sample_id)
+            if started is not None and now - started >= threshold:
+                self._tell(sample_id, now - started)
+
+    def _tell(self, sample_id: str, in_flight: float) -> None:
+        outcome: _Outcome = _new_tuple(_Outcome, (sample_id, _HEDGE_TURN, None, None, in_flight))
+        self._send.send_nowait(outcome)
+
+    async def run(self) -> None:
+        """Tell the loop of each watched attempt still in flight at its deadline."""
+        heap = self._heap
+        while True:
+            if not heap:
+                await self._wake.wait()
+                self._wake = anyio.Event()
+                continue
+            deadline, sample_id, started = heap[0]
+            delay = deadline - time.perf_counter()
+            if delay > 0:
+                with anyio.move_on_after(delay):
+                    await self._wake.wait()
+                if self._wake.is_set():
+                    self._wake = anyio.Event()
+                continue
+            heapq.heappop(heap)
+            if self._watched.get(sample_id) == started:
+                self._tell(sample_id, time.perf_counter() - started)
+
+
 class _Attempts:
     """Makes the attempts of a loop's samples and hands their outcomes back, in one scope.
 
@@ -259,24 +375,29 @@ class _Attempts:
         recorder: _Recorder,
         recording: Recording | None,
         verify_only: bool,
+        hedge: Hedge | None = None,
     ) -> None:
         self._scheduler = scheduler
         self._client = client
         self._recorder = recorder
         self._recording = recording
         self._verify_only = verify_only
+        self._hedge = hedge
         self._at_once = recording is None
         self._launched: list[tuple[SampleRequest, int, float]] = []
         # A replay's attempts, not made yet: each is served its recorded outcome inline when
-        # that outcome is next in the recording's order; otherwise they go to tasks, which
-        # wait for their turns (or go live: the outcome was never recorded).
+        # that outcome is next in the recording's order. Those the recording holds no outcome
+        # for (in flight when the run stopped) go live once every recorded one is served.
         self._replayed: dict[tuple[str, int], tuple[SampleRequest, int, float]] = {}
         self._ready: deque[_Outcome] = deque()
         # Made with the task group, on first need: most steps at zero latency never need one.
         self._stack: AsyncExitStack | None = None
         self._tg: TaskGroup | None = None
-        self._send: ObjectSendStream[_Outcome] | None = None
+        self._send: MemoryObjectSendStream[_Outcome] | None = None
         self._receive: ObjectReceiveStream[_Outcome] | None = None
+        self._scopes: dict[str, anyio.CancelScope] = {}  # attempts running in tasks
+        self._watch: _Watch | None = None
+        self._watch_scope: anyio.CancelScope | None = None
         self._yielded = False
 
     async def __aenter__(self) -> Self:
@@ -290,6 +411,8 @@ class _Attempts:
     ) -> bool | None:
         stack, self._stack = self._stack, None
         self._tg = None  # closed: cancel() has nothing left to stop
+        if self._watch_scope is not None:
+            self._watch_scope.cancel()
         if stack is None:
             return None
         try:
@@ -298,6 +421,11 @@ class _Attempts:
             # The task group wraps what the loop raised (a task's bug, a divergence) and what
             # a worker raised: the loop's caller is owed the exception itself.
             raise _unwrapped(group, exc) from None
+
+    @property
+    def threshold(self) -> float | None:
+        """The live hedging threshold, in seconds in flight (None: no hedging, or none yet)."""
+        return None if self._watch is None else self._watch.threshold
 
     def launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
         """Queue an attempt, made when the loop next asks for an outcome."""
@@ -308,25 +436,20 @@ class _Attempts:
         self._yielded = False
 
     async def next(self) -> _Outcome:
-        """The next outcome: of an attempt answered at once, else of the first task to end."""
+        """The next outcome: of an attempt answered at once, else of the first task to end.
+
+        An outcome with attempt :data:`_HEDGE_TURN` says a sample straggles (live) or that the
+        log records a hedge of it here (a replay).
+        """
         if not self._yielded:
             # Once a step, so that a step answered at once still lets the log writer and
             # other runs have their turn, and a cancellation its chance.
             await checkpoint()
             self._yielded = True
         recording = self._recording
+        if not self._at_once and recording is not None and recording.exhausted:
+            self._go_live()
         at_once = self._at_once
-        if (
-            not at_once
-            and recording is not None
-            and recording.exhausted
-            and not self._verify_only
-            and self._tg is None
-            and not self._replayed
-        ):
-            # A resumed run past its recording samples as a live run does, from the first
-            # step that has nothing of the recording's in flight.
-            self._at_once = at_once = True
         for request, attempt, delay in self._launched:
             if at_once and delay <= 0:
                 outcome = _attempt_now(
@@ -335,32 +458,58 @@ class _Attempts:
                 if outcome is not None:
                     self._ready.append(outcome)
                     continue
-            elif recording is not None and not at_once:
+            elif not at_once:
                 self._replayed[(request.sample_id, attempt)] = (request, attempt, delay)
                 continue
             await self._start(request, attempt, delay)
         self._launched.clear()
         if self._ready:
             return self._ready.popleft()
-        if self._replayed:
+        if not self._at_once:
             assert recording is not None
-            turn = recording.next_turn()
-            if turn is not None and self._replayed.pop(turn, None) is not None:
-                # The outcome next in the recording's order is this attempt's: served as the
-                # attempt's task would serve it, without the task.
-                served = recording.take_now(*turn)
-                if isinstance(served, Completion):
-                    return _Outcome(turn[0], turn[1], served, None, 0.0)
-                return _Outcome(turn[0], turn[1], None, served, 0.0)
-            if self._verify_only and recording.exhausted:
-                # Nothing recorded is left to serve these attempts (they were in flight when
-                # the run stopped): a verification has reproduced all it can.
-                raise _RecordingEnded
-            for request, attempt, delay in self._replayed.values():
-                await self._start(request, attempt, delay)
-            self._replayed.clear()
+            served = await self._served(recording)
+            if served is not None:
+                return served
+            if self._launched:
+                return await self.next()  # gone live: make what the recording did not hold
         assert self._receive is not None
         return await self._receive.receive()
+
+    async def _served(self, recording: Recording) -> _Outcome | None:
+        """A replay's next outcome, served from the recording inline; None once the recording
+        has nothing more to serve (a resumption then goes live)."""
+        while True:
+            turn = recording.next_turn()
+            if turn is None:
+                if not recording.exhausted:
+                    await recording.read_outcome()
+                    continue
+                if self._verify_only:
+                    # Nothing recorded is left to serve the attempts still in flight (they
+                    # were when the run stopped): a verification has reproduced all it can.
+                    raise _RecordingEnded
+                self._go_live()
+                return None
+            sample_id, attempt = turn
+            if attempt == _HEDGE_TURN:
+                return _Outcome(sample_id, attempt, None, None, 0.0)
+            if self._replayed.pop(turn, None) is None:
+                raise MakerError(
+                    f"the recording's next outcome is of sample {sample_id} attempt {attempt}, "
+                    "which the re-execution has not requested"
+                )
+            served = recording.take_now(sample_id, attempt)
+            if isinstance(served, Completion):
+                return _Outcome(sample_id, attempt, served, None, 0.0)
+            return _Outcome(sample_id, attempt, None, served, 0.0)
+
+    def _go_live(self) -> None:
+        """The recording is served whole: what is still to be sampled is the live model's, the
+        attempts in flight when the run stopped first, in the order they were launched."""
+        self._at_once = True
+        if self._replayed:
+            self._launched[:0] = self._replayed.values()
+            self._replayed.clear()
 
     async def _start(self, request: SampleRequest, attempt: int, delay: float) -> None:
         """Make an attempt in a task of this scope's group (opened on first need)."""
@@ -373,7 +522,17 @@ class _Attempts:
             self._receive = await stack.enter_async_context(receive)
             self._tg = await stack.enter_async_context(anyio.create_task_group())
         assert self._send is not None
-        self._tg.start_soon(self._sample, request, attempt, delay, self._send)
+        if self._hedge is not None and self._watch is None:
+            watch = self._watch = _Watch(self._hedge, self._send)
+            self._tg.start_soon(self._run_watch, watch)
+        scope = anyio.CancelScope()
+        self._scopes[request.sample_id] = scope
+        self._tg.start_soon(self._sample, request, attempt, delay, self._send, scope)
+
+    async def _run_watch(self, watch: _Watch) -> None:
+        with anyio.CancelScope() as scope:
+            self._watch_scope = scope
+            await watch.run()
 
     async def _sample(
         self,
@@ -381,27 +540,51 @@ class _Attempts:
         attempt: int,
         delay: float,
         send: ObjectSendStream[_Outcome],
+        scope: anyio.CancelScope,
     ) -> None:
-        recording = self._recording
-        if recording is not None and recording.has(request.sample_id, attempt):
-            # A recorded outcome is served again, in its recorded turn: never requested again.
-            recorded = await recording.take(request.sample_id, attempt)
-            if recorded is not None:
-                completion = recorded if isinstance(recorded, Completion) else None
-                error = recorded if isinstance(recorded, ClientError) else None
-                await send.send(_Outcome(request.sample_id, attempt, completion, error, 0.0))
-                return
-        if recording is not None:
-            # Not recorded: it was in flight when the run stopped. Its turn comes after every
-            # recorded outcome; a verification has nothing more to serve, so it has reproduced
-            # all it can (waiting here instead would wait for ever once every sample still
-            # in flight is such a one).
-            await recording.take(request.sample_id, attempt)
-            if self._verify_only:
-                raise _RecordingEnded
-        await send.send(
-            await _attempt(self._scheduler, self._client, request, attempt, delay, self._recorder)
-        )
+        sample_id = request.sample_id
+        with scope:
+            watch = self._watch
+            if watch is not None:
+                if delay > 0:
+                    await self._scheduler.sleep(delay)
+                    delay = 0.0
+                watch.watch(sample_id)
+            try:
+                outcome = await _attempt(
+                    self._scheduler, self._client, request, attempt, delay, self._recorder
+                )
+            finally:
+                if watch is not None:
+                    watch.unwatch(sample_id)
+            if watch is not None:
+                watch.observe(outcome.latency_s)
+            await send.send(outcome)
+        if self._scopes.get(sample_id) is scope:
+            del self._scopes[sample_id]
+
+    def drop(self, sample_ids: Collection[str]) -> None:
+        """Stop these samples' attempts, wherever they are: launched, waiting for their turn in
+        a replay, answered at once and not yet read, or running in a task."""
+        if self._launched:
+            self._launched = [x for x in self._launched if x[0].sample_id not in sample_ids]
+        if self._replayed:
+            for key in [key for key in self._replayed if key[0] in sample_ids]:
+                del self._replayed[key]
+        if self._ready:
+            self._ready = deque(o for o in self._ready if o.sample_id not in sample_ids)
+        scopes, watch = self._scopes, self._watch
+        for sample_id in sample_ids:
+            scope = scopes.pop(sample_id, None)
+            if scope is not None:
+                scope.cancel()
+            if watch is not None:
+                watch.unwatch(sample_id)
+
+    def refire(self, sample_ids: Collection[str]) -> None:
+        """See :meth:`_Watch.refire` (nothing in a replay, which has no watch)."""
+        if self._watch is not None:
+            self._watch.refire(sample_ids)
 
     def cancel(self) -> None:
         """Stop the attempts still running in tasks."""
@@ -462,6 +645,7 @@ class _Sampler(Generic[A]):
             self._recorder,
             self._recording,
             self._verify_only,
+            self._policy.hedge,
         )
         return attempts
 
@@ -470,8 +654,8 @@ class _Sampler(Generic[A]):
         assert self._attempts is not None
         self._attempts.rearm()
 
-    async def request(self, step: int, ordinal: int, prompt: Prompt, temperature: float) -> None:
-        """Record and launch sample ``ordinal`` of ``step``."""
+    async def request(self, step: int, ordinal: int, prompt: Prompt, temperature: float) -> str:
+        """Record and launch sample ``ordinal`` of ``step``; its id."""
         sample_id = f"{step}:{ordinal}"
         model, max_tokens = self._model, self._policy.max_tokens
         request = SampleRequest(
@@ -498,6 +682,7 @@ class _Sampler(Generic[A]):
         self._counters.samples += 1
         self._traffic.requested += 1
         self._launch(request, 1, 0.0)
+        return sample_id
 
     def _launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
         assert self._attempts is not None
@@ -505,19 +690,28 @@ class _Sampler(Generic[A]):
         self._traffic.in_flight += 1
         self._attempts.launch(request, attempt, delay)
 
-    async def next(self) -> tuple[SampleRequest, A | None]:
-        """The next sample judged: its request, and its answer (None: it was red-flagged).
+    async def next(self) -> tuple[SampleRequest, A | HedgeDue | None]:
+        """The next sample judged: its request, and its answer (None: it was red-flagged), or
+        :class:`HedgeDue` when it straggles (it stays in flight).
 
         A failed attempt is recorded and retried; one that may not be retried raises
         :class:`_StepFailed`, leaving the other samples in flight (see :meth:`abandon`).
         """
         attempts, recording = self._attempts, self._recording
         assert attempts is not None
+        in_flight = self._in_flight
         while True:
             outcome = await attempts.next()
             if recording is not None:
                 recording.delivered(outcome.sample_id, outcome.attempt)
-            request = self._in_flight.pop(outcome.sample_id)
+            if outcome.attempt == _HEDGE_TURN:
+                straggler = in_flight.get(outcome.sample_id)
+                if straggler is None:
+                    continue  # answered or abandoned since: nothing to hedge
+                return straggler, HedgeDue(outcome.latency_s, attempts.threshold or 0.0)
+            request = in_flight.pop(outcome.sample_id, None)
+            if request is None:
+                continue  # abandoned after its task had answered: it counts for nothing
             self._traffic.in_flight -= 1
             if outcome.error is not None:
                 await self._failed(request, outcome)
@@ -610,6 +804,27 @@ class _Sampler(Generic[A]):
             )
         self._traffic.retries += 1
         self._launch(request, attempt + 1, delay)
+
+    def refire(self, sample_ids: Collection[str]) -> None:
+        """Ask again whether these samples straggle (live only; see :meth:`_Watch.refire`)."""
+        assert self._attempts is not None
+        self._attempts.refire(sample_ids)
+
+    def cancel(self, sample_ids: Collection[str], reason: str) -> None:
+        """Stop these samples in flight and record each as cancelled for ``reason``
+        (``"decided"``, ``"misspeculated"``), in the order given."""
+        attempts, in_flight, recorder = self._attempts, self._in_flight, self._recorder
+        assert attempts is not None
+        attempts.drop(sample_ids)
+        for sample_id in sample_ids:
+            request = in_flight.pop(sample_id)
+            recorder.emit_now(
+                SampleCancelled(
+                    **recorder.envelope(), step=request.step, sample_id=sample_id, reason=reason
+                )
+            )
+        self._traffic.in_flight -= len(sample_ids)
+        self._counters.cancelled += len(sample_ids)
 
     def abandon(self, reason: str) -> None:
         """Stop the samples still in flight and record each as cancelled for ``reason``
