@@ -688,16 +688,20 @@ class _Chain(Generic[S, A]):
             run.steps += 1
             del self.branches[head.step], self.ordinals[head.step]
             self.sampler.rearm()
+            reason = "misspeculated"
             if run.estimate is not None:
                 agree = votes.get(winner, 0)
                 run.estimate.add(agree=agree, disagree=sum(votes.values()) - agree)
                 k = run.k
                 await run._adapt(budget)
                 if run.k != k:
-                    await self._retally()
+                    # The starts ahead were voted under the old k: a step votes under the k
+                    # chosen once its predecessor is decided, as it does one step at a time.
+                    confirmed = False
+                    reason = "k_changed"
             if task.is_done(state):
                 if opened:
-                    await self._abandon(0)
+                    await self._abandon(0, reason)
                 return True
             if budget is not None and run.steps >= budget:
                 raise _StepFailed(f"the task is not done after its budget of {budget} steps")
@@ -708,7 +712,7 @@ class _Chain(Generic[S, A]):
                     child.overdue.clear()
             else:
                 if opened:
-                    await self._abandon(0)
+                    await self._abandon(0, reason)
                 await self._open(run.steps, state, state_json, None)
         return False
 
@@ -720,22 +724,23 @@ class _Chain(Generic[S, A]):
             del by_sample[sample_id]
         start.in_flight.clear()
 
-    async def _abandon(self, at: int) -> None:
+    async def _abandon(self, at: int, reason: str = "misspeculated") -> None:
         """Abandon the starts from ``opened[at]`` on: they follow a state that is not their
-        predecessor's leader (or decided) any more."""
+        predecessor's leader (or decided) any more (``"misspeculated"``), or were voted under
+        a k that changed since (``"k_changed"``)."""
         run, opened, counters = self.run, self.opened, self.counters
         doomed = [opened[i] for i in range(at, len(opened))]
         for _ in doomed:
             opened.pop()
         for start in doomed:
             if start.in_flight:
-                self._cancel(start, "misspeculated")
+                self._cancel(start, reason)
             await run.emit(
                 StepAbandoned(
                     **run.envelope(),
                     step=start.step,
                     branch=start.branch,
-                    reason="misspeculated",
+                    reason=reason,
                     samples=start.requested,
                     votes=start.tally.votes,
                     red_flags=start.red_flags,
@@ -775,19 +780,6 @@ class _Chain(Generic[S, A]):
         start.hedged.add(straggler)
         counters.hedged += 1
         await self._request(start)
-
-    async def _retally(self) -> None:
-        """k changed: count each open start's votes again under the new k, in their order."""
-        k, rule = self.run.k, self.policy.rule
-        for start in list(self.opened):
-            tally = Tally(k, rule)
-            for candidate in start.votes:
-                if tally.winner is None:
-                    tally.add(candidate)
-            start.tally = tally
-        for start in list(self.opened):
-            if start in self.opened:
-                await self._fill(start)
 
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:

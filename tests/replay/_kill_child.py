@@ -1,7 +1,8 @@
 """The child process of the kill tests: one Hanoi run at full speed, reporting through an mmap.
 
     python -m tests.replay._kill_child LOG PROGRESS --disks N --k K --seed S --commit-interval C
-                                       [--writer thread|process]
+                                       [--writer thread|process] [--pipeline D]
+                                       [--hedge Q] [--latency-ms L]
 
 The run uses the in-process simulated model at zero latency, so the engine never waits for a
 model and the log writer has to keep up: on the same event loop (``--writer thread``), or in a
@@ -13,6 +14,7 @@ any moment without ever blocking the child: a pipe could fill up and stall the r
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import mmap
 import os
 import struct
@@ -21,7 +23,8 @@ from typing import NamedTuple
 import anyio
 
 from events import Event, EventLog, StepDecided
-from maker import Engine, Policy, SimulatedModel
+from maker import Engine, Hedge, Policy, SimulatedModel
+from maker.clients import PRESETS
 from maker.tasks import Hanoi
 
 # generation, then two slots of (last seq, its ts, last decided step, that decision's ts).
@@ -86,9 +89,21 @@ async def _run(args: argparse.Namespace) -> None:
     progress = Progress(args.progress)
     async with (
         EventLog(args.log, commit_interval=args.commit_interval, writer=args.writer) as log,
-        Engine(log=log, client=SimulatedModel(preset="paper"), sinks=[progress]) as engine,
+        Engine(log=log, client=_model(args.latency_ms), sinks=[progress]) as engine,
     ):
-        await engine.run(Hanoi(args.disks), policy=Policy(k=args.k), seed=args.seed)
+        policy = Policy(
+            k=args.k,
+            pipeline=args.pipeline,
+            hedge=Hedge(quantile=args.hedge, min_s=0.001) if args.hedge else None,
+        )
+        await engine.run(Hanoi(args.disks), policy=policy, seed=args.seed)
+
+
+def _model(latency_ms: float) -> SimulatedModel:
+    """The paper's simulated model; with latency, the same model answering late."""
+    if not latency_ms:
+        return SimulatedModel(preset="paper")
+    return SimulatedModel(dataclasses.replace(PRESETS["paper"], latency_ms=latency_ms))
 
 
 def main() -> None:
@@ -100,6 +115,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--commit-interval", type=float, required=True)
     parser.add_argument("--writer", choices=["thread", "process"], default="thread")
+    parser.add_argument("--pipeline", type=int, default=0)
+    parser.add_argument("--hedge", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
     args = parser.parse_args()
     if not os.path.exists(args.progress):
         create(args.progress)

@@ -1,0 +1,149 @@
+"""kill -9 during a pipelined (and hedged) run, then resume: the decisions of an uninterrupted run
+with the same seed, and no recorded sample requested again.
+
+A pipelined run interleaves the events of several steps, abandons speculative starts and sends
+hedges, so a kill lands between events a one-step-at-a-time run never has side by side. The
+child is the full-speed one of the kill tests (the in-process model at zero latency, where the
+engine never waits), and the same with latency (2 ms a call, where the steps really overlap
+and hedges are sent): bugs of timing hide at one speed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import anyio
+import pytest
+
+from events import (
+    RunFinished,
+    RunResumed,
+    SampleRequested,
+    StepAbandoned,
+    StepDecided,
+    StepStarted,
+    UnknownRunError,
+)
+from maker import Engine, Hedge, Policy, SimulatedModel
+from maker.clients import PRESETS
+from maker.tasks import Hanoi
+from replay import load_events, resume_run, verify_run
+
+from . import _kill_child
+
+REPO = Path(__file__).resolve().parents[2]
+SEED = 23
+K = 3
+DEPTH = 4
+# (latency ms, disks, kill window after run_started in s, hedge quantile)
+CASES = {
+    "zero-latency": (0.0, 10, (0.05, 0.6), 0.0),
+    "latency": (2.0, 8, (0.1, 0.6), 0.9),
+}
+KILLS = 3
+
+
+def _policy(hedge: float) -> Policy:
+    return Policy(k=K, pipeline=DEPTH, hedge=Hedge(quantile=hedge, min_s=0.001) if hedge else None)
+
+
+def _model(latency_ms: float) -> SimulatedModel:
+    if not latency_ms:
+        return SimulatedModel(preset="paper")
+    return SimulatedModel(dataclasses.replace(PRESETS["paper"], latency_ms=latency_ms))
+
+
+async def _reference(path: Path, latency_ms: float, disks: int, hedge: float) -> list[str]:
+    async with Engine(log=path, client=_model(latency_ms)) as engine:
+        result = await engine.run(Hanoi(disks), policy=_policy(hedge), seed=SEED)
+    assert result.ok, result.reason
+    events = await load_events(path, result.run_id)
+    return [e.winner for e in events if isinstance(e, StepDecided)]
+
+
+def _run_and_kill(path: Path, case: str, delay: float) -> bool:
+    """Run the child; SIGKILL it ``delay`` s after its first event. Whether it was killed
+    before it finished."""
+    latency_ms, disks, _, hedge = CASES[case]
+    progress = path.with_suffix(".progress")
+    _kill_child.create(str(progress))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.replay._kill_child", str(path), str(progress),
+         "--disks", str(disks), "--k", str(K), "--seed", str(SEED),
+         "--commit-interval", "0.05", "--pipeline", str(DEPTH), "--hedge", str(hedge),
+         "--latency-ms", str(latency_ms)],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while _kill_child.read(str(progress)).events == 0:
+            assert proc.poll() is None, f"the child exited with {proc.returncode} before its run"
+            assert time.monotonic() < deadline, "the child emitted nothing in 120 s"
+            time.sleep(0.005)  # polling for the start, not measuring time
+        began = time.monotonic()
+        while proc.poll() is None and time.monotonic() < began + delay:
+            time.sleep(0.005)
+        killed = proc.poll() is None
+        proc.kill()
+        proc.wait()
+        return killed
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.slow  # a few seconds per kill: each resumes the run to its end
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_pipelined_runs_killed_anywhere_resume_to_the_same_decisions(
+    tmp_path: Path, case: str
+) -> None:
+    latency_ms, disks, window, hedge = CASES[case]
+    winners = anyio.run(_reference, tmp_path / "ref.db", latency_ms, disks, hedge)
+    rng = random.Random(f"pipelined-kill:{case}")
+    killed = 0
+    speculative = abandoned = 0
+    for i in range(KILLS):
+        path = tmp_path / f"kill{i}.db"
+        killed += _run_and_kill(path, case, rng.uniform(*window))
+
+        async def check(log: Path = path, full: bool = i == 0) -> tuple[int, int]:
+            try:
+                before = await load_events(log)
+            except UnknownRunError:
+                return 0, 0  # killed before its first commit: nothing to resume
+            recorded = {e.sample_id for e in before if isinstance(e, SampleRequested)}
+            finished = isinstance(before[-1], RunFinished)
+            result = await resume_run(log)
+            assert result.ok, result.reason
+            events = await load_events(log)
+            assert [e.winner for e in events if isinstance(e, StepDecided)] == winners
+            assert [e.seq for e in events] == list(range(len(events)))
+            requested = Counter(e.sample_id for e in events if isinstance(e, SampleRequested))
+            assert max(requested.values()) == 1  # no sample id was requested twice ...
+            after = events[len(before) :]
+            # ... and the resumed part requested none the log had already recorded
+            assert not recorded & {e.sample_id for e in after if isinstance(e, SampleRequested)}
+            assert sum(isinstance(e, RunResumed) for e in events) == (0 if finished else 1)
+            if full:
+                verified = await verify_run(log)
+                assert verified.ok, verified.divergence
+            return (
+                sum(isinstance(e, StepStarted) and e.speculative for e in events),
+                sum(isinstance(e, StepAbandoned) for e in events),
+            )
+
+        spec, aban = anyio.run(check)
+        speculative += spec
+        abandoned += aban
+    assert killed >= KILLS - 1, "runs finished before the kill: raise the disks"
+    assert speculative > 0  # the runs really were pipelined
