@@ -812,10 +812,15 @@ class _Sampler(Generic[A]):
 
     def cancel(self, sample_ids: Collection[str], reason: str) -> None:
         """Stop these samples in flight and record each as cancelled for ``reason``
-        (``"decided"``, ``"misspeculated"``), in the order given."""
+        (``"decided"``, ``"misspeculated"``, ``"k_changed"``)."""
         attempts, in_flight, recorder = self._attempts, self._in_flight, self._recorder
         assert attempts is not None
         attempts.drop(sample_ids)
+        if len(sample_ids) > 1:
+            # In the order abandon() records them, the order they came to be in flight (a
+            # retried sample comes again when it is launched again).
+            wanted = set(sample_ids)
+            sample_ids = [sample_id for sample_id in in_flight if sample_id in wanted]
         for sample_id in sample_ids:
             request = in_flight.pop(sample_id)
             recorder.emit_now(
