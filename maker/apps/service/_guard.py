@@ -35,6 +35,10 @@ QUOTE_CHARS = 80
 MIN_TOKEN_CHARS = 16
 """The shortest token the service accepts: shorter ones are guessable."""
 
+MAX_PIPELINE = 64
+"""The deepest pipeline a request (or an MCP ``run``) may ask for: each step open ahead of the
+oldest undecided one has samples in flight."""
+
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """Host names that always reach the service when it listens on loopback."""
 

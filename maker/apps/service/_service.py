@@ -82,6 +82,7 @@ from .._options import (
     rate_limit_options,
 )
 from ._guard import (
+    MAX_PIPELINE,
     ServiceLimits,
     check_token,
     clip,
@@ -120,9 +121,6 @@ _KEEP_ALIVE = b": keep-alive\n\n"
 
 MAX_LATENCY_MS = 60_000.0
 """The slowest simulated model a request may ask for."""
-
-MAX_PIPELINE = 64
-"""The deepest pipeline a request may ask for: each step open ahead has its samples in flight."""
 
 
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
