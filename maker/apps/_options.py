@@ -115,25 +115,32 @@ def hedge_from(quantile: float | None, min_s: float | None = None) -> Hedge | No
     return Hedge(quantile=float(quantile), min_s=_HEDGE.min_s if min_s is None else float(min_s))
 
 
+pipeline_option = click.option(
+    "--pipeline",
+    type=click.IntRange(0),
+    default=DEFAULT_PIPELINE,
+    show_default=True,
+    metavar="DEPTH",
+    help="Steps voted ahead of the oldest undecided one, each from the state its "
+    "predecessor's leading answer implies (0: off).",
+)
+"""``--pipeline DEPTH``: the policy's ``pipeline``, its default the policy's."""
+
+hedge_option = click.option(
+    "--hedge",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=DEFAULT_HEDGE_QUANTILE,
+    show_default=True,
+    metavar="QUANTILE",
+    help="Send one more sample beside one in flight longer than this quantile of the "
+    "run's latencies (0: off).",
+)
+"""``--hedge QUANTILE``: the policy's ``hedge`` (see :func:`hedge_from`), its default the
+policy's."""
+
 pipeline_options = stacked(
-    click.option(
-        "--pipeline",
-        type=click.IntRange(0),
-        default=DEFAULT_PIPELINE,
-        show_default=True,
-        metavar="DEPTH",
-        help="Steps voted ahead of the oldest undecided one, each from the state its "
-        "predecessor's leading answer implies (0: off).",
-    ),
-    click.option(
-        "--hedge",
-        type=click.FloatRange(0.0, 1.0, max_open=True),
-        default=DEFAULT_HEDGE_QUANTILE,
-        show_default=True,
-        metavar="QUANTILE",
-        help="Send one more sample beside one in flight longer than this quantile of the "
-        "run's latencies (0: off).",
-    ),
+    pipeline_option,
+    hedge_option,
     click.option(
         "--hedge-min-s",
         type=click.FloatRange(0.0),

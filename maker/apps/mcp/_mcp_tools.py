@@ -207,6 +207,26 @@ class PlanModel(_Args, frozen=True):
     latency_s: Annotated[float, Meta(ge=0.0, description="Seconds per call.")] | None = None
 
 
+Pipeline = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=MAX_PIPELINE,
+        description=f"Pipeline depth: steps voted ahead of the oldest undecided one, each from "
+        f"the state its predecessor's leading answer implies (0: off; at most {MAX_PIPELINE}).",
+    ),
+]
+HedgeQuantile = Annotated[
+    float,
+    Meta(
+        ge=0.0,
+        lt=1.0,
+        description="Hedging: a sample in flight longer than this quantile of the run's "
+        "latencies gets one more sent beside it (0 or null: off).",
+    ),
+]
+
+
 class PlanArgs(_Args, frozen=True):
     """Choose model and k for a target (Eq 13, 14, 16, 19): the cheapest reliable model."""
 
@@ -225,6 +245,8 @@ class PlanArgs(_Args, frozen=True):
     ] = msgspec.field(default_factory=list)
     target: Target = 0.95
     concurrency: Annotated[int, Meta(ge=1, le=100_000, description="Samples in flight.")] = 1
+    pipeline: Pipeline = DEFAULT_PIPELINE
+    hedge: HedgeQuantile | None = DEFAULT_HEDGE_QUANTILE
 
 
 class PromptItem(_Args, frozen=True):
@@ -260,26 +282,6 @@ class CalibrateArgs(_Args, frozen=True):
     target: Target = 0.95
     steps: Steps = 2**20 - 1
     max_output_tokens: MaxOutputTokens = 750
-
-
-Pipeline = Annotated[
-    int,
-    Meta(
-        ge=0,
-        le=MAX_PIPELINE,
-        description=f"Pipeline depth: steps voted ahead of the oldest undecided one, each from "
-        f"the state its predecessor's leading answer implies (0: off; at most {MAX_PIPELINE}).",
-    ),
-]
-HedgeQuantile = Annotated[
-    float,
-    Meta(
-        ge=0.0,
-        lt=1.0,
-        description="Hedging: a sample in flight longer than this quantile of the run's "
-        "latencies gets one more sent beside it (0 or null: off).",
-    ),
-]
 
 
 TaskName = Annotated[
@@ -714,7 +716,14 @@ class McpTools:
             estimates.append(ModelEstimate.from_json(measured.to_json()))
         if not estimates:
             raise ToolError("give models, or calibrations to read them from")
-        result = plan(estimates, steps=args.steps, target=args.target, concurrency=args.concurrency)
+        result = plan(
+            estimates,
+            steps=args.steps,
+            target=args.target,
+            concurrency=args.concurrency,
+            pipeline=args.pipeline,
+            hedge=hedge_from(args.hedge),
+        )
         return result.to_json()
 
     # -- calibrate ---------------------------------------------------------------------
