@@ -22,7 +22,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from events import EventLog, RunStarted, decode, encode, event_tag
+from events import EventLog, RunFinished, RunStarted, decode, encode, event_tag
 from maker import PRESETS, Completion, Engine, Hedge, Policy, SampleRequest, SimulatedModel
 from maker.apps.service._service import create_service, serve
 from maker.tasks import Hanoi
@@ -337,20 +337,21 @@ async def test_bad_requests_are_400_with_one_line(tmp_path: Path) -> None:
 
 
 async def test_pipeline_and_hedge_of_a_request_are_the_runs_policy(tmp_path: Path) -> None:
-    async with service(tmp_path / "log.db") as (engine, http):
+    async with service(tmp_path / "log.db") as (_, http):
         on = await start(
             http, task="hanoi", params={"disks": 2}, pipeline=2, hedge=0.9, hedge_min_s=0.25
         )
         off = await start(http, task="hanoi", params={"disks": 2}, pipeline=0, hedge=0)
         unset = await start(http, task="hanoi", params={"disks": 2}, hedge=None)
-        for run_id in (on, off, unset):
-            handle = engine.handle(run_id)
-            assert handle is not None
-            assert (await handle.result()).ok
         policies = {}
         for run_id in (on, off, unset):
-            first = decode((await logged(engine.log, run_id))[0])
+            # The stream ends with the run (which may have ended already: it is short).
+            async with http.get(f"/runs/{run_id}/events") as response:
+                stream = await read_sse(response)
+            first, last = decode(stream.messages[0].data), decode(stream.messages[-1].data)
             assert isinstance(first, RunStarted)
+            assert isinstance(last, RunFinished)
+            assert last.status == "succeeded"
             policies[run_id] = first.policy
     assert policies[on]["pipeline"] == 2
     assert policies[on]["hedge"] == {**msgspec.to_builtins(Hedge()), "quantile": 0.9, "min_s": 0.25}
