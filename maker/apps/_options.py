@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 
+from ..core._errors import ConfigError
+from ..core._policy import Hedge, Policy
 from ..core._task import Task
 from ..tasks import BUILTIN_TASKS, PromptTask, make_task
 
@@ -73,6 +76,81 @@ prices_option = click.option(
     help="JSON or TOML price overrides: {model: {input: USD/Mtok, output: USD/Mtok}}.",
 )
 """``--prices FILE``: overrides of the price table."""
+
+
+# -- pipelining and hedging -------------------------------------------------------------------
+
+_POLICY = Policy()
+_HEDGE = Hedge()
+
+DEFAULT_PIPELINE = _POLICY.pipeline
+"""The pipeline depth a run has unless told: :class:`Policy`'s, never restated."""
+
+DEFAULT_HEDGE_QUANTILE = 0.0 if _POLICY.hedge is None else _POLICY.hedge.quantile
+"""The hedging quantile a run has unless told (0: off): :class:`Policy`'s."""
+
+
+def hedge_from(quantile: float | None, min_s: float | None = None) -> Hedge | None:
+    """The :class:`Hedge` that a quantile and a floor describe, as ``maker run --hedge Q
+    --hedge-min-s S``, the service's ``hedge`` and ``hedge_min_s`` and the MCP ``run`` tool's
+    give them: None (no hedging) when ``quantile`` is 0 or None, else ``Hedge(quantile=...)``
+    with ``min_s`` when given and Hedge's other fields at their defaults. A bad value raises
+    :class:`ConfigError` naming the field (``hedge``, ``hedge_min_s``).
+
+    >>> hedge_from(0) is None, hedge_from(0.9).quantile, hedge_from(0.9, 0.5).min_s
+    (True, 0.9, 0.5)
+    >>> hedge_from(None, 0.5)
+    Traceback (most recent call last):
+    ...
+    maker.core._errors.ConfigError: hedge_min_s: applies only with hedge (a quantile in (0, 1))
+    """
+    if min_s is not None and not (math.isfinite(min_s) and min_s >= 0.0):
+        raise ConfigError("hedge_min_s", f"must be a number of seconds >= 0, got {min_s}")
+    if not quantile:  # 0 or None; NaN is truthy, and refused below
+        if min_s is not None:
+            raise ConfigError("hedge_min_s", "applies only with hedge (a quantile in (0, 1))")
+        return None
+    if not (math.isfinite(quantile) and 0.0 < quantile < 1.0):
+        raise ConfigError("hedge", f"must be 0 (off) or a quantile in (0, 1), got {quantile}")
+    return Hedge(quantile=float(quantile), min_s=_HEDGE.min_s if min_s is None else float(min_s))
+
+
+pipeline_option = click.option(
+    "--pipeline",
+    type=click.IntRange(0),
+    default=DEFAULT_PIPELINE,
+    show_default=True,
+    metavar="DEPTH",
+    help="Steps voted ahead of the oldest undecided one, each from the state its "
+    "predecessor's leading answer implies (0: off).",
+)
+"""``--pipeline DEPTH``: the policy's ``pipeline``, its default the policy's."""
+
+hedge_option = click.option(
+    "--hedge",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    default=DEFAULT_HEDGE_QUANTILE,
+    show_default=True,
+    metavar="QUANTILE",
+    help="Send one more sample beside one in flight longer than this quantile of the "
+    "run's latencies (0: off).",
+)
+"""``--hedge QUANTILE``: the policy's ``hedge`` (see :func:`hedge_from`), its default the
+policy's."""
+
+pipeline_options = stacked(
+    pipeline_option,
+    hedge_option,
+    click.option(
+        "--hedge-min-s",
+        type=click.FloatRange(0.0),
+        metavar="SECONDS",
+        help=f"--hedge: the least in-flight time that is hedged.  [default: {_HEDGE.min_s}]",
+    ),
+)
+"""``--pipeline DEPTH``, ``--hedge QUANTILE`` and ``--hedge-min-s SECONDS``: how a command that
+votes (``maker run``) overlaps steps and hedges stragglers; made into a policy's ``pipeline``
+and ``hedge`` with :func:`hedge_from`. Their defaults are :class:`Policy`'s."""
 
 
 # -- servers and logs --------------------------------------------------------------------------

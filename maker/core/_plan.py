@@ -9,6 +9,8 @@ per-step success rate p, its valid rate v and its cost per call c,
   is a figure the run can be expected to meet;
 - the expected samples per step: the exact gambler's-ruin duration of Eq 16 at the point
   estimate of p, divided by v for the red-flagged samples drawn again (Eq 19);
+- with pipelining or hedging, the samples they add per step (see :func:`plan`), counted in
+  the expected samples and cost;
 - the expected cost, samples times c (Eq 19-20), and the expected wall time;
 - the recommended model: the lowest expected cost among the models whose lower bound of p is
   above one half (below it voting cannot be relied on to converge on the right answer).
@@ -35,6 +37,7 @@ import msgspec
 
 from ._errors import ConfigError
 from ._formulas import expected_samples_per_step, k_min, p_run
+from ._policy import Hedge
 
 
 def _number(field: str, value: object) -> float:
@@ -157,11 +160,20 @@ class ModelPlan:
     p_run: float | None
     """Eq 13: P(every step right) at ``k_min`` and ``p_low``."""
     expected_samples_per_step: float | None
-    """Eq 16 at ``p`` and ``k_min``, over ``v`` (red-flagged samples are drawn again)."""
+    """Eq 16 at ``p`` and ``k_min``, over ``v`` (red-flagged samples are drawn again): the
+    samples of the start of each step that decides it."""
+    misspeculation_samples_per_step: float | None = None
+    """Samples per step drawn for speculative starts that are abandoned (0 without
+    pipelining): ``(1 - p) * k_min * pipeline`` (see :func:`plan`)."""
+    hedge_samples_per_step: float | None = None
+    """Hedges per step (0 without hedging): ``min((1 - quantile) * samples, per_step,
+    share * (samples + misspeculated))`` (see :func:`plan`)."""
     expected_samples: float | None
+    """All samples: those three per step, times the steps."""
     expected_cost_usd: float | None
     expected_wall_s: float | None
-    """None when no latency is known."""
+    """None when no latency is known. Steps one after another: pipelining and hedging cut
+    wall time, which this leaves out (an upper estimate for them)."""
     note: str = ""
 
     @property
@@ -191,6 +203,10 @@ class Plan:
     target: float
     concurrency: int
     latency_s: float | None
+    pipeline: int = 0
+    """The pipeline depth planned for (0: off)."""
+    hedge: Hedge | None = None
+    """The hedging planned for (None: off)."""
     models: tuple[ModelPlan, ...]
     recommended: str | None
     """The model with the lowest expected cost among those that converge; None if none does."""
@@ -209,8 +225,50 @@ class Plan:
         return out
 
 
+def misspeculation_per_step(p: float, k: int, pipeline: int) -> float:
+    """Expected samples per step drawn for speculative starts that a pipelined run abandons.
+
+    A step's first valid vote is wrong with probability about ``1 - p``; the steps started
+    ahead from the state it implies (up to ``pipeline`` of them) are then abandoned, each
+    having drawn about its first round, ``k`` samples. Leads that change later (two wrong
+    votes for one rival before the right answer's) are of order ``(1 - p)**2`` and left out;
+    so are speculative starts that latency let draw less than a round.
+
+    >>> misspeculation_per_step(0.99, 3, 0), round(misspeculation_per_step(0.99, 3, 2), 6)
+    (0.0, 0.06)
+    """
+    return (1.0 - p) * k * pipeline
+
+
+def hedges_per_step(hedge: Hedge | None, samples: float, misspeculated: float = 0.0) -> float:
+    """Expected hedges per step, at most: each of the step's ``samples`` is past the
+    ``quantile`` of the latencies with probability ``1 - quantile``, and if every such
+    straggler held up the run, each would get a hedge; at most ``per_step`` of them go to
+    one start, and at most ``share`` of all samples (``samples + misspeculated``) are hedges.
+    Stragglers of steps that do not hold up the run get none, so the real figure is lower.
+
+    >>> hedges_per_step(None, 3.0), round(hedges_per_step(Hedge(quantile=0.9), 3.0), 6)
+    (0.0, 0.15)
+    >>> hedges_per_step(Hedge(quantile=0.5, share=1.0), 3.0)  # per_step bounds it
+    1.0
+    """
+    if hedge is None:
+        return 0.0
+    return min(
+        (1.0 - hedge.quantile) * samples,
+        float(hedge.per_step),
+        hedge.share * (samples + misspeculated),
+    )
+
+
 def _plan_one(
-    est: ModelEstimate, steps: int, target: float, concurrency: int, latency_s: float | None
+    est: ModelEstimate,
+    steps: int,
+    target: float,
+    concurrency: int,
+    latency_s: float | None,
+    pipeline: int,
+    hedge: Hedge | None,
 ) -> ModelPlan:
     if not est.p_low > 0.5:
         note = (
@@ -229,7 +287,9 @@ def _plan_one(
         )
     k = k_min(est.p_low, target, steps)
     per_step = expected_samples_per_step(est.p, k, est.v)
-    total = per_step * steps
+    misspeculated = misspeculation_per_step(est.p, k, pipeline)
+    hedged = hedges_per_step(hedge, per_step, misspeculated)
+    total = (per_step + misspeculated + hedged) * steps
     latency = latency_s if latency_s is not None else est.latency_s
     wall: float | None = None
     if latency is not None:
@@ -244,6 +304,8 @@ def _plan_one(
         k_min=k,
         p_run=p_run(est.p_low, k, steps),
         expected_samples_per_step=per_step,
+        misspeculation_samples_per_step=misspeculated,
+        hedge_samples_per_step=hedged,
         expected_samples=total,
         expected_cost_usd=total * est.cost_per_call,
         expected_wall_s=wall,
@@ -257,6 +319,8 @@ def plan(
     target: float,
     concurrency: int = 1,
     latency_s: float | None = None,
+    pipeline: int = 0,
+    hedge: Hedge | None = None,
 ) -> Plan:
     """Plan a run of ``steps`` steps that must succeed with probability ``target``.
 
@@ -264,6 +328,20 @@ def plan(
     overrides each model's own ``latency_s`` (the wall time is None when neither is known).
     Ties in expected cost (unpriced models cost 0) go to fewer expected samples, then to the
     order given.
+
+    ``pipeline`` and ``hedge`` are the run's (:class:`Policy`'s fields of those names); the
+    samples they add are counted in the expected samples and cost, and shown per step:
+
+    - misspeculation, with ``pipeline`` > 0: ``(1 - p) * k * pipeline`` per step
+      (:func:`misspeculation_per_step`: the first valid vote is wrong with probability about
+      1 - p, and then each of the ``pipeline`` steps started ahead is abandoned after about a
+      round of k samples);
+    - hedges: ``min((1 - quantile) * s, per_step, share * (s + misspeculated))`` per step,
+      s being the Eq 16 samples (:func:`hedges_per_step`: an upper estimate).
+
+    Both are estimates of what such a run draws and pays for; the counters of the run itself
+    (:class:`maker.RunResult`'s ``misspeculated_samples`` and ``hedged_samples``) are what it
+    drew.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ConfigError("steps", f"must be a positive integer, got {steps!r}")
@@ -273,13 +351,19 @@ def plan(
         raise ConfigError("concurrency", f"must be a positive integer, got {concurrency!r}")
     if latency_s is not None and not _number("latency_s", latency_s) >= 0:
         raise ConfigError("latency_s", f"must not be negative, got {latency_s}")
+    if isinstance(pipeline, bool) or not isinstance(pipeline, int) or pipeline < 0:
+        raise ConfigError("pipeline", f"must be an integer >= 0, got {pipeline!r}")
+    if hedge is not None and not isinstance(hedge, Hedge):
+        raise ConfigError("hedge", f"must be a Hedge or None, got {hedge!r}")
     if not models:
         raise ConfigError("models", "give at least one model to plan for")
     names = [m.model for m in models]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise ConfigError("models", f"each model may appear once; repeated: {repeated}")
-    plans = tuple(_plan_one(m, steps, target, concurrency, latency_s) for m in models)
+    plans = tuple(
+        _plan_one(m, steps, target, concurrency, latency_s, pipeline, hedge) for m in models
+    )
     ranked = sorted(
         (
             (p.expected_cost_usd, p.expected_samples, i)
@@ -293,6 +377,8 @@ def plan(
         target=target,
         concurrency=concurrency,
         latency_s=latency_s,
+        pipeline=pipeline,
+        hedge=hedge,
         models=plans,
         recommended=recommended,
     )

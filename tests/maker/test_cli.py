@@ -112,6 +112,31 @@ def test_arithmetic_runs_the_same_way(capsys: pytest.CaptureFixture[str], tmp_pa
     assert result["task_params"] == {"steps": 40, "digits": 5, "seed": 0}
 
 
+def test_pipeline_and_hedge_flags_make_the_runs_policy(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    log = tmp_path / "run.db"
+    # The writer is beside the point here, and a thread starts faster than a process.
+    flags = ["--log-writer", "thread", "--pipeline", "2", "--hedge", "0.9", "--hedge-min-s", "0.5"]
+    code, out, err = cli(
+        capsys, "run", "hanoi", "--disks", "3", "--log", str(log), *flags, "--json"
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    for counter in ("cancelled_samples", "misspeculated_samples", "misspeculated_steps"):
+        assert result[counter] >= 0
+    assert 0 <= result["hedged_samples"] <= result["samples"]
+    policy = export(capsys, log)[0]["policy"]
+    assert policy["pipeline"] == 2
+    assert (policy["hedge"]["quantile"], policy["hedge"]["min_s"]) == (0.9, 0.5)
+    off = tmp_path / "off.db"
+    plain = [*flags[:2], "--pipeline", "0"]
+    code, _, err = cli(capsys, "run", "hanoi", "--disks", "3", "--log", str(off), *plain)
+    assert code == 0, err
+    # Off is recorded as runs before pipelining and hedging were.
+    assert "pipeline" not in export(capsys, off)[0]["policy"]
+
+
 def test_show_summarises_a_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log = tmp_path / "show.db"
     code, out, _ = cli(capsys, "run", "hanoi", "--disks", "4", "--log", str(log), "--json")
@@ -190,6 +215,10 @@ def _other_sqlite(tmp_path: Path) -> Path:
         (["run", "hanoi", "--log", "{tmp}/x.db", "--k", "2", "--target", "0.9"], "not both"),
         (["run", "hanoi", "--log", "{tmp}/x.db", "--model", "gpt-9"], "unknown model"),
         (["run", "hanoi", "--log", "{tmp}/x.db", "--frobnicate"], "frobnicate"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--pipeline", "-1"], "--pipeline"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--hedge", "1.5"], "--hedge"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--hedge", "nan"], "--hedge: must be 0 (off)"),
+        (["run", "hanoi", "--log", "{tmp}/x.db", "--hedge-min-s", "1"], "needs --hedge"),
         (["show"], "FILE"),
     ],
 )

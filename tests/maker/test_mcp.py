@@ -48,6 +48,9 @@ TOOL_NAMES = {
 }
 
 
+_PYTHONPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
+
+
 @asynccontextmanager
 async def stdio_server(
     tmp_path: Path, *args: str, env: dict[str, str] | None = None
@@ -56,7 +59,9 @@ async def stdio_server(
     params = StdioServerParameters(
         command=sys.executable,
         args=["-m", "maker", "mcp", *args],
-        env={**(env or {}), "PYTHONUNBUFFERED": "1"},
+        # The SDK starts the server with a minimal environment: PYTHONPATH goes along, so that
+        # the server is the checkout under test, not another one installed.
+        env={**_PYTHONPATH, **(env or {}), "PYTHONUNBUFFERED": "1"},
         cwd=str(tmp_path),
     )
     with (tmp_path / "stderr.txt").open("w") as errlog:
@@ -254,6 +259,25 @@ async def test_run_follows_to_completion_with_progress_notifications(tmp_path: P
     assert [r["run_id"] for r in shown["runs"]] == [out["run_id"]]
 
 
+async def test_run_takes_pipeline_and_hedge_into_the_runs_policy(tmp_path: Path) -> None:
+    run = {"task": "hanoi", "params": {"disks": 3}, "k": 2, "wait": True}
+    async with stdio_server(tmp_path, "--log", "mcp.db") as client:
+        on = structured(
+            await client.call_tool(
+                "run", {**run, "pipeline": 3, "hedge": 0.9, "hedge_min_s": 0.5, "seed": 1}
+            )
+        )
+        off = structured(await client.call_tool("run", {**run, "pipeline": 0, "hedge": None}))
+    assert on["status"] == off["status"] == "succeeded"
+    started = (await read_run(tmp_path / "mcp.db", on["run_id"]))[0]
+    assert started.policy["pipeline"] == 3
+    assert started.policy["hedge"]["quantile"] == 0.9
+    assert started.policy["hedge"]["min_s"] == 0.5
+    plain = (await read_run(tmp_path / "mcp.db", off["run_id"]))[0]
+    assert "pipeline" not in plain.policy
+    assert "hedge" not in plain.policy
+
+
 async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumably(
     tmp_path: Path,
 ) -> None:
@@ -385,6 +409,13 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(tmp_pa
             "unknown task params": ("run", {"task": "hanoi", "params": {"pegs": 4}}),
             "unknown run": ("run_status", {"run_id": "nope"}),
             "plan from nothing": ("plan", {"steps": 10}),
+            "pipeline out of range": ("run", {"task": "hanoi", "pipeline": 65}),
+            "hedge out of range": ("run", {"task": "hanoi", "hedge": 1.0}),
+            "hedge as an object": ("run", {"task": "hanoi", "hedge": {"quantile": 0.9}}),
+            "hedge floor alone": (
+                "run",
+                {"task": "hanoi", "params": {"disks": 3}, "hedge_min_s": 0.5},
+            ),
             "unknown tool": ("levitate", {}),
         }
         messages = {}
@@ -404,6 +435,10 @@ async def test_bad_arguments_are_tool_errors_and_the_server_keeps_serving(tmp_pa
     assert "pegs" in messages["unknown task params"]
     assert "no run nope" in messages["unknown run"]
     assert "calibrations" in messages["plan from nothing"]
+    assert "<= 64 - at `$.pipeline`" in messages["pipeline out of range"]
+    assert "< 1.0 - at `$.hedge`" in messages["hedge out of range"]
+    assert "`$.hedge`" in messages["hedge as an object"]
+    assert "hedge_min_s: applies only with hedge" in messages["hedge floor alone"]
     assert "unknown tool" in messages["unknown tool"]
     assert all("\n" not in m and "Traceback" not in m for m in messages.values())
     assert still["k_min"] >= 1

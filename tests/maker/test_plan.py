@@ -13,6 +13,7 @@ from click.testing import CliRunner
 from maker import (
     ConfigError,
     Engine,
+    Hedge,
     Policy,
     SimConfig,
     SimulatedModel,
@@ -133,6 +134,54 @@ def test_wall_time_follows_latency_and_concurrency() -> None:
     )
 
 
+def test_pipelining_and_hedging_add_their_samples_to_the_estimates() -> None:
+    est = ModelEstimate(model="m", p=0.99, v=0.98, cost_per_call=0.002)
+    alone = plan([est], steps=1023, target=0.95).model("m")
+    assert alone.misspeculation_samples_per_step == 0.0
+    assert alone.hedge_samples_per_step == 0.0
+    k, s = alone.k_min, alone.expected_samples_per_step
+    assert k is not None
+    assert s is not None
+    assert alone.expected_samples == pytest.approx(s * 1023)
+
+    # Depth 3: a wrong first vote (1 - p) abandons the 3 steps started ahead, k samples each.
+    piped = plan([est], steps=1023, target=0.95, pipeline=3).model("m")
+    assert piped.k_min == k
+    assert piped.expected_samples_per_step == s  # the deciding start's samples do not change
+    assert piped.misspeculation_samples_per_step == pytest.approx(0.01 * k * 3)
+    assert piped.expected_samples == pytest.approx((s + 0.01 * k * 3) * 1023)
+    assert piped.expected_cost_usd == pytest.approx((s + 0.01 * k * 3) * 1023 * 0.002)
+
+    # Hedging past the 0.9 quantile: a tenth of the step's samples, within share and per_step.
+    hedge = Hedge(quantile=0.9, share=0.5)
+    hedged = plan([est], steps=1023, target=0.95, hedge=hedge).model("m")
+    assert hedged.hedge_samples_per_step == pytest.approx(0.1 * s)
+    assert hedged.expected_samples == pytest.approx(1.1 * s * 1023)
+    # share bounds it: at most 2% of all samples, misspeculated ones included.
+    both = plan([est], steps=1023, target=0.95, pipeline=3, hedge=Hedge(share=0.02)).model("m")
+    assert both.hedge_samples_per_step == pytest.approx(0.02 * (s + 0.01 * k * 3))
+    # per_step bounds it: one hedge per start at most, whatever the quantile.
+    many = plan([est], steps=10, target=0.9, hedge=Hedge(quantile=0.01, share=1.0)).model("m")
+    assert many.hedge_samples_per_step == 1.0
+
+    recorded = plan([est], steps=1023, target=0.95, pipeline=3, hedge=hedge).to_json()
+    assert recorded["pipeline"] == 3
+    assert recorded["hedge"]["quantile"] == 0.9
+    assert recorded["models"][0]["misspeculation_samples_per_step"] == pytest.approx(0.03 * k)
+    # A model whose voting cannot converge has no estimates at all.
+    weak = plan([ModelEstimate(model="w", p=0.5)], steps=10, target=0.9, pipeline=2).models[0]
+    assert weak.misspeculation_samples_per_step is None
+    assert weak.hedge_samples_per_step is None
+
+
+@pytest.mark.parametrize(
+    ("given", "field"), [({"pipeline": -1}, "pipeline"), ({"hedge": 0.9}, "hedge")]
+)
+def test_pipeline_and_hedge_of_a_plan_are_validated(given: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigError, match=f"^{field}: "):
+        plan([ModelEstimate(model="m", p=0.99)], steps=10, target=0.9, **given)  # type: ignore[arg-type]
+
+
 def test_estimates_are_validated_naming_the_field() -> None:
     with pytest.raises(ConfigError, match="p_low"):
         ModelEstimate(model="m", p=0.9, p_low=0.95)
@@ -219,6 +268,33 @@ def test_plan_command_with_a_given_p_prints_the_papers_figures() -> None:
     )
     assert text.exit_code == 0, text.output
     assert "recommended: model with k = " in text.output
+
+
+def test_plan_command_counts_misspeculated_and_hedged_samples() -> None:
+    args = ["hanoi", "--disks", "10", "--target", "0.95", "--p", "0.99", "--cost-per-call", "0.01"]
+    base = json.loads(CliRunner().invoke(plan_command, [*args, "--json"]).output)
+    # The defaults are maker run's: Policy's.
+    assert base["pipeline"] == Policy().pipeline
+    assert (base["hedge"] is None) == (Policy().hedge is None)
+    more = CliRunner().invoke(plan_command, [*args, "--pipeline", "2", "--hedge", "0.95", "--json"])
+    assert more.exit_code == 0, more.output
+    (entry,) = json.loads(more.output)["models"]
+    expected = plan(
+        [ModelEstimate(model="model", p=0.99, cost_per_call=0.01)],
+        steps=1023,
+        target=0.95,
+        pipeline=2,
+        hedge=Hedge(quantile=0.95),
+    ).models[0]
+    assert entry["misspeculation_samples_per_step"] == pytest.approx(0.01 * entry["k_min"] * 2)
+    assert entry["hedge_samples_per_step"] == pytest.approx(expected.hedge_samples_per_step)
+    assert entry["expected_cost_usd"] == pytest.approx(expected.expected_cost_usd)
+    text = CliRunner().invoke(plan_command, [*args, "--pipeline", "2", "--hedge", "0.95"])
+    assert "pipeline 2; hedge at the 0.95 quantile" in text.output
+    assert "misspeculated and " in text.output
+    bad = CliRunner().invoke(plan_command, [*args, "--hedge", "1"])
+    assert bad.exit_code == 2
+    assert "--hedge" in bad.output
 
 
 def test_plan_command_reads_a_calibration(tmp_path: Path) -> None:

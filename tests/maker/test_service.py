@@ -18,11 +18,12 @@ from typing import Any
 import aiohttp
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 from aiohttp import web
 
-from events import EventLog, RunStarted, decode, encode, event_tag
-from maker import PRESETS, Completion, Engine, SampleRequest, SimulatedModel
+from events import EventLog, RunFinished, RunStarted, decode, encode, event_tag
+from maker import PRESETS, Completion, Engine, Hedge, Policy, SampleRequest, SimulatedModel
 from maker.apps.service._service import create_service, serve
 from maker.tasks import Hanoi
 from replay import resume_run, summarize, verify_run
@@ -286,6 +287,27 @@ BAD_REQUESTS: list[tuple[bytes, str]] = [
         "max_samples_per_step: must be at least k",
     ),
     (b'{"task": "hanoi", "params": {"disks": 3}, "speculative": -1}', "speculative: must be >= 0"),
+    (b'{"task": "hanoi", "params": {"disks": 3}, "pipeline": -1}', "pipeline: must be >= 0"),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "pipeline": 65}',
+        "pipeline: at most 64, got 65",
+    ),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "hedge": 1.5}',
+        "hedge: must be 0 (off) or a quantile in (0, 1), got 1.5",
+    ),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "hedge": {"quantile": 0.9}}',
+        "Expected `float | null`, got `object` - at `$.hedge`",
+    ),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "hedge_min_s": 0.5}',
+        "hedge_min_s: applies only with hedge",
+    ),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "hedge": 0.9, "hedge_min_s": -1}',
+        "hedge_min_s: must be a number of seconds >= 0, got -1",
+    ),
     (b'{"task": "hanoi", "params": {"disks": 3}, "p": 1.5}', "p: must be between 0 and 1, got 1.5"),
     (b'{"task": "hanoi", "params": {"disks": 3}, "latency_ms": -2}', "latency_ms: must be >= 0"),
     (
@@ -312,6 +334,31 @@ async def test_bad_requests_are_400_with_one_line(tmp_path: Path) -> None:
         assert engine.statistics().runs_active == 0
         async with http.get("/runs") as response:
             assert await response.json() == {"runs": []}  # none of them started a run
+
+
+async def test_pipeline_and_hedge_of_a_request_are_the_runs_policy(tmp_path: Path) -> None:
+    async with service(tmp_path / "log.db") as (_, http):
+        on = await start(
+            http, task="hanoi", params={"disks": 2}, pipeline=2, hedge=0.9, hedge_min_s=0.25
+        )
+        off = await start(http, task="hanoi", params={"disks": 2}, pipeline=0, hedge=0)
+        unset = await start(http, task="hanoi", params={"disks": 2}, hedge=None)
+        policies = {}
+        for run_id in (on, off, unset):
+            # The stream ends with the run (which may have ended already: it is short).
+            async with http.get(f"/runs/{run_id}/events") as response:
+                stream = await read_sse(response)
+            first, last = decode(stream.messages[0].data), decode(stream.messages[-1].data)
+            assert isinstance(first, RunStarted)
+            assert isinstance(last, RunFinished)
+            assert last.status == "succeeded"
+            policies[run_id] = first.policy
+    assert policies[on]["pipeline"] == 2
+    assert policies[on]["hedge"] == {**msgspec.to_builtins(Hedge()), "quantile": 0.9, "min_s": 0.25}
+    # Off is recorded as before pipelining and hedging existed: left out.
+    assert "hedge" not in policies[off]
+    assert "pipeline" not in policies[off]
+    assert ("hedge" in policies[unset]) == (Policy().hedge is not None)
 
 
 async def test_unknown_runs_are_404_and_a_bad_resume_point_is_400(tmp_path: Path) -> None:

@@ -262,6 +262,14 @@ async def test_the_worst_case_cost_is_bounded_when_the_price_is_known(tmp_path: 
         # 63 steps of 100 samples, each at least its 1000 output tokens at $10/Mtok.
         assert float(found.group(1)) >= 63 * 100 * 1000 * 10 / 1e6
         assert "lower max_samples" in answered["error"]
+        # A hedged run may draw one more sample beside each step's start: in the bound.
+        hedged = {**body, "hedge": 0.9}
+        status, _, with_hedges = await answer(http, "POST", "/runs", json=hedged, headers=AUTH)
+        assert status == 400
+        assert "63 steps of up to 100 samples, 1 hedged" in with_hedges["error"]
+        more = re.search(r"could cost up to \$(\d+\.\d\d)", with_hedges["error"])
+        assert more
+        assert float(more.group(1)) == pytest.approx(float(found.group(1)) * 101 / 100, abs=0.01)
         small = {"task": "hanoi", "params": {"disks": 2}, "k": 1, "max_samples": 3}
         status, _, _ = await answer(http, "POST", "/runs", json=small, headers=AUTH)
         assert status == 201
@@ -422,6 +430,9 @@ _RUN_BODY = st.fixed_dictionaries(
         "latency_ms": st.floats(-10, 100, allow_nan=False),
         "max_samples": st.integers(-5, 200),
         "speculative": st.integers(-5, 200),
+        "pipeline": st.integers(-5, 100) | _JSON,
+        "hedge": st.floats(-1, 2, allow_nan=False) | _JSON,
+        "hedge_min_s": st.floats(-1, 10, allow_nan=False),
     },
 )
 

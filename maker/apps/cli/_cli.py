@@ -43,7 +43,7 @@ from ...core._adaptive import AdaptiveK
 from ...core._client import Client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
-from ...core._policy import Policy
+from ...core._policy import Hedge, Policy
 from ...core._pricing import PriceTable
 from ...core._task import Task
 from ...core._version import __version__
@@ -55,10 +55,12 @@ from .._options import (
     base_url_option,
     build_task,
     concurrency_option,
+    hedge_from,
     latency_ms_option,
     log_option,
     log_run_arguments,
     model_option,
+    pipeline_options,
     prices_option,
     rate_limit_options,
     stacked,
@@ -165,6 +167,7 @@ _live_run_options = stacked(
     show_default=True,
     help="Samples kept in flight beyond those that could still matter.",
 )
+@pipeline_options
 @click.option(
     "--max-samples",
     type=click.IntRange(1),
@@ -202,6 +205,9 @@ def run(
     prior_p: float,
     k_max: int,
     speculative: int,
+    pipeline: int,
+    hedge: float,
+    hedge_min_s: float | None,
     max_samples: int,
     seed: int,
     otel: str | None,
@@ -236,6 +242,8 @@ def run(
         k=3 if k is None else k,
         max_samples_per_step=max(max_samples, k_max) if adapt else max_samples,
         speculative=speculative,
+        pipeline=pipeline,
+        hedge=_hedge(hedge, hedge_min_s),
         adaptive=adapt,
     )
     started: list[str] = []
@@ -279,6 +287,17 @@ def run(
         _print_result(result, log)
     if not result.ok:
         raise SystemExit(EXIT_FAILED)
+
+
+def _hedge(quantile: float, min_s: float | None) -> Hedge | None:
+    """The policy's hedge from ``--hedge`` and ``--hedge-min-s``, bad values named as flags."""
+    if min_s is not None and not quantile:
+        raise UsageProblem("--hedge-min-s needs --hedge, the quantile past which to hedge")
+    try:
+        return hedge_from(quantile, min_s)
+    except ConfigError as exc:  # NaN, which click's ranges let through
+        flag = "--" + exc.field.replace("_", "-")
+        raise UsageProblem(f"{flag}{str(exc).removeprefix(exc.field)}") from None
 
 
 def _make_client(
@@ -424,12 +443,32 @@ def _print_result(result: RunResult, log: Path) -> None:
                 f"{result.samples} ({per_step:.3f} per step, max {result.max_samples_in_step})",
             ),
             ("red flags", f"{result.red_flags} ({flags})"),
+            *_overhead_rows(result),
             ("tokens", f"{result.input_tokens} in, {result.output_tokens} out"),
             ("cost", f"${result.cost_usd:.4f}"),
             ("wall time", f"{result.wall_s:.2f} s"),
             ("log", str(log)),
         ]
     )
+
+
+def _overhead_rows(result: RunResult) -> list[tuple[str, str]]:
+    """The samples a run drew beyond its decisions' (cancelled, misspeculated, hedged), each
+    only when there were any: a run without speculation, pipelining or hedging prints none."""
+    rows = []
+    if result.cancelled_samples:
+        rows.append(("cancelled", f"{result.cancelled_samples} samples (any reason)"))
+    if result.misspeculated_samples or result.misspeculated_steps:
+        rows.append(
+            (
+                "misspeculated",
+                f"{result.misspeculated_samples} samples in "
+                f"{result.misspeculated_steps} abandoned step starts",
+            )
+        )
+    if result.hedged_samples:
+        rows.append(("hedged", f"{result.hedged_samples} samples"))
+    return rows
 
 
 @app.command()

@@ -25,8 +25,11 @@ from ...engine._calibrate import CalibrationReport, calibrate
 from ...engine._scheduler import Limits, Scheduler
 from .._options import (
     build_task,
+    hedge_from,
+    hedge_option,
     log_option,
     log_run_arguments,
+    pipeline_option,
     prices_option,
     rate_limit_options,
     task_argument,
@@ -206,9 +209,12 @@ def calibrate_command(
 
 
 def _print_plan(result: Plan) -> None:
+    overlap = f"; pipeline {result.pipeline}" if result.pipeline else ""
+    if result.hedge is not None:
+        overlap += f"; hedge at the {result.hedge.quantile:g} quantile"
     click.echo(
         f"plan for {result.steps} steps at target {result.target} "
-        f"(k_min from the lower 95% bound of p; concurrency {result.concurrency})"
+        f"(k_min from the lower 95% bound of p; concurrency {result.concurrency}{overlap})"
     )
     header = ("model", "p", "p_low", "v", "cost/call", "k_min", "P(success)", "samples/step")
     rows = []
@@ -233,6 +239,19 @@ def _print_plan(result: Plan) -> None:
     for m in result.models:
         if m.note:
             click.echo(f"{m.model}: {m.note}")
+        extra = [
+            f"{value:.3f} {what}"
+            for value, what in (
+                (m.misspeculation_samples_per_step, "misspeculated"),
+                (m.hedge_samples_per_step, "hedged"),
+            )
+            if value
+        ]
+        if extra:
+            click.echo(
+                f"{m.model}: samples/step above, plus {' and '.join(extra)} per step, "
+                "in samples and cost"
+            )
     if result.recommended is None:
         click.echo("recommended: none (no model's voting converges)")
     else:
@@ -290,6 +309,8 @@ def _duration(seconds: float) -> str:
     type=click.FloatRange(0.0),
     help="Seconds per call (default: the calibrated mean latency, when there is one).",
 )
+@pipeline_option
+@hedge_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def plan_command(
     task: str,
@@ -305,9 +326,15 @@ def plan_command(
     model: str,
     concurrency: int,
     latency_s: float | None,
+    pipeline: int,
+    hedge: float,
     as_json: bool,
 ) -> None:
-    """Choose the model and k for a target: k_min, P(success), expected samples, cost, time."""
+    """Choose the model and k for a target: k_min, P(success), expected samples, cost, time.
+
+    With --pipeline and --hedge (the run's; their defaults are maker run's), the samples that
+    misspeculation and hedges add are counted in the samples and the cost.
+    """
     the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
     budget = the_task.max_steps()
     if budget is None:  # pragma: no cover - every built-in task has a known length
@@ -342,7 +369,13 @@ def plan_command(
             )
         ]
     result = plan(
-        estimates, steps=budget, target=target, concurrency=concurrency, latency_s=latency_s
+        estimates,
+        steps=budget,
+        target=target,
+        concurrency=concurrency,
+        latency_s=latency_s,
+        pipeline=pipeline,
+        hedge=hedge_from(hedge),
     )
     if as_json:
         out = result.to_json()

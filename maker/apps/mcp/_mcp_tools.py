@@ -40,7 +40,7 @@ from ...core._client import Client, Probe
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
 from ...core._plan import ModelEstimate, plan
-from ...core._policy import Policy, PolicyRecord, recorded_policy
+from ...core._policy import Hedge, Policy, PolicyRecord, recorded_policy
 from ...core._redflags import RedFlagRules
 from ...core._version import __version__
 from ...engine._calibrate import calibrate, calibration_from_events, is_calibration
@@ -50,7 +50,8 @@ from ...engine._recording import Divergence, Recording
 from ...engine._results import RunResult
 from ...engine._scheduler import Scheduler
 from ...tasks import AnswerParser, PromptTask, make_task, validate_response
-from ..service._guard import worst_cost
+from .._options import DEFAULT_HEDGE_QUANTILE, DEFAULT_PIPELINE, hedge_from
+from ..service._guard import MAX_PIPELINE, worst_cost, worst_samples
 from ._mcp_config import McpConfig
 
 CLIENT_REGEX_ENGINE: Final = "re2"
@@ -206,6 +207,26 @@ class PlanModel(_Args, frozen=True):
     latency_s: Annotated[float, Meta(ge=0.0, description="Seconds per call.")] | None = None
 
 
+Pipeline = Annotated[
+    int,
+    Meta(
+        ge=0,
+        le=MAX_PIPELINE,
+        description=f"Pipeline depth: steps voted ahead of the oldest undecided one, each from "
+        f"the state its predecessor's leading answer implies (0: off; at most {MAX_PIPELINE}).",
+    ),
+]
+HedgeQuantile = Annotated[
+    float,
+    Meta(
+        ge=0.0,
+        lt=1.0,
+        description="Hedging: a sample in flight longer than this quantile of the run's "
+        "latencies gets one more sent beside it (0 or null: off).",
+    ),
+]
+
+
 class PlanArgs(_Args, frozen=True):
     """Choose model and k for a target (Eq 13, 14, 16, 19): the cheapest reliable model."""
 
@@ -224,6 +245,8 @@ class PlanArgs(_Args, frozen=True):
     ] = msgspec.field(default_factory=list)
     target: Target = 0.95
     concurrency: Annotated[int, Meta(ge=1, le=100_000, description="Samples in flight.")] = 1
+    pipeline: Pipeline = DEFAULT_PIPELINE
+    hedge: HedgeQuantile | None = DEFAULT_HEDGE_QUANTILE
 
 
 class PromptItem(_Args, frozen=True):
@@ -282,6 +305,19 @@ class RunArgs(_Args, frozen=True):
     max_samples: Annotated[
         int, Meta(ge=1, le=10_000, description="Per-step sample cap; the run fails past it.")
     ] = 100
+    pipeline: Pipeline = DEFAULT_PIPELINE
+    hedge: HedgeQuantile | None = DEFAULT_HEDGE_QUANTILE
+    hedge_min_s: (
+        Annotated[
+            float,
+            Meta(
+                ge=0.0,
+                description=f"With hedge: the least seconds in flight that are hedged "
+                f"({Hedge().min_s} by default).",
+            ),
+        ]
+        | None
+    ) = None
     wait: Annotated[
         bool,
         Meta(
@@ -680,7 +716,14 @@ class McpTools:
             estimates.append(ModelEstimate.from_json(measured.to_json()))
         if not estimates:
             raise ToolError("give models, or calibrations to read them from")
-        result = plan(estimates, steps=args.steps, target=args.target, concurrency=args.concurrency)
+        result = plan(
+            estimates,
+            steps=args.steps,
+            target=args.target,
+            concurrency=args.concurrency,
+            pipeline=args.pipeline,
+            hedge=hedge_from(args.hedge),
+        )
         return result.to_json()
 
     # -- calibrate ---------------------------------------------------------------------
@@ -772,13 +815,18 @@ class McpTools:
         self._check_steps(total)
         k = choose_k(args.k, args.target, args.p, total or 1)
         self._check_samples(k=k, max_samples=args.max_samples)
-        policy = Policy(k=k, max_samples_per_step=max(args.max_samples, k))
+        policy = Policy(
+            k=k,
+            max_samples_per_step=max(args.max_samples, k),
+            pipeline=args.pipeline,
+            hedge=hedge_from(args.hedge, args.hedge_min_s),
+        )
         first = task.prompt(task.initial_state())
         self._check_cost(
             client,
             prompt_chars=len(first.system) + len(first.user),
             max_tokens=policy.max_tokens,
-            samples=(total or 1) * policy.max_samples_per_step,
+            samples=worst_samples(policy, total or 1),
         )
         self._check_place()
         handle = self._start(task, client, policy, args.seed)

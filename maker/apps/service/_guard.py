@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...core._errors import ConfigError
+from ...core._policy import Policy
 from ...core._pricing import PriceTable
 from ...tasks import CHARS_PER_TOKEN
 
@@ -33,6 +34,10 @@ QUOTE_CHARS = 80
 
 MIN_TOKEN_CHARS = 16
 """The shortest token the service accepts: shorter ones are guessable."""
+
+MAX_PIPELINE = 64
+"""The deepest pipeline a request (or an MCP ``run``) may ask for: each step open ahead of the
+oldest undecided one has samples in flight."""
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 """Host names that always reach the service when it listens on loopback."""
@@ -98,6 +103,25 @@ def worst_cost(
         return None
     prompt_tokens = -(-prompt_chars // CHARS_PER_TOKEN)
     return samples * prices.cost(model, prompt_tokens, max_tokens)
+
+
+def worst_samples(policy: Policy, steps: int) -> int:
+    """The most samples a run of ``steps`` steps under ``policy`` may request: every step
+    drawing its cap, and with hedging, ``per_step`` hedges beside each step's start (a hedge
+    goes only to the step holding up the run, whose start is the one that counts).
+
+    It bounds the starts that count: the samples of speculative starts that a pipelined run
+    abandons come on top, at most ``pipeline`` starts' worth for each misspeculation (see
+    :attr:`maker.RunResult.misspeculated_samples`), which no figure known before the run bounds.
+
+    >>> from maker.core._policy import Hedge
+    >>> worst_samples(Policy(max_samples_per_step=10), 5)
+    50
+    >>> worst_samples(Policy(max_samples_per_step=10, hedge=Hedge(per_step=2)), 5)
+    60
+    """
+    hedges = 0 if policy.hedge is None else policy.hedge.per_step * steps
+    return steps * policy.max_samples_per_step + hedges
 
 
 def quote(value: object) -> str:

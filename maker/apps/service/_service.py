@@ -69,8 +69,11 @@ from ...engine._scheduler import Limits, Scheduler
 from ...tasks import PromptTask, make_task
 from .._http import base_url, listen, serving
 from .._options import (
+    DEFAULT_HEDGE_QUANTILE,
+    DEFAULT_PIPELINE,
     base_url_option,
     concurrency_option,
+    hedge_from,
     latency_ms_option,
     listen_options,
     log_option,
@@ -79,6 +82,7 @@ from .._options import (
     rate_limit_options,
 )
 from ._guard import (
+    MAX_PIPELINE,
     ServiceLimits,
     check_token,
     clip,
@@ -88,6 +92,7 @@ from ._guard import (
     prefix,
     quote,
     worst_cost,
+    worst_samples,
 )
 from ._guard import (
     allowed_hosts as allowed_hosts_of,
@@ -122,7 +127,11 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     """The body of ``POST /runs``.
 
     ``task`` and ``params`` name a built-in task (:func:`maker.tasks.make_task`); ``k``,
-    ``max_samples`` and ``speculative`` make its :class:`~maker.Policy`. ``model`` defaults to
+    ``max_samples``, ``speculative``, ``pipeline`` and ``hedge`` make its :class:`~maker.Policy`.
+    ``pipeline`` is the depth (0: off); ``hedge`` is a number, the quantile of the run's
+    latencies past which a straggler gets a hedge (0 or null: off), and ``hedge_min_s`` its
+    floor in seconds, as ``maker run --pipeline --hedge --hedge-min-s`` take them; their
+    defaults are the policy's. ``model`` defaults to
     the engine's client (the simulated model unless the service was set up otherwise); ``p``
     and ``latency_ms`` adjust the simulated model for this run only.
     """
@@ -136,6 +145,9 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     latency_ms: float | None = None
     max_samples: int = 100
     speculative: int = 0
+    pipeline: int = DEFAULT_PIPELINE
+    hedge: float | None = DEFAULT_HEDGE_QUANTILE
+    hedge_min_s: float | None = None
 
 
 _decode_request = msgspec.json.Decoder(RunRequest).decode
@@ -277,7 +289,11 @@ class _Service:
                 params = {**params, "engine": CLIENT_REGEX_ENGINE}
             task = make_task(body.task, params)
             policy = Policy(
-                k=body.k, max_samples_per_step=body.max_samples, speculative=body.speculative
+                k=body.k,
+                max_samples_per_step=body.max_samples,
+                speculative=body.speculative,
+                pipeline=body.pipeline,
+                hedge=hedge_from(body.hedge, body.hedge_min_s),
             )
             client = self._client_for(body)
             self._check_budget(task, policy, client)
@@ -321,6 +337,8 @@ class _Service:
         ):
             if value > limit:
                 raise _BadRequest(f"{name}: at most {limit} on this service, got {value}")
+        if body.pipeline > MAX_PIPELINE:
+            raise _BadRequest(f"pipeline: at most {MAX_PIPELINE}, got {body.pipeline}")
         if body.latency_ms is not None and body.latency_ms > MAX_LATENCY_MS:
             raise _BadRequest(f"latency_ms: at most {MAX_LATENCY_MS:g}, got {body.latency_ms}")
         if not 0 <= body.seed < 2**63:
@@ -343,12 +361,13 @@ class _Service:
             client.model,
             prompt_chars=len(first.system) + len(first.user),
             max_tokens=policy.max_tokens,
-            samples=(steps or 1) * policy.max_samples_per_step,
+            samples=worst_samples(policy, steps or 1),
         )
         if worst is not None and worst > cap:
+            hedged = "" if policy.hedge is None else f", {policy.hedge.per_step} hedged"
             raise _BadRequest(
                 f"this run could cost up to ${worst:.2f} on {client.model} ({steps} steps of up to"
-                f" {policy.max_samples_per_step} samples); this service allows ${cap:.2f}:"
+                f" {policy.max_samples_per_step} samples{hedged}); this service allows ${cap:.2f}:"
                 " lower max_samples or the task's size"
             )
 
