@@ -1,90 +1,291 @@
-"""Hanoi through serve-sim and a real SDK client, against the sequential latency limit.
+"""Hanoi through serve-sim and a real SDK client, sequential and pipelined, against the chain limit.
 
-Starts serve-sim on 127.0.0.1 with a median latency (20 ms by default), runs Towers of Hanoi
-(10 disks by default) through the official SDK client of one wire format, and prints:
+Starts serve-sim on 127.0.0.1 with a log-normal latency (median 20 ms, sigma 0.5 by default),
+runs Towers of Hanoi (10 disks, k = 3, p = 0.99 by default) through the official SDK client of one
+wire format, in two modes, in the same invocation:
 
-- wall time beside the sequential limit, steps x median latency: the k samples of a step run in
-  parallel, so a run costs about one latency per step, not one per sample;
-- samples per step beside the paper's expected value for the same p and k (Eq 16 over v).
+- ``sequential``: ``Policy(k=K, pipeline=0, hedge=None)``: a step starts when the one before it is
+  decided;
+- ``pipelined``: ``Policy(k=K, pipeline=DEPTH, hedge=Hedge(quantile=Q))``: steps are voted ahead
+  on the state the leading answer implies, and stragglers are hedged (``--pipeline 0`` or
+  ``--hedge 0`` turn either off).
 
-    python -m benchmarks.serve_sim_latency [--disks 10] [--latency-ms 20] [--format openai]
+For each run it prints the wall time beside the chain limit (steps x median latency: the k samples
+of a step run in parallel, so a sequential run costs about one latency per step, and a pipelined
+one can cost less), and samples per step beside the paper's expected value for the same p and k
+(Eq 16 over v). Then the figures of issue 13's Goals table:
+
+- ``wall_over_limit``: wall / (steps x median latency), per mode (the pipelined bound is about
+  E[min of k latencies] / median, ``pipelined_bound``);
+- ``samples_per_step_ratio``: samples per step, pipelined / sequential;
+- with ``--stragglers RATE``: each mode runs again with serve-sim answering that share of requests
+  correctly but ``--straggler-s`` seconds late (its ``late`` fault), and
+  ``straggler_wall_ratio`` is the wall with stragglers / the wall without, per mode.
+
+``--repeat N`` alternates the modes N times (seed, seed + 1, ...; both modes get the same seed)
+and reports medians: the machine is noisy. The last line is a JSON summary (``--json``: only it).
+
+    python -m benchmarks.serve_sim_latency [--disks 10] [--latency-ms 20] [--sigma 0.5] \\
+        [--p 0.99] [--pipeline 4] [--hedge 0.95] [--repeat 3] \\
+        [--stragglers 0.02 --straggler-s 30] [--format openai] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import os
+import random
+import statistics
 import tempfile
 import time
+from typing import Any
 
 import anyio
 
-from maker import Engine, Limits, Policy, Scheduler, SimConfig, expected_samples_per_step
+from maker import (
+    Engine,
+    Hedge,
+    Limits,
+    Policy,
+    Scheduler,
+    SimConfig,
+    expected_samples_per_step,
+)
 from maker.apps.serve_sim._serve_sim import SimServerConfig, serve_sim
 from maker.clients import make_client
 from maker.tasks import Hanoi
 
+MODES = ("sequential", "pipelined")
 
-async def _bench(disks: int, latency_ms: float, fmt: str, k: int, seed: int) -> dict[str, object]:
-    sim = SimConfig(latency_ms=latency_ms)
-    async with serve_sim(SimServerConfig(sim=sim, seed=seed)) as server:
+
+def _policy(mode: str, k: int, depth: int, quantile: float) -> Policy:
+    if mode == "sequential":
+        # Explicitly off: Policy's own defaults may turn pipelining on.
+        return Policy(k=k, pipeline=0, hedge=None)
+    return Policy(k=k, pipeline=depth, hedge=Hedge(quantile=quantile) if quantile > 0 else None)
+
+
+async def _bench(
+    *,
+    disks: int,
+    latency_ms: float,
+    sigma: float,
+    p: float,
+    fmt: str,
+    policy: Policy,
+    seed: int,
+    stragglers: float = 0.0,
+    straggler_s: float = 30.0,
+) -> dict[str, Any]:
+    sim = SimConfig(latency_ms=latency_ms, latency_sigma=sigma)
+    late: dict[str, Any] = {}
+    if stragglers > 0:
+        late = {"fault_rate": stragglers, "faults": ("late",), "late_s": straggler_s}
+    # A straggler must answer within the call's timeout, or it is a timeout, not a straggler.
+    timeout = max(30.0, 4.0 * straggler_s) if stragglers > 0 else 30.0
+    config = SimServerConfig(sim=sim, p=p, seed=seed, **late)
+    async with serve_sim(config) as server:
         base = server.base_url + ("/v1" if fmt == "openai" else "")
         key = None if fmt == "ollama" else "sk-benchmark-not-a-secret"
-        client = make_client(f"{fmt}:sim-bench", base_url=base, api_key=key, timeout=30.0)
+        client = make_client(f"{fmt}:sim-bench", base_url=base, api_key=key, timeout=timeout)
+        limits = Limits(timeout_s=timeout)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 log = os.path.join(tmp, "bench.db")
-                async with Engine(log=log, client=client, scheduler=Scheduler(Limits())) as eng:
+                async with Engine(log=log, client=client, scheduler=Scheduler(limits)) as eng:
                     began = time.perf_counter()
-                    result = await eng.run(Hanoi(disks), policy=Policy(k=k), seed=seed)
+                    result = await eng.run(Hanoi(disks), policy=policy, seed=seed)
                     wall = time.perf_counter() - began
             finally:
                 await client.aclose()  # type: ignore[attr-defined]
+        late_faults = server.stats.faults()["late"]
+    used = config.sim_config()
     sequential = result.steps * latency_ms / 1000.0
-    v = 1.0 - sim.malformed_rate - sim.overlong_rate
-    expected = expected_samples_per_step(sim.p, k, v)
+    v = 1.0 - used.malformed_rate - used.overlong_rate
+    expected = expected_samples_per_step(used.p, policy.k, v)
     return {
         "format": fmt,
         "disks": disks,
-        "k": k,
+        "k": policy.k,
+        "p": used.p,
+        "pipeline": policy.pipeline,
+        "hedge": policy.hedge.quantile if policy.hedge is not None else 0.0,
+        "seed": seed,
+        "stragglers": stragglers,
+        "straggler_s": straggler_s if stragglers > 0 else 0.0,
+        "late_faults": late_faults,
         "status": result.status,
         "steps": result.steps,
         "samples": result.samples,
+        "misspeculated_samples": result.misspeculated_samples,
+        "hedged_samples": result.hedged_samples,
+        "cancelled_samples": result.cancelled_samples,
         "median_latency_ms": latency_ms,
-        "wall_s": round(wall, 2),
+        "latency_sigma": sigma,
+        "wall_s": round(wall, 3),
         "sequential_limit_s": round(sequential, 2),
-        "wall_over_limit": round(wall / sequential, 3),
-        "samples_per_step": round(result.samples / result.steps, 4),
+        "wall_over_limit": round(wall / sequential, 3) if sequential > 0 else None,
+        "samples_per_step": round(result.samples / max(1, result.steps), 4),
         "paper_expected_samples_per_step": round(expected, 4),
     }
+
+
+def min_of_k_over_median(k: int, sigma: float, draws: int = 100_000) -> float:
+    """E[min of k log-normal latencies] / their median: about what a pipelined step costs when
+    the next step starts on the first valid answer (seeded Monte Carlo)."""
+    rng = random.Random(0)
+    total = 0.0
+    for _ in range(draws):
+        total += math.exp(sigma * min(rng.gauss(0.0, 1.0) for _ in range(k)))
+    return total / draws
+
+
+def _median(values: list[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _describe(figures: dict[str, Any], label: str) -> list[str]:
+    late = ""
+    if figures["stragglers"] > 0:
+        late = (
+            f", {figures['stragglers']:g} stragglers at {figures['straggler_s']:g} s "
+            f"({figures['late_faults']} late answers)"
+        )
+    return [
+        f"[{label}] {figures['disks']}-disk Hanoi through serve-sim ({figures['format']} wire "
+        f"format), k={figures['k']}, p={figures['p']:g}, pipeline={figures['pipeline']}, "
+        f"hedge={figures['hedge']:g}, median latency {figures['median_latency_ms']} ms{late}: "
+        f"{figures['status']}",
+        f"  wall {figures['wall_s']} s vs sequential limit {figures['sequential_limit_s']} s "
+        f"(steps x median latency): ratio {figures['wall_over_limit']}",
+        f"  samples per step {figures['samples_per_step']} vs the paper's expected "
+        f"{figures['paper_expected_samples_per_step']} (Eq 16 / v, same p and k); "
+        f"misspeculated {figures['misspeculated_samples']}, hedged {figures['hedged_samples']}, "
+        f"cancelled {figures['cancelled_samples']}",
+    ]
+
+
+def summarise(runs: list[dict[str, Any]], *, k: int, sigma: float) -> dict[str, Any]:
+    """The Goals table's figures from the runs: medians over the repetitions."""
+
+    def of(mode: str, *, straggled: bool) -> list[dict[str, Any]]:
+        return [r for r in runs if r["mode"] == mode and (r["stragglers"] > 0) == straggled]
+
+    summary: dict[str, Any] = {
+        "wall_over_limit": {},
+        "wall_s": {},
+        "samples_per_step": {},
+        "pipelined_bound": round(min_of_k_over_median(k, sigma), 3),
+    }
+    for mode in MODES:
+        plain = of(mode, straggled=False)
+        summary["wall_over_limit"][mode] = _median([r["wall_over_limit"] for r in plain])
+        summary["wall_s"][mode] = _median([r["wall_s"] for r in plain])
+        summary["samples_per_step"][mode] = _median([r["samples_per_step"] for r in plain])
+    # Paired by repetition: both modes of one repetition ran the same seed.
+    pairs = zip(of("pipelined", straggled=False), of("sequential", straggled=False), strict=True)
+    summary["samples_per_step_ratio"] = _median(
+        [pipe["samples_per_step"] / seq["samples_per_step"] for pipe, seq in pairs]
+    )
+    if any(r["stragglers"] > 0 for r in runs):
+        summary["straggler_wall_ratio"] = {}
+        summary["straggler_wall_s"] = {}
+        for mode in MODES:
+            late, plain = of(mode, straggled=True), of(mode, straggled=False)
+            summary["straggler_wall_ratio"][mode] = _median(
+                [a["wall_s"] / b["wall_s"] for a, b in zip(late, plain, strict=True)]
+            )
+            summary["straggler_wall_s"][mode] = _median([r["wall_s"] for r in late])
+    return summary
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--disks", type=int, default=10)
     parser.add_argument("--latency-ms", type=float, default=20.0)
+    parser.add_argument("--sigma", type=float, default=0.5, help="log-normal spread of latency")
+    parser.add_argument("--p", type=float, default=0.99, help="P(a valid answer is correct)")
     parser.add_argument("--format", choices=["openai", "anthropic", "ollama"], default="openai")
     parser.add_argument("--k", type=int, default=3)
+    parser.add_argument("--pipeline", type=int, default=4, help="depth of the pipelined mode")
+    parser.add_argument(
+        "--hedge", type=float, default=0.95, help="hedge quantile of the pipelined mode (0: off)"
+    )
+    parser.add_argument(
+        "--stragglers", type=float, default=0.0, help="also run with this share of late answers"
+    )
+    parser.add_argument("--straggler-s", type=float, default=30.0, help="how late, in seconds")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the modes N times")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--json", action="store_true", help="print only the JSON summary")
     args = parser.parse_args()
-    figures = anyio.run(_bench, args.disks, args.latency_ms, args.format, args.k, args.seed)
-    if args.json:
-        print(json.dumps(figures))
-        return
-    print(
-        f"{figures['disks']}-disk Hanoi through serve-sim ({figures['format']} wire format), "
-        f"k={figures['k']}, median latency {figures['median_latency_ms']} ms: {figures['status']}"
-    )
-    print(
-        f"  wall {figures['wall_s']} s vs sequential limit {figures['sequential_limit_s']} s "
-        f"(steps x median latency): ratio {figures['wall_over_limit']}"
-    )
-    print(
-        f"  samples per step {figures['samples_per_step']} vs the paper's expected "
-        f"{figures['paper_expected_samples_per_step']} (Eq 16 / v, same p and k)"
-    )
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.pipeline < 0:
+        parser.error("--pipeline must be >= 0")
+    if not 0.0 <= args.stragglers <= 1.0:
+        parser.error("--stragglers must be between 0 and 1")
+
+    runs: list[dict[str, Any]] = []
+    for rep in range(args.repeat):
+        variants = [0.0, args.stragglers] if args.stragglers > 0 else [0.0]
+        for stragglers in variants:
+            # Alternated, so that a slow spell of the machine falls on both modes alike.
+            order = MODES if rep % 2 == 0 else MODES[::-1]
+            for mode in order:
+                run = functools.partial(
+                    _bench,
+                    disks=args.disks,
+                    latency_ms=args.latency_ms,
+                    sigma=args.sigma,
+                    p=args.p,
+                    fmt=args.format,
+                    policy=_policy(mode, args.k, args.pipeline, args.hedge),
+                    seed=args.seed + rep,
+                    stragglers=stragglers,
+                    straggler_s=args.straggler_s,
+                )
+                figures = anyio.run(run)
+                figures["mode"] = mode
+                runs.append(figures)
+                if not args.json:
+                    for line in _describe(figures, mode):
+                        print(line, flush=True)
+    summary = summarise(runs, k=args.k, sigma=args.sigma)
+    out = {
+        **summary,
+        "repeat": args.repeat,
+        "disks": args.disks,
+        "k": args.k,
+        "p": args.p,
+        "median_latency_ms": args.latency_ms,
+        "latency_sigma": args.sigma,
+        "pipeline": args.pipeline,
+        "hedge": args.hedge,
+        "stragglers": args.stragglers,
+        "straggler_s": args.straggler_s,
+        "format": args.format,
+        "runs": runs,
+    }
+    if not args.json:
+        n = f"median of {args.repeat}" if args.repeat > 1 else "one run each"
+        wol = summary["wall_over_limit"]
+        print(
+            f"wall / (steps x median latency) ({n}): sequential {wol['sequential']}, "
+            f"pipelined {wol['pipelined']} (bound about {summary['pipelined_bound']}: "
+            f"E[min of {args.k} latencies] / median)"
+        )
+        print(f"samples per step, pipelined / sequential: {summary['samples_per_step_ratio']}")
+        if "straggler_wall_ratio" in summary:
+            swr = summary["straggler_wall_ratio"]
+            print(
+                f"wall with {args.stragglers:g} stragglers at {args.straggler_s:g} s / without: "
+                f"sequential {swr['sequential']}, pipelined {swr['pipelined']}"
+            )
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

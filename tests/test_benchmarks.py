@@ -1,6 +1,7 @@
-"""The README's figures come from `benchmarks/`: the paper's-run benchmark must keep running.
+"""The README's figures come from `benchmarks/`: the paper's-run benchmark and the latency
+benchmark must keep running.
 
-It is run here on 5 disks (31 steps), end to end, in its own subprocesses as it always runs:
+They run here on small puzzles, end to end, in their own subprocesses as they always run:
 nothing about time is asserted, only that every stage ran and its figures hold together.
 """
 
@@ -38,3 +39,42 @@ def test_the_million_benchmark_runs_end_to_end_on_a_small_puzzle(tmp_path: Path)
     assert figures["rows_all_tables"] >= figures["rows_events_table"] == figures["events"]
     assert figures["engine_vs_raw_ratio"] > 0
     assert not log.exists()  # without --keep the log is removed
+
+
+SMALL_LATENCY_RUN = (
+    "--disks 3 --repeat 2 --pipeline 2 --hedge 0.9 --stragglers 0.2 --straggler-s 0.05 --json"
+)
+"""Both modes twice, with and without 20% of answers 50 ms late: seconds, not minutes."""
+
+
+def test_the_latency_benchmark_measures_both_modes_and_stragglers_in_one_run() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.serve_sim_latency", *SMALL_LATENCY_RUN.split()],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert len(lines) == 1  # --json: only the summary
+    figures = json.loads(lines[0])
+    runs = figures["runs"]
+    # Two repetitions of both modes, each without and with stragglers.
+    assert len(runs) == 8
+    assert {(r["mode"], r["stragglers"] > 0) for r in runs} == {
+        (mode, late) for mode in ("sequential", "pipelined") for late in (False, True)
+    }
+    assert all(r["status"] == "succeeded" and r["steps"] == 7 for r in runs)
+    for r in runs:
+        expected = (2, 0.9) if r["mode"] == "pipelined" else (0, 0.0)
+        assert (r["pipeline"], r["hedge"]) == expected
+        assert r["p"] == 0.99
+        if r["stragglers"] == 0:
+            assert r["late_faults"] == 0
+    assert sum(r["late_faults"] for r in runs if r["stragglers"] > 0) > 0
+    for mode in ("sequential", "pipelined"):
+        assert figures["wall_over_limit"][mode] > 0
+        assert figures["straggler_wall_ratio"][mode] > 0
+    assert figures["samples_per_step_ratio"] > 0
+    assert 0.6 < figures["pipelined_bound"] < 0.8  # E[min of 3] / median at sigma 0.5: 0.70

@@ -97,6 +97,10 @@ def _seed64(text: str) -> int:
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _unit(text: str) -> float:
     """A number in [0, 1) fixed by ``text``."""
     return _seed64(text) / 2.0**64
@@ -116,7 +120,13 @@ class SimConfig:
     - ``overlong_error``: error rate of overlong responses;
     - ``output_tokens_mean`` / ``output_tokens_sd``: normal responses' output tokens;
     - ``latency_ms`` / ``latency_sigma``: median and log-normal spread of latency (0: none);
-    - ``salt``: varies which states are hard and what their rivals are.
+    - ``salt``: varies which states are hard and what their rivals are;
+    - ``straggler_rate`` / ``straggler_s``: probability that a call straggles, and how late a
+      straggler answers, in seconds: its latency is ``straggler_s`` instead of the log-normal
+      draw, and its answer is the one it would have given on time. Whether a call straggles
+      is fixed by its seed, like its latency, so a re-run or a replay draws the same. A model
+      with stragglers waits (it is not :attr:`~SimulatedModel.in_process`), even without
+      latency, so the scheduler's timeout applies to its calls.
     """
 
     p: float = 0.9978
@@ -135,6 +145,8 @@ class SimConfig:
     latency_ms: float = 0.0
     latency_sigma: float = 0.5
     salt: int = 0
+    straggler_rate: float = 0.0
+    straggler_s: float = 30.0
 
     def __post_init__(self) -> None:
         for name in ("p", "hard_p", "hard_fraction", "malformed_rate", "overlong_rate"):
@@ -155,6 +167,11 @@ class SimConfig:
             raise ConfigError("latency_ms", f"must be >= 0, got {self.latency_ms}")
         if not (math.isfinite(self.latency_sigma) and self.latency_sigma >= 0):
             raise ConfigError("latency_sigma", f"must be >= 0, got {self.latency_sigma}")
+        rate = self.straggler_rate
+        if not (_number(rate) and 0.0 <= rate <= 1.0):
+            raise ConfigError("straggler_rate", f"must be between 0 and 1, got {rate!r}")
+        if not (_number(self.straggler_s) and self.straggler_s > 0):
+            raise ConfigError("straggler_s", f"must be a number > 0, got {self.straggler_s!r}")
 
     @property
     def p_normal(self) -> float:
@@ -175,9 +192,24 @@ class SimConfig:
         return dataclasses.replace(self, **changes)
 
     def describe(self) -> dict[str, Any]:
-        """The configuration as JSON, for ``run_started``."""
+        """The configuration as JSON, for ``run_started``: every field, but those added after
+        logs were recorded (see :data:`_LATER_FIELDS`) only when they differ from their default.
+        """
         out: dict[str, Any] = msgspec.to_builtins(self)
+        for name, default in _LATER_FIELDS.items():
+            if out.get(name) == default:
+                del out[name]
         return out
+
+
+_LATER_FIELDS: dict[str, Any] = {
+    f.name: f.default
+    for f in dataclasses.fields(SimConfig)
+    if f.name in ("straggler_rate", "straggler_s")
+}
+"""Fields :meth:`SimConfig.describe` leaves out at their defaults: a run recorded before they
+existed describes its model without them, and resuming it checks that the model rebuilt from the
+log describes itself as recorded."""
 
 
 PRESETS: dict[str, SimConfig] = {
@@ -280,13 +312,15 @@ class SimulatedModel:
         self._flagged = cfg.malformed_rate + cfg.overlong_rate
         self._tokens_mean = cfg.output_tokens_mean
         self._tokens_sd = cfg.output_tokens_sd
+        self._straggler_rate = cfg.straggler_rate
 
     @property
     def in_process(self) -> bool:
         """Whether it answers at once, without waiting: then the scheduler arms no timeout
         for its calls (one would cost more than the call). With simulated latency it waits
-        like a real model, and the scheduler's timeout applies as to any client."""
-        return self._config.latency_ms == 0
+        like a real model, and the scheduler's timeout applies as to any client; so it does
+        with stragglers, which answer late by definition."""
+        return self._config.latency_ms == 0 and self._config.straggler_rate == 0
 
     @property
     def config(self) -> SimConfig:
@@ -316,8 +350,11 @@ class SimulatedModel:
         return completion
 
     def complete_now(self, request: SampleRequest) -> Completion | None:
-        """The answer :meth:`complete` gives, at once; None when the model has latency."""
+        """The answer :meth:`complete` gives, at once; None when the model has latency or the
+        request straggles."""
         if self._config.latency_ms > 0:
+            return None
+        if self._straggler_rate > 0 and self._straggles(request.seed):
             return None
         return self._draw(
             request.system, request.user, request.max_tokens, request.seed, request.temperature
@@ -434,8 +471,15 @@ class SimulatedModel:
                 return _Reading(sim, state, self.config, self._p, tokens)
         return None
 
+    def _straggles(self, seed: int) -> bool:
+        """Whether the request with this seed straggles: its own stream, like the latency's, so
+        that turning stragglers on changes no answer and no other request's latency."""
+        return random.Random(f"straggler:{seed}").random() < self._straggler_rate
+
     def _latency(self, seed: int) -> float:
         cfg = self.config
+        if self._straggler_rate > 0 and self._straggles(seed):
+            return cfg.straggler_s
         if cfg.latency_ms <= 0:
             return 0.0
         # A separate stream, so that turning latency on does not change any answer.

@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from maker import ConfigError, SimConfig
 from maker.apps.serve_sim._serve_sim import (
+    DEFAULT_FAULTS,
     DEFAULT_SLOW_S,
     FAULT_KINDS,
     SimServer,
@@ -141,9 +142,10 @@ async def ask(
 # --- configuration ---------------------------------------------------------------------------
 
 
-def test_the_default_config_enables_every_fault_kind_and_no_fault() -> None:
+def test_the_default_config_enables_every_fault_kind_but_late_and_no_fault() -> None:
     config = SimServerConfig()
-    assert config.faults == FAULT_KINDS
+    # Late answers are a delay, not a failure, and came later: only when named.
+    assert config.faults == DEFAULT_FAULTS == tuple(k for k in FAULT_KINDS if k != "late")
     assert config.fault_rate == 0.0
     assert config.retry_after_s == 1.0
     assert config.slow_s == DEFAULT_SLOW_S == 150.0

@@ -2,6 +2,8 @@
 for testing clients and measuring the engine over real HTTP."""
 
 from ._serve_sim import (
+    DEFAULT_FAULTS,
+    DEFAULT_LATE_S,
     DEFAULT_SLOW_S,
     FAULT_KINDS,
     SimServer,
@@ -12,6 +14,8 @@ from ._serve_sim import (
 )
 
 __all__ = [
+    "DEFAULT_FAULTS",
+    "DEFAULT_LATE_S",
     "DEFAULT_SLOW_S",
     "FAULT_KINDS",
     "SimServer",

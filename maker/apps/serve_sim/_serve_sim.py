@@ -60,7 +60,14 @@ WireFormat = Literal["openai", "anthropic", "ollama"]
 """The three wire formats the server speaks."""
 
 FaultKind = Literal[
-    "rate_limit", "server_error", "unavailable", "overloaded", "slow", "malformed", "disconnect"
+    "rate_limit",
+    "server_error",
+    "unavailable",
+    "overloaded",
+    "slow",
+    "malformed",
+    "disconnect",
+    "late",
 ]
 """One kind of injected fault."""
 
@@ -74,8 +81,17 @@ FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 - ``slow``: the answer comes after ``slow_s`` seconds (150 by default, longer than maker's
   default 120 s timeout of a call, so that the client times out rather than waits);
 - ``malformed``: status 200 with a body that is not valid JSON (a response cut in half);
-- ``disconnect``: the connection is closed without a response.
+- ``disconnect``: the connection is closed without a response;
+- ``late``: a straggler: the answer it would have given, correct as usual, after ``late_s``
+  seconds (30 by default) instead of its latency. Set ``late_s`` below the client's timeout of
+  a call, or the straggler becomes a timeout. Not enabled by default (see
+  :data:`DEFAULT_FAULTS`): name it to get it.
 """
+
+DEFAULT_FAULTS: tuple[str, ...] = tuple(kind for kind in FAULT_KINDS if kind != "late")
+"""The fault kinds a server spreads its faults over unless told otherwise: every kind but
+``late``, which is not a failure but a delay, and came after the others; a server configured
+as before draws exactly the faults it drew before."""
 
 ANTHROPIC_SAMPLING_CUTOFF = "2026-10-21"
 """From this ``anthropic-version`` on, the Messages API rejects temperature, top_p and top_k."""
@@ -93,6 +109,10 @@ DEFAULT_SLOW_S = 150.0
 client with the default times out, as the fault means it to. Set ``slow_s`` below your client's
 timeout to test slow answers that do arrive instead."""
 
+DEFAULT_LATE_S = 30.0
+"""A ``late`` fault's delay by default: a straggler that answers well within maker's default
+timeout of a call (120 s), long enough that a run which waits for it shows."""
+
 
 @dataclass(frozen=True, kw_only=True)
 class SimServerConfig:
@@ -103,9 +123,13 @@ class SimServerConfig:
     - ``p``: overrides the model's ``p`` when given;
     - ``latency_ms``: overrides the model's median latency when given (the server sleeps it);
     - ``fault_rate``: probability that a request gets an injected fault;
-    - ``faults``: the enabled fault kinds (all by default, see :data:`FAULT_KINDS`);
+    - ``faults``: the enabled fault kinds (:data:`DEFAULT_FAULTS` by default: every kind of
+      :data:`FAULT_KINDS` but ``late``);
     - ``retry_after_s``: the ``Retry-After`` of injected 429s, in seconds;
     - ``slow_s``: how long a ``slow`` fault delays its answer (:data:`DEFAULT_SLOW_S`);
+    - ``late_s``: how long a ``late`` fault delays its (correct as usual) answer, instead of
+      its latency (:data:`DEFAULT_LATE_S`); it must be below the client's timeout of a call for
+      the request to be a straggler rather than a timeout;
     - ``seed``: seeds the fault draws and the seeds of requests that bring none;
     - ``keep_requests``: how many of the latest requests the statistics list one by one (the
       counts cover all), so that a million-step run does not hold millions of records.
@@ -116,16 +140,17 @@ class SimServerConfig:
     Traceback (most recent call last):
     ...
     maker.core._errors.ConfigError: faults: unknown fault kind 'bogus'; known kinds: rate_limit, \
-server_error, unavailable, overloaded, slow, malformed, disconnect
+server_error, unavailable, overloaded, slow, malformed, disconnect, late
     """
 
     sim: SimConfig | str = "paper"
     p: float | None = None
     latency_ms: float | None = None
     fault_rate: float = 0.0
-    faults: tuple[str, ...] = FAULT_KINDS
+    faults: tuple[str, ...] = DEFAULT_FAULTS
     retry_after_s: float = 1.0
     slow_s: float = DEFAULT_SLOW_S
+    late_s: float = DEFAULT_LATE_S
     seed: int = 0
     keep_requests: int = 100_000
 
@@ -149,6 +174,8 @@ server_error, unavailable, overloaded, slow, malformed, disconnect
             raise ConfigError("retry_after_s", f"must be a number >= 0, got {self.retry_after_s!r}")
         if not (_finite(self.slow_s) and self.slow_s > 0):
             raise ConfigError("slow_s", f"must be a number > 0, got {self.slow_s!r}")
+        if not (_finite(self.late_s) and self.late_s > 0):
+            raise ConfigError("late_s", f"must be a number > 0, got {self.late_s!r}")
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise ConfigError("seed", f"must be an integer, got {self.seed!r}")
         if (
@@ -828,6 +855,9 @@ class _Handlers:
             return response
         if not isinstance(name, str) or not name:
             return _json_response(400, _error_body(fmt, _Reject(400, "model is required")))
+        # A lookup has no latency of its own, but a straggling one is as late as an answer.
+        if record.fault == "late" and not await self.state.sleep(self.state.config.late_s):
+            return _stopping(fmt)
         return _finish(_model_body(fmt, name), record.fault)
 
     async def _answer(
@@ -875,7 +905,9 @@ class _Handlers:
         answer = state.model.respond(
             parsed.system, parsed.user, max_tokens=parsed.max_tokens, seed=seed, model=parsed.model
         )
-        if not await state.sleep(answer.latency_s):
+        # A straggler answers as it would have, only late: its delay replaces the latency.
+        delay = state.config.late_s if record.fault == "late" else answer.latency_s
+        if not await state.sleep(delay):
             return _stopping(fmt)
         completion = answer.completion
         out = _success_body(
@@ -1013,6 +1045,7 @@ _OPTIONS = {
     "faults": "--faults",
     "retry_after_s": "--retry-after",
     "slow_s": "--slow-s",
+    "late_s": "--late-s",
     "seed": "--seed",
 }
 
@@ -1037,9 +1070,10 @@ _OPTIONS = {
 )
 @click.option(
     "--faults",
-    default=",".join(FAULT_KINDS),
+    default=",".join(DEFAULT_FAULTS),
     show_default=True,
-    help="Comma-separated fault kinds to spread the faults over.",
+    help=f"Comma-separated fault kinds to spread the faults over, of: {', '.join(FAULT_KINDS)}"
+    " ('late' only when named).",
 )
 @click.option(
     "--retry-after",
@@ -1055,6 +1089,14 @@ _OPTIONS = {
     show_default=True,
     help="Delay of a 'slow' fault, in seconds (beyond the client's --timeout, 120 by default).",
 )
+@click.option(
+    "--late-s",
+    type=click.FloatRange(0.0, min_open=True),
+    default=DEFAULT_LATE_S,
+    show_default=True,
+    help="Delay of a 'late' fault (a correct answer, late), in seconds: keep it below the "
+    "client's --timeout so that it straggles rather than times out.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fault draws.")
 def serve_sim_command(
     host: str,
@@ -1066,6 +1108,7 @@ def serve_sim_command(
     faults: str,
     retry_after: float,
     slow_s: float,
+    late_s: float,
     seed: int,
 ) -> None:
     """Serve the simulated model over OpenAI's, Anthropic's and Ollama's APIs, until interrupted.
@@ -1082,6 +1125,7 @@ def serve_sim_command(
             faults=tuple(part.strip() for part in faults.split(",") if part.strip()),
             retry_after_s=retry_after,
             slow_s=slow_s,
+            late_s=late_s,
             seed=seed,
         )
     except ConfigError as exc:
