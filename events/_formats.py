@@ -889,7 +889,6 @@ V3_SCHEMA = V2_SCHEMA.replace("'schema_version', '2'", "'schema_version', '3'").
 )
 
 
-
 class V3Writer(V2Writer):
     """Writes version 3 rows: version 2's, in a file that says 3."""
 
