@@ -7,6 +7,7 @@ beside the old ones.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -28,13 +29,17 @@ from events import (
     RunResumed,
     SampleCancelled,
     SampleFailed,
+    SampleHedged,
     SampleReceived,
+    StepAbandoned,
     StepDecided,
+    StepStarted,
 )
 from maker import (
     ClientError,
     Completion,
     Engine,
+    Hedge,
     Limits,
     Policy,
     RedFlag,
@@ -107,6 +112,25 @@ async def _write(version: str) -> None:
         async with Engine(log=long, client=SimulatedModel(NOISY), scheduler=fast) as engine:
             await engine.run(Hanoi(9), policy=Policy(k=2), seed=13, run_id="golden-long")
         paths.append(long)
+    if version not in ("v1", "v2"):
+        # Pipelined: steps interleave, leaders change and speculative starts are abandoned.
+        pipelined = GOLDEN / f"{version}-pipelined.db"
+        async with Engine(log=pipelined, client=SimulatedModel(NOISY), scheduler=fast) as engine:
+            await engine.run(
+                Hanoi(3), policy=Policy(k=2, pipeline=3), seed=14, run_id="golden-pipelined"
+            )
+        paths.append(pipelined)
+        # Hedged: a model with latency and stragglers, whose head step's stragglers get hedges.
+        late = dataclasses.replace(NOISY, latency_ms=2.0, straggler_rate=0.2, straggler_s=0.1)
+        hedged = GOLDEN / f"{version}-hedged.db"
+        async with Engine(log=hedged, client=SimulatedModel(late), scheduler=fast) as engine:
+            await engine.run(
+                Hanoi(3),
+                policy=Policy(k=2, pipeline=2, hedge=Hedge(min_s=0.005, warmup=3, share=0.5)),
+                seed=15,
+                run_id="golden-hedged",
+            )
+        paths.append(hedged)
     expected = {}
     for path in paths:
         events = await load_events(path)
@@ -138,7 +162,7 @@ def _export(log: Path, out: Path) -> None:
     if out.suffix == ".sha256":
         lines = hashlib.sha256(lines).hexdigest().encode() + b"\n"
     out.write_bytes(lines)
-    for extra in ("-wal", "-shm"):  # a reader's files, empty once it closed
+    for extra in ("-wal", "-shm", "-lock"):  # a reader's files and the run lock, empty once closed
         Path(f"{log}{extra}").unlink(missing_ok=True)
 
 
@@ -225,6 +249,21 @@ async def test_golden_logs_hold_what_they_are_meant_to_exercise(tmp_path: Path) 
     resumed = await load_events(_copy(f"v{SCHEMA_VERSION}-resumed.db", tmp_path))
     assert any(isinstance(e, RunResumed) for e in resumed)
     assert any(isinstance(e, SampleCancelled) and e.reason == "run_cancelled" for e in resumed)
+
+
+@pytest.mark.anyio
+async def test_golden_logs_of_pipelined_and_hedged_runs_hold_them(tmp_path: Path) -> None:
+    names = {name for _, name in _cases()}
+    pipelined_names = sorted(n for n in names if "pipelined" in n)
+    assert f"v{SCHEMA_VERSION}-pipelined.db" in pipelined_names
+    for name in pipelined_names:
+        events = await load_events(_copy(name, tmp_path))
+        assert any(isinstance(e, StepStarted) and e.speculative for e in events)
+        assert any(isinstance(e, StepAbandoned) for e in events)
+        assert any(isinstance(e, SampleCancelled) and e.reason == "misspeculated" for e in events)
+    for name in sorted(n for n in names if "hedged" in n):
+        events = await load_events(_copy(name, tmp_path))
+        assert any(isinstance(e, SampleHedged) for e in events)
 
 
 @pytest.mark.anyio
