@@ -16,9 +16,11 @@ from events import (
     RunStarted,
     SampleCancelled,
     SampleFailed,
+    SampleHedged,
     SampleReceived,
     SampleRequested,
     StateChanged,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -33,6 +35,11 @@ class StepRecord:
 
     ``samples`` counts the samples requested for the step (cancelled ones included), ``received``
     those a model answered; every received sample either voted or was red-flagged.
+
+    A pipelined run may start a step more than once (see :class:`events.StepStarted`): the
+    record then describes the step's latest start only (the decided one, once decided), whose
+    number is ``branch``. The starts abandoned before it (misspeculated) count only in
+    ``abandoned`` and ``abandoned_samples``: their samples were drawn for another state.
     """
 
     step: int
@@ -48,6 +55,21 @@ class StepRecord:
     cost_usd: float = 0.0
     state: Any = None
     """The state after the winner was applied (the next step's state); None until then."""
+    branch: int = 0
+    """Which start of the step the figures above are of (0 unless a start was abandoned)."""
+    speculative: bool = False
+    """Whether that start began before the previous step was decided."""
+    abandoned: int = 0
+    """Starts of the step abandoned before it (``step_abandoned``)."""
+    abandoned_samples: int = 0
+    """Samples requested for those abandoned starts."""
+
+    def restart(self, branch: int, speculative: bool) -> None:
+        """Begin the figures of a new start (``branch``); an abandoned start's are dropped."""
+        self.branch, self.speculative = branch, speculative
+        self.winner, self.votes, self.state = None, {}, None
+        self.samples = self.received = self.red_flags = self.failures = self.cancelled = 0
+        self.cost_usd = 0.0
 
     @property
     def decided(self) -> bool:
@@ -67,6 +89,13 @@ class RunSummary:
     step, in step order; with ``per_step=n`` only the n steps that requested the most samples
     (in step order); with ``per_step=False`` none. The other figures are totals and running
     maxima, so a fold without step records holds nothing per step.
+
+    On a pipelined or hedged run, ``samples``, ``votes``, the red flags, tokens and cost count
+    every sample, misspeculated and hedged ones included (they were requested and paid for);
+    ``misspeculated_samples``, ``misspeculated_steps``, ``hedged_samples`` and
+    ``cancelled_by_reason`` say how much of that is the price of speculating and hedging. The
+    per-step figures (the step records, the samples per decided step) are of each step's
+    decided start only.
     """
 
     run_id: str = ""
@@ -85,6 +114,16 @@ class RunSummary:
     failures: int = 0
     failures_by_kind: Counter[str] = field(default_factory=Counter)
     cancelled: int = 0
+    cancelled_by_reason: Counter[str] = field(default_factory=Counter)
+    """Cancelled samples by ``sample_cancelled`` reason (decided, misspeculated, run_cancelled)."""
+    misspeculated_samples: int = 0
+    """Samples requested for speculative starts that were abandoned (``step_abandoned``): drawn
+    for a state the previous step did not lead to, so they count in ``samples`` (and cost) but
+    in no decision."""
+    misspeculated_steps: int = 0
+    """Starts abandoned as misspeculated (``step_abandoned`` events)."""
+    hedged_samples: int = 0
+    """Samples sent beside a straggler (``sample_hedged`` events); counted in ``samples`` too."""
     red_flags: Counter[str] = field(default_factory=Counter)
     input_tokens: int = 0
     output_tokens: int = 0
@@ -173,9 +212,9 @@ class RunSummary:
 
 
 OPEN_STEPS = 1024
-"""How many steps a bounded fold keeps open at once. The engine decides one step at a time (a
-calibration keeps as many in flight as its concurrency), so a step is complete long before it
-is this far behind the newest one."""
+"""How many steps a bounded fold keeps open at once. The engine decides one step at a time, or
+votes up to its pipeline depth ahead (a calibration keeps as many in flight as its
+concurrency), so a step is complete long before it is this far behind the newest one."""
 
 R = TypeVar("R")
 
@@ -263,6 +302,39 @@ class _Steps:
         return sorted(self.top.best(), key=lambda r: r.step)
 
 
+class _Starts:
+    """The open start of each step still being voted on: its branch and the samples requested
+    for it, so that an abandoned start's samples can be counted as misspeculated.
+
+    A step's entry goes when the step is decided or its start abandoned; at most ``limit``
+    are kept (the oldest go first), so a log whose steps never decide (a calibration) still
+    folds in bounded memory. A pipelined run keeps at most its depth + 1 steps open.
+    """
+
+    def __init__(self, limit: int = OPEN_STEPS) -> None:
+        self._limit = max(1, limit)
+        self._open: OrderedDict[int, list[int]] = OrderedDict()
+
+    def start(self, step: int, branch: int) -> None:
+        entry = self._open.get(step)
+        if entry is not None and entry[0] == branch:
+            return  # a resumed run starts the step it was voting on again: the same start
+        self._open[step] = [branch, 0]
+        if len(self._open) > self._limit:
+            self._open.popitem(last=False)
+
+    def requested(self, step: int) -> None:
+        entry = self._open.get(step)
+        if entry is not None:
+            entry[1] += 1
+
+    def end(self, step: int, unknown: int = 0) -> int:
+        """Forget the step's open start; the samples requested for it (``unknown`` if the
+        start was not seen)."""
+        entry = self._open.pop(step, None)
+        return entry[1] if entry is not None else unknown
+
+
 class Fold:
     """:func:`summarize` one event at a time: :meth:`add` each event in seq order, then read
     :meth:`summary`. For callers that read the events themselves (and fold several views in
@@ -271,6 +343,7 @@ class Fold:
     def __init__(self, *, per_step: bool | int = True) -> None:
         self._s = RunSummary()
         self._steps = _Steps(per_step)
+        self._starts = _Starts()
 
     def add(self, event: AnyEvent) -> None:
         s = self._s
@@ -289,9 +362,15 @@ class Fold:
                 s.k = recorded.k if isinstance(recorded, PolicyRecord) else 0
                 s.initial_state = s.final_state = event.initial_state
             case StepStarted():
-                steps.get(event.step)
+                self._starts.start(event.step, event.branch)
+                if (record := steps.get(event.step)) is not None:
+                    if record.branch != event.branch:
+                        record.restart(event.branch, event.speculative)
+                    elif event.speculative:
+                        record.speculative = True
             case SampleRequested():
                 s.samples += 1
+                self._starts.requested(event.step)
                 if (record := steps.get(event.step)) is not None:
                     record.samples += 1
             case SampleReceived():
@@ -309,6 +388,7 @@ class Fold:
                     record.failures += 1
             case SampleCancelled():
                 s.cancelled += 1
+                s.cancelled_by_reason[event.reason] += 1
                 if (record := steps.get(event.step)) is not None:
                     record.cancelled += 1
             case RedFlagged():
@@ -319,7 +399,20 @@ class Fold:
                 s.votes += 1
                 if (record := steps.get(event.step)) is not None:
                     record.votes = dict(event.tally)
+            case SampleHedged():
+                s.hedged_samples += 1
+            case StepAbandoned():
+                # The start's samples were drawn for a state the previous step did not lead
+                # to: they cost, but the step's record keeps only the start that decides.
+                wasted = self._starts.end(event.step, event.samples)
+                s.misspeculated_steps += 1
+                s.misspeculated_samples += wasted
+                if (record := steps.get(event.step)) is not None:
+                    record.abandoned += 1
+                    record.abandoned_samples += wasted
+                    record.restart(event.branch + 1, False)
             case StepDecided():
+                self._starts.end(event.step)
                 s.decided_steps += 1
                 s.decided_samples += event.samples
                 s.max_decided_samples = max(s.max_decided_samples, event.samples)
