@@ -2,7 +2,9 @@
 judged offline on the samples a run recorded. No model is called.
 
 For every step the run decided, the step's recorded responses are taken in the order they were
-received. Each is judged again, by the new red-flag rules and then the task's strict parser, and
+received; on a pipelined run, only those of the start that decided it (an abandoned,
+misspeculated start's samples were drawn for another state). Hedged samples count like any
+other. Each is judged again, by the new red-flag rules and then the task's strict parser, and
 the valid ones vote into a fresh :class:`maker.Tally` until it decides. The step is then reported
 as decided or not, with its new winner and how many of its recorded samples the decision used.
 
@@ -25,6 +27,7 @@ from events import (
     AnyEvent,
     RunStarted,
     SampleReceived,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     canonical_json,
@@ -311,21 +314,36 @@ class _RevoteFold:
         self.changed_steps = array("I")
         self.short_steps = array("I")
         self.revoted = self.decided = self.recorded = self.needed = self.saved = 0
+        # The responses of each step's open start, and that start's branch: at most a
+        # pipelined run's depth + 1 steps are open at once.
         self.pending: dict[int, list[SampleReceived]] = {}
+        self.branch: dict[int, int] = {}
         self.abandoned: int | None = None  # the last earlier step left undecided with responses
 
     def add(self, event: AnyEvent) -> None:
         if isinstance(event, StepStarted):
-            # A resumed run may restart a step it had begun; the responses it received stay.
-            # Steps before this one are over: one left undecided is remembered by number only.
-            for step in [s for s in self.pending if s < event.step]:
-                if self.pending.pop(step):
-                    self.abandoned = step if self.abandoned is None else max(self.abandoned, step)
+            # A resumed run may restart a step it had begun (the same branch): the responses
+            # it received stay. A new branch is a new start, drawn for another state: the
+            # previous start's responses were for a state the step does not decide from.
+            if self.branch.get(event.step, event.branch) != event.branch:
+                self.pending[event.step] = []
+            self.branch[event.step] = event.branch
             self.pending.setdefault(event.step, [])
         elif isinstance(event, SampleReceived):
             self.pending.setdefault(event.step, []).append(event)
+        elif isinstance(event, StepAbandoned):
+            # A misspeculated start: its votes count for nothing (the step starts again).
+            self.pending[event.step] = []
+            self.branch[event.step] = event.branch + 1
         elif isinstance(event, StepDecided):
+            # Steps are decided in order: one before this still open was left undecided (a
+            # pipelined run votes ahead, so a step's start is not the end of those before it).
+            for step in [s for s in self.pending if s < event.step]:
+                self.branch.pop(step, None)
+                if self.pending.pop(step):
+                    self.abandoned = step if self.abandoned is None else max(self.abandoned, step)
             received = self.pending.pop(event.step, [])
+            self.branch.pop(event.step, None)
             self._count(_revote_step(event, received, self.task, self.rules, self.k, self.rule))
 
     def _count(self, step: StepRevote) -> None:
