@@ -36,6 +36,7 @@ from events import (
     RunStarted,
     SampleReceived,
     SampleRequested,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -154,6 +155,11 @@ class ReportData:
     Memory does not grow with the run but for :attr:`votes_to_decide` (4 bytes a step): the
     response series are sampled down to at most ``points`` entries and the red flags binned
     to at most :data:`FLAG_BINS` bins (see :func:`report_data`).
+
+    On a pipelined run the per-step figures (votes to decide, the hardest steps, red flags by
+    step) are of each step's decided start (or its latest, if undecided): a misspeculated
+    start's samples were drawn for another state. They count in the summary's totals, with
+    its ``misspeculated_samples``, ``misspeculated_steps`` and ``hedged_samples``.
     """
 
     summary: RunSummary
@@ -239,13 +245,24 @@ FLAG_BINS = 1024
 
 @dataclass(slots=True)
 class _OpenStep:
+    """A step's figures while it is voted on: of its latest start only (a pipelined run may
+    abandon a start and begin the step again, as the next branch)."""
+
     step: int
     started: bool = False
+    branch: int = 0
     votes: int = 0
     samples: int = 0
     red_flags: int = 0
     tally: dict[str, int] = field(default_factory=dict)
     decided: bool = False
+    flags: list[str] = field(default_factory=list)
+    """The red flags' reasons of the start, binned by step once it is decided (or at the end):
+    an abandoned start's are not the step's."""
+
+    def restart(self, branch: int) -> None:
+        self.branch, self.votes, self.samples, self.red_flags = branch, 0, 0, 0
+        self.tally, self.flags = {}, []
 
 
 class _ReportFold:
@@ -269,9 +286,15 @@ class _ReportFold:
         self.k_changes: list[tuple[int, int]] = []
 
     def _close(self, step: _OpenStep) -> None:
+        self._flush(step)
         if step.started:
             self.steps_started += 1
             self.top.add(step)
+
+    def _flush(self, step: _OpenStep) -> None:
+        for reason in step.flags:
+            self._flag(step.step, reason)
+        step.flags = []
 
     def _flag(self, step: int, reason: str) -> None:
         key = step - step % self.flag_width
@@ -295,7 +318,12 @@ class _ReportFold:
             case RunStarted():
                 self.started_at = event.ts
             case StepStarted():
-                self.open.get(event.step).started = True
+                step = self.open.get(event.step)
+                if step.branch != event.branch:
+                    step.restart(event.branch)
+                step.started = True
+            case StepAbandoned():
+                self.open.get(event.step).restart(event.branch + 1)
             case SampleRequested():
                 self.open.get(event.step).samples += 1
             case SampleReceived():
@@ -303,8 +331,9 @@ class _ReportFold:
                 self.cost_over_time.add(event.ts - self.started_at, self.cost)
                 self.latencies.add(event.latency_s)
             case RedFlagged():
-                self.open.get(event.step).red_flags += 1
-                self._flag(event.step, event.reason)
+                step = self.open.get(event.step)
+                step.red_flags += 1
+                step.flags.append(event.reason)
             case VoteCounted():
                 step = self.open.get(event.step)
                 step.votes += 1
@@ -315,6 +344,7 @@ class _ReportFold:
                 step.tally = dict(event.votes)
                 self.decided.set(event.step, step.votes)
                 self.needed[step.votes] += 1
+                self._flush(step)
             case KChanged():
                 self.k_changes.append((event.step, event.k))
             case _:
@@ -630,6 +660,20 @@ def _figures(data: ReportData) -> list[tuple[str, str]]:
         ("cost", f"${s['cost_usd']:.4f}"),
         ("wall time", f"{s['wall_s']:.2f} s"),
     ]
+    if s["misspeculated_steps"]:
+        rows.append(
+            (
+                "misspeculated",
+                f"{s['misspeculated_samples']} samples of {s['misspeculated_steps']} "
+                "abandoned starts",
+            )
+        )
+    if s["hedged_samples"]:
+        rows.append(("hedged", f"{s['hedged_samples']} hedges"))
+    if s["cancelled_samples"]:
+        reasons = s["cancelled_by_reason"]
+        text = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))
+        rows.append(("cancelled", f"{s['cancelled_samples']} ({text})"))
     if s["resumed"]:
         rows.append(("resumed", f"{s['resumed']} time(s)"))
     return [(name, str(value)) for name, value in rows]
