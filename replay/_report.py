@@ -669,7 +669,7 @@ def _figures(data: ReportData) -> list[tuple[str, str]]:
             )
         )
     if s["hedged_samples"]:
-        rows.append(("hedged", f"{s['hedged_samples']} hedges"))
+        rows.append(("hedged", f"{s['hedged_samples']} samples"))
     if s["cancelled_samples"]:
         reasons = s["cancelled_by_reason"]
         text = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items()))

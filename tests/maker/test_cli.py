@@ -411,3 +411,54 @@ def test_progress_counts_steps_samples_and_red_flags_of_a_run(
         result["samples"],
         result["red_flags"],
     )
+
+
+def test_show_tells_a_pipelined_run_by_its_decided_starts_and_counts_the_rest(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ..replay import _pipelined as P
+
+    log = P.write_log(tmp_path / "pipelined.db")
+    code, out, err = cli(capsys, "show", str(log), "--json", "--steps", "4")
+    assert code == 0, err
+    shown = json.loads(out)
+    assert (shown["steps"], shown["samples"]) == (P.STEPS, P.SAMPLES)
+    assert shown["misspeculated_samples"] == P.MISSPECULATED_SAMPLES
+    assert shown["misspeculated_steps"] == P.MISSPECULATED_STEPS
+    assert shown["hedged_samples"] == P.HEDGED_SAMPLES
+    assert shown["cancelled_by_reason"] == dict(P.CANCELLED)
+    per_step = [P.DECIDED[n]["samples"] for n in range(P.STEPS)]
+    assert shown["samples_per_step_mean"] == sum(per_step) / P.STEPS
+    assert shown["samples_per_step_max"] == max(per_step)
+    hardest = {h["step"]: h for h in shown["hardest_steps"]}
+    for n, want in P.DECIDED.items():
+        assert (hardest[n]["samples"], hardest[n]["votes"], hardest[n]["branch"]) == (
+            want["samples"],
+            want["votes"],
+            want["branch"],
+        )
+    code, out, _ = cli(capsys, "show", str(log))
+    assert code == 0
+    rows = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert "4 samples of 2 abandoned starts" in rows["misspeculated"]
+    assert "2 samples" in rows["hedged"]
+    assert "5 (3 decided, 2 misspeculated)" in rows["cancelled"]
+
+
+def test_show_of_a_run_that_neither_speculated_nor_hedged_prints_no_such_rows(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from ..events._factory import run_events
+    from ..replay._pipelined import write_log
+
+    log = write_log(tmp_path / "plain.db", run_events("plain", 6))
+    code, out, _ = cli(capsys, "show", str(log))
+    assert code == 0
+    assert "misspeculated" not in out
+    assert "hedged" not in out
+    assert "cancelled" not in out
+    code, out, _ = cli(capsys, "show", str(log), "--json")
+    shown = json.loads(out)
+    assert (shown["steps"], shown["samples"]) == (6, 18)
+    assert shown["misspeculated_samples"] == shown["misspeculated_steps"] == 0
+    assert shown["hedged_samples"] == 0

@@ -521,6 +521,21 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         ("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out"),
         ("cost", f"${data['cost_usd']:.4f}"),
     ]
+    # The price of pipelining and hedging, when the run paid any: these samples are in the
+    # samples above (and in the cost), but in no step's decision.
+    if data["misspeculated_steps"]:
+        rows.append(
+            (
+                "misspeculated",
+                f"{data['misspeculated_samples']} samples of "
+                f"{data['misspeculated_steps']} abandoned starts",
+            )
+        )
+    if data["hedged_samples"]:
+        rows.append(("hedged", f"{data['hedged_samples']} samples"))
+    if data["cancelled_samples"]:
+        cancelled = counts_text(data["cancelled_by_reason"])
+        rows.append(("cancelled", f"{data['cancelled_samples']} ({cancelled})"))
     if data["resumed"]:
         rows.append(("resumed", f"{data['resumed']} time(s)"))
     rows.append(("wall time", f"{data['wall_s']:.2f} s"))
