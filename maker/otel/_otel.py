@@ -12,6 +12,10 @@ The tree of a run (one trace per run)::
       maker.step                      INTERNAL, step_started .. state_changed (maker.step: n)
         chat {model}                  CLIENT, sample_requested .. its outcome (GenAI conventions)
 
+A pipelined run's step spans overlap, and a step started more than once has a span per start:
+an abandoned (misspeculated) start's span ends at its ``step_abandoned``, and its samples are
+its children, not the decided start's.
+
 A resumed run gets a second root span ``maker.run {task}`` in the same trace, linked to the span of
 the part it continues; see :class:`TraceSink` for the details.
 """
@@ -58,10 +62,12 @@ from events import (
     RunStarted,
     SampleCancelled,
     SampleFailed,
+    SampleHedged,
     SampleReceived,
     SampleRequested,
     SchedulerWaited,
     StateChanged,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -234,9 +240,11 @@ class _Run:
     __slots__ = (
         "attrs",
         "ctx",
+        "hedges",
         "k",
         "last_ts",
         "max_attempts",
+        "misspeculated",
         "model",
         "previous",
         "resumed_at",
@@ -263,6 +271,10 @@ class _Run:
         self.ctx: Context = _EMPTY_CONTEXT
         self.steps: dict[int, _Step] = {}
         self.samples: dict[str, _Sample] = {}
+        self.hedges: dict[str, str] = {}
+        self.misspeculated = [0, 0, 0]
+        """Samples and starts abandoned as misspeculated, and hedges sent, so far."""
+        """Hedge -> its straggler, from ``sample_hedged`` until the hedge's request."""
         self.stopped: dict[str, _Sample] = {}
         """Samples a cancellation or a crash interrupted: a resumption reopens them."""
         self.resumed_at: int | None = None
@@ -311,6 +323,16 @@ class _Instruments:
         )
         self.cost = meter.create_counter(
             "maker.cost", unit="USD", description="Cost of the samples received."
+        )
+        self.misspeculated = meter.create_counter(
+            "maker.samples.misspeculated",
+            unit="{sample}",
+            description="Samples requested for speculative starts of steps that were abandoned.",
+        )
+        self.hedged = meter.create_counter(
+            "maker.samples.hedged",
+            unit="{sample}",
+            description="Samples sent beside a straggler (hedges); also in maker.samples.",
         )
         self.votes = meter.create_histogram(
             "maker.votes_per_step",
@@ -382,10 +404,16 @@ class TraceSink:
     ``maker.red_flag.reason``, ``maker.cost_usd`` (when not zero), ``maker.attempts`` (after a
     failure), ``maker.cancelled``; on steps ``maker.step``, ``maker.k``, ``maker.winner``,
     ``maker.votes`` (the final tally as JSON text), ``maker.lead`` (the winner's margin),
-    ``maker.samples``, ``maker.red_flags``; on the run ``maker.run_id``, ``maker.task``,
-    ``maker.k``, ``maker.status`` and totals. Sample spans carry no more than they must (a
-    sample's step is its parent and the prefix of its id): with about 130,000 of them in a
-    15-disk run, every attribute costs the SDK time and memory. Red flags
+    ``maker.samples``, ``maker.red_flags``, and on a pipelined run's starts ``maker.step.branch``
+    (when not 0), ``maker.step.speculative`` (a start made before the previous step was
+    decided) and, on an abandoned start's span (ended at its ``step_abandoned``),
+    ``maker.step.abandoned=true``, ``maker.step.abandoned.reason`` and its ``maker.step.branch``;
+    a hedge's sample span carries ``maker.sample.hedge_of`` (its straggler's id, whose span gets
+    a ``maker.hedged`` event); on the run ``maker.run_id``, ``maker.task``,
+    ``maker.k``, ``maker.status`` and totals (``maker.misspeculated_samples``,
+    ``maker.misspeculated_steps`` and ``maker.hedged_samples`` when not 0). Sample spans carry
+    no more than they must (a sample's step is its parent and the prefix of its id): with about
+    130,000 of them in a 15-disk run, every attribute costs the SDK time and memory. Red flags
     (``maker.red_flag``), retried failures (``maker.retry``), scheduler waits
     (``maker.scheduler.wait``), breaker changes (``maker.breaker``) and cancellations
     (``maker.cancelled``) are span events.
@@ -420,7 +448,8 @@ class TraceSink:
 
     **Metrics** (with ``meter_provider``): counters ``maker.samples``, ``maker.red_flags``
     (by ``maker.red_flag.reason``), ``maker.failures`` (by ``error.type``), ``maker.tokens`` (by
-    ``gen_ai.token.type``), ``maker.cost`` (USD) and the histogram ``maker.votes_per_step``.
+    ``gen_ai.token.type``), ``maker.cost`` (USD), ``maker.samples.misspeculated`` (samples of
+    abandoned starts), ``maker.samples.hedged`` and the histogram ``maker.votes_per_step``.
 
     >>> import anyio, os, tempfile
     >>> from opentelemetry.sdk.trace import TracerProvider
@@ -474,6 +503,8 @@ class TraceSink:
             RedFlagged: self._red_flagged,
             VoteCounted: self._vote_counted,
             StepDecided: self._step_decided,
+            StepAbandoned: self._step_abandoned,
+            SampleHedged: self._sample_hedged,
             StateChanged: self._state_changed,
             SchedulerWaited: self._scheduler_waited,
             BreakerChanged: self._breaker_changed,
@@ -670,7 +701,12 @@ class TraceSink:
         old = run.steps.pop(e.step, None)
         if old is not None:
             self._end(old.span, at)
-        attrs = {"maker.step": e.step, "maker.k": run.k}
+        attrs: dict[str, Any] = {"maker.step": e.step, "maker.k": run.k}
+        # A pipelined run's starts: left out when they say nothing, as in the log.
+        if e.branch:
+            attrs["maker.step.branch"] = e.branch
+        if e.speculative:
+            attrs["maker.step.speculative"] = True
         span = self._start(run, e.seq, STEP_SPAN, run.ctx, _INTERNAL, attrs, at)
         run.steps[e.step] = _Step(span)
 
@@ -687,6 +723,10 @@ class TraceSink:
             attrs["gen_ai.request.max_tokens"] = e.max_tokens
         if run.server:
             attrs.update(run.server)
+        if run.hedges:
+            straggler = run.hedges.pop(e.sample_id, None)
+            if straggler is not None:
+                attrs["maker.sample.hedge_of"] = straggler
         run.samples[e.sample_id] = _Sample(str(e.seq), name, e.step, _ns(e.ts), attrs)
         if self._metrics is not None:
             self._metrics.samples.add(1, self._metric_attrs(run, attrs))
@@ -803,6 +843,53 @@ class TraceSink:
         if self._metrics is not None:
             self._metrics.votes.record(sum(e.votes.values()))
 
+    def _step_abandoned(self, run: _Run, e: StepAbandoned) -> None:
+        at = _ns(e.ts)
+        # The start's samples were settled (or cancelled) before it was abandoned; one still
+        # pending is ended here, so that it stays a child of the start it was drawn for.
+        for sample in [s for s in run.samples.values() if s.step == e.step]:
+            if sample.end is None:
+                sample.event("maker.abandoned", {"maker.step.abandoned.reason": e.reason}, at)
+            self._finish(run, sample, e.seq, at)
+        step = self._step(run, e.step, e.seq, at)
+        del run.steps[e.step]
+        step.span.set_attributes(
+            {
+                "maker.step.abandoned": True,
+                "maker.step.abandoned.reason": e.reason,
+                "maker.step.branch": e.branch,
+                "maker.votes": self._votes(e.votes),
+                "maker.samples": e.samples,
+                "maker.red_flags": e.red_flags,
+            }
+        )
+        self._end(step.span, at)
+        run.misspeculated[0] += e.samples
+        run.misspeculated[1] += 1
+        if self._metrics is not None and e.samples:
+            self._metrics.misspeculated.add(e.samples, self._run_metric_attrs(run))
+
+    def _sample_hedged(self, run: _Run, e: SampleHedged) -> None:
+        run.hedges[e.sample_id] = e.straggler
+        straggler = run.samples.get(e.straggler)
+        if straggler is not None:
+            hedge: dict[str, Any] = {
+                "maker.hedge.sample_id": e.sample_id,
+                "maker.hedge.in_flight_s": e.in_flight_s,
+                "maker.hedge.threshold_s": e.threshold_s,
+            }
+            straggler.event("maker.hedged", hedge, _ns(e.ts))
+        run.misspeculated[2] += 1
+        if self._metrics is not None:
+            self._metrics.hedged.add(1, self._run_metric_attrs(run))
+
+    def _run_metric_attrs(self, run: _Run) -> dict[str, Any]:
+        """The metric attributes of a point about the run's model rather than one sample."""
+        _, provider, model = self._model(run.model)
+        return self._metric_attrs(
+            run, {"gen_ai.provider.name": provider, "gen_ai.request.model": model}
+        )
+
     def _state_changed(self, run: _Run, e: StateChanged) -> None:
         step = run.steps.pop(e.step, None)
         if step is not None:
@@ -879,6 +966,13 @@ class TraceSink:
         }
         if e.reason:
             attrs["maker.reason"] = e.reason
+        # What pipelining and hedging cost, when they cost anything (in maker.samples too).
+        samples, starts, hedged = run.misspeculated
+        if starts:
+            attrs["maker.misspeculated_samples"] = samples
+            attrs["maker.misspeculated_steps"] = starts
+        if hedged:
+            attrs["maker.hedged_samples"] = hedged
         span.set_attributes(attrs)
         if failed:
             span.set_status(Status(StatusCode.ERROR, e.reason))

@@ -46,6 +46,7 @@ from events import (
     SampleReceived,
     SampleRequested,
     StateChanged,
+    StepAbandoned,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -1029,3 +1030,87 @@ async def test_every_metric_point_of_a_provider_model_names_its_provider(tmp_pat
                 assert point.attributes["gen_ai.provider.name"] == "openai", name
                 assert point.attributes["gen_ai.request.model"] == "local-model", name
     meters.shutdown()
+
+
+def test_a_pipelined_hedged_run_has_a_span_per_start_of_a_step() -> None:
+    from ..replay import _pipelined as P
+
+    provider, exporter = memory_provider()
+    reader = InMemoryMetricReader()
+    events = P.pipelined_events()
+    count = export_run(events, provider, meter_provider=MeterProvider(metric_readers=[reader]))
+    spans = exporter.get_finished_spans()
+    assert count == len(spans) == 1 + P.STEPS + P.MISSPECULATED_STEPS + P.SAMPLES
+    steps = [s for s in spans if s.name == STEP_SPAN]
+    by_id = {s.context.span_id: s for s in spans}
+
+    def attrs(span: ReadableSpan) -> dict[str, Any]:
+        return dict(span.attributes or {})
+
+    starts: dict[tuple[int, int], ReadableSpan] = {}
+    for span in steps:
+        a = attrs(span)
+        starts[(int(a["maker.step"]), int(a.get("maker.step.branch", 0)))] = span
+    assert sorted(starts) == [(0, 0), (1, 0), (2, 0), (2, 1), (3, 0), (3, 1)]
+    abandoned = {key for key, span in starts.items() if attrs(span).get("maker.step.abandoned")}
+    assert abandoned == {(2, 0), (3, 0)}
+    for key, span in starts.items():
+        a = attrs(span)
+        speculative = key in {(1, 0), (2, 0), (3, 0), (3, 1)}
+        assert a.get("maker.step.speculative", False) is speculative, key
+        if key in abandoned:
+            assert a["maker.step.abandoned.reason"] == "misspeculated"
+            assert "maker.winner" not in a
+            # Ended at its step_abandoned, which says what the start had cost.
+            [event] = [
+                e for e in events if isinstance(e, StepAbandoned) and (e.step, e.branch) == key
+            ]
+            assert span.end_time == ns(event.ts)
+            assert a["maker.samples"] == event.samples
+        else:
+            want = P.DECIDED[key[0]]
+            assert key[1] == want["branch"]
+            assert a["maker.samples"] == want["samples"]
+            assert a["maker.red_flags"] == want["red_flags"]
+            assert a["maker.winner"] == content_digest(want["winner"])
+    # The pipeline's steps overlap: step 1's span begins before step 0's ends.
+    assert starts[(1, 0)].start_time < starts[(0, 0)].end_time  # type: ignore[operator]
+    # Every sample span is a child of the span of the start it was drawn for.
+    samples = [s for s in spans if s.name == "chat sim"]
+    assert len(samples) == P.SAMPLES
+    for span in samples:
+        a = attrs(span)
+        assert span.parent is not None
+        assert by_id[span.parent.span_id] is starts[P.START_OF[str(a["maker.sample_id"])]]
+        assert a.get("maker.sample.hedge_of") == P.HEDGES.get(str(a["maker.sample_id"]))
+    stragglers = {
+        str(attrs(s)["maker.sample_id"])
+        for s in samples
+        if any(e.name == "maker.hedged" for e in s.events)
+    }
+    assert stragglers == set(P.HEDGES.values())
+    cancelled = Counter(
+        attrs(s)["maker.cancelled"] for s in samples if "maker.cancelled" in attrs(s)
+    )
+    assert cancelled == P.CANCELLED
+    [root] = [s for s in spans if s.name == "maker.run count"]
+    assert attrs(root)["maker.misspeculated_samples"] == P.MISSPECULATED_SAMPLES
+    assert attrs(root)["maker.misspeculated_steps"] == P.MISSPECULATED_STEPS
+    assert attrs(root)["maker.hedged_samples"] == P.HEDGED_SAMPLES
+    points = metric_points(reader)
+    assert sum(p.value for p in points["maker.samples {sample}"]) == P.SAMPLES
+    misspeculated = points["maker.samples.misspeculated {sample}"]
+    assert sum(p.value for p in misspeculated) == P.MISSPECULATED_SAMPLES
+    assert sum(p.value for p in points["maker.samples.hedged {sample}"]) == P.HEDGED_SAMPLES
+    [votes] = points["maker.votes_per_step {vote}"]
+    assert votes.count == P.STEPS
+    assert votes.sum == sum(d["valid_votes"] for d in P.DECIDED.values())
+
+
+async def test_a_run_without_pipelining_has_no_start_attributes(tmp_path: Path) -> None:
+    run = await traced_run(tmp_path / "log.db")
+    for span in run.spans:
+        a = dict(span.attributes or {})
+        assert not {k for k in a if k.startswith(("maker.step.", "maker.hedge"))}
+        assert "maker.sample.hedge_of" not in a
+        assert "maker.misspeculated_samples" not in a

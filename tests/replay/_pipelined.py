@@ -154,7 +154,7 @@ class _Builder:
         )
 
     def request(self, sid: str) -> None:
-        step, ordinal = (int(x) for x in sid.split(":"))
+        step = int(sid.split(":")[0])
         starts = [e for e in self.events if isinstance(e, StepStarted) and e.step == step]
         first = not any(
             isinstance(e, SampleRequested) and e.step == step and e.seq > starts[-1].seq
@@ -239,7 +239,9 @@ class _Builder:
     def changed(self, step: int, n: int) -> None:
         self.events.append(StateChanged(**self._env(), step=step, state={"n": n}))
 
-    def abandon(self, step: int, branch: int, samples: int, tally: dict[int, int], red: int) -> None:
+    def abandon(
+        self, step: int, branch: int, samples: int, tally: dict[int, int], red: int
+    ) -> None:
         self.events.append(
             StepAbandoned(
                 **self._env(),

@@ -162,9 +162,7 @@ def test_a_revote_uses_only_the_votes_of_each_steps_decided_start() -> None:
     assert {n: s.requested for n, s in by_step.items()} == {
         n: d["samples"] for n, d in P.DECIDED.items()
     }
-    assert {n: s.votes for n, s in by_step.items()} == {
-        n: d["votes"] for n, d in P.DECIDED.items()
-    }
+    assert {n: s.votes for n, s in by_step.items()} == {n: d["votes"] for n, d in P.DECIDED.items()}
     assert by_step[0].red_flags == 1  # "no idea" does not parse
     assert by_step[2].red_flags == 0
     # The hedge and the straggler vote like any other sample.
