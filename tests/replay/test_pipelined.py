@@ -14,12 +14,16 @@ from events import (
     SampleHedged,
     SampleRequested,
     StepAbandoned,
+    StepDecided,
     StepStarted,
     VoteCounted,
 )
+from maker import Hedge, Policy, SimConfig
+from maker.tasks import Hanoi
 from replay import report_data, revote, summarize
 
 from . import _pipelined as P
+from ._logs import load, record
 from .test_revote import _CountTask
 
 
@@ -184,3 +188,57 @@ def test_a_revote_that_decides_otherwise_reports_the_changed_steps() -> None:
     assert (by_step[2].needed, by_step[2].saved) == (1, 1)
     assert report.revoted == P.STEPS
     assert [s.step for s in report.changed] == [1]
+
+
+def test_the_readers_agree_with_the_engine_on_pipelined_hedged_runs(tmp_path: Path) -> None:
+    # Recorded by the engine: a noisy model misspeculates often and latencies spread enough
+    # for hedges. The fold's totals are the engine's; each step record and report figure is
+    # the decided start's; the recorded policy re-votes every step to its recorded winner.
+    policy = Policy(
+        k=2,
+        pipeline=2,
+        hedge=Hedge(quantile=0.5, min_s=0.001, warmup=3, per_step=1, share=0.5),
+    )
+    path = tmp_path / "log.db"
+    results = record(
+        path,
+        lambda: Hanoi(5),
+        [1, 2, 3],
+        policy=policy,
+        config=SimConfig(p=0.8, latency_ms=3.0, latency_sigma=1.0),
+    )
+    seen = Counter[str]()
+    for result in results:
+        events = load(path, result.run_id)
+        s = summarize(events)
+        assert (s.samples, s.votes, s.cancelled) == (
+            result.samples,
+            result.votes,
+            result.cancelled_samples,
+        )
+        assert s.misspeculated_samples == result.misspeculated_samples
+        assert s.misspeculated_steps == result.misspeculated_steps
+        assert s.hedged_samples == result.hedged_samples
+        assert s.misspeculated_samples == sum(
+            e.samples for e in events if isinstance(e, StepAbandoned)
+        )
+        decided = {e.step: e for e in events if isinstance(e, StepDecided)}
+        records = {r.step: r for r in s.step_records if r.decided}
+        assert records.keys() == decided.keys()
+        for n, record_ in records.items():
+            assert (record_.samples, record_.votes, record_.red_flags) == (
+                decided[n].samples,
+                decided[n].votes,
+                decided[n].red_flags,
+            )
+        assert sum(r.samples for r in s.step_records) + s.misspeculated_samples == s.samples
+        data = report_data(events)
+        assert dict(data.votes_to_decide) == {n: sum(e.votes.values()) for n, e in decided.items()}
+        again = revote(events, Hanoi(5), k=2)
+        assert again.revoted == len(decided)
+        assert again.changed_steps == again.short_steps == []
+        seen["misspeculated"] += s.misspeculated_steps
+        seen["hedged"] += s.hedged_samples
+    # The runs exercised what the readers must handle.
+    assert seen["misspeculated"] > 0
+    assert seen["hedged"] > 0
