@@ -302,39 +302,6 @@ class _Steps:
         return sorted(self.top.best(), key=lambda r: r.step)
 
 
-class _Starts:
-    """The open start of each step still being voted on: its branch and the samples requested
-    for it, so that an abandoned start's samples can be counted as misspeculated.
-
-    A step's entry goes when the step is decided or its start abandoned; at most ``limit``
-    are kept (the oldest go first), so a log whose steps never decide (a calibration) still
-    folds in bounded memory. A pipelined run keeps at most its depth + 1 steps open.
-    """
-
-    def __init__(self, limit: int = OPEN_STEPS) -> None:
-        self._limit = max(1, limit)
-        self._open: OrderedDict[int, list[int]] = OrderedDict()
-
-    def start(self, step: int, branch: int) -> None:
-        entry = self._open.get(step)
-        if entry is not None and entry[0] == branch:
-            return  # a resumed run starts the step it was voting on again: the same start
-        self._open[step] = [branch, 0]
-        if len(self._open) > self._limit:
-            self._open.popitem(last=False)
-
-    def requested(self, step: int) -> None:
-        entry = self._open.get(step)
-        if entry is not None:
-            entry[1] += 1
-
-    def end(self, step: int, unknown: int = 0) -> int:
-        """Forget the step's open start; the samples requested for it (``unknown`` if the
-        start was not seen)."""
-        entry = self._open.pop(step, None)
-        return entry[1] if entry is not None else unknown
-
-
 class Fold:
     """:func:`summarize` one event at a time: :meth:`add` each event in seq order, then read
     :meth:`summary`. For callers that read the events themselves (and fold several views in
@@ -343,7 +310,6 @@ class Fold:
     def __init__(self, *, per_step: bool | int = True) -> None:
         self._s = RunSummary()
         self._steps = _Steps(per_step)
-        self._starts = _Starts()
 
     def add(self, event: AnyEvent) -> None:
         s = self._s
@@ -362,7 +328,6 @@ class Fold:
                 s.k = recorded.k if isinstance(recorded, PolicyRecord) else 0
                 s.initial_state = s.final_state = event.initial_state
             case StepStarted():
-                self._starts.start(event.step, event.branch)
                 if (record := steps.get(event.step)) is not None:
                     if record.branch != event.branch:
                         record.restart(event.branch, event.speculative)
@@ -370,7 +335,6 @@ class Fold:
                         record.speculative = True
             case SampleRequested():
                 s.samples += 1
-                self._starts.requested(event.step)
                 if (record := steps.get(event.step)) is not None:
                     record.samples += 1
             case SampleReceived():
@@ -399,20 +363,7 @@ class Fold:
                 s.votes += 1
                 if (record := steps.get(event.step)) is not None:
                     record.votes = dict(event.tally)
-            case SampleHedged():
-                s.hedged_samples += 1
-            case StepAbandoned():
-                # The start's samples were drawn for a state the previous step did not lead
-                # to: they cost, but the step's record keeps only the start that decides.
-                wasted = self._starts.end(event.step, event.samples)
-                s.misspeculated_steps += 1
-                s.misspeculated_samples += wasted
-                if (record := steps.get(event.step)) is not None:
-                    record.abandoned += 1
-                    record.abandoned_samples += wasted
-                    record.restart(event.branch + 1, False)
             case StepDecided():
-                self._starts.end(event.step)
                 s.decided_steps += 1
                 s.decided_samples += event.samples
                 s.max_decided_samples = max(s.max_decided_samples, event.samples)
@@ -432,6 +383,19 @@ class Fold:
             case RunFinished():
                 s.status, s.reason = event.status, event.reason
                 s.wall_s = (s.wall_s or 0.0) + event.wall_s
+            # Rare events last: every event is matched against the cases in order.
+            case SampleHedged():
+                s.hedged_samples += 1
+            case StepAbandoned():
+                # The start's samples were drawn for a state the previous step did not lead
+                # to: they cost, but the step's record keeps only the start that decides.
+                # Its ``samples`` are those requested for it, as a decision's are.
+                s.misspeculated_steps += 1
+                s.misspeculated_samples += event.samples
+                if (record := steps.get(event.step)) is not None:
+                    record.abandoned += 1
+                    record.abandoned_samples += event.samples
+                    record.restart(event.branch + 1, False)
             case _:
                 pass
 

@@ -322,8 +322,6 @@ class _ReportFold:
                 if step.branch != event.branch:
                     step.restart(event.branch)
                 step.started = True
-            case StepAbandoned():
-                self.open.get(event.step).restart(event.branch + 1)
             case SampleRequested():
                 self.open.get(event.step).samples += 1
             case SampleReceived():
@@ -347,6 +345,9 @@ class _ReportFold:
                 self._flush(step)
             case KChanged():
                 self.k_changes.append((event.step, event.k))
+            case StepAbandoned():
+                # A misspeculated start: its votes, samples and red flags are not the step's.
+                self.open.get(event.step).restart(event.branch + 1)
             case _:
                 pass
 

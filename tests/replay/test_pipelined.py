@@ -84,21 +84,21 @@ def test_each_step_record_is_of_its_decided_start(per_step: bool | int) -> None:
     else:
         # The most-sampled decided starts: steps 1 (5) and 0 (4) first, then 2 (3), 3 (2).
         assert sorted(records) == sorted([1, 0, 2, 3][: int(per_step)])
-    for n, record in records.items():
+    for n, step in records.items():
         want = P.DECIDED[n]
-        assert record.branch == want["branch"]
-        assert record.speculative == want["speculative"]
-        assert record.samples == want["samples"]
-        assert record.received == want["received"]
-        assert record.red_flags == want["red_flags"]
-        assert record.cancelled == want["cancelled"]
-        assert record.votes == want["votes"]
-        assert record.winner == want["winner"]
-        assert record.abandoned == want["abandoned"]
-        assert record.abandoned_samples == want["abandoned_samples"]
-        assert record.failures == 0
-        assert record.cost_usd == pytest.approx(0.001 * want["received"])
-        assert record.state == {"n": n + 1}
+        assert step.branch == want["branch"]
+        assert step.speculative == want["speculative"]
+        assert step.samples == want["samples"]
+        assert step.received == want["received"]
+        assert step.red_flags == want["red_flags"]
+        assert step.cancelled == want["cancelled"]
+        assert step.votes == want["votes"]
+        assert step.winner == want["winner"]
+        assert step.abandoned == want["abandoned"]
+        assert step.abandoned_samples == want["abandoned_samples"]
+        assert step.failures == 0
+        assert step.cost_usd == pytest.approx(0.001 * want["received"])
+        assert step.state == {"n": n + 1}
 
 
 def test_a_run_cut_between_an_abandoned_start_and_the_next_shows_no_stale_figures() -> None:
@@ -225,8 +225,8 @@ def test_the_readers_agree_with_the_engine_on_pipelined_hedged_runs(tmp_path: Pa
         decided = {e.step: e for e in events if isinstance(e, StepDecided)}
         records = {r.step: r for r in s.step_records if r.decided}
         assert records.keys() == decided.keys()
-        for n, record_ in records.items():
-            assert (record_.samples, record_.votes, record_.red_flags) == (
+        for n, step in records.items():
+            assert (step.samples, step.votes, step.red_flags) == (
                 decided[n].samples,
                 decided[n].votes,
                 decided[n].red_flags,
