@@ -33,17 +33,21 @@ and reports medians: the machine is noisy. The last line is a JSON summary (``--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
 import os
 import random
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+from anyio.streams.text import TextReceiveStream
 
 from maker import (
     Engine,
@@ -51,14 +55,51 @@ from maker import (
     Limits,
     Policy,
     Scheduler,
-    SimConfig,
     expected_samples_per_step,
 )
-from maker.apps.serve_sim._serve_sim import SimServerConfig, serve_sim
+from maker.apps.serve_sim._serve_sim import serve_sim
 from maker.clients import make_client
 from maker.tasks import Hanoi
 
+from ._sim_server import config_of
+
 MODES = ("sequential", "pipelined")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@contextlib.asynccontextmanager
+async def _server(spec: dict[str, Any], where: str) -> AsyncIterator[tuple[str, list[int]]]:
+    """serve-sim for one run: its base URL, and (once the block ends) its count of late
+    answers. ``where`` is ``"process"`` (its own process, as a remote provider would be: the
+    default) or ``"inline"`` (on the benchmark's own event loop)."""
+    late = [0]
+    if where == "inline":
+        async with serve_sim(config_of(spec)) as server:
+            yield server.base_url, late
+            late[0] = server.stats.faults()["late"]
+        return
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [REPO, env.get("PYTHONPATH")]))
+    async with await anyio.open_process(
+        [sys.executable, "-m", "benchmarks._sim_server", json.dumps(spec)], env=env
+    ) as proc:
+        assert proc.stdout is not None
+        assert proc.stdin is not None
+        lines = TextReceiveStream(proc.stdout)
+        buffered = ""
+        async for chunk in lines:
+            buffered += chunk
+            if "\n" in buffered:
+                break
+        url, _, rest = buffered.partition("\n")
+        try:
+            yield url.strip(), late
+        finally:
+            await proc.stdin.aclose()
+            async for chunk in lines:
+                rest += chunk
+            words = rest.split()
+            late[0] = int(words[-1]) if words else 0
 
 
 def _policy(mode: str, k: int, depth: int, quantile: float) -> Policy:
@@ -79,29 +120,38 @@ async def _bench(
     seed: int,
     stragglers: float = 0.0,
     straggler_s: float = 30.0,
+    server: str = "process",
 ) -> dict[str, Any]:
-    sim = SimConfig(latency_ms=latency_ms, latency_sigma=sigma)
-    late: dict[str, Any] = {}
-    if stragglers > 0:
-        late = {"fault_rate": stragglers, "faults": ("late",), "late_s": straggler_s}
+    spec = {
+        "latency_ms": latency_ms,
+        "sigma": sigma,
+        "p": p,
+        "seed": seed,
+        "stragglers": stragglers,
+        "late_s": straggler_s,
+    }
+    config = config_of(spec)
     # A straggler must answer within the call's timeout, or it is a timeout, not a straggler.
     timeout = max(30.0, 4.0 * straggler_s) if stragglers > 0 else 30.0
-    config = SimServerConfig(sim=sim, p=p, seed=seed, **late)
-    async with serve_sim(config) as server:
-        base = server.base_url + ("/v1" if fmt == "openai" else "")
+    async with _server(spec, server) as (url, late_count):
+        base = url + ("/v1" if fmt == "openai" else "")
         key = None if fmt == "ollama" else "sk-benchmark-not-a-secret"
         client = make_client(f"{fmt}:sim-bench", base_url=base, api_key=key, timeout=timeout)
         limits = Limits(timeout_s=timeout)
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 log = os.path.join(tmp, "bench.db")
-                async with Engine(log=log, client=client, scheduler=Scheduler(limits)) as eng:
+                # The process writer, as maker run uses: the log's commits cost the engine's
+                # process only the shipping of events.
+                async with Engine(
+                    log=log, client=client, scheduler=Scheduler(limits), log_writer="process"
+                ) as eng:
                     began = time.perf_counter()
                     result = await eng.run(Hanoi(disks), policy=policy, seed=seed)
                     wall = time.perf_counter() - began
             finally:
                 await client.aclose()  # type: ignore[attr-defined]
-        late_faults = server.stats.faults()["late"]
+    late_faults = late_count[0]
     used = config.sim_config()
     sequential = result.steps * latency_ms / 1000.0
     v = 1.0 - used.malformed_rate - used.overlong_rate
@@ -221,6 +271,12 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="alternate the modes N times")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print only the JSON summary")
+    parser.add_argument(
+        "--server",
+        choices=["process", "inline"],
+        default="process",
+        help="serve-sim in its own process (as a remote provider), or on this event loop",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -247,6 +303,7 @@ def main() -> None:
                     seed=args.seed + rep,
                     stragglers=stragglers,
                     straggler_s=args.straggler_s,
+                    server=args.server,
                 )
                 figures = anyio.run(run)
                 figures["mode"] = mode

@@ -281,6 +281,8 @@ class _Watch:
         self._threshold: float | None = None
         self._heap: list[tuple[float, str, float]] = []  # (deadline, sample id, started)
         self._watched: dict[str, float] = {}  # sample id -> when its attempt started
+        self._unset: list[tuple[str, float]] = []  # watched before any latency was seen
+        self._told: dict[str, float] = {}  # sample id -> the threshold it was told to pass
         self._wake = anyio.Event()
 
     @property
@@ -300,6 +302,13 @@ class _Watch:
             ordered = sorted(self._seen)
             at = min(len(ordered) - 1, int(hedge.quantile * len(ordered)))
             self._threshold = max(hedge.min_s, ordered[at])
+        if self._unset:
+            threshold = self._threshold
+            assert threshold is not None
+            for sample_id, started in self._unset:
+                if self._watched.get(sample_id) == started:
+                    self._push(sample_id, started, threshold)
+            self._unset.clear()
 
     def watch(self, sample_id: str) -> None:
         """An attempt of ``sample_id`` starts in a task now."""
@@ -307,10 +316,15 @@ class _Watch:
         self._watched[sample_id] = started
         threshold = self._threshold
         if threshold is None:
-            return  # nothing observed yet: nothing to measure a straggler by
-        deadline = started + threshold
+            # Nothing observed yet to measure a straggler by: it gets its deadline with the
+            # first latency seen (a run's first step may straggle too).
+            self._unset.append((sample_id, started))
+            return
+        self._push(sample_id, started, threshold)
+
+    def _push(self, sample_id: str, started: float, threshold: float) -> None:
         heap = self._heap
-        heapq.heappush(heap, (deadline, sample_id, started))
+        heapq.heappush(heap, (started + threshold, sample_id, started))
         if heap[0][1] == sample_id:
             self._wake.set()
 
@@ -328,9 +342,14 @@ class _Watch:
         for sample_id in sample_ids:
             started = self._watched.get(sample_id)
             if started is not None and now - started >= threshold:
-                self._tell(sample_id, now - started)
+                self._tell(sample_id, now - started, threshold)
 
-    def _tell(self, sample_id: str, in_flight: float) -> None:
+    def told(self, sample_id: str) -> float:
+        """The threshold the loop was told ``sample_id`` passed (0.0 if it was not)."""
+        return self._told.pop(sample_id, 0.0)
+
+    def _tell(self, sample_id: str, in_flight: float, threshold: float) -> None:
+        self._told[sample_id] = threshold
         outcome: _Outcome = _new_tuple(_Outcome, (sample_id, _HEDGE_TURN, None, None, in_flight))
         self._send.send_nowait(outcome)
 
@@ -352,7 +371,7 @@ class _Watch:
                 continue
             heapq.heappop(heap)
             if self._watched.get(sample_id) == started:
-                self._tell(sample_id, time.perf_counter() - started)
+                self._tell(sample_id, time.perf_counter() - started, deadline - started)
 
 
 class _Attempts:
@@ -422,10 +441,10 @@ class _Attempts:
             # a worker raised: the loop's caller is owed the exception itself.
             raise _unwrapped(group, exc) from None
 
-    @property
-    def threshold(self) -> float | None:
-        """The live hedging threshold, in seconds in flight (None: no hedging, or none yet)."""
-        return None if self._watch is None else self._watch.threshold
+    def threshold_of(self, sample_id: str) -> float:
+        """The hedging threshold a straggler was found past (0.0 in a replay, whose hedges come
+        from the log)."""
+        return 0.0 if self._watch is None else self._watch.told(sample_id)
 
     def launch(self, request: SampleRequest, attempt: int, delay: float) -> None:
         """Queue an attempt, made when the loop next asks for an outcome."""
@@ -705,10 +724,11 @@ class _Sampler(Generic[A]):
             if recording is not None:
                 recording.delivered(outcome.sample_id, outcome.attempt)
             if outcome.attempt == _HEDGE_TURN:
+                threshold = attempts.threshold_of(outcome.sample_id)
                 straggler = in_flight.get(outcome.sample_id)
                 if straggler is None:
                     continue  # answered or abandoned since: nothing to hedge
-                return straggler, HedgeDue(outcome.latency_s, attempts.threshold or 0.0)
+                return straggler, HedgeDue(outcome.latency_s, threshold)
             request = in_flight.pop(outcome.sample_id, None)
             if request is None:
                 continue  # abandoned after its task had answered: it counts for nothing
