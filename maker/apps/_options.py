@@ -138,9 +138,57 @@ hedge_option = click.option(
 """``--hedge QUANTILE``: the policy's ``hedge`` (see :func:`hedge_from`), its default the
 policy's."""
 
+AUTO_PIPELINE = 4
+"""The depth ``maker run`` pipelines with unless told, when its model waits for answers."""
+AUTO_HEDGE_QUANTILE = 0.95
+"""The quantile ``maker run`` hedges at unless told, when its model waits for answers."""
+
+
+def pipelining_for(client: object, pipeline: int | None, hedge: float | None) -> tuple[int, float]:
+    """``maker run``'s depth and hedge quantile: as given, or, left out, on where calls wait.
+
+    A model that waits for its answers (a provider, the simulated model with latency) gets
+    :data:`AUTO_PIPELINE` and :data:`AUTO_HEDGE_QUANTILE`: on the latency benchmark they cut the
+    wall time well below a step at a time for a few per cent more samples. One that answers at
+    once (the simulated model at zero latency) gains nothing from either, and votes one step at
+    a time. The run records what it used.
+
+    >>> from maker import SimConfig, SimulatedModel
+    >>> pipelining_for(SimulatedModel(), None, None)
+    (0, 0.0)
+    >>> pipelining_for(SimulatedModel(SimConfig(latency_ms=20)), None, None)
+    (4, 0.95)
+    >>> pipelining_for(SimulatedModel(SimConfig(latency_ms=20)), 0, None)
+    (0, 0.95)
+    """
+    waits = not getattr(client, "in_process", False)
+    if pipeline is None:
+        pipeline = AUTO_PIPELINE if waits else 0
+    if hedge is None:
+        hedge = AUTO_HEDGE_QUANTILE if waits else 0.0
+    return pipeline, hedge
+
+
 pipeline_options = stacked(
-    pipeline_option,
-    hedge_option,
+    click.option(
+        "--pipeline",
+        type=click.IntRange(0),
+        default=None,
+        metavar="DEPTH",
+        help="Steps voted ahead of the oldest undecided one, each from the state its "
+        "predecessor's leading answer implies (0: off).  [default: "
+        f"{AUTO_PIPELINE} for a model that waits for its answers, 0 for one that answers "
+        "at once]",
+    ),
+    click.option(
+        "--hedge",
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        default=None,
+        metavar="QUANTILE",
+        help="Send one more sample beside one in flight longer than this quantile of the "
+        f"run's latencies (0: off).  [default: {AUTO_HEDGE_QUANTILE} for a model that waits "
+        "for its answers, 0 for one that answers at once]",
+    ),
     click.option(
         "--hedge-min-s",
         type=click.FloatRange(0.0),
@@ -148,9 +196,10 @@ pipeline_options = stacked(
         help=f"--hedge: the least in-flight time that is hedged.  [default: {_HEDGE.min_s}]",
     ),
 )
-"""``--pipeline DEPTH``, ``--hedge QUANTILE`` and ``--hedge-min-s SECONDS``: how a command that
-votes (``maker run``) overlaps steps and hedges stragglers; made into a policy's ``pipeline``
-and ``hedge`` with :func:`hedge_from`. Their defaults are :class:`Policy`'s."""
+"""``--pipeline DEPTH``, ``--hedge QUANTILE`` and ``--hedge-min-s SECONDS``: how ``maker run``
+overlaps steps and hedges stragglers; left out, on where calls wait (see
+:func:`pipelining_for`), and made into a policy's ``pipeline`` and ``hedge`` with
+:func:`hedge_from`."""
 
 
 # -- servers and logs --------------------------------------------------------------------------

@@ -137,6 +137,30 @@ def test_pipeline_and_hedge_flags_make_the_runs_policy(
     assert "pipeline" not in export(capsys, off)[0]["policy"]
 
 
+def test_run_pipelines_and_hedges_by_default_where_its_model_waits(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from maker.apps._options import AUTO_HEDGE_QUANTILE, AUTO_PIPELINE
+
+    waits, at_once = tmp_path / "waits.db", tmp_path / "at-once.db"
+    common = ["run", "hanoi", "--disks", "3", "--log-writer", "thread", "--json"]
+    code, _, err = cli(capsys, *common, "--latency-ms", "1", "--log", str(waits))
+    assert code == 0, err
+    policy = export(capsys, waits)[0]["policy"]
+    assert policy["pipeline"] == AUTO_PIPELINE
+    assert policy["hedge"]["quantile"] == AUTO_HEDGE_QUANTILE
+    # Zero latency: the model answers at once, and the run votes one step at a time.
+    code, _, err = cli(capsys, *common, "--log", str(at_once))
+    assert code == 0, err
+    policy = export(capsys, at_once)[0]["policy"]
+    assert "pipeline" not in policy
+    assert "hedge" not in policy
+    # Asked for, it is on whatever the model.
+    code, _, err = cli(capsys, *common, "--pipeline", "3", "--log", str(tmp_path / "asked.db"))
+    assert code == 0, err
+    assert export(capsys, tmp_path / "asked.db")[0]["policy"]["pipeline"] == 3
+
+
 def test_show_summarises_a_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     log = tmp_path / "show.db"
     code, out, _ = cli(capsys, "run", "hanoi", "--disks", "4", "--log", str(log), "--json")

@@ -61,6 +61,7 @@ from .._options import (
     log_run_arguments,
     model_option,
     pipeline_options,
+    pipelining_for,
     prices_option,
     rate_limit_options,
     stacked,
@@ -205,8 +206,8 @@ def run(
     prior_p: float,
     k_max: int,
     speculative: int,
-    pipeline: int,
-    hedge: float,
+    pipeline: int | None,
+    hedge: float | None,
     hedge_min_s: float | None,
     max_samples: int,
     seed: int,
@@ -218,6 +219,7 @@ def run(
     """Run a built-in task, voting every step, with every event logged."""
     the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
     client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
+    pipeline, hedge = pipelining_for(client, pipeline, hedge)
     if k is not None and target is not None:
         raise UsageProblem("give --k or --target, not both")
     budget = the_task.max_steps()
