@@ -30,6 +30,7 @@ from events import (
     RedFlagged,
     RunStarted,
     StateChanged,
+    StepAbandoned,
     StepDecided,
     WriterKind,
     encode,
@@ -417,8 +418,9 @@ class _ProgressSink:
             # Updating the bar every step costs more than the step itself on fast runs.
             if self.steps % 64 == 0 or self.steps == 1:
                 self._update()
-        elif type(event) is StepDecided:
-            self.samples += event.samples
+        elif kind is StepDecided or kind is StepAbandoned:
+            # A pipelined run's abandoned starts drew samples too: the bar counts them all.
+            self.samples += event.samples  # type: ignore[attr-defined]
         elif kind is RedFlagged:
             self.red_flags += 1
 
