@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from events import EventLog, RunFinished, RunStarted, decode, encode, event_tag
-from maker import PRESETS, Completion, Engine, Hedge, Policy, SampleRequest, SimulatedModel
+from maker import PRESETS, Completion, Engine, Hedge, SampleRequest, SimulatedModel
 from maker.apps.service._service import create_service, serve
 from maker.tasks import Hanoi
 from replay import resume_run, summarize, verify_run
@@ -301,7 +301,7 @@ BAD_REQUESTS: list[tuple[bytes, str]] = [
         "Expected `float | null`, got `object` - at `$.hedge`",
     ),
     (
-        b'{"task": "hanoi", "params": {"disks": 3}, "hedge_min_s": 0.5}',
+        b'{"task": "hanoi", "params": {"disks": 3}, "hedge": 0, "hedge_min_s": 0.5}',
         "hedge_min_s: applies only with hedge",
     ),
     (
@@ -337,14 +337,20 @@ async def test_bad_requests_are_400_with_one_line(tmp_path: Path) -> None:
 
 
 async def test_pipeline_and_hedge_of_a_request_are_the_runs_policy(tmp_path: Path) -> None:
+    from maker.apps._options import AUTO_HEDGE_QUANTILE, AUTO_PIPELINE
+
     async with service(tmp_path / "log.db") as (_, http):
         on = await start(
             http, task="hanoi", params={"disks": 2}, pipeline=2, hedge=0.9, hedge_min_s=0.25
         )
         off = await start(http, task="hanoi", params={"disks": 2}, pipeline=0, hedge=0)
         unset = await start(http, task="hanoi", params={"disks": 2}, hedge=None)
+        # Left out, both are on where the model waits for its answers (the service's model
+        # has latency), and off where it answers at once.
+        waits = await start(http, task="hanoi", params={"disks": 2})
+        at_once = await start(http, task="hanoi", params={"disks": 2}, latency_ms=0.0)
         policies = {}
-        for run_id in (on, off, unset):
+        for run_id in (on, off, unset, waits, at_once):
             # The stream ends with the run (which may have ended already: it is short).
             async with http.get(f"/runs/{run_id}/events") as response:
                 stream = await read_sse(response)
@@ -358,7 +364,12 @@ async def test_pipeline_and_hedge_of_a_request_are_the_runs_policy(tmp_path: Pat
     # Off is recorded as before pipelining and hedging existed: left out.
     assert "hedge" not in policies[off]
     assert "pipeline" not in policies[off]
-    assert ("hedge" in policies[unset]) == (Policy().hedge is not None)
+    assert "hedge" not in policies[unset]  # null: off
+    assert policies[unset]["pipeline"] == AUTO_PIPELINE
+    assert policies[waits]["pipeline"] == AUTO_PIPELINE
+    assert policies[waits]["hedge"]["quantile"] == AUTO_HEDGE_QUANTILE
+    assert "pipeline" not in policies[at_once]
+    assert "hedge" not in policies[at_once]
 
 
 async def test_unknown_runs_are_404_and_a_bad_resume_point_is_400(tmp_path: Path) -> None:

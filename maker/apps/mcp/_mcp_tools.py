@@ -50,7 +50,7 @@ from ...engine._recording import Divergence, Recording
 from ...engine._results import RunResult
 from ...engine._scheduler import Scheduler
 from ...tasks import AnswerParser, PromptTask, make_task, validate_response
-from .._options import DEFAULT_HEDGE_QUANTILE, DEFAULT_PIPELINE, hedge_from
+from .._options import DEFAULT_HEDGE_QUANTILE, DEFAULT_PIPELINE, hedge_from, pipelining_for
 from ..service._guard import MAX_PIPELINE, worst_cost, worst_samples
 from ._mcp_config import McpConfig
 
@@ -305,8 +305,9 @@ class RunArgs(_Args, frozen=True):
     max_samples: Annotated[
         int, Meta(ge=1, le=10_000, description="Per-step sample cap; the run fails past it.")
     ] = 100
-    pipeline: Pipeline = DEFAULT_PIPELINE
-    hedge: HedgeQuantile | None = DEFAULT_HEDGE_QUANTILE
+    # Left out, both are on where the model waits for its answers, as for maker run.
+    pipeline: Pipeline | msgspec.UnsetType = msgspec.UNSET
+    hedge: HedgeQuantile | msgspec.UnsetType | None = msgspec.UNSET
     hedge_min_s: (
         Annotated[
             float,
@@ -815,11 +816,16 @@ class McpTools:
         self._check_steps(total)
         k = choose_k(args.k, args.target, args.p, total or 1)
         self._check_samples(k=k, max_samples=args.max_samples)
+        pipeline, hedge = pipelining_for(
+            client,
+            None if args.pipeline is msgspec.UNSET else args.pipeline,
+            None if args.hedge is msgspec.UNSET else args.hedge or 0.0,
+        )
         policy = Policy(
             k=k,
             max_samples_per_step=max(args.max_samples, k),
-            pipeline=args.pipeline,
-            hedge=hedge_from(args.hedge, args.hedge_min_s),
+            pipeline=pipeline,
+            hedge=hedge_from(hedge, args.hedge_min_s),
         )
         first = task.prompt(task.initial_state())
         self._check_cost(

@@ -69,8 +69,6 @@ from ...engine._scheduler import Limits, Scheduler
 from ...tasks import PromptTask, make_task
 from .._http import base_url, listen, serving
 from .._options import (
-    DEFAULT_HEDGE_QUANTILE,
-    DEFAULT_PIPELINE,
     base_url_option,
     concurrency_option,
     hedge_from,
@@ -78,6 +76,7 @@ from .._options import (
     listen_options,
     log_option,
     model_option,
+    pipelining_for,
     prices_option,
     rate_limit_options,
 )
@@ -130,8 +129,9 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     ``max_samples``, ``speculative``, ``pipeline`` and ``hedge`` make its :class:`~maker.Policy`.
     ``pipeline`` is the depth (0: off); ``hedge`` is a number, the quantile of the run's
     latencies past which a straggler gets a hedge (0 or null: off), and ``hedge_min_s`` its
-    floor in seconds, as ``maker run --pipeline --hedge --hedge-min-s`` take them; their
-    defaults are the policy's. ``model`` defaults to
+    floor in seconds, as ``maker run --pipeline --hedge --hedge-min-s`` take them. Left out,
+    they are on where the run's model waits for its answers, as for ``maker run`` (see
+    :func:`maker.apps._options.pipelining_for`). ``model`` defaults to
     the engine's client (the simulated model unless the service was set up otherwise); ``p``
     and ``latency_ms`` adjust the simulated model for this run only.
     """
@@ -145,8 +145,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     latency_ms: float | None = None
     max_samples: int = 100
     speculative: int = 0
-    pipeline: int = DEFAULT_PIPELINE
-    hedge: float | None = DEFAULT_HEDGE_QUANTILE
+    pipeline: int | msgspec.UnsetType = msgspec.UNSET
+    hedge: float | msgspec.UnsetType | None = msgspec.UNSET
     hedge_min_s: float | None = None
 
 
@@ -288,14 +288,19 @@ class _Service:
                 # Python's re would let one pattern freeze the server's event loop.
                 params = {**params, "engine": CLIENT_REGEX_ENGINE}
             task = make_task(body.task, params)
+            client = self._client_for(body)
+            pipeline, hedge = pipelining_for(
+                client,
+                None if body.pipeline is msgspec.UNSET else body.pipeline,
+                None if body.hedge is msgspec.UNSET else body.hedge or 0.0,
+            )
             policy = Policy(
                 k=body.k,
                 max_samples_per_step=body.max_samples,
                 speculative=body.speculative,
-                pipeline=body.pipeline,
-                hedge=hedge_from(body.hedge, body.hedge_min_s),
+                pipeline=pipeline,
+                hedge=hedge_from(hedge, body.hedge_min_s),
             )
-            client = self._client_for(body)
             self._check_budget(task, policy, client)
         except _BadRequest as exc:
             return _error(exc.status, str(exc))
@@ -337,7 +342,7 @@ class _Service:
         ):
             if value > limit:
                 raise _BadRequest(f"{name}: at most {limit} on this service, got {value}")
-        if body.pipeline > MAX_PIPELINE:
+        if body.pipeline is not msgspec.UNSET and body.pipeline > MAX_PIPELINE:
             raise _BadRequest(f"pipeline: at most {MAX_PIPELINE}, got {body.pipeline}")
         if body.latency_ms is not None and body.latency_ms > MAX_LATENCY_MS:
             raise _BadRequest(f"latency_ms: at most {MAX_LATENCY_MS:g}, got {body.latency_ms}")
