@@ -284,9 +284,9 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(tmp_path: Path) -> N
     log = tmp_path / "int.db"
     proc = subprocess.Popen(
         # Simulated latency, not CPU, keeps the run going while the test waits to interrupt it,
-        # however loaded the machine: 1,023 steps take over 5 s.
+        # however loaded the machine: 1,023 steps one at a time take over 5 s.
         [sys.executable, "-m", "maker", "run", "hanoi", "--disks", "10", "--latency-ms", "5",
-         "--log", str(log), "--no-progress"],
+         "--pipeline", "0", "--hedge", "0", "--log", str(log), "--no-progress"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -188,7 +188,10 @@ def _events(cwd: Path, log: str) -> int:
 
 def test_resuming_a_run_another_process_is_writing_is_refused(tmp_path: Path) -> None:
     writer = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
+        # One step at a time: the run's length is what the test counts on (a pipelined run,
+        # the default where the model waits, takes half as long).
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--pipeline", "0",
+         "--hedge", "0", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -208,7 +211,10 @@ def test_resuming_a_run_another_process_is_writing_is_refused(tmp_path: Path) ->
 def test_two_resumes_of_one_run_at_once_let_one_write(tmp_path: Path) -> None:
     # A run with latency, killed mid-way: its resume takes a while, so the second overlaps it.
     original = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
+        # One step at a time: the run's length is what the test counts on (a pipelined run,
+        # the default where the model waits, takes half as long).
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--pipeline", "0",
+         "--hedge", "0", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -281,7 +287,10 @@ def test_a_new_log_and_its_companions_are_readable_by_their_owner_alone(tmp_path
         os.umask(0)
 
     writer = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--log", "x.db"],
+        # One step at a time: the run's length is what the test counts on (a pipelined run,
+        # the default where the model waits, takes half as long).
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--pipeline", "0",
+         "--hedge", "0", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         preexec_fn=open_umask,
     )  # fmt: skip

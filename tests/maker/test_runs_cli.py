@@ -33,7 +33,9 @@ def test_runs_lists_finished_interrupted_and_running_runs(tmp_path: Path) -> Non
     # A run killed mid-way has no end: interrupted, once nobody holds it.
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     writer = subprocess.Popen(
-        [*MAKER, "run", "hanoi", "--disks", "8", "--latency-ms", "10", "--log", "x.db"],
+        # One step at a time, so that the run's length is known (pipelined, it is halved).
+        [*MAKER, "run", "hanoi", "--disks", "8", "--latency-ms", "10", "--pipeline", "0",
+         "--hedge", "0", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
     try:
