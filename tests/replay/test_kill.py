@@ -285,9 +285,17 @@ def fast_reference(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 
 
 def _kill_fast_run(
-    path: Path, progress: Path, interval: float, delay: float, writer: WriterKind
-) -> tuple[_kill_child.Emitted, float, bool, bool]:
-    """Run the child; SIGKILL it ``delay`` s after its first event, and wait for its writer.
+    path: Path,
+    progress: Path,
+    interval: float,
+    delay: float,
+    writer: WriterKind,
+    *,
+    child: tuple[str, ...] = ("--disks", str(FAST_DISKS), "--k", str(FAST_K),
+                              "--seed", str(FAST_SEED)),
+) -> tuple[_kill_child.Emitted, float, bool, bool]:  # fmt: skip
+    """Run the child (with the arguments ``child``); SIGKILL it ``delay`` s after its first
+    event, and wait for its writer.
 
     Returns what it had emitted, how long after its first event it died, whether it was
     killed (False: it finished first), and whether a writer process was waited for.
@@ -296,8 +304,7 @@ def _kill_fast_run(
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.replay._kill_child", str(path), str(progress),
-         "--disks", str(FAST_DISKS), "--k", str(FAST_K), "--seed", str(FAST_SEED),
+        [sys.executable, "-m", "tests.replay._kill_child", str(path), str(progress), *child,
          "--commit-interval", str(interval), "--writer", writer],
         cwd=REPO,
         env=env,

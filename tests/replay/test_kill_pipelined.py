@@ -11,11 +11,7 @@ and hedges are sent): bugs of timing hide at one speed.
 from __future__ import annotations
 
 import dataclasses
-import os
 import random
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,9 +32,8 @@ from maker.clients import PRESETS
 from maker.tasks import Hanoi
 from replay import load_events, resume_run, verify_run
 
-from . import _kill_child
+from .test_kill import _kill_fast_run
 
-REPO = Path(__file__).resolve().parents[2]
 SEED = 23
 K = 3
 DEPTH = 4
@@ -72,34 +67,14 @@ def _run_and_kill(path: Path, case: str, delay: float) -> bool:
     """Run the child; SIGKILL it ``delay`` s after its first event. Whether it was killed
     before it finished."""
     latency_ms, disks, _, hedge = CASES[case]
-    progress = path.with_suffix(".progress")
-    _kill_child.create(str(progress))
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.replay._kill_child", str(path), str(progress),
-         "--disks", str(disks), "--k", str(K), "--seed", str(SEED),
-         "--commit-interval", "0.05", "--pipeline", str(DEPTH), "--hedge", str(hedge),
-         "--latency-ms", str(latency_ms)],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    child = (
+        "--disks", str(disks), "--k", str(K), "--seed", str(SEED), "--pipeline", str(DEPTH),
+        "--hedge", str(hedge), "--latency-ms", str(latency_ms),
     )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 120
-        while _kill_child.read(str(progress)).events == 0:
-            assert proc.poll() is None, f"the child exited with {proc.returncode} before its run"
-            assert time.monotonic() < deadline, "the child emitted nothing in 120 s"
-            time.sleep(0.005)  # polling for the start, not measuring time
-        began = time.monotonic()
-        while proc.poll() is None and time.monotonic() < began + delay:
-            time.sleep(0.005)
-        killed = proc.poll() is None
-        proc.kill()
-        proc.wait()
-        return killed
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, _, killed, _ = _kill_fast_run(
+        path, path.with_suffix(".progress"), 0.05, delay, "thread", child=child
+    )
+    return killed
 
 
 @pytest.mark.slow  # a few seconds per kill: each resumes the run to its end
