@@ -203,6 +203,11 @@ def decision_events(events: Iterable[AnyEvent]) -> list[AnyEvent]:
 Key = tuple[str, int]
 """A sample attempt: (sample_id, attempt)."""
 
+HEDGE_TURN = 0
+"""The attempt number of a turn that says "hedge this sample" (real attempts count from 1): a
+recorded ``sample_hedged`` is queued as ``(straggler, HEDGE_TURN)``, and a live run's watcher
+tells the loop of a straggler under the same key."""
+
 
 class EventBatches:
     """A run's events read a batch at a time by ``read`` on a worker thread: a read that does
@@ -224,10 +229,11 @@ class Recording:
     """One run's recorded events, prepared for re-execution, read in seq order as it goes.
 
     The engine compares every event it emits with the recorded one at the same position
-    (:meth:`expected_at`, :meth:`check`), and its sample workers take their outcomes from the
-    recording in the recorded order (:meth:`has`, :meth:`take`, :meth:`delivered`), so the
-    decisions follow the same path. What the recording does not hold (the samples of a crashed
-    or cancelled run's future) is left to the live client when resuming.
+    (:meth:`expected_at`, :meth:`check`), and its samples are served their outcomes from the
+    recording in the recorded order (:meth:`next_turn`, :meth:`take_now`, :meth:`delivered`,
+    recorded hedges among them as :data:`HEDGE_TURN`), so the decisions follow the same path.
+    What the recording does not hold (the samples of a crashed or cancelled run's future) is
+    left to the live client when resuming.
 
     The events are read lazily: the recording holds a window from the next event to reproduce
     to the end of the step it belongs to (:meth:`ready` reads on), and the outcomes of that
@@ -381,7 +387,7 @@ class Recording:
         elif isinstance(event, SampleHedged):
             # The loop sent a hedge here, when its straggler's turn to be hedged came: the turn
             # is served like an outcome, in its recorded place.
-            self._queue.append((event.straggler, 0))
+            self._queue.append((event.straggler, HEDGE_TURN))
         elif isinstance(event, SampleCancelled):
             self._attempts.pop(event.sample_id, None)
 
@@ -448,8 +454,8 @@ class Recording:
         """Read on until the window holds the event at ``position`` and the rest of its step.
 
         The engine awaits this before it emits the event at ``position``: then every event it
-        emits without waiting (cancellations after a decision, the run's end) and every
-        outcome of the step its workers ask for (:meth:`has`) is in the window.
+        emits without waiting (cancellations after a decision, the run's end) is in the window.
+        Outcomes recorded past it are read on for (:meth:`read_outcome`).
         """
         if self._ended or self._boundary > position:
             return

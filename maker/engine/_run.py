@@ -472,7 +472,6 @@ class _Start(Generic[S, A]):
         "step",
         "stuck_on",
         "tally",
-        "votes",
     )
 
     def __init__(
@@ -493,7 +492,6 @@ class _Start(Generic[S, A]):
         self.tally = tally
         self.assumed = assumed
         self.answers: dict[str, A] = {}
-        self.votes: list[str] = []  # in order: a change of k counts them again
         self.requested = 0
         self.red_flags = 0
         self.in_flight: dict[str, None] = {}  # sample ids, in request order
@@ -550,7 +548,7 @@ class _Chain(Generic[S, A]):
                 await self._vote(start, sample_id, answer)
                 if await self._settle():
                     return
-            if start.assumed is None or start in opened:
+            if start in opened:  # not decided or abandoned by this outcome
                 await self._fill(start)
             await self._extend()
 
@@ -634,7 +632,6 @@ class _Chain(Generic[S, A]):
             start.candidate = canonical_json(self.task.answer_to_json(answer))
         candidate = start.candidate
         start.answers.setdefault(candidate, answer)
-        start.votes.append(candidate)
         tally = start.tally
         winner = tally.add(candidate)
         self.counters.votes += 1

@@ -42,7 +42,7 @@ from ..core._judge import judge
 from ..core._policy import Hedge, Policy
 from ..core._pricing import PriceTable
 from ..core._task import Prompt, Task
-from ._recording import Recording, _RecordingEnded
+from ._recording import HEDGE_TURN, Recording, _RecordingEnded
 from ._scheduler import BreakerChange, Scheduler, SchedulerObserver, Wait, backoff_delay
 
 A = TypeVar("A")
@@ -255,11 +255,6 @@ class HedgeDue:
         self.threshold_s = threshold_s
 
 
-_HEDGE_TURN = 0
-"""The attempt number an outcome of the stream carries when it says "hedge this sample" (real
-attempts count from 1); the recording queues a recorded hedge under the same key."""
-
-
 class _Watch:
     """A live run's stragglers: which sample attempts, running in tasks, have been in flight
     past the hedging threshold, told to the loop through the outcomes' stream.
@@ -350,7 +345,7 @@ class _Watch:
 
     def _tell(self, sample_id: str, in_flight: float, threshold: float) -> None:
         self._told[sample_id] = threshold
-        outcome: _Outcome = _new_tuple(_Outcome, (sample_id, _HEDGE_TURN, None, None, in_flight))
+        outcome: _Outcome = _new_tuple(_Outcome, (sample_id, HEDGE_TURN, None, None, in_flight))
         self._send.send_nowait(outcome)
 
     async def run(self) -> None:
@@ -383,8 +378,9 @@ class _Attempts:
     answer at once (:meth:`Scheduler.call_now`) is made inline; any other runs in a task of a
     task group opened on first need. A step whose samples all answer at once thus needs no
     task, stream or task group, which at zero latency were most of a step's cost. A replay
-    serves an attempt its recorded outcome inline alike, when that outcome is the next in the
-    recorded order; an attempt whose turn has not come waits for it in a task.
+    serves every attempt its recorded outcome inline alike, in the recorded order, reading on
+    for it when it lies further on; what the recording does not hold goes live once every
+    recorded outcome is served.
     """
 
     def __init__(
@@ -457,7 +453,7 @@ class _Attempts:
     async def next(self) -> _Outcome:
         """The next outcome: of an attempt answered at once, else of the first task to end.
 
-        An outcome with attempt :data:`_HEDGE_TURN` says a sample straggles (live) or that the
+        An outcome with attempt :data:`HEDGE_TURN` says a sample straggles (live) or that the
         log records a hedge of it here (a replay).
         """
         if not self._yielded:
@@ -510,7 +506,7 @@ class _Attempts:
                 self._go_live()
                 return None
             sample_id, attempt = turn
-            if attempt == _HEDGE_TURN:
+            if attempt == HEDGE_TURN:
                 return _Outcome(sample_id, attempt, None, None, 0.0)
             if self._replayed.pop(turn, None) is None:
                 raise MakerError(
@@ -723,7 +719,7 @@ class _Sampler(Generic[A]):
             outcome = await attempts.next()
             if recording is not None:
                 recording.delivered(outcome.sample_id, outcome.attempt)
-            if outcome.attempt == _HEDGE_TURN:
+            if outcome.attempt == HEDGE_TURN:
                 threshold = attempts.threshold_of(outcome.sample_id)
                 straggler = in_flight.get(outcome.sample_id)
                 if straggler is None:
