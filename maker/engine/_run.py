@@ -130,8 +130,12 @@ class _Run(Generic[S, A]):
     def envelope(self) -> _Envelope:
         """The envelope of the run's next event: ``Event(**run.envelope(), ...fields)``.
 
-        The one place events get their run_id, seq and ts. It assigns nothing: the seq is the
-        run's once the event is appended (:meth:`emit`, :meth:`emit_now`).
+        It assigns nothing: the seq is the run's once the event is appended (:meth:`emit`,
+        :meth:`emit_now`). The events of every step (step_started, sample_requested,
+        sample_received, vote_counted, step_decided, state_changed) spell the same three
+        keywords out instead, ``run_id=run.run_id, seq=run.seq, ts=run.clock()``: building and
+        unpacking this dict cost about a microsecond per event, some 3% of a step at zero
+        latency.
         """
         return {"run_id": self.run_id, "seq": self.seq, "ts": self.clock()}
 
@@ -309,7 +313,15 @@ class _Run(Generic[S, A]):
             answer = await self._vote(self.steps, self.state, state_json)
             self.state = task.apply(self.state, answer)
             state_json = task.state_to_json(self.state)
-            await self.emit(StateChanged(**self.envelope(), step=self.steps, state=state_json))
+            await self.emit(
+                StateChanged(
+                    run_id=self.run_id,
+                    seq=self.seq,
+                    ts=self.clock(),
+                    step=self.steps,
+                    state=state_json,
+                )
+            )
             self.steps += 1
             if self.estimate is not None:
                 votes = self.last_votes
@@ -321,7 +333,11 @@ class _Run(Generic[S, A]):
         """Sample ``step`` until one answer leads by k; its answer."""
         task, policy, sampler = self.task, self.policy, self.sampler
         prompt = task.prompt(state)
-        await self.emit(StepStarted(**self.envelope(), step=step, state=state_json))
+        await self.emit(
+            StepStarted(
+                run_id=self.run_id, seq=self.seq, ts=self.clock(), step=step, state=state_json
+            )
+        )
         tally = Tally(self.k, policy.rule)
         answers: dict[str, A] = {}
         ordinal = 0
@@ -360,7 +376,9 @@ class _Run(Generic[S, A]):
                         self.counters.votes += 1
                         await self.emit(
                             VoteCounted(
-                                **self.envelope(),
+                                run_id=self.run_id,
+                                seq=self.seq,
+                                ts=self.clock(),
                                 step=step,
                                 sample_id=request.sample_id,
                                 candidate=candidate,
@@ -375,7 +393,9 @@ class _Run(Generic[S, A]):
                     self.last_votes, self.last_winner = votes, winner
                     await self.emit(
                         StepDecided(
-                            **self.envelope(),
+                            run_id=self.run_id,
+                            seq=self.seq,
+                            ts=self.clock(),
                             step=step,
                             winner=winner,
                             votes=votes,
@@ -568,7 +588,9 @@ class _Chain(Generic[S, A]):
         )
         await run.emit(
             StepStarted(
-                **run.envelope(),
+                run_id=run.run_id,
+                seq=run.seq,
+                ts=run.clock(),
                 step=step,
                 state=state_json,
                 branch=branch,
@@ -637,7 +659,9 @@ class _Chain(Generic[S, A]):
         self.counters.votes += 1
         await run.emit(
             VoteCounted(
-                **run.envelope(),
+                run_id=run.run_id,
+                seq=run.seq,
+                ts=run.clock(),
                 step=start.step,
                 sample_id=sample_id,
                 candidate=candidate,
@@ -662,7 +686,9 @@ class _Chain(Generic[S, A]):
             run.last_votes, run.last_winner = votes, winner
             await run.emit(
                 StepDecided(
-                    **run.envelope(),
+                    run_id=run.run_id,
+                    seq=run.seq,
+                    ts=run.clock(),
                     step=head.step,
                     winner=winner,
                     votes=votes,
@@ -681,7 +707,11 @@ class _Chain(Generic[S, A]):
                 state = task.apply(head.state, head.answers[winner])
                 state_json = task.state_to_json(state)
             run.state = state
-            await run.emit(StateChanged(**run.envelope(), step=head.step, state=state_json))
+            await run.emit(
+                StateChanged(
+                    run_id=run.run_id, seq=run.seq, ts=run.clock(), step=head.step, state=state_json
+                )
+            )
             run.steps += 1
             del self.branches[head.step], self.ordinals[head.step]
             self.sampler.rearm()

@@ -249,17 +249,16 @@ def run(
         hedge=_hedge(hedge, hedge_min_s),
         adaptive=adapt,
     )
-    started: list[str] = []
-
-    def remember(event: Event) -> None:
-        if isinstance(event, RunStarted):
-            started.append(event.run_id)
-
     from ._otel_cli import otel_sink_for, otel_sink_from_env
 
     # Set up before the run, so a bad exporter or a missing package is one line, not a lost run.
     traced = otel_sink_for(otel, logs=(log,)) if otel is not None else otel_sink_from_env()
-    sinks: list[Callable[[Event], None]] = [remember]
+    sinks: list[Callable[[Event], None]] = []
+    # The bar also notes the run's id for the message after a Ctrl-C: one sink per event, not
+    # two, whether it draws or not.
+    progress_sink = _ProgressSink(
+        the_task.max_steps(), policy.k, enabled=_show_progress(progress) and not as_json
+    )
     if traced:
         sinks.append(traced[0])
     try:
@@ -270,11 +269,11 @@ def run(
             policy,
             seed,
             log,
-            _show_progress(progress) and not as_json,
+            progress_sink,
             sinks,
         )
     except KeyboardInterrupt:
-        _interrupted(log, started[0] if started else None)
+        _interrupted(log, progress_sink.run_id)
     finally:
         if traced:
             traced[1]()  # ends open spans and flushes; warns if any span was lost
@@ -341,12 +340,11 @@ async def _run(
     policy: Policy,
     seed: int,
     log: Path,
-    show: bool,
+    progress: _ProgressSink,
     sinks: list[Callable[[Event], None]],
 ) -> RunResult:
-    total = task.max_steps()
     try:
-        with _ProgressSink(total, policy.k, enabled=show) as sink:
+        with progress as sink:
             async with Engine(
                 log=log,
                 client=engine_args.client,
@@ -384,6 +382,8 @@ class _ProgressSink:
         self.steps = 0
         self.red_flags = 0
         self.k = k
+        self.run_id: str | None = None
+        """The run's id, once its run_started went by."""
         self._progress = Progress(
             TextColumn("[bold]steps"),
             BarColumn(),
@@ -423,6 +423,8 @@ class _ProgressSink:
             self.samples += event.samples  # type: ignore[attr-defined]
         elif kind is RedFlagged:
             self.red_flags += 1
+        elif kind is RunStarted:
+            self.run_id = event.run_id
 
     def _update(self) -> None:
         self._progress.update(
