@@ -476,6 +476,47 @@ def test_show_tells_a_pipelined_run_by_its_decided_starts_and_counts_the_rest(
     assert "5 (3 decided, 2 misspeculated)" in rows["cancelled"]
 
 
+def test_show_steps_lists_the_starts_abandoned_before_each_deciding_one(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from events import StepAbandoned
+
+    from ..replay import _pipelined as P
+
+    abandoned: dict[int, list[int]] = {}
+    for event in P.pipelined_events():
+        if isinstance(event, StepAbandoned):
+            abandoned.setdefault(event.step, []).append(event.samples)
+    assert abandoned, "the hand-built run abandons starts"
+    log = P.write_log(tmp_path / "pipelined.db")
+    code, out, err = cli(capsys, "show", str(log), "--steps", str(P.STEPS))
+    assert code == 0, err
+    lines = out.splitlines()
+    at = lines.index("steps that needed the most samples")
+    assert lines[at + 1].split() == [
+        "step", "samples", "red", "flags", "failures", "votes", "abandoned", "starts",
+    ]  # fmt: skip
+    listed = {}
+    for line in lines[at + 2 :]:
+        step, rest = line.split(maxsplit=1)
+        listed[int(step)] = rest
+    assert sorted(listed) == list(range(P.STEPS))
+    for step, rest in listed.items():
+        if step in abandoned:
+            samples = sum(abandoned[step])
+            assert rest.endswith(f"{len(abandoned[step])} ({samples} samples)"), rest
+        else:
+            assert rest.endswith("-"), rest
+    # A run that speculated nothing keeps the table as it was.
+    from ..events._factory import run_events
+
+    plain = P.write_log(tmp_path / "plain.db", run_events("plain", 6))
+    code, out, _ = cli(capsys, "show", str(plain), "--steps", "2")
+    assert code == 0
+    assert "steps that needed the most samples" in out
+    assert "abandoned" not in out
+
+
 def test_show_of_a_run_that_neither_speculated_nor_hedged_prints_no_such_rows(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

@@ -547,18 +547,30 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
     rows.append(("wall time", f"{data['wall_s']:.2f} s"))
     echo_table(rows)
     if hardest:
-        echo_table(
-            [
-                (
-                    str(record.step),
-                    str(record.samples),
-                    str(record.red_flags),
-                    str(record.failures),
-                    ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True)) or "-",
+        # A pipelined run's listed steps may have had starts abandoned before the one that
+        # decided them: a column for those only when one has (the samples above are the
+        # deciding start's; the abandoned ones' were drawn for another state).
+        speculated = any(record.abandoned for record in hardest)
+        table = []
+        for record in hardest:
+            row = [
+                str(record.step),
+                str(record.samples),
+                str(record.red_flags),
+                str(record.failures),
+                ", ".join(str(n) for n in sorted(record.votes.values(), reverse=True)) or "-",
+            ]
+            if speculated:
+                row.append(
+                    f"{record.abandoned} ({record.abandoned_samples} samples)"
+                    if record.abandoned
+                    else "-"
                 )
-                for record in hardest
-            ],
-            ("step", "samples", "red flags", "failures", "votes"),
+            table.append(tuple(row))
+        headers = ("step", "samples", "red flags", "failures", "votes")
+        echo_table(
+            table,
+            (*headers, "abandoned starts") if speculated else headers,
             title="steps that needed the most samples",
         )
 
