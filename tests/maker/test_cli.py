@@ -496,15 +496,15 @@ def test_show_steps_lists_the_starts_abandoned_before_each_deciding_one(
     assert lines[at + 1].split() == [
         "step", "samples", "red", "flags", "failures", "votes", "abandoned", "starts",
     ]  # fmt: skip
-    listed = {}
+    listed: dict[int, str] = {}
     for line in lines[at + 2 :]:
-        step, rest = line.split(maxsplit=1)
-        listed[int(step)] = rest
+        first, rest = line.split(maxsplit=1)
+        listed[int(first)] = rest
     assert sorted(listed) == list(range(P.STEPS))
-    for step, rest in listed.items():
-        if step in abandoned:
-            samples = sum(abandoned[step])
-            assert rest.endswith(f"{len(abandoned[step])} ({samples} samples)"), rest
+    for n, rest in listed.items():
+        if n in abandoned:
+            samples = sum(abandoned[n])
+            assert rest.endswith(f"{len(abandoned[n])} ({samples} samples)"), rest
         else:
             assert rest.endswith("-"), rest
     # A run that speculated nothing keeps the table as it was.
