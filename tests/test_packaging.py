@@ -67,3 +67,11 @@ def test_every_package_is_typed_and_the_cli_is_an_entry_point(wheel: zipfile.Zip
     (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "maker = maker.apps.cli:main" in wheel.read(entry_points).decode()
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
+
+
+def test_the_wheel_carries_the_dated_price_table(wheel: zipfile.ZipFile) -> None:
+    from maker.core._pricing import PRICES_AS_OF
+
+    packed = wheel.read("maker/core/prices.toml").decode()
+    assert packed == (ROOT / "maker" / "core" / "prices.toml").read_text(encoding="utf-8")
+    assert f"as_of = {PRICES_AS_OF.isoformat()}" in packed

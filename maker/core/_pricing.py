@@ -19,9 +19,12 @@ import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
+from importlib import resources
 from os import PathLike
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Final
 
 from ._errors import ConfigError
 
@@ -62,37 +65,6 @@ class Price:
                 "tokens", f"token counts must be >= 0, got {input_tokens}, {output_tokens}"
             )
         return (input_tokens * self.input_per_mtok + output_tokens * self.output_per_mtok) / 1e6
-
-
-# List prices (USD per million tokens, standard tier, no caching or batch discounts) as of
-# November 2025, from the providers' pricing pages. They change: check them, and override them
-# with PriceTable({...}) or PriceTable.load(path) (or the CLI's price file) when they do.
-DEFAULT_PRICES: Mapping[str, Price] = {
-    # OpenAI
-    "gpt-4.1": Price(2.00, 8.00),
-    "gpt-4.1-mini": Price(0.40, 1.60),
-    "gpt-4.1-nano": Price(0.10, 0.40),
-    "gpt-4o": Price(2.50, 10.00),
-    "gpt-4o-mini": Price(0.15, 0.60),
-    "gpt-5": Price(1.25, 10.00),
-    "gpt-5-mini": Price(0.25, 2.00),
-    "gpt-5-nano": Price(0.05, 0.40),
-    "o1": Price(15.00, 60.00),
-    "o3": Price(2.00, 8.00),
-    "o3-mini": Price(1.10, 4.40),
-    "o4-mini": Price(1.10, 4.40),
-    # Anthropic
-    "claude-3-5-haiku": Price(0.80, 4.00),
-    "claude-3-7-sonnet": Price(3.00, 15.00),
-    "claude-haiku-4-5": Price(1.00, 5.00),
-    "claude-sonnet-4": Price(3.00, 15.00),
-    "claude-sonnet-4-0": Price(3.00, 15.00),
-    "claude-sonnet-4-5": Price(3.00, 15.00),
-    "claude-opus-4": Price(15.00, 75.00),
-    "claude-opus-4-0": Price(15.00, 75.00),
-    "claude-opus-4-1": Price(15.00, 75.00),
-}
-"""The built-in list prices (see the comment above them for their date)."""
 
 
 class PriceTable:
@@ -142,6 +114,7 @@ class PriceTable:
             raise ConfigError("prices", f"{file} is not valid {_format(file)}: {exc}") from exc
         if not isinstance(data, dict):
             raise ConfigError("prices", f"{file}: expected a table of models, got {data!r}")
+        data = _models_of(data)
         try:
             return cls(data, defaults=defaults)
         except ConfigError as exc:
@@ -217,6 +190,17 @@ class PriceTable:
         return f"PriceTable({len(self._prices)} models)"
 
 
+def _models_of(data: dict[str, Any]) -> dict[str, Any]:
+    """The models of a price file: the file itself, or its ``[models]`` table when it is laid
+    out as the built-in ``prices.toml`` is (with ``as_of`` beside it), so that a copy of that
+    file, edited, serves as a price file."""
+    models = data.get("models")
+    layout = set(data) <= {"models", "as_of"}
+    if layout and isinstance(models, dict) and all(isinstance(v, dict) for v in models.values()):
+        return models
+    return data
+
+
 def _format(file: Path) -> str:
     return "TOML" if file.suffix.lower() == ".toml" else "JSON"
 
@@ -243,3 +227,21 @@ def _as_price(model: str, value: object) -> Price:
     except ConfigError as exc:
         field = "input" if exc.field == "input_per_mtok" else "output"
         raise ConfigError(f"prices.{model}.{field}", str(exc).split(": ", 1)[-1]) from exc
+
+
+PRICES_FILE: Final = "prices.toml"
+"""The built-in price table: a data file of this package, with the date of its prices."""
+
+
+def _builtin() -> tuple[date, Mapping[str, Price]]:
+    data = tomllib.loads(resources.files(__package__).joinpath(PRICES_FILE).read_text("utf-8"))
+    as_of = data["as_of"]
+    assert isinstance(as_of, date), "prices.toml: as_of must be a date"
+    return as_of, MappingProxyType(
+        {name: _as_price(name, price) for name, price in data["models"].items()}
+    )
+
+
+PRICES_AS_OF, DEFAULT_PRICES = _builtin()
+"""The built-in list prices (``prices.toml``) and the day they were read off the providers'
+pages: prices change, so a figure computed from them says so."""

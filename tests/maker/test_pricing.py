@@ -194,3 +194,66 @@ def test_a_missing_price_file_is_a_config_error_naming_it(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         PriceTable.load(path)
     assert str(path) in str(info.value)
+
+
+def test_the_built_in_prices_are_a_dated_data_file_of_the_package() -> None:
+    from datetime import date
+    from importlib import resources
+
+    from maker.core._pricing import PRICES_AS_OF, PRICES_FILE
+
+    text = resources.files("maker.core").joinpath(PRICES_FILE).read_text("utf-8")
+    assert isinstance(PRICES_AS_OF, date)
+    assert f"as_of = {PRICES_AS_OF.isoformat()}" in text
+    assert set(COMMON) <= set(DEFAULT_PRICES)
+    assert DEFAULT_PRICES["gpt-4.1-mini"] == Price(0.40, 1.60)
+    with pytest.raises(TypeError):
+        DEFAULT_PRICES["gpt-4.1-mini"] = Price(0, 0)  # type: ignore[index]
+
+
+def test_a_copy_of_the_built_in_file_edited_is_a_price_file(tmp_path: Path) -> None:
+    from importlib import resources
+
+    from maker.core._pricing import PRICES_FILE
+
+    text = resources.files("maker.core").joinpath(PRICES_FILE).read_text("utf-8")
+    edited = text.replace(
+        '"gpt-4o" = { input = 2.50, output = 10.00 }', '"gpt-4o" = { input = 3.0, output = 12.0 }'
+    )
+    assert edited != text
+    edited += '"my-local-model" = { input = 0.01, output = 0.02 }\n'
+    path = tmp_path / "prices.toml"
+    path.write_text(edited, encoding="utf-8")
+    table = PriceTable.load(path, defaults=False)
+    assert table.lookup("openai:gpt-4o") == Price(3.0, 12.0)
+    assert table.lookup("ollama:my-local-model") == Price(0.01, 0.02)
+    assert len(table) == len(DEFAULT_PRICES) + 1
+    # A flat file naming a model "models" is still a flat file.
+    flat = tmp_path / "flat.json"
+    flat.write_text(json.dumps({"models": {"input": 1.0, "output": 2.0}}), encoding="utf-8")
+    assert PriceTable.load(flat, defaults=False).lookup("models") == Price(1.0, 2.0)
+
+
+def test_show_and_run_say_unknown_rather_than_free_when_no_model_has_a_price(
+    tmp_path: Path,
+) -> None:
+    from ._cli import maker
+
+    unpriced = maker(tmp_path, "run", "hanoi", "--disks", "2", "--log", "free.db")
+    assert unpriced.returncode == 0, unpriced.stderr
+    cost_row = [line for line in unpriced.stdout.splitlines() if line.startswith("cost")]
+    assert cost_row == ["cost       unknown (no price for sim)"]
+    shown = maker(tmp_path, "show", "free.db")
+    assert "unknown (no price for sim)" in shown.stdout
+    # Given a price, the same run costs what its tokens do, and both say so in USD.
+    (tmp_path / "p.json").write_text(json.dumps({"sim": {"input": 1.0, "output": 2.0}}))
+    priced = maker(
+        tmp_path, "run", "hanoi", "--disks", "2", "--log", "paid.db", "--prices", "p.json", "--json"
+    )
+    assert priced.returncode == 0, priced.stderr
+    result = json.loads(priced.stdout)
+    want = (result["input_tokens"] * 1.0 + result["output_tokens"] * 2.0) / 1e6
+    assert result["cost_usd"] == pytest.approx(want)
+    shown = maker(tmp_path, "show", "paid.db")
+    assert f"${want:.4f}" in shown.stdout
+    assert "unknown" not in shown.stdout

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, NoReturn
 
@@ -69,7 +69,7 @@ from .._options import (
     task_argument,
     task_options,
 )
-from ._table import counts_text, echo_table
+from ._table import cost_text, counts_text, echo_table
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -286,7 +286,7 @@ def run(
             out["p_run_at_k"] = p_run(model_p, policy.k, budget)
         sys.stdout.write(json.dumps(out) + "\n")
     else:
-        _print_result(result, log)
+        _print_result(result, log, [client.model], price_table)
     if not result.ok:
         raise SystemExit(EXIT_FAILED)
 
@@ -435,7 +435,9 @@ class _ProgressSink:
         )
 
 
-def _print_result(result: RunResult, log: Path) -> None:
+def _print_result(
+    result: RunResult, log: Path, models: Sequence[str] = (), prices: PriceTable | None = None
+) -> None:
     per_step = result.samples / result.steps if result.steps else 0.0
     flags = counts_text(result.red_flags_by_reason) or "none"
     echo_table(
@@ -451,7 +453,7 @@ def _print_result(result: RunResult, log: Path) -> None:
             ("red flags", f"{result.red_flags} ({flags})"),
             *_overhead_rows(result),
             ("tokens", f"{result.input_tokens} in, {result.output_tokens} out"),
-            ("cost", f"${result.cost_usd:.4f}"),
+            ("cost", cost_text(result.cost_usd, models, prices or PriceTable())),
             ("wall time", f"{result.wall_s:.2f} s"),
             ("log", str(log)),
         ]
@@ -525,7 +527,7 @@ def show(file: Path, run_id: str | None, as_json: bool, steps: int) -> None:
         ("red flags", f"{data['red_flags']} ({text})"),
         ("failures", str(data["failures"]) + (f" ({kinds})" if kinds else "")),
         ("tokens", f"{data['input_tokens']} in, {data['output_tokens']} out"),
-        ("cost", f"${data['cost_usd']:.4f}"),
+        ("cost", cost_text(data["cost_usd"], data["models"], PriceTable())),
     ]
     # The price of pipelining and hedging, when the run paid any: these samples are in the
     # samples above (and in the cost), but in no step's decision.

@@ -6,6 +6,8 @@ from collections.abc import Mapping, Sequence
 
 import click
 
+from ...core._pricing import PriceTable
+
 
 def table_lines(rows: Sequence[Sequence[str]], header: Sequence[str] | None = None) -> list[str]:
     """``rows`` (after ``header``, when given) as left-aligned columns two spaces apart, with no
@@ -49,3 +51,18 @@ def echo_table(
         click.echo(title)
     for line in table_lines(rows, header):
         click.echo(line)
+
+
+def cost_text(cost_usd: float, models: Sequence[str], prices: PriceTable) -> str:
+    """A run's cost in one cell: in USD, or ``unknown`` when it is nothing only because no
+    model of the run has a price (``$0.0000`` would read as free).
+
+    >>> cost_text(0.0, ["sim"], PriceTable())
+    'unknown (no price for sim)'
+    >>> cost_text(0.0123, ["openai:gpt-4.1-mini"], PriceTable())
+    '$0.0123'
+    """
+    unpriced = [model for model in models if not prices.known(model)]
+    if cost_usd == 0 and models and len(unpriced) == len(models):
+        return f"unknown (no price for {', '.join(unpriced)})"
+    return f"${cost_usd:.4f}"
