@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -369,3 +371,38 @@ def test_a_plugin_is_run_verified_and_shown_over_mcp(tmp_path: Path, plugin: Pat
     assert refused.is_error
     assert "--allow-plugin spy" in refused.content[0].text
     assert not marker.exists()
+
+
+# -- the README's example ----------------------------------------------------------------------
+
+
+def test_the_readmes_own_task_example_runs_as_written(tmp_path: Path) -> None:
+    """The module of "Your own tasks" saved as mytasks.py, and its command lines run in that
+    directory (the servers' lines are started by the tests above, not here)."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text.split("### Your own tasks\n", 1)[1].split("\n### ", 1)[0]
+    module = re.findall(r"```py\n(.*?)```", section, flags=re.S)[0]
+    (tmp_path / "mytasks.py").write_text(module, encoding="utf-8")
+    commands = re.findall(r"```sh\n(.*?)```", section, flags=re.S)[0]
+    ran = []
+    for line in commands.strip().splitlines():
+        words = shlex.split(line, comments=True)
+        assert words[0] == "maker", line
+        if words[1] in ("serve", "mcp"):
+            continue
+        done = subprocess.run(
+            [sys.executable, "-m", *words],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+            env={**_env(tmp_path), "PYTHONPATH": str(ROOT)},  # found in the working directory
+        )
+        assert done.returncode == 0, (line, done.stderr)
+        ran.append(words[1])
+        if words[1] == "show":
+            assert 'mytasks:Collatz {"start": 27}' in done.stdout
+        if words[1] == "replay" and "--verify" in words:
+            assert "reproduced exactly" in done.stdout
+    assert ran == ["run", "show", "replay", "replay", "resume", "calibrate", "plan"]
