@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import anyio
@@ -18,8 +18,8 @@ import click
 
 from events import open_run, verify_log
 from maker.core import MakerError, PolicyRecord, recorded_policy
-from maker.tasks import make_task
 
+from ._replayer import task_for
 from ._revote import UNCHANGED, RevoteReport, revote_async
 
 EXIT_OK = 0
@@ -50,11 +50,13 @@ def revote_command_impl(
     rule: str | None,
     red_flag_tokens: int | None,
     as_json: bool,
+    allow_plugins: Collection[str] = (),
 ) -> int:
     """Re-vote one run of ``file`` offline and print what would have changed. Returns 0.
 
     ``None`` keeps the recorded setting (k, rule, the red-flag token threshold). The run is
-    checked for integrity first; a broken log raises :class:`BrokenLogError`.
+    checked for integrity first; a broken log raises :class:`BrokenLogError`. A run of a task
+    plugin is re-voted only when ``allow_plugins`` trusts it (see :func:`replay.task_for`).
     """
     if k is not None and k < 1:
         raise click.UsageError(f"--k must be at least 1, got {k}")
@@ -62,7 +64,9 @@ def revote_command_impl(
         raise click.UsageError(f"--rule must be 'ahead' or 'first', got {rule!r}")
     if red_flag_tokens is not None and red_flag_tokens < 1:
         raise click.UsageError(f"--red-flag-tokens must be at least 1, got {red_flag_tokens}")
-    report = anyio.run(_revote, os.fspath(file), run_id, k, rule, red_flag_tokens)
+    report = anyio.run(
+        _revote, os.fspath(file), run_id, k, rule, red_flag_tokens, tuple(allow_plugins)
+    )
     if as_json:
         click.echo(json.dumps(report.to_json()))
     else:
@@ -72,13 +76,18 @@ def revote_command_impl(
 
 
 async def _revote(
-    path: str, run_id: str | None, k: int | None, rule: str | None, red_flag_tokens: int | None
+    path: str,
+    run_id: str | None,
+    k: int | None,
+    rule: str | None,
+    red_flag_tokens: int | None,
+    allow_plugins: Collection[str],
 ) -> RevoteReport:
     """Re-vote the run as it is read from the log: memory holds one step's responses."""
     # Refuse a damaged run before reading it: its samples could not be trusted.
     async with open_run(path, run_id, check=True) as run:
         started = run.info.started
-        task = make_task(started.task, started.task_params)
+        task = task_for(started, allow_plugins=allow_plugins)
         recorded = recorded_policy(started.policy)
         if not isinstance(recorded, PolicyRecord):
             raise MakerError(f"run {started.run_id} is a calibration: it voted nothing to re-vote")

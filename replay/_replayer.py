@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import itertools
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Iterator, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import fields
 from typing import Any
@@ -42,9 +42,16 @@ async def load_events(path: str | os.PathLike[str], run_id: str | None = None) -
         return [event async for event in run.events]
 
 
-def task_for(started: RunStarted) -> Task[Any, Any]:
-    """The built-in task a run used, rebuilt from its ``run_started`` event."""
-    return make_task(started.task, started.task_params)
+def task_for(started: RunStarted, *, allow_plugins: Collection[str] = ()) -> Task[Any, Any]:
+    """The task a run used, rebuilt from its ``run_started`` event: a built-in one, one an
+    installed package registers, or a plugin (``package.module:factory``) that
+    ``allow_plugins`` trusts (see :func:`maker.tasks.make_task`).
+
+    A log may come from anyone, and importing the module it names runs that module's code:
+    a plugin outside ``allow_plugins`` is refused with :class:`maker.UntrustedPluginError`
+    before anything is imported.
+    """
+    return make_task(started.task, started.task_params, allow_plugins=allow_plugins)
 
 
 def client_for(started: RunStarted, **options: Any) -> Client:
@@ -109,11 +116,13 @@ async def verify_run(
     policy: Policy | None = None,
     sinks: Sequence[EventSink] = (),
     read_ahead: bool | None = None,
+    allow_plugins: Collection[str] = (),
 ) -> VerifyResult:
     """Re-execute a recorded run and compare it, event for event, with its log.
 
-    ``task`` and ``policy`` default to the ones the log names; pass changed ones to check that
-    a change does not alter behaviour on this run. A log whose integrity check fails is refused
+    ``task`` and ``policy`` default to the ones the log names (a task plugin only when
+    ``allow_plugins`` trusts it: see :func:`task_for`); pass changed ones to check that a
+    change does not alter behaviour on this run. A log whose integrity check fails is refused
     with :class:`BrokenLogError`, whatever the re-execution found.
 
     The log is read once, as the re-execution goes, and its integrity (what
@@ -124,7 +133,8 @@ async def verify_run(
     """
     async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
         recording = Recording.of_run(run.info, _batches(source))
-        task = task if task is not None else task_for(recording.started)
+        if task is None:
+            task = task_for(recording.started, allow_plugins=allow_plugins)
         scheduler = Scheduler(Limits.from_json(recording.started.limits))
         client = RecordedModel(recording.started)
         async with Engine(log=run.log, client=client, scheduler=scheduler) as engine:
@@ -142,24 +152,27 @@ async def resume_run(
     sinks: Sequence[EventSink] = (),
     read_ahead: bool | None = None,
     log_writer: WriterKind | None = None,
+    allow_plugins: Collection[str] = (),
 ) -> RunResult:
     """Continue a crashed or cancelled run in its log; report a finished run unchanged.
 
     A log whose integrity check fails is refused with :class:`BrokenLogError`.
 
     The task, the live client, the policy and the scheduler's limits default to the ones the
-    log records; a provider's key comes from the environment (it is never in the log). The
-    recorded prefix is read from the log as it is re-executed, and a finished run is folded
-    as it is read, each checked in the same pass: neither holds the whole run in memory, and
-    nothing is appended before the whole recorded run has passed its check. ``read_ahead`` is
-    as for :func:`verify_run`; ``log_writer`` is where the continued run's log writer runs (see
+    log records (a task plugin only when ``allow_plugins`` trusts it: see :func:`task_for`);
+    a provider's key comes from the environment (it is never in the log). The recorded prefix
+    is read from the log as it is re-executed, and a finished run is folded as it is read,
+    each checked in the same pass: neither holds the whole run in memory, and nothing is
+    appended before the whole recorded run has passed its check. ``read_ahead`` is as for
+    :func:`verify_run`; ``log_writer`` is where the continued run's log writer runs (see
     :class:`maker.Engine`).
     """
     async with open_run(path, run_id) as run, _checked(run, read_ahead) as source:
         recording = Recording.of_run(run.info, _batches(source))
         if not recording.resumable:
             return await _finished_result(source)
-        task = task if task is not None else task_for(recording.started)
+        if task is None:
+            task = task_for(recording.started, allow_plugins=allow_plugins)
         client = client if client is not None else client_for(recording.started)
         if scheduler is None:
             scheduler = Scheduler(Limits.from_json(recording.started.limits))

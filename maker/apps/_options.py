@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -237,15 +238,16 @@ log_run_arguments = stacked(
 """``FILE`` and ``--run ID``: the event log a command reads, and which of its runs."""
 
 
-# -- built-in tasks ----------------------------------------------------------------------------
+# -- tasks -----------------------------------------------------------------------------------
 
 task_argument = click.argument(
     "task",
+    required=False,
     # The prompt task takes its prompts as data (MCP vote and calibrate, the library), which
     # options cannot carry.
     type=click.Choice(sorted(name for name in BUILTIN_TASKS if name != PromptTask.name)),
 )
-"""``TASK``: a built-in task whose parameters are options."""
+"""``[TASK]``: a built-in task whose parameters are options; or ``--task`` names one."""
 
 task_options = stacked(
     click.option(
@@ -254,33 +256,89 @@ task_options = stacked(
     click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations."),
     click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
     click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
+    click.option(
+        "--task",
+        "task_ref",
+        metavar="REF",
+        help="Instead of TASK, a task of one's own: package.module:factory (imported from "
+        "PYTHONPATH, the installed packages or the working directory), or a name an installed "
+        "package registers (entry points 'maker.tasks'); a built-in name works too.",
+    ),
+    click.option(
+        "--params",
+        "params_json",
+        metavar="JSON",
+        help="--task: the factory's keyword arguments, a JSON object.",
+    ),
 )
-"""``--disks``, ``--steps``, ``--digits`` and ``--task-seed``: what builds a built-in task (see
-:func:`build_task`)."""
+"""``--disks``, ``--steps``, ``--digits`` and ``--task-seed`` (a built-in ``TASK``'s), and
+``--task REF`` with ``--params JSON`` (any task :func:`maker.tasks.make_task` resolves): what
+builds the task (see :func:`build_task`)."""
+
+allow_plugin_option = click.option(
+    "--allow-plugin",
+    "allow_plugins",
+    multiple=True,
+    metavar="REF",
+    envvar="MAKER_ALLOW_PLUGINS",
+    show_envvar=True,
+    help="Trust this task plugin (package.module:factory, a module, or a package) when a log "
+    "or a request names it: importing it runs its code. Repeatable.",
+)
+"""``--allow-plugin REF``: the task plugins a command may import when data names them (a log's
+``run_started``, a request); see :func:`maker.tasks.plugin_allowed`. ``MAKER_ALLOW_PLUGINS``
+gives them too, separated by spaces."""
 
 
 def build_task(
-    task: str,
+    task: str | None,
     *,
     disks: int | None = None,
     steps: int | None = None,
     digits: int | None = None,
     task_seed: int | None = None,
+    task_ref: str | None = None,
+    params_json: str | None = None,
 ) -> Task[Any, Any]:
-    """The built-in task the task options describe; an option of another task is a usage error."""
+    """The task the task options describe: a built-in ``TASK`` from its options, or ``--task``
+    with ``--params``. An option of another task is a usage error."""
+    if task_ref is not None:
+        if task is not None:
+            raise click.UsageError(f"give TASK or --task, not both ({task}, {task_ref})")
+        _only("--task", disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+        return make_task(task_ref, _params(params_json))
+    if task is None:
+        raise click.UsageError("give a TASK (hanoi, arithmetic) or --task package.module:factory")
+    if params_json is not None:
+        raise click.UsageError("--params goes with --task; a built-in TASK takes its options")
     params: dict[str, Any] = {}
     if task == "hanoi":
-        _only(task, steps=steps, digits=digits, task_seed=task_seed)
+        _only(f"the {task} task", steps=steps, digits=digits, task_seed=task_seed)
         params["disks"] = 10 if disks is None else disks
     else:
-        _only(task, disks=disks)
+        _only(f"the {task} task", disks=disks)
         for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
             if value is not None:
                 params[name] = value
     return make_task(task, params)
 
 
-def _only(task: str, **given: object) -> None:
+def _params(text: str | None) -> dict[str, Any]:
+    """``--params``: a JSON object, or a usage error saying what it is instead."""
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--params") from None
+    if not isinstance(value, dict):
+        raise click.BadParameter(
+            f"must be a JSON object, got {type(value).__name__}", param_hint="--params"
+        )
+    return value
+
+
+def _only(what: str, **given: object) -> None:
     extra = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
     if extra:
-        raise click.UsageError(f"{', '.join(extra)} does not apply to the {task} task")
+        raise click.UsageError(f"{', '.join(extra)} does not apply to {what}")

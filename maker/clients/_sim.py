@@ -37,6 +37,7 @@ import msgspec
 from ..core._client import Completion, SampleRequest
 from ..core._errors import ConfigError
 from ..core._simulator import AnySimulator, randbelow
+from ..core._task import Task
 
 _READING_CACHE = 256
 
@@ -339,6 +340,19 @@ class SimulatedModel:
             out["preset"] = self.preset
         return out
 
+    def add_simulator(self, simulator: AnySimulator) -> None:
+        """Answer the prompts ``simulator`` reads too, after the ones this model knew: how a
+        task of one's own that offers :meth:`maker.Task.simulator` runs offline. The engine
+        adds the simulator of every task it runs on this model.
+
+        Simulators are parameter-free, so one of each class is enough: adding another of a
+        class already here changes nothing. A prompt no simulator read was never cached, so
+        none is answered differently for having been seen before.
+        """
+        if any(type(known) is type(simulator) for known in self._simulators):
+            return
+        self._simulators = (*self._simulators, simulator)
+
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request, after the simulated latency."""
         completion = self._draw(
@@ -506,3 +520,13 @@ class SimulatedModel:
             model=self._name,
             temperature_sent=temperature,
         )
+
+
+def offer_simulator(client: object, task: Task[Any, Any]) -> None:
+    """Give ``client``, when it is a :class:`SimulatedModel`, the simulator ``task`` offers
+    (:meth:`maker.Task.simulator`), if any: what the engine does for every run it starts, so
+    that a task of one's own runs on the simulated model as a built-in one does."""
+    if isinstance(client, SimulatedModel):
+        simulator = task.simulator()
+        if simulator is not None:
+            client.add_simulator(simulator)

@@ -13,7 +13,9 @@ from ._errors import (
     MakerError,
     RedFlag,
     StateError,
+    TaskPluginError,
     UnknownTaskError,
+    UntrustedPluginError,
 )
 from ._formulas import (
     expected_cost,
@@ -67,7 +69,9 @@ __all__ = [
     "StateError",
     "Tally",
     "Task",
+    "TaskPluginError",
     "UnknownTaskError",
+    "UntrustedPluginError",
     "VoteRule",
     "__version__",
     "estimates_from_calibration",

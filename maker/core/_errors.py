@@ -56,3 +56,19 @@ class UnknownTaskError(MakerError, LookupError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown task {name!r}; known tasks: {', '.join(sorted(known))}")
         self.name = name
+
+
+class TaskPluginError(MakerError):
+    """A task plugin (``package.module:factory`` or a ``maker.tasks`` entry point) that cannot
+    be used: its module or attribute is missing, importing it failed, its factory raised or
+    returned something that is not a :class:`maker.Task`. ``reference`` names it."""
+
+    def __init__(self, reference: str, message: str) -> None:
+        super().__init__(f"task plugin {reference!r}: {message}")
+        self.reference = reference
+
+
+class UntrustedPluginError(TaskPluginError):
+    """A task plugin named by data (a log's ``run_started``, a request) that was not allowed:
+    importing a module runs its code, so a reference read from elsewhere is imported only when
+    the user named it as trusted (``--allow-plugin``)."""

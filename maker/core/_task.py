@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import msgspec
+
+if TYPE_CHECKING:
+    from ._simulator import Simulator
 
 S = TypeVar("S")
 A = TypeVar("A")
@@ -86,5 +89,14 @@ class Task(ABC, Generic[S, A]):
         each at once, without it it walks there from the initial state with :meth:`oracle`,
         one step at a time. The state must be the one the walk would reach. Never used to
         decide.
+        """
+        return None
+
+    def simulator(self) -> Simulator[S, A] | None:
+        """What lets the simulated model answer this task's prompts, or None (the default).
+
+        Optional: the built-in tasks' simulators are the simulated model's own; a task of one's
+        own offers its simulator here, and a :class:`maker.SimulatedModel` that runs the task
+        takes it up (see :meth:`maker.SimulatedModel.add_simulator`). Never used to decide.
         """
         return None

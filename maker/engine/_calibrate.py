@@ -32,7 +32,7 @@ import random
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +54,7 @@ from events import (
     canonical_json,
 )
 
+from ..clients._sim import offer_simulator
 from ..core._client import Client
 from ..core._errors import ConfigError
 from ..core._policy import CalibrationRecord, Policy, recorded_policy
@@ -387,12 +388,16 @@ def is_calibration(started: RunStarted) -> bool:
 
 
 def calibration_from_events(
-    events: Iterable[AnyEvent], task: Task[Any, Any] | None = None
+    events: Iterable[AnyEvent],
+    task: Task[Any, Any] | None = None,
+    *,
+    allow_plugins: Collection[str] = (),
 ) -> ModelCalibration:
     """Rebuild a calibration's figures from its run's events alone.
 
-    ``task`` defaults to the built-in task the run names; each answer is judged against the
-    oracle at the state its ``step_started`` records.
+    ``task`` defaults to the task the run names (a task plugin only when ``allow_plugins``
+    trusts it: see :func:`maker.tasks.make_task`); each answer is judged against the oracle at
+    the state its ``step_started`` records.
     """
     fold: _Fold | None = None
     for event in events:
@@ -401,7 +406,11 @@ def calibration_from_events(
                 raise ConfigError("events", "a run's events must begin with run_started")
             if not is_calibration(event):
                 raise ConfigError("events", f"run {event.run_id} is not a calibration run")
-            judge = task if task is not None else make_task(event.task, event.task_params)
+            judge = (
+                task
+                if task is not None
+                else make_task(event.task, event.task_params, allow_plugins=allow_plugins)
+            )
 
             def oracle_for(step: int, data: Any, judge: Task[Any, Any] = judge) -> str:
                 return _oracle_key(judge, step, judge.state_from_json(data))
@@ -592,6 +601,8 @@ async def calibrate(
     total = task.max_steps()
     if total is None:
         raise ConfigError("task", f"{task.name} has no known number of steps to sample from")
+    for client in clients:  # a simulated model answers a task of one's own through its hook
+        offer_simulator(client, task)
     steps = calibration_steps(total, samples, seed)
     states = states_at(task, steps)
     expected = {step: _oracle_key(task, step, state) for step, state in states.items()}

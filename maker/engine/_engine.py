@@ -20,6 +20,7 @@ from anyio.abc import TaskGroup
 
 from events import EventLog, WriterKind
 
+from ..clients._sim import offer_simulator
 from ..core._client import Client
 from ..core._errors import ConfigError, MakerError, StateError
 from ..core._policy import Policy
@@ -372,14 +373,16 @@ class Engine:
         client: Client | None = None,
     ) -> _Run[S, A]:
         """A run on this engine's log, scheduler, prices and clock (and its client, unless
-        the run is given one)."""
+        the run is given one). A simulated client takes up the simulator the task offers."""
+        client = client if client is not None else self.client
+        offer_simulator(client, task)
         return _Run(
             task=task,
             policy=policy,
             seed=seed,
             run_id=run_id,
             log=self._log,
-            client=client if client is not None else self.client,
+            client=client,
             scheduler=self.scheduler,
             prices=self.prices,
             clock=self._clock,

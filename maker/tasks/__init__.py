@@ -5,6 +5,10 @@
 - :class:`PromptTask`: given prompts, one step each, read by an :class:`AnswerParser` (a regex,
   a JSON Schema or both); :func:`validate_response` reports every red flag of one response.
 
+:func:`make_task` builds any of them by name, and a task of one's own by its reference
+(``package.module:factory``) or by the name an installed package registers in the
+``maker.tasks`` entry point group.
+
 >>> task = make_task("hanoi", {"disks": 2})
 >>> task.initial_state().pegs
 ((2, 1), (), ())
@@ -12,16 +16,19 @@
 
 from __future__ import annotations
 
-import inspect
-from typing import Any
-
-from ..core._errors import ConfigError, UnknownTaskError
 from ..core._simulator import AnySimulator
-from ..core._task import Task
 from ._arithmetic import Arithmetic, ArithState
 from ._arithmetic_sim import ArithmeticSimulator
 from ._hanoi import Hanoi, HanoiAnswer, HanoiState, optimal_moves
 from ._hanoi_sim import HanoiSimulator
+from ._plugins import (
+    BUILTIN_TASKS,
+    TASK_ENTRY_POINTS,
+    is_reference,
+    known_task_names,
+    make_task,
+    plugin_allowed,
+)
 from ._prompt import (
     CHARS_PER_TOKEN,
     AnswerParser,
@@ -32,49 +39,16 @@ from ._prompt import (
     validate_response,
 )
 
-BUILTIN_TASKS: dict[str, type[Task[Any, Any]]] = {
-    Arithmetic.name: Arithmetic,
-    Hanoi.name: Hanoi,
-    PromptTask.name: PromptTask,
-}
-"""The built-in task classes by :attr:`Task.name`."""
-
 BUILTIN_SIMULATORS: tuple[AnySimulator, ...] = (ArithmeticSimulator(), HanoiSimulator())
 """One simulator per built-in task whose prompts it can read; a :class:`PromptTask` needs none
 of its own: the simulated model answers its prompts when they are another task's."""
-
-
-def make_task(name: str, params: dict[str, Any]) -> Task[Any, Any]:
-    """Build a built-in task from its name and :meth:`Task.params`.
-
-    Raises :class:`maker.UnknownTaskError` for an unknown name and :class:`maker.ConfigError`
-    naming the field for a missing, unknown or invalid parameter.
-
-    >>> make_task("arithmetic", {"steps": 3}).params()
-    {'steps': 3, 'digits': 6, 'seed': 0}
-    """
-    cls = BUILTIN_TASKS.get(name)
-    if cls is None:
-        raise UnknownTaskError(name, list(BUILTIN_TASKS))
-    if not isinstance(params, dict):
-        raise ConfigError("params", f"must be an object, got {type(params).__name__}")
-    accepted = inspect.signature(cls).parameters
-    for key in params:
-        if key not in accepted:
-            raise ConfigError(key, f"not a parameter of task {name!r}")
-    for key, param in accepted.items():
-        if param.default is inspect.Parameter.empty and key not in params:
-            raise ConfigError(key, f"required by task {name!r}")
-    try:
-        return cls(**params)
-    except TypeError as exc:  # a constructor that skipped validating a type
-        raise ConfigError("params", str(exc)) from exc
 
 
 __all__ = [
     "BUILTIN_SIMULATORS",
     "BUILTIN_TASKS",
     "CHARS_PER_TOKEN",
+    "TASK_ENTRY_POINTS",
     "AnswerParser",
     "ArithState",
     "Arithmetic",
@@ -87,7 +61,10 @@ __all__ = [
     "RegexEngine",
     "Validation",
     "estimate_tokens",
+    "is_reference",
+    "known_task_names",
     "make_task",
     "optimal_moves",
+    "plugin_allowed",
     "validate_response",
 ]

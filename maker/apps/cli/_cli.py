@@ -53,6 +53,7 @@ from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
 from .._options import (
+    allow_plugin_option,
     base_url_option,
     build_task,
     concurrency_option,
@@ -185,12 +186,14 @@ _live_run_options = stacked(
 )
 @_live_run_options
 def run(
-    task: str,
+    task: str | None,
     log: Path,
     disks: int | None,
     steps: int | None,
     digits: int | None,
     task_seed: int | None,
+    task_ref: str | None,
+    params_json: str | None,
     model: str,
     base_url: str | None,
     preset: str | None,
@@ -217,8 +220,20 @@ def run(
     as_json: bool,
     progress: bool | None,
 ) -> None:
-    """Run a built-in task, voting every step, with every event logged."""
-    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+    """Run a task, voting every step, with every event logged.
+
+    TASK is a built-in task (its options: --disks, --steps, ...); --task REF --params JSON
+    runs any task, one's own included (package.module:factory).
+    """
+    the_task = build_task(
+        task,
+        disks=disks,
+        steps=steps,
+        digits=digits,
+        task_seed=task_seed,
+        task_ref=task_ref,
+        params_json=params_json,
+    )
     client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
     pipeline, hedge = pipelining_for(client, pipeline, hedge)
     if k is not None and target is not None:
@@ -234,7 +249,7 @@ def run(
     elif target is not None:
         if budget is None:
             raise UsageProblem(
-                f"--target needs a task with a known number of steps; {task} has none"
+                f"--target needs a task with a known number of steps; {the_task.name} has none"
             )
         if model_p is None:
             raise UsageProblem(f"--target needs --p, the per-step success rate of {model}")
@@ -607,8 +622,14 @@ def export(file: Path, run_id: str | None, fmt: str, out: Path | None) -> None:
 @app.command()
 @log_run_arguments
 @_live_run_options
+@allow_plugin_option
 def resume(
-    file: Path, run_id: str | None, log_writer: WriterKind, as_json: bool, progress: bool | None
+    file: Path,
+    run_id: str | None,
+    log_writer: WriterKind,
+    as_json: bool,
+    progress: bool | None,
+    allow_plugins: tuple[str, ...],
 ) -> None:
     """Continue a crashed or cancelled run; a finished run is reported unchanged."""
     from replay import resume_run
@@ -625,11 +646,15 @@ def resume(
             and finished.status != "cancelled"
         )
         started = info.started
-        budget = make_task(started.task, started.task_params).max_steps()
+        # The task the log names; a plugin only if trusted (the log may be anyone's).
+        task = make_task(started.task, started.task_params, allow_plugins=allow_plugins)
+        budget = task.max_steps()
         with _ProgressSink(
             budget, 0, enabled=_show_progress(progress) and not as_json and not done
         ) as sink:
-            result = await resume_run(file, info.run_id, sinks=[sink], log_writer=log_writer)
+            result = await resume_run(
+                file, info.run_id, task=task, sinks=[sink], log_writer=log_writer
+            )
             return result, done
 
     try:
@@ -666,6 +691,7 @@ def resume(
     help="Re-vote with this output-token red-flag threshold.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@allow_plugin_option
 def replay(
     file: Path,
     run_id: str | None,
@@ -674,6 +700,7 @@ def replay(
     rule: str | None,
     red_flag_tokens: int | None,
     as_json: bool,
+    allow_plugins: tuple[str, ...],
 ) -> None:
     """Re-execute a run from its log (--verify), or re-vote it offline (--k, --red-flag-tokens)."""
     revoting = k is not None or rule is not None or red_flag_tokens is not None
@@ -682,12 +709,12 @@ def replay(
     if revoting:
         from replay._commands import revote_command_impl
 
-        code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json)
+        code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json, allow_plugins)
         raise SystemExit(code)
     from replay import verify_run
 
     async def go() -> VerifyResult:
-        return await verify_run(file, run_id)
+        return await verify_run(file, run_id, allow_plugins=allow_plugins)
 
     result = anyio.run(go)
     if as_json:

@@ -145,11 +145,13 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
 @rate_limit_options
 @prices_option
 def calibrate_command(
-    task: str,
+    task: str | None,
     disks: int | None,
     steps: int | None,
     digits: int | None,
     task_seed: int | None,
+    task_ref: str | None,
+    params_json: str | None,
     models: tuple[str, ...],
     samples: int,
     seed: int,
@@ -171,7 +173,15 @@ def calibrate_command(
     each answer is judged against the oracle. Every sample is an event in the log, one run per
     model.
     """
-    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+    the_task = build_task(
+        task,
+        disks=disks,
+        steps=steps,
+        digits=digits,
+        task_seed=task_seed,
+        task_ref=task_ref,
+        params_json=params_json,
+    )
     clients = _clients(models, base_url, preset, p, timeout)
     price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
@@ -313,11 +323,13 @@ def _duration(seconds: float) -> str:
 @hedge_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def plan_command(
-    task: str,
+    task: str | None,
     disks: int | None,
     steps: int | None,
     digits: int | None,
     task_seed: int | None,
+    task_ref: str | None,
+    params_json: str | None,
     target: float,
     calibration: Path | None,
     p: float | None,
@@ -335,10 +347,18 @@ def plan_command(
     With --pipeline and --hedge (the run's; their defaults are maker run's), the samples that
     misspeculation and hedges add are counted in the samples and the cost.
     """
-    the_task = build_task(task, disks=disks, steps=steps, digits=digits, task_seed=task_seed)
+    the_task = build_task(
+        task,
+        disks=disks,
+        steps=steps,
+        digits=digits,
+        task_seed=task_seed,
+        task_ref=task_ref,
+        params_json=params_json,
+    )
     budget = the_task.max_steps()
-    if budget is None:  # pragma: no cover - every built-in task has a known length
-        raise click.UsageError(f"the {task} task has no known number of steps")
+    if budget is None:  # a task of one's own may have no known length
+        raise click.UsageError(f"the {the_task.name} task has no known number of steps")
     if (calibration is None) == (p is None):
         raise click.UsageError("give --from-calibration FILE, or --p (with --v, --cost-per-call)")
     estimates: list[ModelEstimate]
@@ -353,9 +373,9 @@ def plan_command(
         estimates = estimates_from_calibration(calibration)
         # Readable JSON with a models list by now: estimates_from_calibration checked it.
         calibrated_on = json.loads(calibration.read_text(encoding="utf-8")).get("task")
-        if calibrated_on is not None and calibrated_on != task:
+        if calibrated_on is not None and calibrated_on != the_task.name:
             raise click.UsageError(
-                f"{calibration} calibrated the {calibrated_on} task, not {task}: "
+                f"{calibration} calibrated the {calibrated_on} task, not {the_task.name}: "
                 "p does not carry over between tasks"
             )
     else:

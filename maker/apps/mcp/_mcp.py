@@ -38,7 +38,7 @@ import msgspec
 from ...core._errors import ConfigError, MakerError
 from ...core._version import __version__
 from .._http import base_url, cancelled_on_sigterm
-from .._options import rate_limit_options
+from .._options import allow_plugin_option, rate_limit_options
 from ..service._guard import ServiceLimits, allowed_hosts, is_loopback, quote
 from ..service._options import guard_options, token_from
 from ._mcp_config import McpConfig, load_mcp_config
@@ -56,7 +56,7 @@ INSTRUCTIONS = (
     "MAKER: error-corrected decisions by voting. `vote` samples a model until one parsed answer "
     "leads by k (red-flagged responses never vote); `validate` checks one response; `kmin` and "
     "`plan` apply the paper's formulas; `calibrate` measures p on prompts with known answers; "
-    "`run` starts a built-in task (`run_status`, `cancel`, `resume`); `show` and `replay_verify` "
+    "`run` starts a task (`run_status`, `cancel`, `resume`); `show` and `replay_verify` "
     "read the "
     "log; `health` reports models and limits. Every call that reaches a model is a run in the "
     "server's event log."
@@ -93,8 +93,9 @@ _DESCRIPTIONS: Mapping[str, str] = {
         "flags, cost per call, and the recommended k (Eq 14 at the interval's lower bound)."
     ),
     "run": (
-        "Start a built-in task (hanoi, arithmetic) in the background; returns its run_id at "
-        "once. With wait=true, follows it to the end with progress notifications (step/total)."
+        "Start a task (hanoi, arithmetic, or one the server trusts) in the background; returns "
+        "its run_id at once. With wait=true, follows it to the end with progress notifications "
+        "(step/total)."
     ),
     "run_status": (
         "A run's state rebuilt from the log: status, steps, samples, red flags, cost. wait_s "
@@ -228,12 +229,15 @@ async def call(
     )
 
 
-async def serve_stdio(config: McpConfig, limits: ToolLimits | None = None) -> None:
+async def serve_stdio(
+    config: McpConfig, limits: ToolLimits | None = None, allow_plugins: Collection[str] = ()
+) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes them; ``limits``
-    bounds the tools (none unless given)."""
+    bounds the tools (none unless given); ``allow_plugins`` are the task plugins a call or a
+    log may name (see :func:`maker.tasks.plugin_allowed`)."""
     from mcp.server.stdio import stdio_server
 
-    async with McpTools(config, limits) as tools:
+    async with McpTools(config, limits, allow_plugins) as tools:
         server = create_mcp_server(tools)
         logger.info("maker mcp: serving on stdio (log %s)", config.log)
         async with stdio_server() as (read, write):
@@ -249,6 +253,7 @@ async def serve_http(
     host: str = "127.0.0.1",
     allow_hosts: Collection[str] = (),
     limits: ToolLimits | None = None,
+    allow_plugins: Collection[str] = (),
 ) -> None:
     """Serve MCP as streamable HTTP on ``host:port`` (0 picks a free port) until interrupted.
     ``ready`` receives the endpoint's URL once the server listens.
@@ -256,7 +261,8 @@ async def serve_http(
     Every request must send ``Authorization: Bearer`` ``token`` (None: none asked, for a
     loopback server only) and a Host naming the server: a loopback name, ``host``, at the
     port bound, or one of ``allow_hosts`` (``name``: any port, ``name:port``). ``limits``
-    bounds the tools (:class:`ToolLimits`; those of ``maker serve`` unless given).
+    bounds the tools (:class:`ToolLimits`; those of ``maker serve`` unless given);
+    ``allow_plugins`` are the task plugins a call or a log may name.
     """
     import uvicorn
 
@@ -267,7 +273,8 @@ async def serve_http(
     bound = int(sock.getsockname()[1])
     url = base_url(host, bound) + "/mcp"
     with sock:  # closed however the server ends, also when the log cannot be opened
-        async with McpTools(config, limits if limits is not None else HTTP_LIMITS) as tools:
+        tools_limits = limits if limits is not None else HTTP_LIMITS
+        async with McpTools(config, tools_limits, allow_plugins) as tools:
             server = create_mcp_server(tools)
             app: ASGIApp = server.streamable_http_app(
                 host=host, transport_security=transport_security(host, bound, allow_hosts)
@@ -418,6 +425,7 @@ class BearerToken:
 )
 @guard_options("--token-file", "--no-auth", "--allow-host")
 @guard_options("--max-steps", "--max-samples", "--max-cost", "--max-running")
+@allow_plugin_option
 @click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (to stderr) at INFO.")
 @click.pass_context
 def mcp_command(
@@ -440,6 +448,7 @@ def mcp_command(
     max_samples: int,
     max_cost: float,
     max_running: int,
+    allow_plugins: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Serve MAKER's tools to MCP clients: vote, validate, kmin, plan, calibrate, run,
@@ -525,9 +534,10 @@ def mcp_command(
                     host=host,
                     allow_hosts=allow_hosts,
                     limits=limits,
+                    allow_plugins=allow_plugins,
                 )
             else:
-                await serve_stdio(config, limits)
+                await serve_stdio(config, limits, allow_plugins)
 
     with suppress(KeyboardInterrupt):
         anyio.run(main, backend="asyncio")

@@ -12,10 +12,10 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
 from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any, Final, Literal
+from typing import Annotated, Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -42,6 +42,7 @@ from ...core._formulas import expected_votes_per_step, k_min, p_run, p_step
 from ...core._plan import ModelEstimate, plan
 from ...core._policy import Hedge, Policy, PolicyRecord, recorded_policy
 from ...core._redflags import RedFlagRules
+from ...core._task import Task
 from ...core._version import __version__
 from ...engine._calibrate import calibrate, calibration_from_events, is_calibration
 from ...engine._engine import Engine
@@ -285,12 +286,18 @@ class CalibrateArgs(_Args, frozen=True):
 
 
 TaskName = Annotated[
-    Literal["hanoi", "arithmetic"], Meta(description="A built-in task: hanoi or arithmetic.")
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        description="A built-in task (hanoi, arithmetic), a name an installed package registers,"
+        " or a task plugin package.module:factory that the server trusts (--allow-plugin).",
+    ),
 ]
 
 
 class RunArgs(_Args, frozen=True):
-    """Start a run of a built-in task in the background."""
+    """Start a run of a task in the background."""
 
     task: TaskName
     params: Annotated[
@@ -482,9 +489,16 @@ class McpTools:
     """The tools over one engine: enter it to open the log and the clients, leave it to close
     them (runs still going are cancelled and recorded as such: they stay resumable)."""
 
-    def __init__(self, config: McpConfig, limits: ToolLimits | None = None) -> None:
+    def __init__(
+        self,
+        config: McpConfig,
+        limits: ToolLimits | None = None,
+        allow_plugins: Collection[str] = (),
+    ) -> None:
         self.config = config
         self.limits = limits if limits is not None else ToolLimits()
+        # A tool call is data, and so is a log: the plugins they may name, the owner trusts.
+        self.allow_plugins = tuple(allow_plugins)
         self._calibrating = 0  # calibrations going: runs outside the engine's handles
         self.prices = config.price_table()
         self.scheduler = Scheduler(limits={m.spec: m.limits() for m in config.models})
@@ -711,7 +725,7 @@ class McpTools:
         for run_id in args.calibrations:
             events = await self._events(await self._run_id(run_id))
             try:
-                measured = calibration_from_events(events)
+                measured = calibration_from_events(events, allow_plugins=self.allow_plugins)
             except ConfigError as exc:
                 raise ToolError(f"run {run_id} is not a calibration: {exc}") from exc
             estimates.append(ModelEstimate.from_json(measured.to_json()))
@@ -811,7 +825,7 @@ class McpTools:
     async def run(self, args: RunArgs, progress: Progress | None = None) -> dict[str, Any]:
         """Start a built-in task run; with ``wait``, follow it to its end."""
         client = self.client(args.model)
-        task = make_task(args.task, dict(args.params))
+        task = self._task(args.task, dict(args.params))
         total = task.max_steps()
         self._check_steps(total)
         k = choose_k(args.k, args.target, args.p, total or 1)
@@ -882,7 +896,7 @@ class McpTools:
         info = await self._run_info(args.run_id)
         handle = self.engine.handle(info.run_id)
         if handle is not None and args.wait_s > 0:
-            total = make_task(info.started.task, info.started.task_params).max_steps()
+            total = self._task(info.started.task, info.started.task_params).max_steps()
             await self._follow(handle, total, progress, args.wait_s)
         return await self._status(info.run_id)
 
@@ -908,7 +922,7 @@ class McpTools:
                 "status": "running",
                 "active": True,
                 "steps": stats.steps,
-                "steps_total": make_task(started.task, started.task_params).max_steps(),
+                "steps_total": self._task(started.task, started.task_params).max_steps(),
                 "samples": stats.samples,
                 "events": stats.events,
             }
@@ -970,7 +984,7 @@ class McpTools:
             client = client_for(started)
         else:
             client = self.client(model)  # a provider the server configures, with its key
-        task = make_task(started.task, dict(started.task_params))
+        task = self._task(started.task, dict(started.task_params))
         self._check_steps(task.max_steps())
         self._check_place()
         handle = self.engine.start_resume(task, recording, client=client)
@@ -1016,8 +1030,12 @@ class McpTools:
         if self.engine.handle(run_id) is not None:
             raise ToolError(f"run {run_id} is still running; verify it once it has finished")
         await self.log.flush()
-        result = await verify_run(self.config.log, run_id)
+        result = await verify_run(self.config.log, run_id, allow_plugins=self.allow_plugins)
         return result.to_json()
+
+    def _task(self, name: str, params: dict[str, Any]) -> Task[Any, Any]:
+        """The task ``name`` names, from a call or a log: a plugin only if the owner trusts it."""
+        return make_task(name, params, allow_plugins=self.allow_plugins)
 
     async def _run_id(self, run_id: str) -> str:
         return (await self._run_info(run_id)).run_id

@@ -2,7 +2,7 @@
 
 An aiohttp application over one :class:`~maker.Engine` (and so one scheduler and one log):
 
-- ``POST /runs`` starts a run of a built-in task and answers 201 at once with its links;
+- ``POST /runs`` starts a run of a task and answers 201 at once with its links;
 - ``GET /runs`` lists the runs in the log;
 - ``GET /runs/{id}`` gives a run's state, rebuilt from the log (``maker show --json``);
 - ``GET /runs/{id}/events`` streams its events as server-sent events. Each event is one message:
@@ -59,7 +59,13 @@ from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, en
 from ...clients import close_client
 from ...clients._sim import SimulatedModel, sim_config
 from ...core._client import Client
-from ...core._errors import ConfigError, MakerError, UnknownTaskError
+from ...core._errors import (
+    ConfigError,
+    MakerError,
+    TaskPluginError,
+    UnknownTaskError,
+    UntrustedPluginError,
+)
 from ...core._policy import Policy
 from ...core._pricing import PriceTable
 from ...core._task import Task
@@ -69,6 +75,7 @@ from ...engine._scheduler import Limits, Scheduler
 from ...tasks import PromptTask, make_task
 from .._http import base_url, listen, serving
 from .._options import (
+    allow_plugin_option,
     base_url_option,
     concurrency_option,
     hedge_from,
@@ -125,7 +132,8 @@ MAX_LATENCY_MS = 60_000.0
 class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The body of ``POST /runs``.
 
-    ``task`` and ``params`` name a built-in task (:func:`maker.tasks.make_task`); ``k``,
+    ``task`` and ``params`` name a task (:func:`maker.tasks.make_task`): a built-in one, one an
+    installed package registers, or a plugin the service trusts (``--allow-plugin``); ``k``,
     ``max_samples``, ``speculative``, ``pipeline`` and ``hedge`` make its :class:`~maker.Policy`.
     ``pipeline`` is the depth (0: off); ``hedge`` is a number, the quantile of the run's
     latencies past which a straggler gets a hedge (0 or null: off), and ``hedge_min_s`` its
@@ -243,6 +251,7 @@ class _Service:
         heartbeat_s: float,
         limits: ServiceLimits,
         allow_prompts: bool,
+        allow_plugins: Collection[str] = (),
     ) -> None:
         from replay import summarize_async  # replay/ builds on maker's public API: lazily
 
@@ -252,6 +261,7 @@ class _Service:
         self.heartbeat_s = heartbeat_s
         self.limits = limits
         self.allow_prompts = allow_prompts
+        self.allow_plugins = tuple(allow_plugins)
         self.clients: dict[str, Client] = {}
         self.streams: set[anyio.CancelScope] = set()
         self.running = 0
@@ -287,7 +297,8 @@ class _Service:
                 # A client's patterns run on the linear-time engine, whatever the body asks:
                 # Python's re would let one pattern freeze the server's event loop.
                 params = {**params, "engine": CLIENT_REGEX_ENGINE}
-            task = make_task(body.task, params)
+            # A request is data: a plugin it names is imported only if the owner trusts it.
+            task = make_task(body.task, params, allow_plugins=self.allow_plugins)
             client = self._client_for(body)
             pipeline, hedge = pipelining_for(
                 client,
@@ -304,7 +315,14 @@ class _Service:
             self._check_budget(task, policy, client)
         except _BadRequest as exc:
             return _error(exc.status, str(exc))
-        except (ConfigError, UnknownTaskError) as exc:
+        except UntrustedPluginError as exc:
+            module = exc.reference.partition(":")[0]
+            return _error(
+                403,
+                f"task plugin {quote(exc.reference)} is not trusted by this service: a request "
+                f"may not make it import a module (maker serve --allow-plugin {prefix(module)})",
+            )
+        except (ConfigError, UnknownTaskError, TaskPluginError) as exc:
             return _error(400, str(exc))
         except (ValueError, TypeError, OverflowError) as exc:  # a task's own validation
             return _error(400, f"{body.task}: {exc}")
@@ -676,6 +694,7 @@ def create_service(
     allow_prompts: bool = False,
     host: str | None = None,
     allowed_hosts: Collection[str] = (),
+    allow_plugins: Collection[str] = (),
 ) -> web.Application:
     """The aiohttp application serving runs of ``engine`` (which must be entered).
 
@@ -684,7 +703,10 @@ def create_service(
     localhost, 127.0.0.1, [::1], ``host`` (the address it listens on) or the address the
     request reached, at the port it listens on, or one of ``allowed_hosts`` (``name``: any
     port, ``name:port``). ``limits`` bounds requests and runs (:class:`ServiceLimits`);
-    ``prompt`` tasks are refused (403) unless ``allow_prompts``.
+    ``prompt`` tasks are refused (403) unless ``allow_prompts``, and task plugins
+    (``package.module:factory``) unless ``allow_plugins`` trusts them (see
+    :func:`maker.tasks.plugin_allowed`): a request must not make the service import a module
+    of its choosing.
 
     Runs use the engine's client unless a request asks for another model: ``"sim"`` (with its
     ``p`` and ``latency_ms``) is always allowed, any other model only when ``make_client`` is
@@ -702,7 +724,7 @@ def create_service(
     limits = limits if limits is not None else ServiceLimits()
     from aiohttp import web
 
-    service = _Service(engine, make_client, heartbeat_s, limits, allow_prompts)
+    service = _Service(engine, make_client, heartbeat_s, limits, allow_prompts, allow_plugins)
     app = web.Application(
         middlewares=middlewares(token, allowed_hosts_of(host, allowed_hosts), _error),
         client_max_size=limits.max_body_bytes,
@@ -730,6 +752,7 @@ async def serve(
     limits: ServiceLimits | None = None,
     allow_prompts: bool = False,
     allowed_hosts: Collection[str] = (),
+    allow_plugins: Collection[str] = (),
 ) -> AsyncIterator[Server]:
     """Serve :func:`create_service` on ``host:port`` (0: an ephemeral port) for the block.
 
@@ -760,6 +783,7 @@ async def serve(
         allow_prompts=allow_prompts,
         host=host,
         allowed_hosts=allowed_hosts,
+        allow_plugins=allow_plugins,
     )
     async with listen(app, host, port) as bound:
         yield Server(host, bound, token if auth else None)
@@ -784,6 +808,7 @@ async def serve(
 )
 @prices_option
 @service_options
+@allow_plugin_option
 @click.option(
     "--heartbeat",
     type=click.FloatRange(0.0, min_open=True),
@@ -813,6 +838,7 @@ def serve_command(
     max_cost: float,
     max_running: int,
     max_queued: int,
+    allow_plugins: tuple[str, ...],
     heartbeat: float,
 ) -> None:
     """Serve runs over HTTP, their events as server-sent events, until interrupted.
@@ -870,6 +896,7 @@ def serve_command(
         ),
         allow_prompts,
         allow_hosts,
+        allow_plugins,
     )
     # asyncio.run cancels the service before it raises KeyboardInterrupt: the runs in flight
     # have recorded "cancelled" by then.
@@ -921,6 +948,7 @@ class _ServeArgs:
     limits: ServiceLimits
     allow_prompts: bool
     allowed_hosts: tuple[str, ...]
+    allow_plugins: tuple[str, ...]
 
 
 async def _serve_forever(args: _ServeArgs) -> None:
@@ -941,6 +969,7 @@ async def _serve_forever(args: _ServeArgs) -> None:
                     limits=args.limits,
                     allow_prompts=args.allow_prompts,
                     allowed_hosts=args.allowed_hosts,
+                    allow_plugins=args.allow_plugins,
                 ) as server,
             ):
                 click.echo(
