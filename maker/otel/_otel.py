@@ -41,6 +41,14 @@ import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.metrics import MeterProvider
+from opentelemetry.sdk.metrics import MeterProvider as SdkMeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricExporter,
+    MetricExportResult,
+    MetricsData,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -78,6 +86,7 @@ from events import (
 from ..core._errors import ConfigError, MakerError
 from ..core._policy import PolicyRecord, recorded_policy
 from ..core._version import __version__
+from ..engine._sampling import sample_seed
 
 INSTRUMENTATION_NAME: Final = "maker"
 
@@ -250,6 +259,7 @@ class _Run:
         "resumed_at",
         "run_id",
         "samples",
+        "seed",
         "server",
         "span",
         "steps",
@@ -265,6 +275,7 @@ class _Run:
         self.k = _recorded_k(event)
         self.max_attempts = recorded_policy(event.policy).max_attempts
         self.model = event.models[0] if event.models else "sim"
+        self.seed = event.seed
         self.server = _server(event.model_params)
         self.attrs = attrs
         self.span: trace.Span | None = None
@@ -396,7 +407,9 @@ class TraceSink:
     ``sample_received`` (or its final ``sample_failed``, or its ``sample_cancelled``). Sample
     spans follow the GenAI semantic conventions: name ``chat {gen_ai.request.model}``, kind
     CLIENT, ``gen_ai.operation.name``, ``gen_ai.provider.name``, ``gen_ai.request.model``,
-    ``gen_ai.request.temperature``, ``gen_ai.request.max_tokens``,
+    ``gen_ai.request.temperature``, ``gen_ai.request.max_tokens``, ``gen_ai.request.seed`` (the
+    seed the request was sent with, :func:`maker.sample_seed` of the run's seed and the sample
+    id), ``server.address`` and ``server.port`` (when the run's client has a base URL),
     ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
     ``gen_ai.response.finish_reasons``, ``gen_ai.response.model`` (when it differs from the
     requested one), and ``error.type`` with status ERROR when the sample failed for good.
@@ -589,7 +602,9 @@ class TraceSink:
                     "gen_ai.operation.name": "chat",
                     "gen_ai.provider.name": provider,
                     "gen_ai.request.model": model,
+                    "gen_ai.request.seed": sample_seed(run.seed, sample_id),
                     "maker.sample_id": sample_id,
+                    **dict(run.server),
                 }
             if run.resumed_at is not None:
                 attrs["maker.resumed"] = True
@@ -717,6 +732,8 @@ class TraceSink:
             "gen_ai.provider.name": provider,
             "gen_ai.request.model": model,
             "gen_ai.request.temperature": e.temperature,
+            # Every request carries its seed, a function of the run's seed and the sample id.
+            "gen_ai.request.seed": sample_seed(run.seed, e.sample_id),
             "maker.sample_id": e.sample_id,
         }
         if e.max_tokens:
@@ -1269,17 +1286,25 @@ def _otlp_class() -> type[SpanExporter]:
     return OTLPSpanExporter
 
 
+def _otlp_endpoint(endpoint: str | None, path: str) -> str | None:
+    """An endpoint given as a URL, with the signal's ``path`` added when it names only a host
+    (as the exporters do with ``OTEL_EXPORTER_OTLP_ENDPOINT``); None leaves it to them."""
+    if endpoint is None:
+        return None
+    if not endpoint.startswith(("http://", "https://")):
+        raise ConfigError("out", f"an otlp endpoint is an http(s) URL, got {endpoint!r}")
+    scheme, _, rest = endpoint.partition("://")
+    if "/" not in rest.rstrip("/"):
+        return f"{scheme}://{rest.rstrip('/')}{path}"
+    return endpoint
+
+
 def _otlp_exporter(endpoint: str | None) -> SpanExporter:
     exporter_class = _otlp_class()
-    if endpoint is not None:
-        if not endpoint.startswith(("http://", "https://")):
-            raise ConfigError("out", f"an otlp endpoint is an http(s) URL, got {endpoint!r}")
-        scheme, _, rest = endpoint.partition("://")
-        if "/" not in rest.rstrip("/"):
-            endpoint = f"{scheme}://{rest.rstrip('/')}/v1/traces"
     # The exporter's own constructor reads the rest of OTEL_EXPORTER_OTLP_* (headers, timeout,
     # compression, certificates) and, without an endpoint, the endpoint variables.
-    exporter: SpanExporter = exporter_class(endpoint=endpoint)  # type: ignore[call-arg]
+    url = _otlp_endpoint(endpoint, "/v1/traces")
+    exporter: SpanExporter = exporter_class(endpoint=url)  # type: ignore[call-arg]
     return exporter
 
 
@@ -1518,6 +1543,42 @@ async def _export_log(
 _ENV_EXPORTERS = {"otlp": "otlp", "otlp_proto_http": "otlp", "console": "console"}
 
 
+def _env_exporter(env: Mapping[str, str], signal: str) -> str | None:
+    """The exporter the standard variables ask for one signal (``TRACES`` or ``METRICS``):
+    ``otlp``, ``console`` or None (none, or the SDK disabled)."""
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return None
+    variable = f"OTEL_{signal}_EXPORTER"
+    named = env.get(variable, "").strip().lower()
+    if named:
+        first = named.split(",")[0].strip()
+        if first == "none":
+            return None
+        if first not in _ENV_EXPORTERS:
+            raise ConfigError(variable, f"{first!r} is not supported; use otlp, console or none")
+        kind = _ENV_EXPORTERS[first]
+    elif env.get(f"OTEL_EXPORTER_OTLP_{signal}_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        # The SDK's default is otlp; maker exports only where an endpoint was given, so that a
+        # run with no collector configured does not retry against localhost at every export.
+        kind = "otlp"
+    else:
+        return None
+    if kind == "otlp":
+        _check_protocol(env, signal)
+    return kind
+
+
+def _check_protocol(env: Mapping[str, str], signal: str) -> None:
+    for name in (f"OTEL_EXPORTER_OTLP_{signal}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
+        protocol = env.get(name, "").strip()
+        if protocol:
+            if protocol != "http/protobuf":
+                raise ConfigError(
+                    name, f"{protocol!r} is not supported; maker exports http/protobuf"
+                )
+            return
+
+
 def configure_from_env(environ: Mapping[str, str] | None = None) -> TracerProvider | None:
     """A tracer provider from the standard ``OTEL_*`` variables, or None when they ask for none.
 
@@ -1530,32 +1591,152 @@ def configure_from_env(environ: Mapping[str, str] | None = None) -> TracerProvid
     ``OTEL_SERVICE_NAME``, ``OTEL_RESOURCE_ATTRIBUTES`` and ``OTEL_TRACES_SAMPLER`` (+``_ARG``);
     the batch processor ``OTEL_BSP_SCHEDULE_DELAY``. The queue size is maker's own.
     ``environ`` (default ``os.environ``) decides whether and what to export; the exporter and
-    the SDK read their own settings from ``os.environ``.
+    the SDK read their own settings from ``os.environ``. Metrics: :func:`metrics_from_env`.
+    """
+    kind = _env_exporter(os.environ if environ is None else environ, "TRACES")
+    if kind is None:
+        return None
+    return tracer_provider_for(kind, stream=sys.stderr if kind == "console" else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics providers
+
+
+class _MetricAccount:
+    """What a meter provider built here did with its exports: attempted and failed."""
+
+    def __init__(self) -> None:
+        self.exports = 0
+        self.failed = 0
+
+
+_METRIC_ACCOUNTS: weakref.WeakKeyDictionary[SdkMeterProvider, _MetricAccount] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+class _CountingMetricExporter(MetricExporter):
+    """Passes exports to ``inner`` and counts the ones it failed, for :func:`metric_losses`."""
+
+    def __init__(self, inner: MetricExporter, account: _MetricAccount) -> None:
+        # The reader asks its exporter for these: the inner exporter's (OTLP's follow
+        # OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE) must reach it through the wrapper.
+        super().__init__(
+            preferred_temporality=inner._preferred_temporality,
+            preferred_aggregation=inner._preferred_aggregation,
+        )
+        self._inner = inner
+        self._account = account
+
+    def export(
+        self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any
+    ) -> MetricExportResult:
+        self._account.exports += 1
+        try:
+            result = self._inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
+        except Exception:
+            self._account.failed += 1
+            raise
+        if result is not MetricExportResult.SUCCESS:
+            self._account.failed += 1
+        return result
+
+    def force_flush(self, timeout_millis: float = 10_000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+    def shutdown(self, timeout_millis: float = 30_000, **kwargs: Any) -> None:
+        self._inner.shutdown(timeout_millis=timeout_millis, **kwargs)
+
+
+def _otlp_metric_exporter(endpoint: str | None) -> MetricExporter:
+    try:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    except ImportError as exc:
+        raise ConfigError("exporter", _OTLP_MISSING) from exc
+    # As for spans, the exporter reads the rest of OTEL_EXPORTER_OTLP_(METRICS_)* itself.
+    return OTLPMetricExporter(endpoint=_otlp_endpoint(endpoint, "/v1/metrics"))
+
+
+def meter_provider_for(
+    exporter: str,
+    out: str | None = None,
+    *,
+    stream: IO[str] | None = None,
+    resource: Resource | None = None,
+) -> SdkMeterProvider:
+    """A meter provider that exports a run's metrics periodically and at shutdown.
+
+    ``exporter`` is ``"console"`` (metrics as JSON to ``stream``, default stdout) or ``"otlp"``
+    (OTLP/HTTP protobuf to ``out`` if given, an http(s) URL, else to
+    ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/metrics``,
+    else ``http://localhost:4318/v1/metrics``; headers, timeout, compression, certificates
+    and the temporality preference come from the standard ``OTEL_EXPORTER_OTLP_*`` variables;
+    it needs ``pip install 'maker[otlp]'``). Metrics are exported every
+    ``OTEL_METRIC_EXPORT_INTERVAL`` ms (60,000 by default) and once more, all of them, when the
+    provider shuts down: shut it down when the run is over, also after a failure or an
+    interruption. :func:`metric_losses` tells, after that, how many exports failed. The resource
+    is as for spans (``service.name`` ``maker`` unless ``OTEL_SERVICE_NAME`` or
+    ``OTEL_RESOURCE_ATTRIBUTES`` name one).
+    """
+    inner: MetricExporter
+    if exporter == "otlp":
+        inner = _otlp_metric_exporter(out)
+    elif exporter == "console" and out is None:
+        inner = ConsoleMetricExporter(out=stream if stream is not None else sys.stdout)
+    else:
+        raise ConfigError("exporter", f"unknown metrics exporter {exporter!r}; use console or otlp")
+    account = _MetricAccount()
+    reader = PeriodicExportingMetricReader(_CountingMetricExporter(inner, account))
+    provider = SdkMeterProvider(
+        metric_readers=[reader],
+        resource=resource if resource is not None else _resource(),
+        # Shut down by whoever runs the run (the CLI does, also on Ctrl-C), not at exit, when
+        # the exporter's session may already be gone.
+        shutdown_on_exit=False,
+    )
+    _METRIC_ACCOUNTS[provider] = account
+    return provider
+
+
+@dataclass(frozen=True)
+class MetricLosses:
+    """What a meter provider built by :func:`meter_provider_for` did with its exports."""
+
+    exports: int
+    failed: int
+
+
+def metric_losses(provider: MeterProvider) -> MetricLosses | None:
+    """Exports attempted and failed by a provider built here (None for others); exact after
+    ``shutdown()``."""
+    if not isinstance(provider, SdkMeterProvider):
+        return None
+    account = _METRIC_ACCOUNTS.get(provider)
+    if account is None:
+        return None
+    return MetricLosses(account.exports, account.failed)
+
+
+def metrics_from_env(
+    environ: Mapping[str, str] | None = None, *, default: str | None = None
+) -> SdkMeterProvider | None:
+    """A meter provider from the standard ``OTEL_*`` variables, or None when they ask for none.
+
+    Honoured: ``OTEL_SDK_DISABLED=true`` (none); ``OTEL_METRICS_EXPORTER`` = ``otlp`` (or
+    ``otlp_proto_http``), ``console`` (on stderr) or ``none`` (only the first of a list); when
+    it is unset, ``default`` if given (``maker run --otel otlp`` or ``console`` passes its own
+    exporter), else ``otlp`` if ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else none; the protocol variables must say
+    ``http/protobuf``. See :func:`meter_provider_for` for what the exporter and reader read.
     """
     env = os.environ if environ is None else environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return None
-    named = env.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    if named:
-        first = named.split(",")[0].strip()
-        if first == "none":
-            return None
-        if first not in _ENV_EXPORTERS:
-            raise ConfigError(
-                "OTEL_TRACES_EXPORTER", f"{first!r} is not supported; use otlp, console or none"
-            )
-        kind = _ENV_EXPORTERS[first]
-    elif env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        kind = "otlp"
+    if default is not None and not env.get("OTEL_METRICS_EXPORTER", "").strip():
+        kind: str | None = default
+        if kind == "otlp":
+            _check_protocol(env, "METRICS")
     else:
+        kind = _env_exporter(env, "METRICS")
+    if kind is None:
         return None
-    if kind == "otlp":
-        for name in ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-            protocol = env.get(name, "").strip()
-            if protocol:
-                if protocol != "http/protobuf":
-                    raise ConfigError(
-                        name, f"{protocol!r} is not supported; maker exports http/protobuf"
-                    )
-                break
-    return tracer_provider_for(kind, stream=sys.stderr if kind == "console" else None)
+    return meter_provider_for(kind, stream=sys.stderr if kind == "console" else None)

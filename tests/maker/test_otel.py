@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import base64
-import gzip
 import json
 import re
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.to_thread
 import pytest
-from aiohttp import web
 from click.testing import CliRunner
 from google.protobuf import json_format  # type: ignore[import-untyped]
 from opentelemetry import trace
@@ -25,7 +22,6 @@ from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
-    ExportTraceServiceResponse,
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
 from opentelemetry.sdk.metrics import MeterProvider
@@ -79,6 +75,7 @@ from maker.otel._otel import (
 )
 from maker.tasks import Hanoi
 
+from ..otel._receiver import otlp_receiver
 from ._fakes import Count, Reply, ScriptedClient, correct, read_events
 
 pytestmark = pytest.mark.anyio
@@ -493,49 +490,6 @@ async def test_a_cancelled_then_resumed_run_is_one_trace_with_a_linked_second_ro
 
 
 # -- exporters -----------------------------------------------------------------------------------
-
-
-@dataclass
-class Receiver:
-    url: str
-    status: int = 200
-    requests: int = 0
-    spans: list[PbSpan] = field(default_factory=list)
-
-
-@asynccontextmanager
-async def otlp_receiver(status: int = 200) -> AsyncIterator[Receiver]:
-    """An OTLP/HTTP endpoint on 127.0.0.1 that decodes protobuf bodies and keeps the spans."""
-    got = Receiver(url="", status=status)
-
-    async def traces(request: web.Request) -> web.Response:
-        body = await request.read()
-        if request.headers.get("Content-Encoding") == "gzip":
-            body = gzip.decompress(body)
-        message = ExportTraceServiceRequest.FromString(body)
-        got.requests += 1
-        if got.status == 200:
-            for resource in message.resource_spans:
-                for scope in resource.scope_spans:
-                    got.spans.extend(scope.spans)
-        return web.Response(
-            status=got.status,
-            body=ExportTraceServiceResponse().SerializeToString(),
-            content_type="application/x-protobuf",
-        )
-
-    app = web.Application()
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    got.url = f"http://{host}:{port}"
-    try:
-        yield got
-    finally:
-        await runner.cleanup()
 
 
 async def test_spans_sent_over_otlp_http_all_arrive(

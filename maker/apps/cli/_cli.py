@@ -182,7 +182,8 @@ _live_run_options = stacked(
 @click.option(
     "--otel",
     metavar="EXPORTER",
-    help="Trace the run live: console, otlp or json:FILE (default: the OTEL_* variables).",
+    help="Trace the run live and export its metrics: console, otlp or json:FILE (spans only)"
+    " (default: the OTEL_* variables).",
 )
 @_live_run_options
 def run(

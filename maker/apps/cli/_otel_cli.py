@@ -13,6 +13,8 @@ from pathlib import Path
 
 import anyio
 import click
+from opentelemetry import trace
+from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 
 from ...core._errors import ConfigError
@@ -20,6 +22,8 @@ from ...otel._otel import (
     TraceSink,
     _export_log,
     configure_from_env,
+    metric_losses,
+    metrics_from_env,
     provider_losses,
     trace_id_for,
     tracer_provider_for,
@@ -29,18 +33,30 @@ from .._options import log_run_arguments
 OTEL_SPECS = "console, otlp or json:FILE"
 
 
-def _closer(sink: TraceSink, provider: TracerProvider) -> Callable[[], None]:
+def _closer(
+    sink: TraceSink, provider: TracerProvider | None, meters: MeterProvider | None
+) -> Callable[[], None]:
     def close() -> None:
         sink.close()
-        provider.shutdown()  # flushes the batch queue, then stops the exporter
-        losses = provider_losses(provider)
-        if losses is not None and losses.lost:
-            # The run's own outcome stands; say what the trace is missing, in one line.
-            click.echo(
-                f"maker: warning: otel: {losses.lost} of {losses.ended} spans were not exported"
-                f" ({losses.failed} rejected by the exporter)",
-                err=True,
-            )
+        if provider is not None:
+            provider.shutdown()  # flushes the batch queue, then stops the exporter
+            losses = provider_losses(provider)
+            if losses is not None and losses.lost:
+                # The run's own outcome stands; say what the trace is missing, in one line.
+                click.echo(
+                    f"maker: warning: otel: {losses.lost} of {losses.ended} spans were not"
+                    f" exported ({losses.failed} rejected by the exporter)",
+                    err=True,
+                )
+        if meters is not None:
+            meters.shutdown()  # collects every metric once more and exports it
+            failed = metric_losses(meters)
+            if failed is not None and failed.failed:
+                click.echo(
+                    f"maker: warning: otel: {failed.failed} of {failed.exports} metric exports"
+                    " failed",
+                    err=True,
+                )
 
     return close
 
@@ -57,40 +73,63 @@ def otel_sink_for(
     ``otlp`` (OTLP/HTTP to the endpoint in ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
     ``OTEL_EXPORTER_OTLP_ENDPOINT``, default ``http://localhost:4318``) or ``json:FILE`` (OTLP
     JSON lines). Call the returned function once the run is over, also after a failure or an
-    interruption: it ends spans left open, flushes and shuts the exporter down, and prints a
-    one-line warning on stderr if spans were lost. Raises :class:`maker.ConfigError` for a bad
-    spec or a missing OTLP package.
+    interruption: it ends spans left open, flushes and shuts the exporters down, and prints a
+    one-line warning on stderr if spans or metrics were lost. Raises :class:`maker.ConfigError`
+    for a bad spec or a missing OTLP package.
+
+    Metrics go where ``OTEL_METRICS_EXPORTER`` says (otlp, console or none); when it is unset,
+    ``console`` and ``otlp`` send them the way the spans go (OTLP to
+    ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/metrics``),
+    and ``json:FILE``, which has no metrics format, leaves them to the endpoint variables as a
+    run without ``--otel`` does (:func:`maker.otel._otel.metrics_from_env`).
 
     The json FILE is renamed into place, whole and 0600, by that call (a process killed before
     leaves none); it may be none of ``logs`` (the run's log) nor any other maker log, which
     raises :class:`events.OutputIsLogError` before the run starts.
     """
     kind, sep, target = spec.partition(":")
-    if kind == "console" and not sep:
-        provider = tracer_provider_for("console", stream=sys.stderr)
-    elif kind == "otlp" and not sep:
-        provider = tracer_provider_for("otlp")
-    elif kind == "json" and sep and target:
-        provider = tracer_provider_for("json", target, logs=logs)
-    elif kind == "json":
-        raise ConfigError("otel", "json needs a file: --otel json:FILE")
-    else:
+    if kind not in ("console", "otlp", "json") or (sep and kind != "json"):
         raise ConfigError("otel", f"unknown exporter {spec!r}; use {OTEL_SPECS}")
-    sink = TraceSink(provider, capture_content=capture_content)
-    return sink, _closer(sink, provider)
+    if kind == "json" and not (sep and target):
+        raise ConfigError("otel", "json needs a file: --otel json:FILE")
+    # Metrics first: a bad metrics setting then fails before a json FILE is begun.
+    meters = metrics_from_env(default=None if kind == "json" else kind)
+    try:
+        if kind == "console":
+            provider = tracer_provider_for("console", stream=sys.stderr)
+        elif kind == "otlp":
+            provider = tracer_provider_for("otlp")
+        else:
+            provider = tracer_provider_for("json", target, logs=logs)
+    except BaseException:
+        if meters is not None:
+            meters.shutdown()
+        raise
+    sink = TraceSink(provider, meters, capture_content=capture_content)
+    return sink, _closer(sink, provider, meters)
 
 
 def otel_sink_from_env() -> tuple[TraceSink, Callable[[], None]] | None:
     """The live trace sink the standard ``OTEL_*`` variables ask for, or None.
 
-    For ``maker run`` without ``--otel``; see :func:`maker.otel._otel.configure_from_env` for the
-    variables honoured.
+    For ``maker run`` without ``--otel`` and the other commands that call models; see
+    :func:`maker.otel._otel.configure_from_env` (spans) and
+    :func:`maker.otel._otel.metrics_from_env` (metrics) for the variables honoured. Either
+    signal may be asked for alone.
     """
-    provider = configure_from_env()
-    if provider is None:
+    meters = metrics_from_env()
+    try:
+        provider = configure_from_env()
+    except BaseException:
+        if meters is not None:
+            meters.shutdown()
+        raise
+    if provider is None and meters is None:
         return None
-    sink = TraceSink(provider)
-    return sink, _closer(sink, provider)
+    # Metrics alone: the spans are built against no-op tracers, which record nothing.
+    tracers = provider if provider is not None else trace.NoOpTracerProvider()
+    sink = TraceSink(tracers, meters)
+    return sink, _closer(sink, provider, meters)
 
 
 @click.command("export-otel")

@@ -186,6 +186,10 @@ def calibrate_command(
     price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
     policy = Policy(temperature=temperature)
+    from ._otel_cli import otel_sink_from_env
+
+    # The standard OTEL_* variables trace the calibration runs and export their metrics.
+    traced = otel_sink_from_env()
 
     async def go() -> CalibrationReport:
         try:
@@ -199,12 +203,17 @@ def calibrate_command(
                 scheduler=scheduler,
                 prices=price_table,
                 in_flight=concurrency,
+                sinks=[traced[0]] if traced else (),
             )
         finally:
             for client in clients:
                 await close_client(client)
 
-    report = anyio.run(go)
+    try:
+        report = anyio.run(go)
+    finally:
+        if traced:
+            traced[1]()  # ends open spans, flushes spans and metrics, also on Ctrl-C
     if as_json:
         out = report.to_json()
         out["log"] = str(log)
