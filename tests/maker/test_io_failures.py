@@ -213,7 +213,9 @@ def test_two_resumes_of_one_run_at_once_let_one_write(tmp_path: Path) -> None:
     original = subprocess.Popen(
         # One step at a time: the run's length is what the test counts on (a pipelined run,
         # the default where the model waits, takes half as long).
-        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "25", "--pipeline", "0",
+        # 50 ms a call: the resume takes about 6 s, which a second maker process starting on a
+        # loaded machine (a second or two) still overlaps.
+        [*MAKER, "run", "hanoi", "--disks", "7", "--latency-ms", "50", "--pipeline", "0",
          "--hedge", "0", "--log", "x.db"],
         cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
