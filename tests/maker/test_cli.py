@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -534,3 +535,54 @@ def test_show_of_a_run_that_neither_speculated_nor_hedged_prints_no_such_rows(
     assert (shown["steps"], shown["samples"]) == (6, 18)
     assert shown["misspeculated_samples"] == shown["misspeculated_steps"] == 0
     assert shown["hedged_samples"] == 0
+
+
+@pytest.mark.parametrize(
+    ("words", "cword", "want"),
+    [
+        ("maker re", 1, {"replay", "report", "resume"}),
+        ("maker run hanoi --di", 3, {"--disks", "--digits"}),
+        ("maker export-otel x.db --exporter ", 4, {"console", "otlp", "json"}),
+        ("maker replay x.db --v", 3, {"--verify"}),
+    ],
+)
+def test_shell_completion_offers_commands_options_and_choices(
+    words: str, cword: int, want: set[str]
+) -> None:
+    # As the README's startup lines ask for it: click's completion protocol, in a real process.
+    done = subprocess.run(
+        [sys.executable, "-m", "maker"],
+        env={
+            **os.environ,
+            "_MAKER_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(cword),
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    offered = {line.split(",", 1)[1] for line in done.stdout.splitlines() if "," in line}
+    assert want <= offered, offered
+    if not words.endswith(" "):
+        assert all(word.startswith(words.split()[-1]) for word in offered), offered
+
+
+@pytest.mark.parametrize(
+    ("shell", "marker"),
+    [("bash", "complete -o"), ("zsh", "compdef"), ("fish", "complete --no-files")],
+)
+def test_the_completion_scripts_of_the_readme_are_printed(shell: str, marker: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "maker"],
+        env={**os.environ, "_MAKER_COMPLETE": f"{shell}_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert marker in done.stdout
+    assert "_MAKER_COMPLETE" in done.stdout
