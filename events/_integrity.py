@@ -42,7 +42,7 @@ from ._errors import (
 )
 from ._formats import StoredRow, chain_hash, sealed_heads, stored_rows, stored_runs
 from ._log import open_for_reading
-from ._store import is_database_url, redact_url
+from ._targets import is_database_url, redact_url
 from ._types import AnyEvent, StepEvent, event_tag
 
 if TYPE_CHECKING:

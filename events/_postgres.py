@@ -63,7 +63,7 @@ from ._errors import (
 )
 from ._formats import V2Reader, V2Writer
 from ._log import LogStatistics, RunInfo
-from ._store import redact_url
+from ._targets import redact_url
 from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from ._compact import TYPE_BY_CODE, Decoder
 from ._errors import CorruptEventError, EventLogError
 from ._formats import StoredRow, V2Reader, v2_covered
 from ._postgres import _FETCH, connect, database_errors, identify
-from ._store import redact_url
+from ._targets import redact_url
 from ._types import AnyEvent
 
 __all__ = ["PostgresRows"]

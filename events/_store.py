@@ -17,17 +17,14 @@ import os
 from collections.abc import AsyncGenerator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
-from urllib.parse import urlsplit, urlunsplit
 
+from ._targets import DATABASE_SCHEMES, is_database_url, redact_url
 from ._types import AnyEvent, Event
 
 if TYPE_CHECKING:
     from ._log import LogStatistics, RunInfo, WriterKind
 
 __all__ = ["DATABASE_SCHEMES", "Store", "is_database_url", "open_log", "redact_url"]
-
-DATABASE_SCHEMES = ("postgresql://", "postgres://")
-"""How a target that names a PostgreSQL database begins."""
 
 
 @runtime_checkable
@@ -81,22 +78,6 @@ class Store(Protocol):
     async def runs(self) -> list[RunInfo]: ...
 
     async def run(self, run_id: str | None = None) -> RunInfo: ...
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password, for messages (a path is returned as it is)."""
-    if not is_database_url(url):
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
-
-
-def is_database_url(target: object) -> bool:
-    """Whether ``target`` names a PostgreSQL database rather than a SQLite file."""
-    return isinstance(target, str) and target.lower().startswith(DATABASE_SCHEMES)
 
 
 def open_log(
