@@ -1,5 +1,5 @@
-"""Typed events of maker runs, the append-only SQLite log that holds them, and the check of a
-log's integrity.
+"""Typed events of maker runs, the append-only log that holds them (a SQLite file, or a
+PostgreSQL database), and the check of a log's integrity.
 
 This package is the bottom layer: it imports nothing from :mod:`maker` or :mod:`replay`.
 """
@@ -26,7 +26,9 @@ from ._errors import (
 from ._integrity import CheckedRun, LogReport, RunIntegrity, check_run, verify_log
 from ._log import APPLICATION_ID, EventLog, LogStatistics, RunInfo, WriterKind, chain_hash
 from ._outputs import OUTPUT_MODE, OutputIsLogError, open_output
+from ._postgres import PostgresLog, StoreUnavailableError
 from ._reading import OpenRun, open_run
+from ._store import Store, is_database_url, open_log
 from ._types import (
     EVENT_TYPES,
     OBSERVATIONAL_TYPES,
@@ -80,6 +82,7 @@ __all__ = [
     "NotALogError",
     "OpenRun",
     "OutputIsLogError",
+    "PostgresLog",
     "ReadOnlyLogError",
     "RedFlagged",
     "RunBusyError",
@@ -103,6 +106,8 @@ __all__ = [
     "StepDecided",
     "StepEvent",
     "StepStarted",
+    "Store",
+    "StoreUnavailableError",
     "UnencodableEventError",
     "UnknownRunError",
     "VoteCounted",
@@ -113,6 +118,8 @@ __all__ = [
     "decode",
     "encode",
     "event_tag",
+    "is_database_url",
+    "open_log",
     "open_output",
     "open_run",
     "to_dict",

@@ -29,7 +29,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 import msgspec
 
@@ -42,7 +42,11 @@ from ._errors import (
 )
 from ._formats import StoredRow, chain_hash, sealed_heads, stored_rows, stored_runs
 from ._log import open_for_reading
+from ._targets import is_database_url, redact_url
 from ._types import AnyEvent, StepEvent, event_tag
+
+if TYPE_CHECKING:
+    from ._postgres_check import PostgresRows
 
 __all__ = ["BrokenLogError", "CheckedRun", "LogReport", "RunIntegrity", "check_run", "verify_log"]
 
@@ -139,6 +143,8 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
     ['demo: BROKEN at seq 1: ends at seq 0 but its head says 1 (truncated)']
     """
     name = os.fspath(path)
+    if is_database_url(name):
+        return _verify_database(name)
     try:
         conn, version = open_for_reading(name)
     except DamagedLogError as exc:
@@ -167,6 +173,25 @@ def verify_log(path: str | os.PathLike[str]) -> LogReport:
     finally:
         conn.close()
     return LogReport(path=name, runs=tuple(runs), problem=problem)
+
+
+def _verify_database(url: str) -> LogReport:
+    """:func:`verify_log` of a PostgreSQL log: the same checks of the same rows, in one
+    snapshot. The database checks its own pages, so there is no file to check beside the runs."""
+    from ._postgres_check import PostgresRows
+
+    rows = PostgresRows(url)
+    runs: list[RunIntegrity] = []
+    try:
+        heads = rows.sealed_heads()
+        for run_id, group in rows.stored_runs():
+            checker = _RunChecker(run_id, heads.pop(run_id, None))
+            checker.feed(group)
+            runs.append(checker.result())
+        runs.extend(_headless_run(run_id, head) for run_id, head in sorted(heads.items()))
+    finally:
+        rows.close()
+    return LogReport(path=rows.shown, runs=tuple(runs))
 
 
 def check_run(path: str | os.PathLike[str], run_id: str) -> RunIntegrity:
@@ -205,12 +230,21 @@ class CheckedRun:
         self._last_seq = last_seq
         self._checker = _RunChecker(run_id, None)
         self._conn: sqlite3.Connection | None = None
+        self._database: PostgresRows | None = None
         self._rows: Iterator[StoredRow] = iter(())
         self._result: RunIntegrity | None = None
         self._error: EventLogError | None = None
         self._envelope_in_columns = False
 
     def __enter__(self) -> Self:
+        if is_database_url(self.path):
+            from ._postgres_check import PostgresRows
+
+            self._database = PostgresRows(self.path)
+            self._checker.head = self._database.sealed_heads(self.run_id).get(self.run_id)
+            self._envelope_in_columns = True
+            self._rows = self._database.stored_rows(self.run_id)
+            return self
         try:
             conn, version = open_for_reading(self.path)
         except DamagedLogError as exc:
@@ -293,13 +327,16 @@ class CheckedRun:
             self._error = UnknownRunError(self.run_id)
         elif not result.ok:
             self._error = BrokenLogError(
-                self.path, self.run_id, result.first_bad_seq, result.problem
+                redact_url(self.path), self.run_id, result.first_bad_seq, result.problem
             )
         else:
             self._result = result
 
     def _close(self) -> None:
         self._rows = iter(())
+        if self._database is not None:
+            database, self._database = self._database, None
+            database.close()
         if self._conn is not None:
             conn, self._conn = self._conn, None
             conn.close()

@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import anyio
 
 from ._integrity import check_run
-from ._log import EventLog, RunInfo
+from ._log import RunInfo
+from ._store import Store, open_log
 from ._types import AnyEvent
 
 __all__ = ["OpenRun", "open_run"]
@@ -37,8 +38,8 @@ __all__ = ["OpenRun", "open_run"]
 class OpenRun:
     """One run of a log open for reading (see :func:`open_run`)."""
 
-    log: EventLog
-    """The log, open read-only."""
+    log: Store
+    """The log, open read-only (an :class:`EventLog`, or a :class:`PostgresLog`)."""
     info: RunInfo
     """The run: its id, how it started and finished, its last seq."""
     events: AsyncGenerator[AnyEvent, None]
@@ -50,15 +51,16 @@ class OpenRun:
 async def open_run(
     path: str | os.PathLike[str], run_id: str | None = None, *, check: bool = False
 ) -> AsyncIterator[OpenRun]:
-    """Open the log at ``path`` read-only, pick the run ``run_id`` names (the only run when it
-    is None; a unique prefix will do), and hand over its events to read as they come.
+    """Open the log at ``path`` (a file, or a ``postgresql://`` URL) read-only, pick the run
+    ``run_id`` names (the only run when it is None; a unique prefix will do), and hand over its
+    events to read as they come.
 
     ``check`` refuses a run that fails its integrity check, before a single event is read:
     :func:`check_run` runs first, on a worker thread, and raises :class:`BrokenLogError`.
     Raises :class:`UnknownRunError` (or its subclasses) when no run, or no single run, is
     named, and what opening an :class:`EventLog` raises.
     """
-    async with EventLog(path, mode="r") as log:
+    async with open_log(path, mode="r") as log:
         info = await log.run(run_id)
         if check:
             await anyio.to_thread.run_sync(check_run, log.path, info.run_id)

@@ -16,3 +16,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# A real PostgreSQL server for the store's tests (session-scoped, started on first use).
+from tests._postgres import postgres_server, postgres_url  # noqa: E402, F401

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import click
 
+from events import is_database_url
+
 from ..core._errors import ConfigError
 from ..core._policy import Hedge, Policy
 from ..core._task import Task
@@ -206,12 +208,25 @@ overlaps steps and hedges stragglers; left out, on where calls wait (see
 # -- servers and logs --------------------------------------------------------------------------
 
 
+class LogTarget(click.Path):
+    """A log: a file's path (a :class:`~pathlib.Path`, checked as ``click.Path`` checks it), or
+    a ``postgresql://`` URL, handed on as the string it is (a path would fold its ``//``)."""
+
+    name = "log"
+
+    def __init__(self) -> None:
+        super().__init__(dir_okay=False, path_type=Path)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if is_database_url(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
 def log_option(help: str) -> Callable[[F], F]:
-    """``--log FILE``, required: the event log a command appends its runs to; ``help`` says
-    which runs."""
-    return click.option(
-        "--log", type=click.Path(dir_okay=False, path_type=Path), required=True, help=help
-    )
+    """``--log FILE``, required: the event log a command appends its runs to (a SQLite file or
+    a ``postgresql://`` URL); ``help`` says which runs."""
+    return click.option("--log", type=LogTarget(), required=True, help=help)
 
 
 def listen_options(port: int) -> Callable[[F], F]:
@@ -232,10 +247,11 @@ def listen_options(port: int) -> Callable[[F], F]:
 
 
 log_run_arguments = stacked(
-    click.argument("file", type=click.Path(dir_okay=False, path_type=Path)),
+    click.argument("file", type=LogTarget()),
     click.option("--run", "run_id", help="Run id, or a unique prefix; optional for one-run logs."),
 )
-"""``FILE`` and ``--run ID``: the event log a command reads, and which of its runs."""
+"""``FILE`` and ``--run ID``: the event log a command reads (a file or a ``postgresql://`` URL),
+and which of its runs."""
 
 
 # -- tasks -----------------------------------------------------------------------------------

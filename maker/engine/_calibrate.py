@@ -34,7 +34,7 @@ import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 
@@ -50,8 +50,10 @@ from events import (
     SampleReceived,
     SampleRequested,
     StepStarted,
+    Store,
     VoteCounted,
     canonical_json,
+    open_log,
 )
 
 from ..clients._sim import offer_simulator
@@ -453,14 +455,15 @@ class _CalibrationRun(_Run[Any, Any]):
     samples are outstanding across states, and each valid answer is counted, never decided.
     """
 
-    def __init__(self, calibration: _Calibration, client: Client, log: EventLog, run_id: str):
+    def __init__(self, calibration: _Calibration, client: Client, log: Store, run_id: str):
         self.fold = _Fold(lambda step, _data: calibration.expected[step])
         super().__init__(
             task=calibration.task,
             policy=calibration.policy,
             seed=calibration.seed,
             run_id=run_id,
-            log=log,
+            # _Run is typed with the SQLite log's class; it uses only what a Store offers.
+            log=cast(EventLog, log),
             client=client,
             scheduler=calibration.scheduler,
             prices=calibration.prices,
@@ -554,7 +557,7 @@ async def calibrate(
     *,
     samples: int,
     seed: int,
-    log: EventLog | str | os.PathLike[str],
+    log: Store | str | os.PathLike[str],
     policy: Policy | None = None,
     scheduler: Scheduler | None = None,
     prices: PriceTable | None = None,
@@ -569,7 +572,7 @@ async def calibrate(
     ``scheduler``, so its limits, timeouts and breaker apply; retryable failures are retried
     with the engine's backoff up to ``policy.max_attempts``, and a sample that fails for good
     ends that model's calibration as failed (the others go on). Each model is one run in
-    ``log`` (an open :class:`events.EventLog` or a path); the models run concurrently, each
+    ``log`` (an open store, or a path or ``postgresql://`` URL); the models run concurrently, each
     with at most ``in_flight`` samples outstanding.
 
     >>> import anyio, os, tempfile
@@ -627,7 +630,7 @@ async def calibrate(
     )
     results: list[ModelCalibration | None] = [None] * len(clients)
 
-    async def run_all(event_log: EventLog) -> None:
+    async def run_all(event_log: Store) -> None:
         async def one(index: int, client: Client) -> None:
             run = _CalibrationRun(calibration, client, event_log, uuid.uuid4().hex)
             results[index] = await run.measure()
@@ -640,7 +643,7 @@ async def calibrate(
             # Each model's run recorded its own end; the first error is raised as itself.
             raise _unwrapped(group, None) from None
 
-    if isinstance(log, EventLog):
+    if not isinstance(log, str | os.PathLike):
         try:
             await run_all(log)
         finally:
@@ -648,7 +651,7 @@ async def calibrate(
                 await log.flush()
     else:
         # Leaving the log flushes it; its task group must be exited directly, not in a scope.
-        async with EventLog(log) as owned:
+        async with open_log(log) as owned:
             await run_all(owned)
     done = [r for r in results if r is not None]
     assert len(done) == len(clients)

@@ -12,13 +12,13 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Self, TypeVar, cast
 
 import anyio
 import msgspec
 from anyio.abc import TaskGroup
 
-from events import EventLog, WriterKind
+from events import EventLog, Store, WriterKind, open_log
 
 from ..clients._sim import offer_simulator
 from ..core._client import Client
@@ -50,9 +50,11 @@ class Engine:
     >>> anyio.run(main, os.path.join(tempfile.mkdtemp(), "log.db"))
     'succeeded in 7 steps'
 
-    ``log`` is an open :class:`events.EventLog` (the caller owns it) or a path (the engine opens
-    and closes it, with its writer on a thread, or in a process of its own with
-    ``log_writer="process"``: the choice for runs at full speed, see :class:`events.EventLog`).
+    ``log`` is an open store (an :class:`events.EventLog` or :class:`events.PostgresLog`: the
+    caller owns it) or a target the engine opens and closes: a path (a SQLite file, with its
+    writer on a thread, or in a process of its own with ``log_writer="process"``: the choice for
+    runs at full speed, see :class:`events.EventLog`) or a ``postgresql://`` URL (see
+    :func:`events.open_log`).
     ``client`` defaults to the simulated model with the paper's statistics.
     ``clock`` stamps events' ``ts``; it never influences a decision. ``scheduler`` holds the
     per-model limits (concurrency, RPM, TPM, timeouts, breaker); share one between engines to
@@ -62,7 +64,7 @@ class Engine:
     def __init__(
         self,
         *,
-        log: EventLog | str | os.PathLike[str],
+        log: Store | str | os.PathLike[str],
         client: Client | None = None,
         clock: Callable[[], float] = time.time,
         sinks: Sequence[EventSink] = (),
@@ -70,13 +72,13 @@ class Engine:
         prices: PriceTable | None = None,
         log_writer: WriterKind | None = None,
     ) -> None:
-        if isinstance(log, EventLog):
+        if not isinstance(log, str | os.PathLike):
             if log_writer is not None:
                 raise ConfigError("log_writer", "applies to a log path; an open log has its writer")
-            self._log = log
+            self._log: Store = log
             self._owns_log = False
         else:
-            self._log = EventLog(log) if log_writer is None else EventLog(log, writer=log_writer)
+            self._log = open_log(log, writer=log_writer)
             self._owns_log = True
         if client is None:
             from ..clients._sim import SimulatedModel
@@ -94,7 +96,7 @@ class Engine:
         self._handles: dict[str, RunHandle] = {}
 
     @property
-    def log(self) -> EventLog:
+    def log(self) -> Store:
         """The event log this engine appends to."""
         return self._log
 
@@ -381,7 +383,8 @@ class Engine:
             policy=policy,
             seed=seed,
             run_id=run_id,
-            log=self._log,
+            # _Run is typed with the SQLite log's class; it uses only what a Store offers.
+            log=cast(EventLog, self._log),
             client=client,
             scheduler=self.scheduler,
             prices=self.prices,

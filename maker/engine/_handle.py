@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
-from events import AnyEvent, Event, EventLog
+from events import AnyEvent, Event, Store
 
 from ..core._errors import MakerError
 
@@ -62,7 +62,7 @@ class RunHandle:
     >>> #     result = await handle.result()
     """
 
-    def __init__(self, run_id: str, log: EventLog, buffer: int = BUFFER) -> None:
+    def __init__(self, run_id: str, log: Store, buffer: int = BUFFER) -> None:
         self.run_id = run_id
         self._log = log
         self._buffer = buffer

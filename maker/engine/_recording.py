@@ -18,7 +18,6 @@ from events import (
     OBSERVATIONAL_TYPES,
     AnyEvent,
     Event,
-    EventLog,
     RunFinished,
     RunInfo,
     RunResumed,
@@ -28,6 +27,7 @@ from events import (
     SampleHedged,
     SampleReceived,
     StepStarted,
+    Store,
 )
 
 from ..core._client import Completion
@@ -259,7 +259,7 @@ class Recording:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, log: EventLog, run_id: str | None = None) -> AsyncIterator[Recording]:
+    async def open(cls, log: Store, run_id: str | None = None) -> AsyncIterator[Recording]:
         """The recording of one run of ``log`` (the only run when ``run_id`` is None), read
         from the log as the re-execution needs it; the read ends when the context does.
 

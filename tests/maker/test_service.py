@@ -22,7 +22,7 @@ import msgspec
 import pytest
 from aiohttp import web
 
-from events import EventLog, RunFinished, RunStarted, decode, encode, event_tag
+from events import EventLog, RunFinished, RunStarted, Store, decode, encode, event_tag
 from maker import PRESETS, Completion, Engine, Hedge, SampleRequest, SimulatedModel
 from maker.apps.service._service import create_service, serve
 from maker.tasks import Hanoi
@@ -126,7 +126,7 @@ async def start(http: aiohttp.ClientSession, **body: Any) -> str:
     return str(run_id)
 
 
-async def logged(log: EventLog, run_id: str) -> list[bytes]:
+async def logged(log: Store, run_id: str) -> list[bytes]:
     if log.mode == "w":
         await log.flush()
     return [encode(event) async for event in log.read(run_id)]

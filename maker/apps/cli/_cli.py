@@ -119,7 +119,7 @@ _live_run_options = stacked(
 
 @app.command()
 @task_argument
-@log_option("SQLite event log to append the run to.")
+@log_option("Event log to append the run to: a SQLite file, or a postgresql:// URL.")
 @task_options
 @model_option("sim, openai:NAME, anthropic:NAME or ollama:NAME.")
 @base_url_option

@@ -31,6 +31,7 @@ from events import (
     SampleReceived,
     StateChanged,
     StepDecided,
+    Store,
     UnknownRunError,
     VoteCounted,
 )
@@ -547,7 +548,7 @@ class McpTools:
         return self._engine
 
     @property
-    def log(self) -> EventLog:
+    def log(self) -> Store:
         return self.engine.log
 
     def client(self, model: str | None) -> Client:

@@ -54,7 +54,7 @@ import anyio.lowlevel
 import click
 import msgspec
 
-from events import AnyEvent, EventLog, RunFinished, RunInfo, UnknownRunError, encode, event_tag
+from events import AnyEvent, RunFinished, RunInfo, Store, UnknownRunError, encode, event_tag
 
 from ...clients import close_client
 from ...clients._sim import SimulatedModel, sim_config
@@ -270,7 +270,7 @@ class _Service:
         self.watchers: set[asyncio.Task[None]] = set()
 
     @property
-    def log(self) -> EventLog:
+    def log(self) -> Store:
         return self.engine.log
 
     # -- starting runs ---------------------------------------------------------------------
