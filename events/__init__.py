@@ -29,6 +29,7 @@ from ._outputs import OUTPUT_MODE, OutputIsLogError, open_output
 from ._postgres import PostgresLog, StoreUnavailableError
 from ._reading import OpenRun, open_run
 from ._store import Store, is_database_url, open_log
+from ._targets import redact_url
 from ._types import (
     EVENT_TYPES,
     OBSERVATIONAL_TYPES,
@@ -122,6 +123,7 @@ __all__ = [
     "open_log",
     "open_output",
     "open_run",
+    "redact_url",
     "to_dict",
     "verify_log",
 ]

@@ -75,6 +75,23 @@ def test_wrong_credentials_are_one_line_and_not_shown(
     assert sql(postgres_url, "SELECT to_regclass('events') IS NULL") == [(True,)]
 
 
+def test_a_password_in_the_url_never_reaches_the_output(
+    tmp_path: Path, postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    sql(postgres_url, f"GRANT ALL ON SCHEMA public TO {PASSWORD_ROLE}")
+    url = as_user(postgres_url, PASSWORD_ROLE, PASSWORD)
+    for args in (
+        ("run", "hanoi", "--disks", "2", "--log", url),
+        ("run", "hanoi", "--disks", "2", "--log", url, "--json"),
+        ("show", url, "--run", "x"),  # a failure names the log too
+    ):
+        done = maker(tmp_path, *args)
+        assert PASSWORD not in done.stdout + done.stderr, args
+        if args[0] == "run":
+            assert done.returncode == 0, done.stderr
+            assert ":***@" in done.stdout, done.stdout
+
+
 def test_a_database_without_the_schema(tmp_path: Path, postgres_url: str) -> None:
     """Reading it says so (and makes nothing); the first run makes the schema."""
     for command in ("show", "export", "verify"):

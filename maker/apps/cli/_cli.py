@@ -36,6 +36,7 @@ from events import (
     encode,
     open_output,
     open_run,
+    redact_url,
 )
 
 from ...clients import close_client
@@ -296,7 +297,7 @@ def run(
     if as_json:
         out = result.to_json()
         out.update(task=the_task.name, task_params=the_task.params(), model=client.model)
-        out["log"] = str(log)
+        out["log"] = redact_url(str(log))
         if target is not None and budget is not None and model_p is not None and not adapt:
             out["target"] = target
             out["p_run_at_k"] = p_run(model_p, policy.k, budget)
@@ -376,8 +377,9 @@ async def _run(
 def _interrupted(log: Path, run_id: str | None) -> NoReturn:
     # The engine recorded run_finished "cancelled" and the log flushed before we got here.
     where = f" --run {run_id}" if run_id else ""
+    target = redact_url(str(log))  # a database URL's password is never printed
     _err.print(
-        f"maker: interrupted; the log is consistent; continue with: maker resume {log}{where}",
+        f"maker: interrupted; the log is consistent; continue with: maker resume {target}{where}",
         markup=False,
         soft_wrap=True,
     )
@@ -471,7 +473,7 @@ def _print_result(
             ("tokens", f"{result.input_tokens} in, {result.output_tokens} out"),
             ("cost", cost_text(result.cost_usd, models, prices or PriceTable())),
             ("wall time", f"{result.wall_s:.2f} s"),
-            ("log", str(log)),
+            ("log", redact_url(str(log))),
         ]
     )
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import anyio
 import click
 
+from events import redact_url
+
 from ...clients import close_client
 from ...clients._sim import PRESETS, SimulatedModel, sim_config
 from ...core._client import Client
@@ -100,7 +102,7 @@ def _print_calibration(report: CalibrationReport, log: Path, prices: PriceTable)
     for m in report.models:
         if m.reason:
             click.echo(f"{m.model}: {m.reason}")
-    click.echo(f"log: {log}")
+    click.echo(f"log: {redact_url(str(log))}")
 
 
 @click.command("calibrate")
@@ -216,7 +218,7 @@ def calibrate_command(
             traced[1]()  # ends open spans, flushes spans and metrics, also on Ctrl-C
     if as_json:
         out = report.to_json()
-        out["log"] = str(log)
+        out["log"] = redact_url(str(log))
         sys.stdout.write(json.dumps(out) + "\n")
     else:
         _print_calibration(report, log, price_table)
