@@ -4,7 +4,9 @@ The tools of :mod:`maker.apps.mcp._mcp_tools` behind the official MCP Python SDK
 over stdio (the default, for local clients) or streamable HTTP on 127.0.0.1. Each tool's input
 schema is its msgspec argument struct's JSON schema; arguments are decoded by the same struct,
 so an unknown field, a wrong type or a value out of range is a tool error naming the field, and
-the server goes on serving.
+the server goes on serving. Each tool has a title and annotations (:data:`HINTS`) and an output
+schema from its result structs (:mod:`maker.apps.mcp._mcp_results`); the log's runs are
+resources (:mod:`maker.apps.mcp._mcp_resources`).
 
 Over HTTP the server is guarded as ``maker serve`` is (:mod:`maker.apps.service._guard`): every
 request sends the token (``Authorization: Bearer TOKEN``; 401 otherwise), checked in constant
