@@ -304,3 +304,17 @@ async def test_a_handshake_era_subscriber_hears_a_live_run_end(tmp_path: Path) -
                 await client.subscribe_resource(uri)
             uris = await finished_after(client, started["run_id"], updates)
     assert set(uris) == {uri}
+
+
+async def test_the_tools_let_an_error_of_their_block_out_as_it_is(tmp_path: Path) -> None:
+    # The run watchers' task group must not wrap what the caller's block raises in a group.
+    from maker.apps.mcp import McpTools, load_mcp_config
+    from maker.apps.mcp._mcp_tools import RunArgs
+
+    async def block() -> None:
+        async with McpTools(load_mcp_config(log=str(tmp_path / "mcp.db"))) as tools:
+            await tools.run(RunArgs(task="hanoi", params={"disks": 12}))
+            raise KeyError("the block's")
+
+    with pytest.raises(KeyError, match="the block's"):
+        await block()

@@ -535,8 +535,11 @@ class McpTools:
                     prices=self.prices,
                 )
             )
-            # The watchers of started runs (watch_runs); left last, so closed first.
-            self._watching = await self._stack.enter_async_context(anyio.create_task_group())
+            # The watchers of started runs (watch_runs). Not on the stack: a task group that an
+            # exception of the caller's block passed through would wrap it in a group.
+            watching = anyio.create_task_group()
+            await watching.__aenter__()
+            self._watching = watching
         except BaseException:
             # A model that cannot be set up, or a log that cannot be opened: release what was.
             await self.__aexit__(None, None, None)
@@ -550,9 +553,13 @@ class McpTools:
                 # records run_finished "cancelled" and stays resumable).
                 for handle in list(self._handles.values()):
                     await handle.cancel()
-            if self._watching is not None:
-                self._watching.cancel_scope.cancel()  # nobody is left to tell
-            await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
+            try:
+                if self._watching is not None:
+                    watching, self._watching = self._watching, None
+                    watching.cancel_scope.cancel()  # nobody is left to tell
+                    await watching.__aexit__(None, None, None)
+            finally:
+                await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
         finally:
             for client in self.clients.values():
                 await close_client(client)
