@@ -176,7 +176,7 @@ async def test_every_tool_returns_structured_content_its_schema_accepts(tmp_path
         assert cancelled["status"] == "cancelled"
         resumed = await call("resume", {"run_id": started["run_id"]})
         assert resumed["status"] == "running"
-        await call("cancel", {"run_id": started["run_id"]})
+        # Left going: the server cancels it when the client leaves.
         unchanged = await call("resume", {"run_id": finished["run_id"]})
         assert unchanged["note"]
         assert (await call("show", {"run_id": finished["run_id"]}))["status"] == "succeeded"
