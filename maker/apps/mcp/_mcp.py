@@ -4,7 +4,9 @@ The tools of :mod:`maker.apps.mcp._mcp_tools` behind the official MCP Python SDK
 over stdio (the default, for local clients) or streamable HTTP on 127.0.0.1. Each tool's input
 schema is its msgspec argument struct's JSON schema; arguments are decoded by the same struct,
 so an unknown field, a wrong type or a value out of range is a tool error naming the field, and
-the server goes on serving.
+the server goes on serving. Each tool has a title and annotations (:data:`HINTS`) and an output
+schema from its result structs (:mod:`maker.apps.mcp._mcp_results`); the log's runs are
+resources (:mod:`maker.apps.mcp._mcp_resources`).
 
 Over HTTP the server is guarded as ``maker serve`` is (:mod:`maker.apps.service._guard`): every
 request sends the token (``Authorization: Bearer TOKEN``; 401 otherwise), checked in constant
@@ -28,6 +30,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from contextlib import suppress
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +45,8 @@ from .._options import allow_plugin_option, rate_limit_options
 from ..service._guard import ServiceLimits, allowed_hosts, is_loopback, quote
 from ..service._options import guard_options, token_from
 from ._mcp_config import McpConfig, load_mcp_config
+from ._mcp_resources import RunResources
+from ._mcp_results import RESULTS, output_schema
 from ._mcp_tools import TOOLS, McpTools, Progress, ToolError, ToolLimits
 
 if TYPE_CHECKING:
@@ -153,6 +158,129 @@ def _hoist_description(prop: dict[str, Any], defs: Mapping[str, Any]) -> None:
 SCHEMAS: Mapping[str, dict[str, Any]] = {name: input_schema(t) for name, (t, _) in TOOLS.items()}
 """Every tool's input schema by name."""
 
+OUTPUT_SCHEMAS: Mapping[str, dict[str, Any]] = {
+    name: output_schema(*RESULTS[name]) for name in TOOLS
+}
+"""Every tool's output schema by name: its result types' JSON schema, references inlined."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class ToolHints:
+    """A tool's title and its annotations (MCP ``ToolAnnotations``): hints to clients, which
+    ask before a call to a tool not read-only (unannotated tools count as destructive)."""
+
+    title: str
+    read_only: bool
+    """It changes nothing: no log entry, no run started or stopped."""
+    destructive: bool
+    """It may change or remove what exists (meaningful when not read-only)."""
+    idempotent: bool
+    """A second call with the same arguments changes nothing more."""
+    open_world: bool
+    """It reaches outside the server: a model provider's API."""
+
+
+# The log is append-only: no tool removes or rewrites what it holds, so no tool is destructive.
+HINTS: Mapping[str, ToolHints] = {
+    # Every vote is a new run in the log, from a fresh random seed unless one is given.
+    "vote": ToolHints(
+        title="Vote on one decision",
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+        open_world=True,
+    ),
+    "validate": ToolHints(
+        title="Red-flag check of a response",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    "kmin": ToolHints(
+        title="Smallest vote margin k (Eq 14)",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # Reads calibrations from the log; writes nothing.
+    "plan": ToolHints(
+        title="Choose model and k for a target",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # Each call records a new calibration run (the same seed asks again), and its model may be
+    # a provider's.
+    "calibrate": ToolHints(
+        title="Measure a model's success rate p",
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+        open_world=True,
+    ),
+    "run": ToolHints(
+        title="Start a task run",
+        read_only=False,
+        destructive=False,
+        idempotent=False,
+        open_world=True,
+    ),
+    # Follows a run (wait_s) without touching it.
+    "run_status": ToolHints(
+        title="A run's status",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # Stops work, but only appends run_finished "cancelled": the run resumes from the log.
+    # A second cancel finds it not running and changes nothing.
+    "cancel": ToolHints(
+        title="Cancel a run",
+        read_only=False,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # The live part of a resumed run calls its model. Idempotent: a second call finds the run
+    # going (refused) or finished (reported unchanged); it continues nothing twice.
+    "resume": ToolHints(
+        title="Resume a run from the log",
+        read_only=False,
+        destructive=False,
+        idempotent=True,
+        open_world=True,
+    ),
+    "show": ToolHints(
+        title="Show a run or the log's runs",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # Re-executes from the recorded responses: no model is called, nothing is written.
+    "replay_verify": ToolHints(
+        title="Verify a run by replay",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=False,
+    ),
+    # Its probe reaches each configured provider's API (a model lookup: nothing generated, no
+    # cost), which is the open world even though nothing changes.
+    "health": ToolHints(
+        title="Server health and models",
+        read_only=True,
+        destructive=False,
+        idempotent=True,
+        open_world=True,
+    ),
+}
+"""Every tool's title and annotations by name."""
+
 
 def _text(data: Any) -> str:
     return json.dumps(data, indent=1, allow_nan=False, default=str)
@@ -163,10 +291,25 @@ def create_mcp_server(tools: McpTools) -> Server[Any]:
     from mcp import types
     from mcp.server import Server
 
-    listed = [
-        types.Tool(name=name, description=_DESCRIPTIONS[name], input_schema=SCHEMAS[name])
-        for name in TOOLS
-    ]
+    def tool(name: str) -> types.Tool:
+        hints = HINTS[name]
+        return types.Tool(
+            name=name,
+            title=hints.title,
+            description=_DESCRIPTIONS[name],
+            input_schema=SCHEMAS[name],
+            output_schema=OUTPUT_SCHEMAS[name],
+            annotations=types.ToolAnnotations(
+                title=hints.title,  # where clients older than Tool.title look for it
+                read_only_hint=hints.read_only,
+                destructive_hint=hints.destructive,
+                idempotent_hint=hints.idempotent,
+                open_world_hint=hints.open_world,
+            ),
+        )
+
+    listed = [tool(name) for name in TOOLS]
+    resources = RunResources(tools)
 
     async def list_tools(
         ctx: ServerRequestContext[Any], params: types.PaginatedRequestParams | None
@@ -188,22 +331,33 @@ def create_mcp_server(tools: McpTools) -> Server[Any]:
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         get_tool_input_schema=SCHEMAS.get,
+        on_list_resources=resources.list_resources,
+        on_list_resource_templates=resources.list_templates,
+        on_read_resource=resources.read,
+        on_subscribe_resource=resources.subscribe,
+        on_unsubscribe_resource=resources.unsubscribe,
+        on_subscriptions_listen=resources.listen,
     )
 
 
 async def call(
     tools: McpTools, name: str, arguments: Mapping[str, Any] | None, progress: Progress | None
 ) -> CallToolResult:
-    """Run one tool call to its result; every failure is a tool error, never a crash."""
+    """Run one tool call to its result; every failure is a tool error, never a crash.
+
+    A result is sent twice: as JSON text (for clients before structured content) and as
+    structured content, which the tool's output schema describes. An error is one line of
+    text without structured content (the output schema describes results, not errors); what
+    the tool found nonetheless (a failed vote's tallies) follows as a second text, in JSON.
+    """
     from mcp import types
 
     def error(message: str, data: dict[str, Any] | None = None) -> types.CallToolResult:
         text = " ".join(message.split())
-        return types.CallToolResult(
-            content=[types.TextContent(text=text)],
-            structured_content={"error": text, **({"details": data} if data else {})},
-            is_error=True,
-        )
+        content: list[types.ContentBlock] = [types.TextContent(text=text)]
+        if data:
+            content.append(types.TextContent(text=_text(data)))
+        return types.CallToolResult(content=content, is_error=True)
 
     entry = TOOLS.get(name)
     if entry is None:

@@ -8,6 +8,7 @@ reaches a model is an ordinary run in the server's log, replayable like any othe
 
 from __future__ import annotations
 
+import logging
 import math
 import secrets
 import time
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Final
 
 import anyio
+import anyio.abc
 import anyio.lowlevel
 import msgspec
 from msgspec import Meta
@@ -62,6 +64,15 @@ client's pattern cannot freeze the server's event loop (see :class:`maker.tasks.
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 """Reports progress of one tool call: ``(progress, total, message)``."""
+
+RunUpdate = Callable[[str, bool], Awaitable[None]]
+"""Told ``(run_id, ended)`` as a run started by ``run`` or ``resume`` goes on, and once when it
+ends (see :meth:`McpTools.watch_runs`)."""
+
+WATCH_INTERVAL_S = 0.25
+"""How often a watched run's listeners are told that it moved on, at most."""
+
+logger = logging.getLogger("maker.mcp")
 
 # -- argument types ------------------------------------------------------------------------
 
@@ -508,6 +519,8 @@ class McpTools:
         self._engine: Engine | None = None
         self._handles: dict[str, RunHandle] = {}
         self._summaries: OrderedDict[tuple[str, int], dict[str, Any]] = OrderedDict()
+        self._listeners: dict[object, RunUpdate] = {}
+        self._watching: anyio.abc.TaskGroup | None = None
 
     async def __aenter__(self) -> McpTools:
         try:
@@ -523,6 +536,11 @@ class McpTools:
                     prices=self.prices,
                 )
             )
+            # The watchers of started runs (watch_runs). Not on the stack: a task group that an
+            # exception of the caller's block passed through would wrap it in a group.
+            watching = anyio.create_task_group()
+            await watching.__aenter__()
+            self._watching = watching
         except BaseException:
             # A model that cannot be set up, or a log that cannot be opened: release what was.
             await self.__aexit__(None, None, None)
@@ -536,7 +554,13 @@ class McpTools:
                 # records run_finished "cancelled" and stays resumable).
                 for handle in list(self._handles.values()):
                     await handle.cancel()
-            await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
+            try:
+                if self._watching is not None:
+                    watching, self._watching = self._watching, None
+                    watching.cancel_scope.cancel()  # nobody is left to tell
+                    await watching.__aexit__(None, None, None)
+            finally:
+                await self._stack.__aexit__(*exc)  # type: ignore[arg-type]
         finally:
             for client in self.clients.values():
                 await close_client(client)
@@ -625,6 +649,56 @@ class McpTools:
         # The runs still going, for shutdown; a long-lived server keeps no dead ones.
         self._handles = {i: h for i, h in self._handles.items() if not h.done}
         self._handles[handle.run_id] = handle
+
+    def watch_runs(self, listener: RunUpdate) -> Callable[[], None]:
+        """Have ``listener`` told ``(run_id, False)`` at most every :data:`WATCH_INTERVAL_S`
+        while a run started by ``run`` or ``resume`` records events, and ``(run_id, True)``
+        once when it ends; returns the call that stops telling it. A listener that raises is
+        logged and told again next time: it cannot stop the run or the other listeners."""
+        token = object()
+        self._listeners[token] = listener
+
+        def stop() -> None:
+            self._listeners.pop(token, None)
+
+        return stop
+
+    def _watch(self, handle: RunHandle) -> None:
+        if self._watching is not None:
+            self._watching.start_soon(self._follow_for_listeners, handle)
+
+    async def _follow_for_listeners(self, handle: RunHandle) -> None:
+        # Polls the handle's counters rather than reading its events: a run of a million
+        # steps costs its watcher four looks a second, not a wake-up per event.
+        told = -1
+        ended = False
+        while not ended:
+            with anyio.move_on_after(WATCH_INTERVAL_S), suppress(Exception):
+                await handle.result()  # a failed run is in its log; the listeners read it there
+            ended = handle.done
+            events = handle.statistics().events
+            if ended or events != told:
+                told = events
+                for listener in list(self._listeners.values()):
+                    try:
+                        await listener(handle.run_id, ended)
+                    except Exception:
+                        logger.exception("a listener of run %s failed", handle.run_id)
+
+    async def run_events(
+        self, run_id: str, *, after_seq: int = -1, limit: int
+    ) -> tuple[str, list[AnyEvent], bool]:
+        """Up to ``limit`` of the run's events with seq > ``after_seq``, in order: the run's
+        full id, the events, and whether more follow. Reads no more of the log than that."""
+        full = await self._run_id(run_id)
+        await self.log.flush()
+        page: list[AnyEvent] = []
+        async with aclosing(self.log.read(full, after_seq=after_seq)) as events:
+            async for event in events:
+                if len(page) == limit:
+                    return full, page, True
+                page.append(event)
+        return full, page, False
 
     async def _events(self, run_id: str) -> list[AnyEvent]:
         await self.log.flush()
@@ -851,6 +925,7 @@ class McpTools:
         )
         self._check_place()
         handle = self._start(task, client, policy, args.seed)
+        self._watch(handle)
         # One turn of the loop records run_started before anyone asks about the run.
         await anyio.lowlevel.checkpoint()
         if not args.wait:
@@ -990,6 +1065,7 @@ class McpTools:
         self._check_place()
         handle = self.engine.start_resume(task, recording, client=client)
         self._keep(handle)
+        self._watch(handle)
         await anyio.lowlevel.checkpoint()
         if not args.wait:
             return {"run_id": run_id, "status": "running", "resumed_after_seq": events[-1].seq}
