@@ -21,7 +21,6 @@ from __future__ import annotations
 import math
 import os
 import sqlite3
-import time
 from collections.abc import AsyncGenerator, Iterator
 from contextlib import aclosing, contextmanager
 from types import TracebackType
@@ -30,7 +29,6 @@ from urllib.parse import quote
 
 import aiosqlite
 import anyio
-from anyio.abc import TaskGroup
 
 from . import _formats, _locks
 from ._errors import (
@@ -49,6 +47,7 @@ from ._errors import (
     UnknownRunError,
 )
 from ._formats import APPLICATION_ID, SCHEMAS, WriterFormat, chain_hash, writer_for
+from ._queue import AppendQueue, LogStatistics
 from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted
 
 if TYPE_CHECKING:
@@ -60,25 +59,6 @@ WriterKind = Literal["thread", "process"]
 """Where a log's writer runs: a worker thread of this process, or a process of its own."""
 
 
-class LogStatistics(NamedTuple):
-    """Counters of one open log.
-
-    ``pending`` events (``pending_bytes`` of them) are appended but not yet committed;
-    ``high_water`` and ``high_water_bytes`` are the most the queue ever held. ``waits`` counts
-    the times an appender waited for room (``waited_s`` seconds in all).
-    """
-
-    appended: int
-    written: int
-    pending: int
-    batches: int
-    pending_bytes: int = 0
-    high_water: int = 0
-    high_water_bytes: int = 0
-    waits: int = 0
-    waited_s: float = 0.0
-
-
 class RunInfo(NamedTuple):
     """One run in a log: how it started and, if it has, how it finished."""
 
@@ -88,7 +68,7 @@ class RunInfo(NamedTuple):
     last_seq: int
 
 
-class EventLog:
+class EventLog(AppendQueue):
     """An append-only log of many runs' events in one SQLite file.
 
     Use it as an async context manager; leaving it flushes every appended event::
@@ -159,8 +139,6 @@ class EventLog:
         self._batch_size = batch_size
         self._commit_interval = commit_interval
         self._poll_interval = poll_interval
-        self._max_pending = max_pending
-        self._max_pending_bytes = max_pending_bytes
         self._new_version = schema_version
         self.writer: WriterKind = writer
         self._version = 0  # the file's, once open
@@ -168,23 +146,10 @@ class EventLog:
         self._conn: sqlite3.Connection | None = None
         self._format: WriterFormat | None = None
         self._process: WriterProcess | None = None
-        self._tg: TaskGroup | None = None
+        self._init_queue(max_pending, max_pending_bytes)
         # Each run's last seq and hash (the hash only with the thread writer: the writer
         # process chains the hashes itself).
         self._heads: dict[str, tuple[int, bytes]] = {}
-        self._wake = anyio.Event()
-        self._urgent = anyio.Event()
-        self._progress = anyio.Event()
-        self._appended = 0
-        self._written = 0
-        self._batches = 0
-        self._pending_bytes = 0
-        self._high_water = 0
-        self._high_water_bytes = 0
-        self._waits = 0
-        self._waited_s = 0.0
-        self._closing = False
-        self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -277,36 +242,8 @@ class EventLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    @property
-    def full(self) -> bool:
-        """Whether the queue holds ``max_pending`` events or ``max_pending_bytes`` bytes."""
-        return (
-            self._appended - self._written >= self._max_pending
-            or self._pending_bytes >= self._max_pending_bytes
-        )
-
-    async def room(self) -> None:
-        """Wait until the queue has room for one more event (at once if it has).
-
-        Nothing may be awaited between this and the :meth:`append` it makes room for, or
-        another appender may take the room first.
-        """
-        if not self.full:
-            return
-        began = time.perf_counter()
-        self._waits += 1
-        self._hurry()  # a full queue is worth a commit now
-        try:
-            while self.full:
-                if self._failure is not None:
-                    raise LogClosedError(
-                        f"the log writer failed: {self._failure}"
-                    ) from self._failure
-                if self._tg is None or self._closing:
-                    raise LogClosedError(f"{self.path} is not open for appending")
-                await self._progress.wait()
-        finally:
-            self._waited_s += time.perf_counter() - began
+    def _target(self) -> str:
+        return self.path
 
     def _hurry(self) -> None:
         """Ask for a commit now."""
@@ -315,11 +252,6 @@ class EventLog:
             # Everything may have been shipped already: the shipper must wake to ask the
             # writer process for the commit (the thread writer commits what it has anyway).
             self._wake.set()
-
-    async def put(self, event: Event) -> None:
-        """Append an event once the queue has room for it: the way to honour the bound."""
-        await self.room()
-        self.append(event)
 
     def append(self, event: Event) -> None:
         """Queue an event for the writer. Never blocks, even on a full queue (see :meth:`put`);
@@ -518,20 +450,6 @@ class EventLog:
     def writer_pid(self) -> int | None:
         """The writer process's id while a ``writer="process"`` log is open, else None."""
         return None if self._process is None else self._process.pid
-
-    def statistics(self) -> LogStatistics:
-        """Counters: appended, written (committed), pending, and batches committed."""
-        return LogStatistics(
-            appended=self._appended,
-            written=self._written,
-            pending=self._appended - self._written,
-            batches=self._batches,
-            pending_bytes=self._pending_bytes,
-            high_water=self._high_water,
-            high_water_bytes=self._high_water_bytes,
-            waits=self._waits,
-            waited_s=self._waited_s,
-        )
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
@@ -45,7 +44,6 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 import anyio
 import msgspec
-from anyio.abc import TaskGroup
 
 from ._errors import (
     AmbiguousRunError,
@@ -62,7 +60,8 @@ from ._errors import (
     UnknownRunError,
 )
 from ._formats import V2Reader, V2Writer
-from ._log import LogStatistics, RunInfo
+from ._log import RunInfo
+from ._queue import AppendQueue
 from ._targets import redact_url
 from ._types import SCHEMA_VERSION, AnyEvent, Event, RunFinished, RunStarted
 
@@ -253,7 +252,7 @@ class _V3(_Writer):
     version = 3
 
 
-class PostgresLog:
+class PostgresLog(AppendQueue):
     """An append-only log of many runs' events in a PostgreSQL database.
 
     Use it as an async context manager, as :class:`events.EventLog`; ``url`` is a
@@ -307,8 +306,6 @@ class PostgresLog:
         self.mode: Literal["w", "r"] = mode
         self._batch_size = batch_size
         self._commit_interval = commit_interval
-        self._max_pending = max_pending
-        self._max_pending_bytes = max_pending_bytes
         self._new_version = schema_version
         self._pool_size = pool_size
         self._timeout = connect_timeout
@@ -318,26 +315,13 @@ class PostgresLog:
         self._conn_lock = anyio.Lock()
         self._format: _Writer | None = None
         self._block = (0, ID_BLOCK)
-        self._tg: TaskGroup | None = None
+        self._init_queue(max_pending, max_pending_bytes)
         self._heads: dict[str, tuple[int, bytes]] = {}
         self._stored: dict[int, int] = {}  # run key -> head seq committed by this writer
         self._locked: set[str] = set()
         self._listener: Any = None
         self._listener_lock = anyio.Lock()
         self._waiters: dict[str, set[anyio.Event]] = {}
-        self._wake = anyio.Event()
-        self._urgent = anyio.Event()
-        self._progress = anyio.Event()
-        self._appended = 0
-        self._written = 0
-        self._batches = 0
-        self._pending_bytes = 0
-        self._high_water = 0
-        self._high_water_bytes = 0
-        self._waits = 0
-        self._waited_s = 0.0
-        self._closing = False
-        self._failure: BaseException | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -437,38 +421,8 @@ class PostgresLog:
 
     # -- writing ---------------------------------------------------------------------------
 
-    @property
-    def full(self) -> bool:
-        """Whether the queue holds ``max_pending`` events or ``max_pending_bytes`` bytes."""
-        return (
-            self._appended - self._written >= self._max_pending
-            or self._pending_bytes >= self._max_pending_bytes
-        )
-
-    async def room(self) -> None:
-        """Wait until the queue has room for one more event (see :meth:`EventLog.room`)."""
-        if not self.full:
-            return
-        began = time.perf_counter()
-        self._waits += 1
-        self._urgent.set()
-        try:
-            while self.full:
-                self._check_failure()
-                if self._tg is None or self._closing:
-                    raise LogClosedError(f"{self.shown} is not open for appending")
-                await self._progress.wait()
-        finally:
-            self._waited_s += time.perf_counter() - began
-
-    async def put(self, event: Event) -> None:
-        """Append an event once the queue has room for it."""
-        await self.room()
-        self.append(event)
-
-    def _check_failure(self) -> None:
-        if self._failure is not None:
-            raise LogClosedError(f"the log writer failed: {self._failure}") from self._failure
+    def _target(self) -> str:
+        return self.shown
 
     def append(self, event: Event) -> None:
         """Queue an event for the writer. Never blocks (see :meth:`put`); raises if the seq
@@ -677,20 +631,6 @@ class PostgresLog:
     def writer_pid(self) -> int | None:
         """None: the database commits the rows, no writer process of ours."""
         return None
-
-    def statistics(self) -> LogStatistics:
-        """Counters: appended, written (committed), pending, and batches committed."""
-        return LogStatistics(
-            appended=self._appended,
-            written=self._written,
-            pending=self._appended - self._written,
-            batches=self._batches,
-            pending_bytes=self._pending_bytes,
-            high_water=self._high_water,
-            high_water_bytes=self._high_water_bytes,
-            waits=self._waits,
-            waited_s=self._waited_s,
-        )
 
     # -- reading ---------------------------------------------------------------------------
 
