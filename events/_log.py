@@ -346,23 +346,8 @@ class EventLog(AppendQueue):
         with anyio.CancelScope(shield=True):
             began = -math.inf  # when the last round of commits began
             while True:
-                await self._wake.wait()
-                queued = self._appended - self._written
-                # Let a burst gather into one transaction (a commit costs more than a row), but
-                # only until one interval after the last round began: under load, the time the
-                # writes themselves take counts against the interval, so rounds start at least
-                # once per interval and the batch is all that came meanwhile.
-                wait = began + self._commit_interval - anyio.current_time()
-                if queued < self._batch_size and wait > 0:
-                    with anyio.move_on_after(wait):
-                        await self._urgent.wait()
-                began = anyio.current_time()
-                self._wake = anyio.Event()
-                if self._urgent.is_set():
-                    self._urgent = anyio.Event()
-                # Write what is queued now, in transactions of at most batch_size rows; rows
-                # appended meanwhile wait for the next round.
-                todo = self._appended - self._written
+                began, todo = await self._round(began)
+                # Write it in transactions of at most batch_size rows.
                 while todo > 0:
                     batch = layout.take(min(todo, self._batch_size))
                     if batch is None:

@@ -523,17 +523,7 @@ class PostgresLog(AppendQueue):
         with anyio.CancelScope(shield=True):
             began = -math.inf
             while True:
-                await self._wake.wait()
-                queued = self._appended - self._written
-                wait = began + self._commit_interval - anyio.current_time()
-                if queued < self._batch_size and wait > 0:
-                    with anyio.move_on_after(wait):
-                        await self._urgent.wait()
-                began = anyio.current_time()
-                self._wake = anyio.Event()
-                if self._urgent.is_set():
-                    self._urgent = anyio.Event()
-                todo = self._appended - self._written
+                began, todo = await self._round(began)
                 while todo > 0:
                     batch = layout.take(min(todo, self._batch_size))
                     if batch is None:

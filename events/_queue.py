@@ -38,10 +38,14 @@ class LogStatistics(NamedTuple):
 
 
 class AppendQueue:
-    """The queue's bound, counters and waiting for room. A store calls :meth:`_init_queue`
-    from its constructor and says in :meth:`_target` how a message names it."""
+    """The queue's bound, counters waiting for room, and the rounds of its writer's commits. A
+    store sets ``_batch_size`` and ``_commit_interval``, calls :meth:`_init_queue` from its
+    constructor and says in :meth:`_target` how a message names it."""
 
     _tg: TaskGroup | None
+
+    _batch_size: int
+    _commit_interval: float
 
     def _init_queue(self, max_pending: int, max_pending_bytes: int) -> None:
         self._max_pending = max_pending
@@ -92,6 +96,28 @@ class AppendQueue:
                 await self._progress.wait()
         finally:
             self._waited_s += time.perf_counter() - began
+
+    async def _round(self, began: float) -> tuple[float, int]:
+        """Wait for the writer's next round of commits: when it begins, and how many events it
+        writes (those queued now; rows appended meanwhile wait for the next round).
+
+        A burst gathers into one transaction (a commit costs more than a row), but only until
+        one interval after the last round ``began``: under load, the time the writes
+        themselves take counts against the interval, so rounds start at least once per
+        interval and the batch is all that came meanwhile. A full batch or an urgent request
+        starts the round at once.
+        """
+        await self._wake.wait()
+        queued = self._appended - self._written
+        wait = began + self._commit_interval - anyio.current_time()
+        if queued < self._batch_size and wait > 0:
+            with anyio.move_on_after(wait):
+                await self._urgent.wait()
+        began = anyio.current_time()
+        self._wake = anyio.Event()
+        if self._urgent.is_set():
+            self._urgent = anyio.Event()
+        return began, self._appended - self._written
 
     def _hurry(self) -> None:
         """Ask for a commit now."""
