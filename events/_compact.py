@@ -25,7 +25,10 @@ Wire formats (never change them; add new codes instead):
   a msgpack blob.
 - Field encodings: ``sample_id`` equal to ``f"{step}:{n}"`` is the int ``n``; a float that is
   integral, not ``-0.0`` and below 2**53 in magnitude is an int (decode makes it a float again);
-  ``dict[str, int]`` is a flat array ``[key, count, key, count, ...]`` in insertion order.
+  ``dict[str, int]`` is a flat array ``[key, count, key, count, ...]`` in insertion order;
+  a field that may be unset (``str | UnsetType``) is an inline string, never a blob (its values,
+  such as provider response ids, are unique, so interning would only add a row each), and nil
+  when unset before a later field.
 - Blob data: one kind byte, then the payload. Bits 0-1 of the kind say what the payload is
   (0 UTF-8 string, 1 msgpack value; 2 and 3 unused); bits 2-3 how it is stored (0 as is, 1 zstd
   frame, 2 zstd frame with a dictionary, whose id follows the kind as a LEB128 varint).
@@ -156,6 +159,7 @@ _K_INT: Final = 4
 _K_BOOL: Final = 5
 _K_ANY: Final = 6
 _K_TALLY: Final = 7
+_K_OPTSTR: Final = 8
 
 _ENVELOPE: Final = frozenset({"run_id", "seq", "ts", "step", "type"})
 _NO_DEFAULT: Final[Any] = object()
@@ -182,6 +186,8 @@ def _field_kind(name: str, tp: Any) -> tuple[int, frozenset[str] | None, type | 
     args = typing.get_args(tp)
     if tp is str:
         return (_K_SID if name == "sample_id" else _K_STR), None, None
+    if origin in (typing.Union, types.UnionType) and set(args) == {str, msgspec.UnsetType}:
+        return _K_OPTSTR, None, None
     if origin is typing.Literal:
         assert all(isinstance(a, str) for a in args), tp
         return _K_STR, frozenset(args), None
@@ -688,6 +694,12 @@ def _encoder_source(plan: _Plan) -> str:
             out.append(f"    {v} = {o}")
         elif k == _K_TALLY:
             out.append(f"    {v} = T({o}, {name})")
+        elif k == _K_OPTSTR:
+            out += [
+                f"    if {o} is UNSET: {v} = None",
+                f"    elif type({o}) is str: {v} = {o}",
+                f"    else: raise TE({name}, 'str | UnsetType', {o})",
+            ]
         else:
             if f.container is not None:
                 out.append(
@@ -726,6 +738,7 @@ def _namespace(plan: _Plan) -> dict[str, Any]:
         "TE": _type_error,
         "CODE": plan.code,
         "CLS": plan.cls,
+        "UNSET": msgspec.UNSET,
     }
     for i, f in enumerate(plan.fields):
         ns[f"AL{i}"] = f.allowed
@@ -1028,6 +1041,11 @@ def _decoder_source(plan: _Plan) -> str:
             out.append(f"    if type({x}) is not bool: raise BAD({name}, {x})")
         elif k == _K_TALLY:
             out.append(f"    {x} = UNTALLY({x}, {name})")
+        elif k == _K_OPTSTR:
+            out += [
+                f"    if {x} is None: {x} = UNSET",
+                f"    elif type({x}) is not str and {x} is not UNSET: raise BAD({name}, {x})",
+            ]
         elif f.container is not None:
             out.append(f"    if not isinstance({x}, C{i}): raise BAD({name}, {x})")
     args = ["run_id=run_id", "seq=seq", "ts=ts"]

@@ -83,6 +83,10 @@ class SampleReceived(StepEvent, frozen=True, kw_only=True, tag="sample_received"
     finish_reason: str
     temperature_sent: float | None = None
     cost_usd: float = 0.0
+    response_id: str | msgspec.UnsetType = msgspec.UNSET
+    """The provider's id for this response (OpenAI's ``id``, Anthropic's message ``id``), to find
+    it in the provider's own logs and bills; unset when the model gives none (the simulated model,
+    Ollama). Unset, it is left out of the JSON as it was before the field existed."""
 
 
 class SampleFailed(StepEvent, frozen=True, kw_only=True, tag="sample_failed"):

@@ -447,6 +447,7 @@ def _revote_step(
             output_tokens=sample.output_tokens,
             model=sample.model,
             temperature_sent=sample.temperature_sent,
+            response_id=sample.response_id if type(sample.response_id) is str else None,
         )
         verdict = judge(task, rules, completion)
         if isinstance(verdict, RedFlag):

@@ -136,6 +136,7 @@ class AnthropicClient(SDKClient["anthropic.AsyncAnthropic"]):
             input_tokens = int(message.usage.input_tokens)
             output_tokens = int(message.usage.output_tokens)
             served = message.model
+            response_id = message.id
         except (AttributeError, TypeError, ValueError) as exc:
             raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
         return Completion(
@@ -145,4 +146,5 @@ class AnthropicClient(SDKClient["anthropic.AsyncAnthropic"]):
             output_tokens=output_tokens,
             model=self._served_as(served),
             temperature_sent=temperature,
+            response_id=response_id if isinstance(response_id, str) and response_id else None,
         )

@@ -175,6 +175,7 @@ class OpenAIClient(SDKClient["openai.AsyncOpenAI"]):
             input_tokens = int(usage.prompt_tokens) if usage is not None else 0
             output_tokens = int(usage.completion_tokens) if usage is not None else 0
             served = response.model
+            response_id = response.id
         except (AttributeError, IndexError, TypeError, ValueError) as exc:
             raise self._bad_response(f"{type(exc).__name__}: {exc}") from exc
         if not isinstance(text, str):
@@ -186,4 +187,6 @@ class OpenAIClient(SDKClient["openai.AsyncOpenAI"]):
             output_tokens=output_tokens,
             model=self._served_as(served),
             temperature_sent=temperature,
+            # A compatible server may send no id, or not a string: record only a real one.
+            response_id=response_id if isinstance(response_id, str) and response_id else None,
         )

@@ -34,6 +34,8 @@ class Completion(msgspec.Struct, frozen=True, kw_only=True):
     model: str
     temperature_sent: float | None = None
     """The temperature actually sent: None when the model rejects one and none was sent."""
+    response_id: str | None = None
+    """The provider's id for the response, when it gives one (recorded in ``sample_received``)."""
 
 
 @runtime_checkable

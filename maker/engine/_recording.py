@@ -617,6 +617,7 @@ def _outcome(event: SampleReceived | SampleFailed) -> Completion | ClientError:
             output_tokens=event.output_tokens,
             model=event.model,
             temperature_sent=event.temperature_sent,
+            response_id=event.response_id if type(event.response_id) is str else None,
         )
     return ClientError(
         event.message,

@@ -24,6 +24,7 @@ import anyio
 from anyio.abc import ObjectReceiveStream, ObjectSendStream, TaskGroup
 from anyio.lowlevel import checkpoint
 from anyio.streams.memory import MemoryObjectSendStream
+from msgspec import UNSET
 
 from events import (
     BreakerChanged,
@@ -792,6 +793,7 @@ class _Sampler(Generic[A]):
                 finish_reason=completion.finish_reason,
                 temperature_sent=completion.temperature_sent,
                 cost_usd=cost,
+                response_id=completion.response_id or UNSET,
             )
         )
         judged = judge(self._task, self._policy.red_flags, completion)

@@ -412,7 +412,8 @@ class TraceSink:
     id), ``server.address`` and ``server.port`` (when the run's client has a base URL),
     ``gen_ai.usage.input_tokens``, ``gen_ai.usage.output_tokens``,
     ``gen_ai.response.finish_reasons``, ``gen_ai.response.model`` (when it differs from the
-    requested one), and ``error.type`` with status ERROR when the sample failed for good.
+    requested one), ``gen_ai.response.id`` (when the provider gave one), and ``error.type``
+    with status ERROR when the sample failed for good.
     maker's own attributes: ``maker.sample_id`` (``"{step}:{ordinal}"``), ``maker.candidate``,
     ``maker.red_flag.reason``, ``maker.cost_usd`` (when not zero), ``maker.attempts`` (after a
     failure), ``maker.cancelled``; on steps ``maker.step``, ``maker.k``, ``maker.winner``,
@@ -760,6 +761,8 @@ class TraceSink:
         attrs["gen_ai.usage.input_tokens"] = e.input_tokens
         attrs["gen_ai.usage.output_tokens"] = e.output_tokens
         attrs["gen_ai.response.finish_reasons"] = (e.finish_reason,)
+        if type(e.response_id) is str:
+            attrs["gen_ai.response.id"] = e.response_id
         if e.cost_usd:
             attrs["maker.cost_usd"] = e.cost_usd
         if self.capture_content:

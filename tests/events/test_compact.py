@@ -162,6 +162,8 @@ def strategy_for(name: str, tp: Any) -> st.SearchStrategy[Any]:
         return INTS
     if tp is float:
         return FLOATS
+    if tp is msgspec.UnsetType:
+        return st.just(msgspec.UNSET)
     if origin is typing.Literal:
         return st.sampled_from(args)
     if origin in (typing.Union, types.UnionType):
@@ -297,6 +299,25 @@ def test_sample_id_of_the_step_is_stored_as_its_ordinal() -> None:
     # [3, "sim", 0] - max_tokens is its default 0 and left off; 0.0 is stored as the int 0.
     assert msgspec.msgpack.decode(body) == [3, "sim", 0]
     assert len(body) == 7
+
+
+def test_a_response_id_is_stored_inline_and_an_unset_one_not_at_all() -> None:
+    """Provider ids are unique per answer: a blob each would only add a row."""
+    encoder = Encoder()
+    base = SampleReceived(
+        run_id="r", seq=1, ts=0.5, step=2, sample_id="2:0", text="t", model="m",
+        latency_s=0.25, input_tokens=3, output_tokens=4, finish_reason="stop",
+    )  # fmt: skip
+    unset = encoder.encode(base)
+    # Unset, it is left off: the body is the one written before the field existed.
+    assert len(msgspec.msgpack.decode(unset.body)) == 7
+    rid = "chatcmpl-" + "x" * 40  # long enough to be a blob if it were an ordinary string
+    with_id = encoder.encode(msgspec.structs.replace(base, response_id=rid))
+    assert with_id.blobs == []
+    assert msgspec.msgpack.decode(with_id.body)[-1] == rid
+    round_trip([base, msgspec.structs.replace(base, seq=2, response_id=rid)])
+    with pytest.raises(TypeError, match="response_id"):
+        encoder.encode(msgspec.structs.replace(base, response_id=7))
 
 
 def test_encode_refuses_values_its_field_type_cannot_hold() -> None:

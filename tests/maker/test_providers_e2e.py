@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import msgspec
 import pytest
 
 from events import SampleFailed, SampleReceived, SampleRequested, StepDecided, VoteCounted
@@ -99,6 +100,19 @@ async def test_ten_disks_succeed_through_each_wire_format_with_ten_percent_fault
     votes = Counter(e.sample_id for e in events if isinstance(e, VoteCounted))
     requested = Counter(e.sample_id for e in events if isinstance(e, SampleRequested))
     assert max(received.values()) == max(votes.values()) == max(requested.values()) == 1
+
+    # The provider's response ids are recorded (gen_ai.response.id in traces): each answer's is
+    # the id the server sent with one of its answered requests, none twice. Ollama's chat API
+    # gives none, and none is made up.
+    answers = [e for e in events if isinstance(e, SampleReceived)]
+    prefix = {"openai": "chatcmpl-sim", "anthropic": "msg_sim"}.get(provider)
+    if prefix is None:
+        assert all(e.response_id is msgspec.UNSET for e in answers)
+    else:
+        sent = {f"{prefix}{r.index}" for r in stats.requests if r.status == 200 and not r.probe}
+        ids = [e.response_id for e in answers]
+        assert len(set(ids)) == len(ids)
+        assert set(ids) <= sent, sorted(set(map(str, ids)) - sent)[:5]
 
     assert KEY.encode() not in log.read_bytes()
     verified = await verify_run(log)  # failures and all, the log replays exactly

@@ -164,14 +164,18 @@ async def test_maker_run_sends_the_genai_and_maker_metrics_and_the_trace_over_ot
     [(_, votes)] = points(metrics["maker.votes_per_step"])
     assert votes.count == result["steps"]
 
-    # The trace came too: every sample span says the seed it was sent with and the server.
+    # The trace came too: every sample span says the seed it was sent with and the server, and
+    # an answered one the provider's response id, as the log recorded it.
     spans = chat_spans(receiver)
     assert len(spans) == result["samples"]
     run_seed = next(e for e in events if isinstance(e, RunStarted)).seed
+    response_ids = {e.sample_id: e.response_id for e in received}
+    assert all(str(i).startswith("chatcmpl-sim") for i in response_ids.values())
     for span in spans:
         attrs = attributes(span.attributes)
         assert attrs["gen_ai.request.seed"] == sample_seed(run_seed, attrs["maker.sample_id"])
         assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", port)
+        assert attrs.get("gen_ai.response.id") == response_ids.get(attrs["maker.sample_id"])
 
 
 async def test_the_variables_alone_send_metrics_and_none_turns_either_signal_off(

@@ -2,7 +2,8 @@
 
 The files in golden/ are committed and never rewritten for a released version. To add the logs
 of a new schema version, run ``python -m tests.replay.test_golden vN`` and commit the new files
-beside the old ones.
+beside the old ones; a log added to a version later (a new field's golden log) is written alone
+by ``python -m tests.replay.test_golden vN NAME`` (see ``_EXTRAS``).
 """
 
 from __future__ import annotations
@@ -131,7 +132,45 @@ async def _write(version: str) -> None:
                 run_id="golden-hedged",
             )
         paths.append(hedged)
-    expected = {}
+    await _record(version, paths, {})
+
+
+async def _provider_log(version: str) -> Path:
+    """A run through the official OpenAI SDK against serve-sim: its answers carry the provider's
+    response ids (added to schema version 3 after its first golden logs, as ``provider``)."""
+    from maker.apps.serve_sim._serve_sim import SimServerConfig, serve_sim
+    from maker.clients import close_client, make_client
+
+    path = GOLDEN / f"{version}-provider.db"
+    fast = Scheduler(Limits(backoff_base_s=0.001, backoff_cap_s=0.002))
+    config = SimServerConfig(
+        p=0.9, fault_rate=0.2, faults=("rate_limit", "server_error", "malformed"),
+        retry_after_s=0.0, seed=17,
+    )  # fmt: skip
+    async with serve_sim(config) as server:
+        client = make_client(
+            "openai:sim-model", base_url=server.base_url + "/v1", api_key="golden", timeout=5.0
+        )
+        try:
+            async with Engine(log=path, client=client, scheduler=fast) as engine:
+                await engine.run(Hanoi(3), policy=Policy(k=2), seed=16, run_id="golden-provider")
+        finally:
+            await close_client(client)
+    return path
+
+
+_EXTRAS = {"provider": _provider_log}
+"""Logs added to a version's golden set after it was first written, each by its own command
+(``python -m tests.replay.test_golden vN NAME``), which leaves the set's other files alone."""
+
+
+async def _write_extra(version: str, name: str) -> None:
+    path = await _EXTRAS[name](version)
+    expected_path = GOLDEN / f"{version}-expected.json"
+    await _record(version, [path], json.loads(expected_path.read_text()))
+
+
+async def _record(version: str, paths: list[Path], expected: dict[str, Any]) -> None:
     for path in paths:
         events = await load_events(path)
         summary = summarize(events)
@@ -249,6 +288,11 @@ async def test_golden_logs_hold_what_they_are_meant_to_exercise(tmp_path: Path) 
     resumed = await load_events(_copy(f"v{SCHEMA_VERSION}-resumed.db", tmp_path))
     assert any(isinstance(e, RunResumed) for e in resumed)
     assert any(isinstance(e, SampleCancelled) and e.reason == "run_cancelled" for e in resumed)
+    provider = await load_events(_copy(f"v{SCHEMA_VERSION}-provider.db", tmp_path))
+    answers = [e for e in provider if isinstance(e, SampleReceived)]
+    assert answers
+    assert all(str(e.response_id).startswith("chatcmpl-sim") for e in answers)
+    assert any(isinstance(e, SampleFailed) for e in provider)
 
 
 @pytest.mark.anyio
@@ -294,4 +338,8 @@ async def test_a_changed_parser_fails_on_a_golden_log_at_the_right_seq(tmp_path:
 
 
 if __name__ == "__main__":
-    anyio.run(_write, sys.argv[1] if len(sys.argv) > 1 else f"v{SCHEMA_VERSION}")
+    _version = sys.argv[1] if len(sys.argv) > 1 else f"v{SCHEMA_VERSION}"
+    if len(sys.argv) > 2:
+        anyio.run(_write_extra, _version, sys.argv[2])
+    else:
+        anyio.run(_write, _version)
