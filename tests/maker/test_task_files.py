@@ -417,3 +417,31 @@ def test_the_readme_task_file_example_runs_as_written(tmp_path: Path) -> None:
         if words[1] == "replay" and "--verify" in words:
             assert "reproduced exactly" in done.stdout
     assert ran == ["run", "calibrate", "plan", "show", "replay", "replay", "resume"]
+
+
+@pytest.mark.anyio
+async def test_a_service_runs_a_task_file_only_when_prompts_are_allowed_and_on_re2(
+    tmp_path: Path,
+) -> None:
+    """A task file in a request is prompts of the client's choosing on the owner's key, and
+    patterns of the client's choosing on the server's loop: the prompt task's gate and engine."""
+    from .test_service_guard import AUTH, answer, guarded
+
+    body = {"task": "taskfile", "params": spec(parse={"engine": "re"}), "k": 1, "max_samples": 3}
+    async with guarded(tmp_path / "closed.db") as (_, _, http):
+        status, _, refused = await answer(http, "POST", "/runs", json=body, headers=AUTH)
+        assert status == 403
+        assert "--allow-prompts" in refused["error"]
+    async with guarded(tmp_path / "open.db", allow_prompts=True) as (engine, _, http):
+        status, _, started = await answer(http, "POST", "/runs", json=body, headers=AUTH)
+        assert status == 201, started
+        handle = engine.handle(started["run_id"])
+        if handle is not None:
+            assert (await handle.result()).ok
+        info = await engine.log.run(started["run_id"])
+        backref = {**body, "params": spec(parse={"pattern": r"(a)\1"})}
+        status, _, bad = await answer(http, "POST", "/runs", json=backref, headers=AUTH)
+        assert status == 400
+        assert "RE2" in bad["error"]
+    assert info.started.task == "taskfile"
+    assert info.started.task_params["parse"]["engine"] == "re2"
