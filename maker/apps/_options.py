@@ -15,7 +15,7 @@ from events import is_database_url
 from ..core._errors import ConfigError
 from ..core._policy import Hedge, Policy
 from ..core._task import Task
-from ..tasks import BUILTIN_TASKS, PromptTask, make_task
+from ..tasks import BUILTIN_TASKS, PromptTask, TaskFile, load_task_file, make_task
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -261,7 +261,9 @@ task_argument = click.argument(
     required=False,
     # The prompt task takes its prompts as data (MCP vote and calibrate, the library), which
     # options cannot carry.
-    type=click.Choice(sorted(name for name in BUILTIN_TASKS if name != PromptTask.name)),
+    type=click.Choice(
+        sorted(name for name in BUILTIN_TASKS if name not in (PromptTask.name, TaskFile.name))
+    ),
 )
 """``[TASK]``: a built-in task whose parameters are options; or ``--task`` names one."""
 
@@ -286,10 +288,18 @@ task_options = stacked(
         metavar="JSON",
         help="--task: the factory's keyword arguments, a JSON object.",
     ),
+    click.option(
+        "--task-file",
+        "task_file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="Instead of TASK, a TOML task file (prompt, parse, update a JSON state); the log "
+        "records its content, so it is not needed to replay.",
+    ),
 )
 """``--disks``, ``--steps``, ``--digits`` and ``--task-seed`` (a built-in ``TASK``'s), and
-``--task REF`` with ``--params JSON`` (any task :func:`maker.tasks.make_task` resolves): what
-builds the task (see :func:`build_task`)."""
+``--task REF`` with ``--params JSON`` (any task :func:`maker.tasks.make_task` resolves), and
+``--task-file FILE`` (:func:`maker.tasks.load_task_file`): what builds the task (see
+:func:`build_task`)."""
 
 allow_plugin_option = click.option(
     "--allow-plugin",
@@ -315,16 +325,32 @@ def build_task(
     task_seed: int | None = None,
     task_ref: str | None = None,
     params_json: str | None = None,
+    task_file: Path | None = None,
 ) -> Task[Any, Any]:
-    """The task the task options describe: a built-in ``TASK`` from its options, or ``--task``
-    with ``--params``. An option of another task is a usage error."""
+    """The task the task options describe: a built-in ``TASK`` from its options, ``--task``
+    with ``--params``, or ``--task-file``. An option of another task is a usage error."""
+    if task_file is not None:
+        given = [name for name, value in (("TASK", task), ("--task", task_ref)) if value]
+        if given:
+            raise click.UsageError(f"give --task-file or {given[0]}, not both")
+        _only(
+            "--task-file",
+            disks=disks,
+            steps=steps,
+            digits=digits,
+            task_seed=task_seed,
+            params=params_json,
+        )
+        return load_task_file(task_file)
     if task_ref is not None:
         if task is not None:
             raise click.UsageError(f"give TASK or --task, not both ({task}, {task_ref})")
         _only("--task", disks=disks, steps=steps, digits=digits, task_seed=task_seed)
         return make_task(task_ref, _params(params_json))
     if task is None:
-        raise click.UsageError("give a TASK (hanoi, arithmetic) or --task package.module:factory")
+        raise click.UsageError(
+            "give a TASK (hanoi, arithmetic), --task package.module:factory or --task-file FILE"
+        )
     if params_json is not None:
         raise click.UsageError("--params goes with --task; a built-in TASK takes its options")
     params: dict[str, Any] = {}

@@ -4,6 +4,8 @@
 - :class:`Arithmetic`: a seeded chain of multi-digit operations, one per step.
 - :class:`PromptTask`: given prompts, one step each, read by an :class:`AnswerParser` (a regex,
   a JSON Schema or both); :func:`validate_response` reports every red flag of one response.
+- :class:`TaskFile`: "prompt, parse, update a JSON state" declared in a TOML task file
+  (:func:`load_task_file`), simulated by :class:`TaskFileSimulator` when the file says how.
 
 :func:`make_task` builds any of them by name, and a task of one's own by its reference
 (``package.module:factory``) or by the name an installed package registers in the
@@ -38,6 +40,8 @@ from ._prompt import (
     estimate_tokens,
     validate_response,
 )
+from ._taskfile import TaskFile, TaskFileError, load_task_file
+from ._taskfile_sim import TaskFileSimulator
 
 BUILTIN_SIMULATORS: tuple[AnySimulator, ...] = (ArithmeticSimulator(), HanoiSimulator())
 """One simulator per built-in task whose prompts it can read; a :class:`PromptTask` needs none
@@ -59,10 +63,14 @@ __all__ = [
     "HanoiState",
     "PromptTask",
     "RegexEngine",
+    "TaskFile",
+    "TaskFileError",
+    "TaskFileSimulator",
     "Validation",
     "estimate_tokens",
     "is_reference",
     "known_task_names",
+    "load_task_file",
     "make_task",
     "optimal_moves",
     "plugin_allowed",

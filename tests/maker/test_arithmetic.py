@@ -23,6 +23,7 @@ from maker.tasks import (
     Hanoi,
     HanoiSimulator,
     PromptTask,
+    TaskFile,
     make_task,
 )
 from maker.tasks._arithmetic import ArithOp
@@ -269,9 +270,15 @@ def test_public_face() -> None:
     assert maker.tasks.__all__ == sorted(maker.tasks.__all__, key=lambda n: (not n.isupper(), n))
     for name in maker.tasks.__all__:
         assert hasattr(maker.tasks, name)
-    assert dict(BUILTIN_TASKS) == {"arithmetic": Arithmetic, "hanoi": Hanoi, "prompt": PromptTask}
-    # A prompt task asks other tasks' prompts: the simulators of those tasks answer them.
-    assert {s.task_name for s in BUILTIN_SIMULATORS} == set(BUILTIN_TASKS) - {"prompt"}
+    assert dict(BUILTIN_TASKS) == {
+        "arithmetic": Arithmetic,
+        "hanoi": Hanoi,
+        "prompt": PromptTask,
+        "taskfile": TaskFile,
+    }
+    # A prompt task asks other tasks' prompts: the simulators of those tasks answer them. A task
+    # file's simulator comes with the task (Task.simulator), since it answers what the file says.
+    assert {s.task_name for s in BUILTIN_SIMULATORS} == set(BUILTIN_TASKS) - {"prompt", "taskfile"}
 
 
 def test_make_task_builds_and_round_trips_params() -> None:

@@ -196,6 +196,7 @@ def run(
     task_seed: int | None,
     task_ref: str | None,
     params_json: str | None,
+    task_file: Path | None,
     model: str,
     base_url: str | None,
     preset: str | None,
@@ -225,7 +226,8 @@ def run(
     """Run a task, voting every step, with every event logged.
 
     TASK is a built-in task (its options: --disks, --steps, ...); --task REF --params JSON
-    runs any task, one's own included (package.module:factory).
+    runs any task, one's own included (package.module:factory); --task-file FILE runs a TOML
+    task file.
     """
     the_task = build_task(
         task,
@@ -235,6 +237,7 @@ def run(
         task_seed=task_seed,
         task_ref=task_ref,
         params_json=params_json,
+        task_file=task_file,
     )
     client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
     pipeline, hedge = pipelining_for(client, pipeline, hedge)

@@ -154,6 +154,7 @@ def calibrate_command(
     task_seed: int | None,
     task_ref: str | None,
     params_json: str | None,
+    task_file: Path | None,
     models: tuple[str, ...],
     samples: int,
     seed: int,
@@ -183,6 +184,7 @@ def calibrate_command(
         task_seed=task_seed,
         task_ref=task_ref,
         params_json=params_json,
+        task_file=task_file,
     )
     clients = _clients(models, base_url, preset, p, timeout)
     price_table = PriceTable.load(prices) if prices is not None else PriceTable()
@@ -341,6 +343,7 @@ def plan_command(
     task_seed: int | None,
     task_ref: str | None,
     params_json: str | None,
+    task_file: Path | None,
     target: float,
     calibration: Path | None,
     p: float | None,
@@ -366,6 +369,7 @@ def plan_command(
         task_seed=task_seed,
         task_ref=task_ref,
         params_json=params_json,
+        task_file=task_file,
     )
     budget = the_task.max_steps()
     if budget is None:  # a task of one's own may have no known length

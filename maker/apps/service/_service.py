@@ -72,7 +72,7 @@ from ...core._task import Task
 from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._scheduler import Limits, Scheduler
-from ...tasks import PromptTask, make_task
+from ...tasks import PromptTask, TaskFile, make_task
 from .._http import base_url, listen, serving
 from .._options import (
     allow_plugin_option,
@@ -285,7 +285,7 @@ class _Service:
         except msgspec.DecodeError as exc:
             return _error(400, f"the body is not valid JSON: {exc}")
         try:
-            if body.task == PromptTask.name and not self.allow_prompts:
+            if body.task in (PromptTask.name, TaskFile.name) and not self.allow_prompts:
                 # Prompts of anyone's choosing, on the owner's key: only when the owner says.
                 raise _BadRequest(
                     "prompt tasks are not enabled on this service (maker serve --allow-prompts)",
@@ -297,6 +297,8 @@ class _Service:
                 # A client's patterns run on the linear-time engine, whatever the body asks:
                 # Python's re would let one pattern freeze the server's event loop.
                 params = {**params, "engine": CLIENT_REGEX_ENGINE}
+            elif body.task == TaskFile.name:  # a task file's prompts and patterns likewise
+                params = TaskFile.with_engine(params, CLIENT_REGEX_ENGINE)
             # A request is data: a plugin it names is imported only if the owner trusts it.
             task = make_task(body.task, params, allow_plugins=self.allow_plugins)
             client = self._client_for(body)
