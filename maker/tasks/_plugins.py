@@ -31,6 +31,8 @@ from ..core._task import Task
 from ._arithmetic import Arithmetic
 from ._hanoi import Hanoi
 from ._prompt import PromptTask
+from ._sort import Sort
+from ._toposort import Toposort
 
 TASK_ENTRY_POINTS = "maker.tasks"
 """The entry point group in which an installed package registers its tasks: each entry point's
@@ -40,6 +42,8 @@ BUILTIN_TASKS: dict[str, type[Task[Any, Any]]] = {
     Arithmetic.name: Arithmetic,
     Hanoi.name: Hanoi,
     PromptTask.name: PromptTask,
+    Sort.name: Sort,
+    Toposort.name: Toposort,
 }
 """The built-in task classes by :attr:`Task.name`."""
 

@@ -23,6 +23,8 @@ from maker.tasks import (
     Hanoi,
     HanoiSimulator,
     PromptTask,
+    Sort,
+    Toposort,
     make_task,
 )
 from maker.tasks._arithmetic import ArithOp
@@ -269,7 +271,13 @@ def test_public_face() -> None:
     assert maker.tasks.__all__ == sorted(maker.tasks.__all__, key=lambda n: (not n.isupper(), n))
     for name in maker.tasks.__all__:
         assert hasattr(maker.tasks, name)
-    assert dict(BUILTIN_TASKS) == {"arithmetic": Arithmetic, "hanoi": Hanoi, "prompt": PromptTask}
+    assert dict(BUILTIN_TASKS) == {
+        "arithmetic": Arithmetic,
+        "hanoi": Hanoi,
+        "prompt": PromptTask,
+        "sort": Sort,
+        "toposort": Toposort,
+    }
     # A prompt task asks other tasks' prompts: the simulators of those tasks answer them.
     assert {s.task_name for s in BUILTIN_SIMULATORS} == set(BUILTIN_TASKS) - {"prompt"}
 
