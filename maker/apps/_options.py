@@ -273,7 +273,11 @@ task_options = stacked(
     ),
     click.option("--steps", type=click.IntRange(1), help="arithmetic: number of operations."),
     click.option("--digits", type=click.IntRange(1), help="arithmetic: operand digits."),
-    click.option("--task-seed", type=int, help="arithmetic: seed of the operation chain."),
+    click.option(
+        "--task-seed",
+        type=int,
+        help="arithmetic: seed of the operation chain; sort, toposort: of the items, the graph.",
+    ),
     click.option(
         "--task",
         "task_ref",
@@ -357,11 +361,17 @@ def build_task(
     if task == "hanoi":
         _only(f"the {task} task", steps=steps, digits=digits, task_seed=task_seed)
         params["disks"] = 10 if disks is None else disks
-    else:
+    elif task == "arithmetic":
         _only(f"the {task} task", disks=disks)
         for name, value in (("steps", steps), ("digits", digits), ("seed", task_seed)):
             if value is not None:
                 params[name] = value
+    else:
+        # sort and toposort draw their items or graph from --task-seed; given ones, and the
+        # sizes, go in --task NAME --params JSON.
+        _only(f"the {task} task", disks=disks, steps=steps, digits=digits)
+        if task_seed is not None:
+            params["seed"] = task_seed
     return make_task(task, params)
 
 

@@ -2,6 +2,8 @@
 
 - :class:`Hanoi`: Towers of Hanoi exactly as the paper ran it.
 - :class:`Arithmetic`: a seeded chain of multi-digit operations, one per step.
+- :class:`Sort`: sorting by binary insertion, one strict comparison per step.
+- :class:`Toposort`: dependency ordering, one node of a DAG per step.
 - :class:`PromptTask`: given prompts, one step each, read by an :class:`AnswerParser` (a regex,
   a JSON Schema or both); :func:`validate_response` reports every red flag of one response.
 - :class:`TaskFile`: "prompt, parse, update a JSON state" declared in a TOML task file
@@ -40,10 +42,19 @@ from ._prompt import (
     estimate_tokens,
     validate_response,
 )
+from ._sort import Sort, SortState
+from ._sort_sim import SortSimulator
 from ._taskfile import TaskFile, TaskFileError, load_task_file
 from ._taskfile_sim import TaskFileSimulator
+from ._toposort import Toposort, TopoState
+from ._toposort_sim import ToposortSimulator
 
-BUILTIN_SIMULATORS: tuple[AnySimulator, ...] = (ArithmeticSimulator(), HanoiSimulator())
+BUILTIN_SIMULATORS: tuple[AnySimulator, ...] = (
+    ArithmeticSimulator(),
+    HanoiSimulator(),
+    SortSimulator(),
+    ToposortSimulator(),
+)
 """One simulator per built-in task whose prompts it can read; a :class:`PromptTask` needs none
 of its own: the simulated model answers its prompts when they are another task's."""
 
@@ -63,9 +74,15 @@ __all__ = [
     "HanoiState",
     "PromptTask",
     "RegexEngine",
+    "Sort",
+    "SortSimulator",
+    "SortState",
     "TaskFile",
     "TaskFileError",
     "TaskFileSimulator",
+    "TopoState",
+    "Toposort",
+    "ToposortSimulator",
     "Validation",
     "estimate_tokens",
     "is_reference",

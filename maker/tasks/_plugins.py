@@ -31,7 +31,9 @@ from ..core._task import Task
 from ._arithmetic import Arithmetic
 from ._hanoi import Hanoi
 from ._prompt import PromptTask
+from ._sort import Sort
 from ._taskfile import TaskFile
+from ._toposort import Toposort
 
 TASK_ENTRY_POINTS = "maker.tasks"
 """The entry point group in which an installed package registers its tasks: each entry point's
@@ -42,6 +44,8 @@ BUILTIN_TASKS: dict[str, type[Task[Any, Any]]] = {
     Hanoi.name: Hanoi,
     PromptTask.name: PromptTask,
     TaskFile.name: TaskFile,
+    Sort.name: Sort,
+    Toposort.name: Toposort,
 }
 """The built-in task classes by :attr:`Task.name`."""
 

@@ -23,7 +23,9 @@ from maker.tasks import (
     Hanoi,
     HanoiSimulator,
     PromptTask,
+    Sort,
     TaskFile,
+    Toposort,
     make_task,
 )
 from maker.tasks._arithmetic import ArithOp
@@ -274,7 +276,9 @@ def test_public_face() -> None:
         "arithmetic": Arithmetic,
         "hanoi": Hanoi,
         "prompt": PromptTask,
+        "sort": Sort,
         "taskfile": TaskFile,
+        "toposort": Toposort,
     }
     # A prompt task asks other tasks' prompts: the simulators of those tasks answer them. A task
     # file's simulator comes with the task (Task.simulator), since it answers what the file says.
