@@ -351,6 +351,7 @@ async def test_openai_switches_to_max_completion_tokens_when_max_tokens_is_rejec
         output_tokens=1,
         model="openai:gpt-5-2025-08-07",
         temperature_sent=0.1,
+        response_id="x",  # the id the server sent
     )
     assert [("max_tokens" in b, b.get("max_completion_tokens")) for b in bodies] == [
         (True, None),
