@@ -37,10 +37,11 @@ from .test_kill import _kill_fast_run
 SEED = 23
 K = 3
 DEPTH = 4
-# (latency ms, disks, kill window after run_started in s, hedge quantile)
+# (latency ms, disks, where a kill lands as a share of the run's events, hedge quantile); by
+# events rather than seconds, so that a faster machine does not move the kills past the end.
 CASES = {
-    "zero-latency": (0.0, 10, (0.05, 0.6), 0.0),
-    "latency": (2.0, 8, (0.1, 0.6), 0.9),
+    "zero-latency": (0.0, 10, (0.05, 0.9), 0.0),
+    "latency": (2.0, 8, (0.1, 0.9), 0.9),
 }
 KILLS = 3
 
@@ -55,24 +56,27 @@ def _model(latency_ms: float) -> SimulatedModel:
     return SimulatedModel(dataclasses.replace(PRESETS["paper"], latency_ms=latency_ms))
 
 
-async def _reference(path: Path, latency_ms: float, disks: int, hedge: float) -> list[str]:
+async def _reference(
+    path: Path, latency_ms: float, disks: int, hedge: float
+) -> tuple[list[str], int]:
+    """The winners of an uninterrupted run, and how many events it had."""
     async with Engine(log=path, client=_model(latency_ms)) as engine:
         result = await engine.run(Hanoi(disks), policy=_policy(hedge), seed=SEED)
     assert result.ok, result.reason
     events = await load_events(path, result.run_id)
-    return [e.winner for e in events if isinstance(e, StepDecided)]
+    return [e.winner for e in events if isinstance(e, StepDecided)], len(events)
 
 
-def _run_and_kill(path: Path, case: str, delay: float) -> bool:
-    """Run the child; SIGKILL it ``delay`` s after its first event. Whether it was killed
-    before it finished."""
+def _run_and_kill(path: Path, case: str, at_events: int) -> bool:
+    """Run the child; SIGKILL it once it has emitted ``at_events`` events. Whether it was
+    killed before it finished."""
     latency_ms, disks, _, hedge = CASES[case]
     child = (
         "--disks", str(disks), "--k", str(K), "--seed", str(SEED), "--pipeline", str(DEPTH),
         "--hedge", str(hedge), "--latency-ms", str(latency_ms),
     )  # fmt: skip
     _, _, killed, _ = _kill_fast_run(
-        path, path.with_suffix(".progress"), 0.05, delay, "thread", child=child
+        path, path.with_suffix(".progress"), 0.05, at_events, "thread", child=child
     )
     return killed
 
@@ -83,13 +87,13 @@ def test_pipelined_runs_killed_anywhere_resume_to_the_same_decisions(
     tmp_path: Path, case: str
 ) -> None:
     latency_ms, disks, window, hedge = CASES[case]
-    winners = anyio.run(_reference, tmp_path / "ref.db", latency_ms, disks, hedge)
+    winners, total = anyio.run(_reference, tmp_path / "ref.db", latency_ms, disks, hedge)
     rng = random.Random(f"pipelined-kill:{case}")
     killed = 0
     speculative = abandoned = 0
     for i in range(KILLS):
         path = tmp_path / f"kill{i}.db"
-        killed += _run_and_kill(path, case, rng.uniform(*window))
+        killed += _run_and_kill(path, case, int(rng.uniform(*window) * total))
 
         async def check(log: Path = path, full: bool = i == 0) -> tuple[int, int]:
             try:
