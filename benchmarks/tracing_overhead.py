@@ -40,7 +40,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from events import Event, RunStarted, SampleRequested, StepStarted
 from maker import Engine, EventSink, Policy, RunResult, SimulatedModel
-from maker.otel._otel import QUEUE_SIZE, DeterministicIdGenerator, TraceSink
+from maker.otel._otel import QUEUE_SIZE, TraceSink
+from maker.otel._sdk import DeterministicIdGenerator
 from maker.tasks import Hanoi
 
 MODES = ("plain", "floor", "traced")

@@ -62,6 +62,7 @@ from .engine import (
     Limits,
     ModelCalibration,
     Recording,
+    ReplayAwareSink,
     RunHandle,
     RunResult,
     RunStatistics,
@@ -110,7 +111,7 @@ _LAZY = {
     "serve": ".apps.service",
     "tracer_provider_for": ".otel",
 }
-"""Names whose modules need the servers' or OpenTelemetry SDK's dependencies: loaded on first
+"""Names whose modules need the servers' dependencies or OpenTelemetry: loaded on first
 use, so ``import maker`` stays the library alone (no click, aiohttp, mcp or SDK)."""
 
 
@@ -160,6 +161,7 @@ __all__ = [
     "RedFlag",
     "RedFlagCheck",
     "RedFlagRules",
+    "ReplayAwareSink",
     "RunHandle",
     "RunResult",
     "RunStatistics",

@@ -60,6 +60,17 @@ def test_the_metadata_says_what_the_package_is(wheel: zipfile.ZipFile) -> None:
     assert set(optional["all"]) == wanted
 
 
+def test_the_library_needs_the_opentelemetry_api_and_the_sdk_is_an_extra(
+    wheel: zipfile.ZipFile,
+) -> None:
+    requires = _metadata(wheel).get_all("Requires-Dist") or []
+    plain = {r.split(">=")[0].split(";")[0].strip() for r in requires if "extra ==" not in r}
+    assert "opentelemetry-api" in plain
+    assert "opentelemetry-sdk" not in plain
+    sdk = {r.replace('"', "'").split("extra == ")[1] for r in requires if "opentelemetry-sdk" in r}
+    assert sdk == {"'otel'", "'otlp'", "'all'", "'dev'"}
+
+
 def test_every_package_is_typed_and_the_cli_is_an_entry_point(wheel: zipfile.ZipFile) -> None:
     names = set(wheel.namelist())
     for package in ("maker", "events", "replay"):

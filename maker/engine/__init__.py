@@ -19,7 +19,7 @@ from ._engine import Engine
 from ._handle import RunHandle, RunStatistics
 from ._recording import Divergence, EventBatches, Recording, decision_events
 from ._results import EngineStatistics, RunResult, VerifyResult
-from ._run import EventSink
+from ._run import EventSink, ReplayAwareSink
 from ._sampling import sample_seed
 from ._scheduler import (
     BreakerChange,
@@ -46,6 +46,7 @@ __all__ = [
     "Limits",
     "ModelCalibration",
     "Recording",
+    "ReplayAwareSink",
     "RunHandle",
     "RunResult",
     "RunStatistics",

@@ -29,7 +29,7 @@ from ..core._task import Task
 from ._handle import RunHandle
 from ._recording import Divergence, Recording, _RecordingEnded
 from ._results import EngineStatistics, RunResult, VerifyResult
-from ._run import EventSink, _Run
+from ._run import EventSink, ReplayAwareSink, _Run
 from ._sampling import _Traffic
 from ._scheduler import Scheduler
 
@@ -349,12 +349,16 @@ class Engine:
         Given another policy, a verification leaves run_started's policy out of the
         comparison, to find the first event whose behaviour the new policy changes.
         """
+        every = (*self._sinks, *sinks)
+        for sink in every:
+            if isinstance(sink, ReplayAwareSink):
+                sink.replaying(recording.run_id, recording.next_seq - 1)
         return self._new_run(
             task,
             policy if policy is not None else Policy.from_json(recording.started.policy),
             recording.started.seed,
             recording.run_id,
-            (*self._sinks, *sinks),
+            every,
             recording=recording,
             verify_only=verify_only,
             compare_policy=not (verify_only and policy is not None),

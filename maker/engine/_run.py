@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import anyio
 import msgspec
@@ -53,6 +53,23 @@ A = TypeVar("A")
 
 EventSink = Callable[[Event], None]
 """A live observer of events (a progress bar, a tracer). Called in seq order; must not block."""
+
+
+@runtime_checkable
+class ReplayAwareSink(Protocol):
+    """An event sink that wants to tell re-executed events from new ones.
+
+    Before a resumption or a verification re-executes a recorded run, the engine calls
+    :meth:`replaying` on each of its sinks that has it: the events of that run up to
+    ``through_seq`` are then the recorded prefix again (seen by this process for the second
+    time, since the process that recorded them saw them first), and only later ones are new.
+    :class:`maker.otel.TraceSink` uses it not to count a prefix's metrics twice.
+    """
+
+    def __call__(self, event: Event) -> None: ...
+
+    def replaying(self, run_id: str, through_seq: int) -> None: ...
+
 
 _OBSERVATIONAL = frozenset(OBSERVATIONAL_TYPES)  # event types are final: no subclasses
 

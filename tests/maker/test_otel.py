@@ -59,18 +59,21 @@ from maker import (
     SimConfig,
     SimulatedModel,
 )
-from maker.apps.cli._otel_cli import export_otel_command, otel_sink_for
+from maker.apps._telemetry import otel_sink_for
+from maker.apps.cli._otel_cli import export_otel_command
 from maker.otel._otel import (
     STEP_SPAN,
-    DeterministicIdGenerator,
     TraceSink,
-    configure_from_env,
     content_digest,
-    export_log,
     export_run,
     provider_losses,
     span_id_for,
     trace_id_for,
+)
+from maker.otel._sdk import (
+    DeterministicIdGenerator,
+    configure_from_env,
+    export_log,
     tracer_provider_for,
 )
 from maker.tasks import Hanoi

@@ -14,16 +14,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from events import EventLog, RunStarted
 from maker import ConfigError, Engine, Policy, SimulatedModel
-from maker.apps.cli._otel_cli import otel_sink_for
+from maker.apps._telemetry import otel_sink_for
 from maker.engine import sample_seed
-from maker.otel._otel import (
-    DeterministicIdGenerator,
-    TraceSink,
-    export_run,
-    meter_provider_for,
-    metric_losses,
-    metrics_from_env,
-)
+from maker.otel._otel import TraceSink, export_run, metric_losses
+from maker.otel._sdk import DeterministicIdGenerator, meter_provider_for, metrics_from_env
 from maker.tasks import Hanoi
 
 pytestmark = pytest.mark.anyio

@@ -106,6 +106,12 @@ _live_run_options = stacked(
         help="Where the log's writer runs: a process of its own, or a thread of this one.",
     ),
     click.option("--json", "as_json", is_flag=True, help="Print one JSON object at the end."),
+    click.option(
+        "--otel",
+        metavar="EXPORTER",
+        help="Trace the run live and export its metrics: console, otlp or json:FILE (spans only)"
+        " (default: the OTEL_* variables).",
+    ),
     # Only on a terminal unless asked: piped to a file or a CI log, the bar is noise, and a
     # failure's one line of stderr must stay one line.
     click.option(
@@ -114,8 +120,8 @@ _live_run_options = stacked(
         help="Show the live progress bar.  [default: when stderr is a terminal]",
     ),
 )
-"""``--log-writer``, ``--json`` and ``--progress``: how a command that runs the engine here
-(``maker run``, ``maker resume``) writes its log and reports."""
+"""``--log-writer``, ``--json``, ``--otel`` and ``--progress``: how a command that runs the
+engine here (``maker run``, ``maker resume``) writes its log and reports."""
 
 
 @app.command()
@@ -180,12 +186,6 @@ _live_run_options = stacked(
     help="Samples a step may request before the run fails.",
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
-@click.option(
-    "--otel",
-    metavar="EXPORTER",
-    help="Trace the run live and export its metrics: console, otlp or json:FILE (spans only)"
-    " (default: the OTEL_* variables).",
-)
 @_live_run_options
 def run(
     task: str | None,
@@ -269,7 +269,7 @@ def run(
         hedge=_hedge(hedge, hedge_min_s),
         adaptive=adapt,
     )
-    from ._otel_cli import otel_sink_for, otel_sink_from_env
+    from .._telemetry import otel_sink_for, otel_sink_from_env
 
     # Set up before the run, so a bad exporter or a missing package is one line, not a lost run.
     traced = otel_sink_for(otel, logs=(log,)) if otel is not None else otel_sink_from_env()
@@ -634,11 +634,18 @@ def resume(
     run_id: str | None,
     log_writer: WriterKind,
     as_json: bool,
+    otel: str | None,
     progress: bool | None,
     allow_plugins: tuple[str, ...],
 ) -> None:
-    """Continue a crashed or cancelled run; a finished run is reported unchanged."""
+    """Continue a crashed or cancelled run; a finished run is reported unchanged.
+
+    Traced (``--otel`` or the OTEL_* variables), the recorded prefix's spans are sent again with
+    the same ids, and only the new part's metrics are counted.
+    """
     from replay import resume_run
+
+    from .._telemetry import otel_sink_for, otel_sink_from_env
 
     async def go() -> tuple[RunResult, bool]:
         # The run's start and end come from the log's run index; resume_run reads the recorded
@@ -658,15 +665,23 @@ def resume(
         with _ProgressSink(
             budget, 0, enabled=_show_progress(progress) and not as_json and not done
         ) as sink:
+            sinks: list[Callable[[Event], None]] = [sink]
+            if traced is not None and not done:
+                sinks.append(traced[0])
             result = await resume_run(
-                file, info.run_id, task=task, sinks=[sink], log_writer=log_writer
+                file, info.run_id, task=task, sinks=sinks, log_writer=log_writer
             )
             return result, done
 
+    # Set up before the run, so a bad exporter or a missing package is one line.
+    traced = otel_sink_for(otel, logs=(file,)) if otel is not None else otel_sink_from_env()
     try:
         result, was_done = anyio.run(go)
     except KeyboardInterrupt:
         _interrupted(file, run_id)
+    finally:
+        if traced:
+            traced[1]()  # ends open spans and flushes; warns if any span was lost
     if as_json:
         out = result.to_json()
         out["resumed"] = not was_done

@@ -190,7 +190,7 @@ def calibrate_command(
     price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
     policy = Policy(temperature=temperature)
-    from ._otel_cli import otel_sink_from_env
+    from .._telemetry import otel_sink_from_env
 
     # The standard OTEL_* variables trace the calibration runs and export their metrics.
     traced = otel_sink_from_env()

@@ -28,7 +28,7 @@ import json
 import logging
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +40,10 @@ import msgspec
 
 from ...core._errors import ConfigError, MakerError
 from ...core._version import __version__
+from ...engine._run import EventSink
 from .._http import base_url, cancelled_on_sigterm
 from .._options import allow_plugin_option, rate_limit_options
+from .._telemetry import otel_sink_from_env
 from ..service._guard import ServiceLimits, allowed_hosts, is_loopback, quote
 from ..service._options import guard_options, token_from
 from ._mcp_config import McpConfig, load_mcp_config
@@ -384,14 +386,17 @@ async def call(
 
 
 async def serve_stdio(
-    config: McpConfig, limits: ToolLimits | None = None, allow_plugins: Collection[str] = ()
+    config: McpConfig,
+    limits: ToolLimits | None = None,
+    allow_plugins: Collection[str] = (),
+    sinks: Sequence[EventSink] = (),
 ) -> None:
     """Serve MCP over this process's stdin and stdout until the client closes them; ``limits``
     bounds the tools (none unless given); ``allow_plugins`` are the task plugins a call or a
-    log may name (see :func:`maker.tasks.plugin_allowed`)."""
+    log may name (see :func:`maker.tasks.plugin_allowed`); ``sinks`` observe every run."""
     from mcp.server.stdio import stdio_server
 
-    async with McpTools(config, limits, allow_plugins) as tools:
+    async with McpTools(config, limits, allow_plugins, sinks) as tools:
         server = create_mcp_server(tools)
         logger.info("maker mcp: serving on stdio (log %s)", config.log)
         async with stdio_server() as (read, write):
@@ -408,6 +413,7 @@ async def serve_http(
     allow_hosts: Collection[str] = (),
     limits: ToolLimits | None = None,
     allow_plugins: Collection[str] = (),
+    sinks: Sequence[EventSink] = (),
 ) -> None:
     """Serve MCP as streamable HTTP on ``host:port`` (0 picks a free port) until interrupted.
     ``ready`` receives the endpoint's URL once the server listens.
@@ -416,7 +422,8 @@ async def serve_http(
     loopback server only) and a Host naming the server: a loopback name, ``host``, at the
     port bound, or one of ``allow_hosts`` (``name``: any port, ``name:port``). ``limits``
     bounds the tools (:class:`ToolLimits`; those of ``maker serve`` unless given);
-    ``allow_plugins`` are the task plugins a call or a log may name.
+    ``allow_plugins`` are the task plugins a call or a log may name; ``sinks`` observe every
+    run.
     """
     import uvicorn
 
@@ -428,7 +435,7 @@ async def serve_http(
     url = base_url(host, bound) + "/mcp"
     with sock:  # closed however the server ends, also when the log cannot be opened
         tools_limits = limits if limits is not None else HTTP_LIMITS
-        async with McpTools(config, tools_limits, allow_plugins) as tools:
+        async with McpTools(config, tools_limits, allow_plugins, sinks) as tools:
             server = create_mcp_server(tools)
             app: ASGIApp = server.streamable_http_app(
                 host=host, transport_security=transport_security(host, bound, allow_hosts)
@@ -689,9 +696,19 @@ def mcp_command(
                     allow_hosts=allow_hosts,
                     limits=limits,
                     allow_plugins=allow_plugins,
+                    sinks=sinks,
                 )
             else:
-                await serve_stdio(config, limits, allow_plugins)
+                await serve_stdio(config, limits, allow_plugins, sinks)
 
-    with suppress(KeyboardInterrupt):
-        anyio.run(main, backend="asyncio")
+    # The runs the tools start are traced, and their metrics exported, where the OTEL_*
+    # variables say (on stderr for console: stdout is the protocol's); set up first, so a bad
+    # setting is one line.
+    traced = otel_sink_from_env()
+    sinks = (traced[0],) if traced is not None else ()
+    try:
+        with suppress(KeyboardInterrupt):
+            anyio.run(main, backend="asyncio")
+    finally:
+        if traced is not None:
+            traced[1]()

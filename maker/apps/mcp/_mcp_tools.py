@@ -13,7 +13,7 @@ import math
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
 from dataclasses import asdict, dataclass
 from typing import Annotated, Any, Final
@@ -52,6 +52,7 @@ from ...engine._engine import Engine
 from ...engine._handle import RunHandle
 from ...engine._recording import Divergence, Recording
 from ...engine._results import RunResult
+from ...engine._run import EventSink
 from ...engine._scheduler import Scheduler
 from ...tasks import AnswerParser, PromptTask, make_task, validate_response
 from .._options import DEFAULT_HEDGE_QUANTILE, DEFAULT_PIPELINE, hedge_from, pipelining_for
@@ -506,8 +507,11 @@ class McpTools:
         config: McpConfig,
         limits: ToolLimits | None = None,
         allow_plugins: Collection[str] = (),
+        sinks: Sequence[EventSink] = (),
     ) -> None:
         self.config = config
+        # Live observers of every run the tools start (the OTEL_* variables' trace sink).
+        self.sinks = tuple(sinks)
         self.limits = limits if limits is not None else ToolLimits()
         # A tool call is data, and so is a log: the plugins they may name, the owner trusts.
         self.allow_plugins = tuple(allow_plugins)
@@ -534,6 +538,7 @@ class McpTools:
                     client=self.clients[self.config.default_model],
                     scheduler=self.scheduler,
                     prices=self.prices,
+                    sinks=self.sinks,
                 )
             )
             # The watchers of started runs (watch_runs). Not on the stack: a task group that an
@@ -872,7 +877,7 @@ class McpTools:
                     policy=policy,
                     scheduler=self.scheduler,
                     prices=self.prices,
-                    sinks=[seen],
+                    sinks=[seen, *self.sinks],
                 )
                 tg.cancel_scope.cancel()
         await throttle(done, samples, f"{done}/{samples} responses", True)

@@ -45,7 +45,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -71,6 +71,7 @@ from ...core._pricing import PriceTable
 from ...core._task import Task
 from ...engine._engine import Engine
 from ...engine._handle import RunHandle
+from ...engine._run import EventSink
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import PromptTask, TaskFile, make_task
 from .._http import base_url, listen, serving
@@ -87,6 +88,7 @@ from .._options import (
     prices_option,
     rate_limit_options,
 )
+from .._telemetry import otel_sink_from_env
 from ._guard import (
     MAX_PIPELINE,
     ServiceLimits,
@@ -900,10 +902,19 @@ def serve_command(
         allow_hosts,
         allow_plugins,
     )
+    # Every run the service starts is traced, and its metrics exported, where the OTEL_*
+    # variables say (one sink serves all runs); set up first, so a bad setting is one line.
+    traced = otel_sink_from_env()
+    if traced is not None:
+        serve_args = replace(serve_args, sinks=(traced[0],))
     # asyncio.run cancels the service before it raises KeyboardInterrupt: the runs in flight
     # have recorded "cancelled" by then.
-    with suppress(KeyboardInterrupt):
-        asyncio.run(_serve_forever(serve_args))
+    try:
+        with suppress(KeyboardInterrupt):
+            asyncio.run(_serve_forever(serve_args))
+    finally:
+        if traced is not None:
+            traced[1]()  # ends open spans, flushes both signals; warns if anything was lost
     click.echo(
         f"maker serve: stopped; continue a cancelled run with: maker resume {log} --run ID",
         err=True,
@@ -951,6 +962,7 @@ class _ServeArgs:
     allow_prompts: bool
     allowed_hosts: tuple[str, ...]
     allow_plugins: tuple[str, ...]
+    sinks: tuple[EventSink, ...] = ()
 
 
 async def _serve_forever(args: _ServeArgs) -> None:
@@ -958,7 +970,11 @@ async def _serve_forever(args: _ServeArgs) -> None:
         try:
             async with (
                 Engine(
-                    log=args.log, client=args.client, scheduler=args.scheduler, prices=args.prices
+                    log=args.log,
+                    client=args.client,
+                    scheduler=args.scheduler,
+                    prices=args.prices,
+                    sinks=args.sinks,
                 ) as engine,
                 serve(
                     engine,
