@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import TracerProvider
 
-OTEL_SPECS = "console, otlp or json:FILE"
+OTEL_SPECS = "console, otlp, otlp:URL or json:FILE"
 
 
 @contextmanager
@@ -78,14 +78,15 @@ def otel_sink_for(
 
     ``spec`` is ``console`` (spans as JSON on stderr, so stdout stays free for ``--json``),
     ``otlp`` (OTLP/HTTP to the endpoint in ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` or
-    ``OTEL_EXPORTER_OTLP_ENDPOINT``, default ``http://localhost:4318``) or ``json:FILE`` (OTLP
-    JSON lines). Call the returned function once the run is over, also after a failure or an
-    interruption: it ends spans left open, flushes and shuts the exporters down, and prints a
-    one-line warning on stderr if spans or metrics were lost. Raises :class:`maker.ConfigError`
-    for a bad spec or a missing OTLP package.
+    ``OTEL_EXPORTER_OTLP_ENDPOINT``, default ``http://localhost:4318``), ``otlp:URL`` (to the
+    endpoint URL, read as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is, for both signals) or
+    ``json:FILE`` (OTLP JSON lines). Call the returned function once the run is over, also
+    after a failure or an interruption: it ends spans left open, flushes and shuts the exporters
+    down, and prints a one-line warning on stderr if spans or metrics were lost. Raises
+    :class:`maker.ConfigError` for a bad spec or a missing OTLP package.
 
     Metrics go where ``OTEL_METRICS_EXPORTER`` says (otlp, console or none); when it is unset,
-    ``console`` and ``otlp`` send them the way the spans go (OTLP to
+    ``console`` and ``otlp`` send them the way the spans go (OTLP to ``otlp:URL``'s URL, or to
     ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/metrics``),
     and ``json:FILE``, which has no metrics format, leaves them to the endpoint variables as a
     run without ``--otel`` does (:func:`maker.otel._sdk.metrics_from_env`).
@@ -95,20 +96,27 @@ def otel_sink_for(
     raises :class:`events.OutputIsLogError` before the run starts.
     """
     kind, sep, target = spec.partition(":")
-    if kind not in ("console", "otlp", "json") or (sep and kind != "json"):
+    if kind not in ("console", "otlp", "json") or (sep and kind == "console"):
         raise ConfigError("otel", f"unknown exporter {spec!r}; use {OTEL_SPECS}")
-    if kind == "json" and not (sep and target):
-        raise ConfigError("otel", "json needs a file: --otel json:FILE")
+    if sep and not target:
+        raise ConfigError(
+            "otel",
+            f"{kind} needs " + ("a URL: otlp:URL" if kind == "otlp" else "a file: json:FILE"),
+        )
+    if kind == "json" and not sep:
+        raise ConfigError("otel", "json needs a file: json:FILE")
     with needs_sdk():
         from ..otel import _sdk
 
     # Metrics first: a bad metrics setting then fails before a json FILE is begun.
-    meters = _sdk.metrics_from_env(default=None if kind == "json" else kind)
+    meters = _sdk.metrics_from_env(
+        default=None if kind == "json" else kind, endpoint=target if kind == "otlp" else None
+    )
     try:
         if kind == "console":
             provider = _sdk.tracer_provider_for("console", stream=sys.stderr)
         elif kind == "otlp":
-            provider = _sdk.tracer_provider_for("otlp")
+            provider = _sdk.tracer_provider_for(spec)
         else:
             provider = _sdk.tracer_provider_for("json", target, logs=logs)
     except BaseException:

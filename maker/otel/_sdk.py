@@ -352,6 +352,20 @@ def _otlp_endpoint(endpoint: str | None, path: str) -> str | None:
     return endpoint
 
 
+def signal_endpoint(base: str, signal: str) -> str:
+    """The URL of one signal (``traces``, ``metrics``) at the OTLP/HTTP endpoint ``base``, read as
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is: the signal's path appended to it.
+
+    >>> signal_endpoint("http://127.0.0.1:4318", "traces")
+    'http://127.0.0.1:4318/v1/traces'
+    >>> signal_endpoint("https://collector.example/otlp/", "metrics")
+    'https://collector.example/otlp/v1/metrics'
+    """
+    if not base.startswith(("http://", "https://")) or not base.partition("://")[2].strip("/"):
+        raise ConfigError("exporter", f"an otlp endpoint is an http(s) URL, got {base!r}")
+    return f"{base.rstrip('/')}/v1/{signal}"
+
+
 def _otlp_exporter(endpoint: str | None) -> SpanExporter:
     exporter_class = _otlp_class()
     # The exporter's own constructor reads the rest of OTEL_EXPORTER_OTLP_* (headers, timeout,
@@ -365,6 +379,10 @@ def _parse_exporter(
     exporter: str, out: str | os.PathLike[str] | None
 ) -> tuple[str, str | os.PathLike[str] | None]:
     kind, sep, target = exporter.partition(":")
+    if kind == "otlp" and sep:
+        if out is not None:
+            raise ConfigError("exporter", "give the otlp endpoint once: otlp:URL or an out URL")
+        return "otlp", signal_endpoint(target, "traces")
     if kind == "json" and sep:
         if out is not None:
             raise ConfigError("exporter", "give the json file once: json:FILE or an out path")
@@ -373,7 +391,7 @@ def _parse_exporter(
         return "json", target
     if sep or kind not in ("console", "otlp", "json"):
         raise ConfigError(
-            "exporter", f"unknown exporter {exporter!r}; use console, otlp or json:FILE"
+            "exporter", f"unknown exporter {exporter!r}; use console, otlp, otlp:URL or json:FILE"
         )
     if kind == "json" and out is None:
         raise ConfigError("exporter", "json needs a file: json:FILE, or an out path")
@@ -390,7 +408,9 @@ def tracer_provider_for(
 ) -> TracerProvider:
     """A tracer provider with deterministic ids and a batch processor that does not lose spans.
 
-    ``exporter`` is ``"console"`` (spans as JSON to ``out``, ``stream``, or stdout), ``"otlp"``
+    ``exporter`` is ``"console"`` (spans as JSON to ``out``, ``stream``, or stdout),
+    ``"otlp:URL"`` (OTLP/HTTP protobuf to the endpoint URL, read as
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is: ``/v1/traces`` is appended), ``"otlp"``
     (OTLP/HTTP protobuf to ``out`` if given, an http(s) URL, else to
     ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` / ``OTEL_EXPORTER_OTLP_ENDPOINT`` + ``/v1/traces``,
     else ``http://localhost:4318/v1/traces``; headers, timeout, compression and certificates come
@@ -627,7 +647,10 @@ def meter_provider_for(
 
 
 def metrics_from_env(
-    environ: Mapping[str, str] | None = None, *, default: str | None = None
+    environ: Mapping[str, str] | None = None,
+    *,
+    default: str | None = None,
+    endpoint: str | None = None,
 ) -> SdkMeterProvider | None:
     """A meter provider from the standard ``OTEL_*`` variables, or None when they ask for none.
 
@@ -637,6 +660,8 @@ def metrics_from_env(
     exporter), else ``otlp`` if ``OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`` or
     ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else none; the protocol variables must say
     ``http/protobuf``. See :func:`meter_provider_for` for what the exporter and reader read.
+    ``endpoint`` (``maker run --otel otlp:URL``'s URL) is the OTLP endpoint to send them to,
+    read as ``OTEL_EXPORTER_OTLP_ENDPOINT`` is, when they go over OTLP.
     """
     env = os.environ if environ is None else environ
     if default is not None and not env.get("OTEL_METRICS_EXPORTER", "").strip():
@@ -647,4 +672,5 @@ def metrics_from_env(
         kind = _env_exporter(env, "METRICS")
     if kind is None:
         return None
-    return meter_provider_for(kind, stream=sys.stderr if kind == "console" else None)
+    url = signal_endpoint(endpoint, "metrics") if kind == "otlp" and endpoint else None
+    return meter_provider_for(kind, url, stream=sys.stderr if kind == "console" else None)

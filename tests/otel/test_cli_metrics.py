@@ -328,3 +328,50 @@ async def test_calibrate_exports_metrics_where_the_variables_say(tmp_path: Path)
     assert attrs["gen_ai.request.model"] == "sim"
     assert point.as_int == 5
     assert len(chat_spans(receiver)) == 5
+
+
+async def test_an_otlp_endpoint_is_spelled_otlp_url_in_run_and_in_export_otel(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "run.db"
+    async with otlp_receiver() as receiver:
+        # No variables: the endpoint is in the exporter's spec, for spans and metrics alike; a
+        # password in it is never printed.
+        host = receiver.url.split("://", 1)[1]
+        endpoint = f"http://collector:s3cret-pw@{host}"
+        code, out, err = await maker(
+            "run", "hanoi", "--disks", "2", "--k", "1", "--preset", "ideal", "--no-progress",
+            "--log", str(log), "--otel", f"otlp:{endpoint}", "--json", env=child_env(),
+        )  # fmt: skip
+        assert code == 0, err
+        run_id = json.loads(out)["run_id"]
+        assert len(chat_spans(receiver)) == json.loads(out)["samples"]
+        assert "maker.samples" in by_name(receiver)
+        live = {bytes(s.span_id) for s in receiver.spans}
+        receiver.spans.clear()
+        code, out, err = await maker(
+            "export-otel", str(log), "--exporter", f"otlp:{endpoint}", "--json", env=child_env()
+        )
+        assert code == 0, err
+        assert {bytes(s.span_id) for s in receiver.spans} == live  # the same tree, again
+        summary = json.loads(out)
+        assert (summary["run_id"], summary["spans"]) == (run_id, len(live))
+        assert summary["exporter"] == f"otlp:http://collector:***@{host}"
+        assert "s3cret-pw" not in out + err
+        # --out is a file, never an endpoint: the other spelling is refused in one line.
+        code, out, err = await maker(
+            "export-otel", str(log), "--exporter", "otlp", "--out", receiver.url, env=child_env()
+        )
+        assert code == 2
+        assert err.strip().splitlines() == [
+            "maker: error: --out is a file; give an otlp endpoint as --exporter otlp:URL"
+            " (see 'maker export-otel --help')"
+        ]
+        code, _, err = await maker(
+            "run", "hanoi", "--disks", "2", "--log", str(tmp_path / "bad.db"), "--otel",
+            "otlp:localhost:4318", "--no-progress", env=child_env(),
+        )  # fmt: skip
+        assert code != 0
+        assert err.strip().splitlines() == [
+            "maker: error: exporter: an otlp endpoint is an http(s) URL, got 'localhost:4318'"
+        ]

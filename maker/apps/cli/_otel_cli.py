@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import anyio
 import click
@@ -18,25 +18,37 @@ from ...otel._otel import trace_id_for
 from .._options import log_run_arguments
 from .._telemetry import needs_sdk
 
-if TYPE_CHECKING:
-    pass
+
+def _shown(spec: str) -> str:
+    """An exporter spec for output, with a password in an endpoint URL masked."""
+    kind, sep, url = spec.partition(":")
+    parts = urllib.parse.urlsplit(url) if kind == "otlp" and sep else None
+    if parts is None or not parts.password:
+        return spec
+    host = parts.netloc.rpartition("@")[2]
+    return f"{kind}:" + urllib.parse.urlunsplit(
+        parts._replace(netloc=f"{parts.username or ''}:***@{host}")
+    )
 
 
 @click.command("export-otel")
 @log_run_arguments
 @click.option(
     "--exporter",
-    type=click.Choice(["console", "otlp", "json"]),
+    metavar="EXPORTER",
     default="console",
+    # Free text (otlp:URL), but the shell still completes the kinds.
+    shell_complete=lambda _ctx, _param, incomplete: [
+        kind for kind in ("console", "otlp", "json") if kind.startswith(incomplete)
+    ],
     show_default=True,
-    help="console: span JSON; otlp: OTLP/HTTP; json: OTLP JSON lines.",
+    help="console (span JSON), otlp (OTLP/HTTP to the OTEL_EXPORTER_OTLP_* endpoint, default "
+    "http://localhost:4318), otlp:URL (to the endpoint URL), or json (OTLP JSON lines; needs "
+    "--out).",
 )
 @click.option(
     "--out",
-    help=(
-        "json: the file to write (required); console: a file instead of stdout; otlp: the "
-        "endpoint URL (default: OTEL_EXPORTER_OTLP_* or http://localhost:4318/v1/traces)."
-    ),
+    help="The file to write: json's (required), or console's instead of stdout.",
 )
 @click.option(
     "--capture-content",
@@ -60,6 +72,9 @@ def export_otel_command(
     """
     if exporter == "json" and out is None:
         raise click.UsageError("--exporter json needs --out PATH")
+    if exporter.partition(":")[0] == "otlp" and out is not None:
+        # One spelling for an endpoint, as in run --otel: --out is a file.
+        raise click.UsageError("--out is a file; give an otlp endpoint as --exporter otlp:URL")
     if not file.exists():
         raise click.UsageError(f"no such log: {os.fspath(file)}")
 
@@ -75,7 +90,7 @@ def export_otel_command(
             "run_id": found,
             "trace_id": f"{trace_id_for(found):032x}",
             "spans": count,
-            "exporter": exporter,
+            "exporter": _shown(exporter),
             "out": out,
         }
         # With the console exporter the spans themselves are on stdout: the summary goes last.
