@@ -28,7 +28,7 @@ Wire formats (never change them; add new codes instead):
   ``dict[str, int]`` is a flat array ``[key, count, key, count, ...]`` in insertion order;
   a field that may be unset (``str | UnsetType``) is an inline string, never a blob (its values,
   such as provider response ids, are unique, so interning would only add a row each), and nil
-  when unset before a later field.
+  when unset before a later field; so is a ``float | UnsetType`` (encoded as a float is).
 - Blob data: one kind byte, then the payload. Bits 0-1 of the kind say what the payload is
   (0 UTF-8 string, 1 msgpack value; 2 and 3 unused); bits 2-3 how it is stored (0 as is, 1 zstd
   frame, 2 zstd frame with a dictionary, whose id follows the kind as a LEB128 varint).
@@ -160,6 +160,7 @@ _K_BOOL: Final = 5
 _K_ANY: Final = 6
 _K_TALLY: Final = 7
 _K_OPTSTR: Final = 8
+_K_UNSETFLOAT: Final = 9
 
 _ENVELOPE: Final = frozenset({"run_id", "seq", "ts", "step", "type"})
 _NO_DEFAULT: Final[Any] = object()
@@ -195,6 +196,8 @@ def _field_kind(name: str, tp: Any) -> tuple[int, frozenset[str] | None, type | 
         return _K_FLOAT, None, None
     if origin in (typing.Union, types.UnionType) and set(args) == {float, type(None)}:
         return _K_OPTFLOAT, None, None
+    if origin in (typing.Union, types.UnionType) and set(args) == {float, msgspec.UnsetType}:
+        return _K_UNSETFLOAT, None, None
     if tp is bool:
         return _K_BOOL, None, None
     if tp is int:
@@ -667,7 +670,7 @@ def _encoder_source(plan: _Plan) -> str:
                 ]
             else:
                 out.append(f"    {v} = S({o}) if len({o}) >= MIN else {o}")
-        elif k in (_K_FLOAT, _K_OPTFLOAT):
+        elif k in (_K_FLOAT, _K_OPTFLOAT, _K_UNSETFLOAT):
             out += [
                 f"    {v} = {o}",
                 f"    tv = type({o})",
@@ -680,6 +683,9 @@ def _encoder_source(plan: _Plan) -> str:
             ]
             if k == _K_OPTFLOAT:
                 out.append(f"    elif {o} is not None: raise TE({name}, 'float | None', {o})")
+            elif k == _K_UNSETFLOAT:
+                out.append(f"    elif {o} is UNSET: {v} = None")
+                out.append(f"    else: raise TE({name}, 'float | UnsetType', {o})")
             else:
                 out.append(f"    else: raise TE({name}, 'float', {o})")
         elif k == _K_INT:
@@ -1032,6 +1038,12 @@ def _decoder_source(plan: _Plan) -> str:
             out += [
                 f"    if type({x}) is int: {x} = float({x})",
                 f"    elif type({x}) is not float{none}: raise BAD({name}, {x})",
+            ]
+        elif k == _K_UNSETFLOAT:
+            out += [
+                f"    if {x} is None: {x} = UNSET",
+                f"    elif type({x}) is int: {x} = float({x})",
+                f"    elif type({x}) is not float and {x} is not UNSET: raise BAD({name}, {x})",
             ]
         elif k == _K_INT:
             out.append(

@@ -212,7 +212,12 @@ class RunResumed(Event, frozen=True, kw_only=True, tag="run_resumed"):
 
 
 class RunFinished(Event, frozen=True, kw_only=True, tag="run_finished"):
-    """The run ended. ``reason`` says why when it did not succeed."""
+    """The run ended. ``reason`` says why when it did not succeed.
+
+    ``cost_usd`` is the run's cost in USD by the price table of the process that finished it (a
+    resumed run's includes the part before its interruption, priced again), so that a listing
+    of runs need not read every sample; unset in logs written before it was recorded.
+    """
 
     status: RunStatus
     steps: int
@@ -220,6 +225,7 @@ class RunFinished(Event, frozen=True, kw_only=True, tag="run_finished"):
     red_flags: int = 0
     reason: str = ""
     wall_s: float = 0.0
+    cost_usd: float | msgspec.UnsetType = msgspec.UNSET
 
 
 AnyEvent = (

@@ -284,6 +284,7 @@ class _Run(Generic[S, A]):
                 red_flags=sum(c.red_flags.values()),
                 reason=reason,
                 wall_s=wall,
+                cost_usd=c.cost,
             )
         )
         self.result = RunResult(

@@ -66,10 +66,32 @@ def test_runs_lists_finished_interrupted_and_running_runs(tmp_path: Path) -> Non
     assert second["pid"] is None
     rows = maker(tmp_path, "runs", "x.db").stdout.splitlines()
     assert rows[0].split() == [
-        "run", "task", "model", "status", "steps", "samples", "events", "started", "(UTC)",
+        "run", "task", "model", "status", "steps", "samples", "cost", "events", "started",
+        "(UTC)",
     ]  # fmt: skip
     assert rows[1].startswith(finished["run_id"])
     assert "interrupted" in rows[2]
+    # The simulated model has no price: its cost is unknown, not $0; an interrupted run's is
+    # not in its last event, so not listed.
+    assert (first["cost_usd"], second["cost_usd"]) == (0.0, None)
+    assert rows[1].split()[7] == "unknown"  # the 8th word: the task cell has two
+    assert rows[2].split()[7] == "-"
+
+
+def test_runs_lists_the_cost_the_run_recorded_at_its_end(tmp_path: Path) -> None:
+    (tmp_path / "prices.toml").write_text("[models]\nsim = { input = 3.0, output = 15.0 }\n")
+    done = maker(tmp_path, "run", "hanoi", "--disks", "3", "--log", "x.db", "--prices",
+                 "prices.toml", "--json")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["cost_usd"] > 0
+    [line] = listed(tmp_path, "x.db")
+    assert line["cost_usd"] == result["cost_usd"]
+    shown = maker(tmp_path, "show", "x.db", "--json")
+    # show folds every sample's recorded cost; the listing reads the run's last event only.
+    assert abs(json.loads(shown.stdout)["cost_usd"] - line["cost_usd"]) < 1e-12
+    row = maker(tmp_path, "runs", "x.db").stdout.splitlines()[1]
+    assert row.split()[7] == f"${result['cost_usd']:.4f}"
 
 
 def test_runs_of_a_file_that_is_not_a_log_is_one_line(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 A listing must not fold a million-step run: each line comes from the run's ``run_started``, its
 ``run_finished`` when that is its last event, and its last seq, which the log keeps as the run's
-head. So it shows what those hold (status, steps, samples, red flags, wall time) and no cost,
-which only a fold of every sample gives (``maker show``). A run without an end is ``running``
+head. So it shows what those hold (status, steps, samples, red flags, cost, wall time); the
+cost of a run that has not ended, or that ended in a log written before ``run_finished`` kept
+it, is unknown here (``-``): only a fold of every sample gives it (``maker show``). A run
+without an end is ``running``
 while a process holds it (the log's run lock names the process) and ``interrupted`` otherwise:
 ``maker resume`` continues it.
 """
@@ -17,11 +19,13 @@ from typing import Any
 
 import anyio
 import click
+import msgspec
 
 from events import EventLog, RunInfo
 from events._locks import holder
 
-from ._table import echo_table
+from ...core._pricing import PriceTable
+from ._table import cost_text, echo_table
 
 _PARAMS_CHARS = 40
 """A listing's task column shows at most this much of the parameters (a prompt task's are its
@@ -45,6 +49,7 @@ def run_line(path: str, info: RunInfo) -> dict[str, Any]:
         "samples": None,
         "red_flags": None,
         "wall_s": None,
+        "cost_usd": None,
         "reason": "",
     }
     if ended and finished is not None:
@@ -54,6 +59,7 @@ def run_line(path: str, info: RunInfo) -> dict[str, Any]:
             samples=finished.samples,
             red_flags=finished.red_flags,
             wall_s=finished.wall_s,
+            cost_usd=None if finished.cost_usd is msgspec.UNSET else finished.cost_usd,
             reason=finished.reason,
         )
     else:
@@ -84,11 +90,19 @@ def _number(value: object) -> str:
     return "-" if value is None else str(value)
 
 
+def _cost_cell(line: dict[str, Any], prices: PriceTable) -> str:
+    cost = line["cost_usd"]
+    if cost is None:
+        return "-"
+    # "unknown" rather than $0.0000 when no model of the run has a price, as maker show says.
+    return cost_text(cost, line["models"], prices).split(" (", 1)[0]
+
+
 @click.command("runs")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per run, a list.")
 def runs_command(file: Path, as_json: bool) -> None:
-    """List the runs of a log: id, task, status, steps, samples, events, start (UTC)."""
+    """List the runs of a log: id, task, status, steps, samples, cost, events, start (UTC)."""
     lines = anyio.run(_lines, file)
     if as_json:
         click.echo(json.dumps(lines))
@@ -96,6 +110,7 @@ def runs_command(file: Path, as_json: bool) -> None:
     if not lines:
         click.echo(f"{file}: no runs")
         return
+    prices = PriceTable()
     rows = [
         (
             line["run_id"],
@@ -104,10 +119,13 @@ def runs_command(file: Path, as_json: bool) -> None:
             _status_cell(line),
             _number(line["steps"]),
             _number(line["samples"]),
+            _cost_cell(line, prices),
             str(line["events"]),
             line["started"][:19].replace("T", " "),
         )
         for line in lines
     ]
-    header = ("run", "task", "model", "status", "steps", "samples", "events", "started (UTC)")
+    header = (
+        "run", "task", "model", "status", "steps", "samples", "cost", "events", "started (UTC)"
+    )  # fmt: skip
     echo_table(rows, header)
