@@ -18,6 +18,8 @@ one can cost less), and samples per step beside the paper's expected value for t
 - ``wall_over_limit``: wall / (steps x median latency), per mode (the pipelined bound is about
   E[min of k latencies] / median, ``pipelined_bound``);
 - ``samples_per_step_ratio``: samples per step, pipelined / sequential;
+- ``cpu_ms_per_sample``: the CPU this process (the engine and the SDK client) spent per sample,
+  per mode: the figure a loaded machine moves least;
 - with ``--stragglers RATE``: each mode runs again with serve-sim answering that share of requests
   correctly but ``--straggler-s`` seconds late (its ``late`` fault), and
   ``straggler_wall_ratio`` is the wall with stragglers / the wall without, per mode.
@@ -146,9 +148,12 @@ async def _bench(
                 async with Engine(
                     log=log, client=client, scheduler=Scheduler(limits), log_writer="process"
                 ) as eng:
-                    began = time.perf_counter()
+                    began, cpu_began = time.perf_counter(), time.process_time()
                     result = await eng.run(Hanoi(disks), policy=policy, seed=seed)
                     wall = time.perf_counter() - began
+                    # This process's CPU (every thread; the server and the log's writer run in
+                    # processes of their own): what a busy machine's noise moves least.
+                    cpu = time.process_time() - cpu_began
             finally:
                 await client.aclose()  # type: ignore[attr-defined]
     late_faults = late_count[0]
@@ -178,6 +183,8 @@ async def _bench(
         "wall_s": round(wall, 3),
         "sequential_limit_s": round(sequential, 2),
         "wall_over_limit": round(wall / sequential, 3) if sequential > 0 else None,
+        "cpu_s": round(cpu, 3),
+        "cpu_ms_per_sample": round(1000.0 * cpu / max(1, result.samples), 4),
         "samples_per_step": round(result.samples / max(1, result.steps), 4),
         "paper_expected_samples_per_step": round(expected, 4),
     }
@@ -210,7 +217,8 @@ def _describe(figures: dict[str, Any], label: str) -> list[str]:
         f"hedge={figures['hedge']:g}, median latency {figures['median_latency_ms']} ms{late}: "
         f"{figures['status']}",
         f"  wall {figures['wall_s']} s vs sequential limit {figures['sequential_limit_s']} s "
-        f"(steps x median latency): ratio {figures['wall_over_limit']}",
+        f"(steps x median latency): ratio {figures['wall_over_limit']}; this process's CPU "
+        f"{figures['cpu_s']} s, {figures['cpu_ms_per_sample']} ms per sample",
         f"  samples per step {figures['samples_per_step']} vs the paper's expected "
         f"{figures['paper_expected_samples_per_step']} (Eq 16 / v, same p and k); "
         f"misspeculated {figures['misspeculated_samples']}, hedged {figures['hedged_samples']}, "
@@ -228,6 +236,7 @@ def summarise(runs: list[dict[str, Any]], *, k: int, sigma: float) -> dict[str, 
         "wall_over_limit": {},
         "wall_s": {},
         "samples_per_step": {},
+        "cpu_ms_per_sample": {},
         "pipelined_bound": round(min_of_k_over_median(k, sigma), 3),
     }
     for mode in MODES:
@@ -235,6 +244,7 @@ def summarise(runs: list[dict[str, Any]], *, k: int, sigma: float) -> dict[str, 
         summary["wall_over_limit"][mode] = _median([r["wall_over_limit"] for r in plain])
         summary["wall_s"][mode] = _median([r["wall_s"] for r in plain])
         summary["samples_per_step"][mode] = _median([r["samples_per_step"] for r in plain])
+        summary["cpu_ms_per_sample"][mode] = _median([r["cpu_ms_per_sample"] for r in plain])
     # Paired by repetition: both modes of one repetition ran the same seed.
     pairs = zip(of("pipelined", straggled=False), of("sequential", straggled=False), strict=True)
     summary["samples_per_step_ratio"] = _median(

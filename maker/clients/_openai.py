@@ -124,24 +124,30 @@ class OpenAIClient(SDKClient["openai.AsyncOpenAI"]):
     async def complete(self, request: SampleRequest) -> Completion:
         """Answer one request; every failure is a :class:`maker.ClientError`."""
         import openai
+        from openai.types.chat import ChatCompletion
 
         # At most one retry for temperature and one for max_tokens: three calls in all.
         for _ in range(3):
             send_temperature = self._send_temperature
             cap_param = self._cap_param
+            body: dict[str, object] = {
+                "model": self._name,
+                "messages": [
+                    {"role": "system", "content": request.system},
+                    {"role": "user", "content": request.user},
+                ],
+                cap_param: request.max_tokens,
+                "seed": request.seed,
+            }
+            if send_temperature:
+                body["temperature"] = request.temperature
             try:
-                response = await self._client.chat.completions.create(
-                    model=self._name,
-                    messages=[
-                        {"role": "system", "content": request.system},
-                        {"role": "user", "content": request.user},
-                    ],
-                    max_tokens=request.max_tokens if cap_param == "max_tokens" else openai.omit,
-                    max_completion_tokens=(
-                        request.max_tokens if cap_param != "max_tokens" else openai.omit
-                    ),
-                    temperature=request.temperature if send_temperature else openai.omit,
-                    seed=request.seed,
+                # The SDK's own POST, with its client, headers, errors and parsing: what
+                # chat.completions.create sends, built here. create() first walks its typed
+                # parameters to transform them (a no-op for these plain values) at about half a
+                # millisecond a call, a fifth of the SDK's CPU per request in a fast run.
+                response = await self._client.post(
+                    "/chat/completions", body=body, cast_to=ChatCompletion
                 )
             except openai.BadRequestError as exc:
                 if send_temperature and _rejects_temperature(exc):
