@@ -346,6 +346,11 @@ def test_resuming_a_finished_run_reports_it_and_exits_zero_even_if_it_failed(
     result = json.loads(out)
     assert (result["status"], result["resumed"]) == ("failed", False)
     assert log.read_bytes() == before
+    # The table says the simulated model's cost is unknown, as run and show do, not $0.0000.
+    code, out, err = cli(capsys, "resume", str(log))
+    assert code == 0, err
+    [cost] = [line for line in out.splitlines() if line.startswith("cost")]
+    assert cost.split(None, 1)[1] == "unknown (no price for sim)"
 
 
 def test_replay_verify_verify_and_revote_from_the_command_line(

@@ -647,7 +647,7 @@ def resume(
 
     from .._telemetry import otel_sink_for, otel_sink_from_env
 
-    async def go() -> tuple[RunResult, bool]:
+    async def go() -> tuple[RunResult, bool, list[str]]:
         # The run's start and end come from the log's run index; resume_run reads the recorded
         # prefix as it re-executes it, so the run is never loaded whole.
         async with open_run(file, run_id) as run:
@@ -671,12 +671,12 @@ def resume(
             result = await resume_run(
                 file, info.run_id, task=task, sinks=sinks, log_writer=log_writer
             )
-            return result, done
+            return result, done, list(started.models)
 
     # Set up before the run, so a bad exporter or a missing package is one line.
     traced = otel_sink_for(otel, logs=(file,)) if otel is not None else otel_sink_from_env()
     try:
-        result, was_done = anyio.run(go)
+        result, was_done, models = anyio.run(go)
     except KeyboardInterrupt:
         _interrupted(file, run_id)
     finally:
@@ -689,7 +689,8 @@ def resume(
     else:
         if was_done:
             _err.print("the run had already finished; nothing was changed", highlight=False)
-        _print_result(result, file)
+        # The run's models, so that a cost that is nothing for want of a price says unknown.
+        _print_result(result, file, models)
     # A run that had already finished is reported, not redone: that is a success whatever its
     # status; a resumed run that then fails is not.
     if not was_done and not result.ok:
