@@ -266,3 +266,29 @@ async def test_the_tools_that_start_runs_are_bounded(tmp_path: Path) -> None:
         [sys.executable, "-m", "maker", "verify", str(tmp_path / "mcp.db")], check=False
     )
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+async def test_sigterm_stops_the_http_server_cleanly_with_a_client_connected(
+    tmp_path: Path,
+) -> None:
+    # A client holds its session open and a run is going: SIGTERM stops the server, which
+    # closes the session, records the run as cancelled (resumable) and exits 0, with no
+    # traceback (uvicorn's shutdown and the loop's cancellation used to race on the signal).
+    with guarded_server(tmp_path) as server:
+        async with connect(server.url, bearer(TOKEN)) as client:
+            started = await client.call_tool(
+                "run", {"task": "hanoi", "params": {"disks": 12}, "k": 2}
+            )
+            run_id = structured(started)["run_id"]
+            server.proc.send_signal(signal.SIGTERM)
+            with anyio.fail_after(30):
+                code = await anyio.to_thread.run_sync(server.proc.wait)
+    assert code == 0
+    assert "Traceback" not in server.stderr
+    assert "ERROR" not in server.stderr
+    done = await anyio.run_process(
+        [sys.executable, "-m", "maker", "show", "maker-mcp.db", "--run", run_id, "--json"],
+        cwd=tmp_path, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["status"] == "cancelled"

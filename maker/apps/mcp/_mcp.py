@@ -23,13 +23,15 @@ corrupt the stream.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from contextlib import suppress
+from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +54,7 @@ from ._mcp_results import RESULTS, output_schema
 from ._mcp_tools import TOOLS, McpTools, Progress, ToolError, ToolLimits
 
 if TYPE_CHECKING:
+    import uvicorn
     from mcp.server import Server, ServerRequestContext
     from mcp.server.transport_security import TransportSecuritySettings
     from mcp_types import CallToolRequestParams, CallToolResult, ListToolsResult
@@ -442,14 +445,57 @@ async def serve_http(
             )
             if token is not None:
                 app = BearerToken(app, token)
-            uv = uvicorn.Server(
+            uv = _graceful_server(
                 uvicorn.Config(
                     app, log_config=None, access_log=False, lifespan="on", log_level="warning"
                 )
             )
             if ready is not None:
                 ready(url)
-            await uv.serve(sockets=[sock])
+            with _stopping_gracefully(uv):
+                await uv.serve(sockets=[sock])
+
+
+def _graceful_server(config: uvicorn.Config) -> uvicorn.Server:
+    """uvicorn's server, leaving signals to :func:`_stopping_gracefully`.
+
+    uvicorn's own handler shuts down gracefully, but the loop's SIGTERM handler (the
+    cancellation every maker server stops by) fires beside it, on the same signal, and cancels
+    the ASGI lifespan mid-shutdown: a traceback in the log instead of a clean stop.
+    """
+    import uvicorn
+
+    class GracefulServer(uvicorn.Server):
+        @contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return GracefulServer(config)
+
+
+@contextmanager
+def _stopping_gracefully(server: uvicorn.Server) -> Iterator[None]:
+    """For the block, SIGTERM and Ctrl-C ask ``server`` to stop as uvicorn's handler would (it
+    stops accepting, ends its connections and the lifespan, then returns), rather than
+    cancelling it; what follows the block then closes the tools, which cancels the runs still
+    going and records them as cancelled."""
+    loop = asyncio.get_running_loop()
+    signals = (signal.SIGTERM, signal.SIGINT)
+
+    def stop() -> None:
+        server.should_exit = True
+
+    try:
+        for sig in signals:
+            loop.add_signal_handler(sig, stop)
+    except NotImplementedError:  # no signal handlers on this platform: Ctrl-C as it comes
+        yield
+        return
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
 
 
 _SERVE = ServiceLimits()
