@@ -520,6 +520,10 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        # Listening now, not when uvicorn starts: "listening on" is printed before uvicorn
+        # serves, and a client that connects in between waits in the backlog rather than
+        # being refused. (uvicorn's own listen() on the socket only sets the backlog again.)
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise ConfigError("port", f"cannot listen on {host}:{port}: {exc.strerror}") from exc
