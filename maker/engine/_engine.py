@@ -59,6 +59,12 @@ class Engine:
     ``clock`` stamps events' ``ts``; it never influences a decision. ``scheduler`` holds the
     per-model limits (concurrency, RPM, TPM, timeouts, breaker); share one between engines to
     share the limits. ``prices`` turns token counts into ``cost_usd`` (Eq 20).
+
+    Leaving ``async with Engine(...)`` waits for every run still going, those of :meth:`start`
+    and those awaited with :meth:`run` or :meth:`resume` in other tasks alike, before it closes
+    the log; when the block is left by an exception or a cancellation, it cancels them first,
+    and each records ``run_finished`` "cancelled" (an awaited :meth:`run` then returns that
+    result).
     """
 
     def __init__(
@@ -90,6 +96,10 @@ class Engine:
         self._clock = clock
         self._sinks = tuple(sinks)
         self._runs_active = 0
+        # Every run going, by identity: its cancel scope, and an event set once it has
+        # recorded its end. Leaving the engine waits on them (and cancels them when the body
+        # failed), runs awaited in other tasks included, before the log closes.
+        self._going: dict[int, tuple[anyio.CancelScope, anyio.Event]] = {}
         self._traffic = _Traffic()
         self._entered = False
         self._tg: TaskGroup | None = None
@@ -126,6 +136,14 @@ class Engine:
                 # The body's exception is not handed to the group, which would only wrap it in
                 # an ExceptionGroup; it propagates as it is once the group has closed.
                 await tg.__aexit__(None, None, None)
+            # Runs awaited with run()/resume() in other tasks: left alone they would record
+            # their end into a closed log. They end as the background runs do: awaited, or
+            # cancelled (recording "cancelled") when the body failed.
+            while self._going:
+                scope, done = next(iter(self._going.values()))
+                if exc is not None:
+                    scope.cancel()
+                await done.wait()
         finally:
             self._entered = False
             if self._owns_log:
@@ -406,9 +424,21 @@ class Engine:
 
     async def _execute(self, run: _Run[Any, Any]) -> RunResult:
         self._runs_active += 1
+        key, scope, done = id(run), anyio.CancelScope(), anyio.Event()
+        self._going[key] = (scope, done)
         try:
-            return await run.execute()
+            with scope:
+                return await run.execute()
+            # Only the engine cancels this scope, when it is left after a failure: the run has
+            # recorded "cancelled", and its caller gets that result rather than an error.
+            if run.result is None:  # cut while it re-executed its log: it appended nothing
+                raise MakerError(
+                    f"run {run.run_id}: the engine was closed while it replayed its log"
+                )
+            return run.result
         finally:
             self._runs_active -= 1
             with anyio.CancelScope(shield=True):
                 await self._log.flush()
+            del self._going[key]
+            done.set()

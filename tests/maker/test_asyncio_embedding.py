@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from events import EventLog, RunFinished, StepDecided, UnknownRunError, verify_log
-from maker import Engine, Policy, SimConfig, SimulatedModel
+from maker import Engine, Policy, RunResult, SimConfig, SimulatedModel
 from maker.tasks import Hanoi
 from replay import resume_run, verify_run
 
@@ -179,3 +179,42 @@ async def test_an_aiohttp_service_runs_its_requests_on_one_shared_engine(tmp_pat
     for answer in answers:
         assert len(await _winners(path, answer["run_id"])) == answer["steps"]
         assert (await verify_run(path, answer["run_id"])).ok
+
+
+async def test_leaving_the_engine_waits_for_runs_awaited_in_other_tasks(tmp_path: Path) -> None:
+    # A run awaited in a task of the application's own, not in the engine's block: leaving
+    # the block waits for it to end (it used to close the log under it: LogClosedError).
+    path = tmp_path / "log.db"
+    async with Engine(log=path, client=SimulatedModel(LATENCY)) as engine:
+        task = asyncio.create_task(engine.run(Hanoi(5), policy=Policy(k=2), seed=4))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+    assert task.done()
+    result = task.result()
+    assert result.status == "succeeded"
+    assert (await _finish(path, result.run_id)).status == "succeeded"
+    assert await _winners(path, result.run_id) == await _uninterrupted(tmp_path, 5, 4)
+
+
+async def test_leaving_the_engine_by_an_error_cancels_runs_awaited_elsewhere(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "log.db"
+    tasks: list[asyncio.Task[RunResult]] = []
+
+    async def application() -> None:
+        async with Engine(log=path, client=SimulatedModel(LATENCY)) as engine:
+            tasks.append(asyncio.create_task(engine.run(Hanoi(8), policy=Policy(k=2), seed=4)))
+            await asyncio.sleep(0.05)
+            raise RuntimeError("the application failed")
+
+    with pytest.raises(RuntimeError, match="the application failed"):
+        await application()
+    [task] = tasks
+    # The run recorded its cancellation before the log closed, and its caller got that result.
+    result = await task
+    assert result.status == "cancelled"
+    assert (await _finish(path, result.run_id)).status == "cancelled"
+    assert verify_log(path).ok
+    resumed = await resume_run(path, result.run_id, client=SimulatedModel(LATENCY))
+    assert resumed.status == "succeeded"
