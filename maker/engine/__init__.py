@@ -16,7 +16,7 @@ from ._calibrate import (
     wilson_interval,
 )
 from ._engine import Engine
-from ._handle import RunHandle, RunStatistics
+from ._handle import CancelledBeforeStart, RunHandle, RunStatistics
 from ._recording import Divergence, EventBatches, Recording, decision_events
 from ._results import EngineStatistics, RunResult, VerifyResult
 from ._run import EventSink, ReplayAwareSink
@@ -37,6 +37,7 @@ __all__ = [
     "CALIBRATION_MODE",
     "BreakerChange",
     "CalibrationReport",
+    "CancelledBeforeStart",
     "CircuitBreaker",
     "Divergence",
     "Engine",

@@ -52,6 +52,12 @@ class _Subscriber:
         self.behind = False
 
 
+class CancelledBeforeStart(MakerError):
+    """A handle's run was cancelled before it recorded anything (a resumption cut while it
+    re-executed its log, or a run cancelled before its first turn): the log is as it was, and
+    there is no result to give."""
+
+
 class RunHandle:
     """A run started with :meth:`Engine.start`: its id, its live events, its result.
 
@@ -127,7 +133,7 @@ class RunHandle:
         finally:
             final = result if result is not None else ended()
             if final is None and error is None:
-                error = MakerError(f"run {self.run_id} was cancelled before it started")
+                error = CancelledBeforeStart(f"run {self.run_id} was cancelled before it started")
             self._finish(final, error)
 
     def _finish(self, result: RunResult | None, error: BaseException | None) -> None:

@@ -318,3 +318,29 @@ async def test_the_tools_let_an_error_of_their_block_out_as_it_is(tmp_path: Path
 
     with pytest.raises(KeyError, match="the block's"):
         await block()
+
+
+async def test_cancelling_a_resume_at_once_is_no_error(tmp_path: Path) -> None:
+    # The resume tool returns while the run re-executes its log; a cancel then cuts it before
+    # it has recorded anything: that is reported, not raised.
+    from maker.apps.mcp import McpTools, load_mcp_config
+    from maker.apps.mcp._mcp_tools import CancelArgs, ResumeArgs, RunArgs, RunStatusArgs
+
+    async with McpTools(load_mcp_config(log=str(tmp_path / "mcp.db"))) as tools:
+        started = await tools.run(RunArgs(task="hanoi", params={"disks": 10}, k=2))
+        with anyio.fail_after(30):
+            args = RunStatusArgs(run_id=started["run_id"])
+            while (await tools.run_status(args))["steps"] < 200:  # noqa: ASYNC110
+                await anyio.sleep(0.01)  # polling the run's progress
+        first = await tools.cancel(CancelArgs(run_id=started["run_id"]))
+        assert first["status"] == "cancelled"
+        await tools.resume(ResumeArgs(run_id=started["run_id"]))
+        cut = await tools.cancel(CancelArgs(run_id=started["run_id"]))
+        status = await tools.run_status(RunStatusArgs(run_id=started["run_id"]))
+    assert cut["status"] == status["status"] == "cancelled"
+    assert "error" not in status
+    if "note" in cut:  # cut while it re-executed the log (the usual case): nothing appended
+        assert cut["note"] == "cancelled before it recorded anything; the log is as it was"
+        assert cut["steps"] == first["steps"]
+    else:  # it went live first: it recorded its own cancellation, further on
+        assert cut["steps"] > first["steps"]

@@ -263,3 +263,23 @@ async def test_a_background_resume_that_diverges_appends_nothing(tmp_path: Path)
         with pytest.raises(MakerError, match="nothing to resume"):
             engine.start_resume(Hanoi(3), done)
     assert await load_events(log, first.run_id) == before
+
+
+async def test_a_resume_cancelled_before_it_recorded_anything_says_so(tmp_path: Path) -> None:
+    from maker import CancelledBeforeStart, Recording
+
+    log = tmp_path / "cut.db"
+    async with Engine(log=log, client=SimulatedModel(LATENT)) as engine:
+        first = engine.start(Hanoi(6), policy=Policy(k=2), seed=5)
+        await _wait_for_steps(first, 10)
+        await first.cancel()
+        before = await load_events(log, first.run_id)
+        # Cancelled at once, before its first turn, so while (before) it re-executes its log.
+        handle = engine.start_resume(Hanoi(6), Recording(before))
+        with pytest.raises(CancelledBeforeStart, match="cancelled before it started"):
+            await handle.cancel()
+        assert handle.done
+        # Nothing was appended, and the run resumes as before.
+        assert await load_events(log, first.run_id) == before
+        again = await engine.start_resume(Hanoi(6), Recording(before)).result()
+    assert again.ok

@@ -219,7 +219,10 @@ class RunSummaryResult(_Result, frozen=True):
     samples_per_step_max: int = 0
     # Said by some tools:
     resume: Annotated[str, Meta(description="cancel: the command that resumes the run.")] = ""
-    note: Annotated[str, Meta(description="resume: why nothing was changed.")] = ""
+    note: Annotated[
+        str,
+        Meta(description="resume: why nothing was changed; cancel: why nothing was recorded."),
+    ] = ""
     error: Annotated[str, Meta(description="Why a resume of this run stopped.")] = ""
 
 

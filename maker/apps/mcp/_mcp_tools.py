@@ -49,7 +49,7 @@ from ...core._task import Task
 from ...core._version import __version__
 from ...engine._calibrate import calibrate, calibration_from_events, is_calibration
 from ...engine._engine import Engine
-from ...engine._handle import RunHandle
+from ...engine._handle import CancelledBeforeStart, RunHandle
 from ...engine._recording import Divergence, Recording
 from ...engine._results import RunResult
 from ...engine._run import EventSink
@@ -558,7 +558,10 @@ class McpTools:
                 # The client is gone: runs it left going are cancelled, not waited for (each
                 # records run_finished "cancelled" and stays resumable).
                 for handle in list(self._handles.values()):
-                    await handle.cancel()
+                    # A run that ended in an error (a resume that diverged, or was cut before
+                    # it recorded anything) has said so through run_status: closing goes on.
+                    with suppress(Exception):
+                        await handle.cancel()
             try:
                 if self._watching is not None:
                     watching, self._watching = self._watching, None
@@ -1026,6 +1029,8 @@ class McpTools:
         if kept is not None and kept.done:
             try:
                 await kept.result()
+            except CancelledBeforeStart:
+                pass  # cut before it recorded anything: the log's summary is the whole story
             except Exception as exc:  # a resume that diverged appended nothing: say why here
                 out["error"] = f"{type(exc).__name__}: {exc}"
         return out
@@ -1037,8 +1042,16 @@ class McpTools:
         if handle is None:
             status = await self._status(run_id)
             raise ToolError(f"run {run_id} is not running on this server ({status['status']})")
-        await handle.cancel()
+        note = None
+        try:
+            await handle.cancel()
+        except CancelledBeforeStart:
+            # A resumption cut while it re-executed its log appended nothing: not an error,
+            # and the log says where the run stands.
+            note = "cancelled before it recorded anything; the log is as it was"
         out = await self._status(run_id)
+        if note is not None:
+            out["note"] = note
         out["resume"] = f"maker resume {self.config.log} --run {run_id}"
         return out
 
