@@ -429,18 +429,21 @@ def plan_command(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory to write index.html and its PNG plots into.",
+    help="Directory to write index.html, its plots (PNG, SVG and their data as JSON) and"
+    " report.json into.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the page, its files and the run's figures."
 )
 def report_command(file: Path, run_id: str | None, out: Path, as_json: bool) -> None:
-    """Write an HTML report of a run: convergence, votes per step, red flags, cost, latency."""
+    """Write an HTML report of a run: convergence against its prediction, samples per step
+    against Eq 16 / v, red flags over steps and output tokens, latency, retries and waits,
+    throughput, cost, the hardest steps. A calibration run gets its own page."""
     # replay/ builds on maker's public API; importing it here, not at the top, keeps the
     # layers acyclic.
     from events import open_run
-    from replay import ReportData, report_data_async
-    from replay._report import _PLOTS, _new_figure, write_report
+    from replay import ReportData, report_data_async, report_files, write_report
+    from replay._plots import new_figure
 
     async def load() -> ReportData:
         # A damaged run is refused before it is read: its figures could not be trusted. Folded
@@ -448,11 +451,11 @@ def report_command(file: Path, run_id: str | None, out: Path, as_json: bool) -> 
         async with open_run(file, run_id, check=True) as run:
             return await report_data_async(run.events)
 
-    _new_figure()  # a missing matplotlib is said before the whole log is read
+    new_figure()  # a missing matplotlib is said before the whole log is read
     data = anyio.run(load)
     page = write_report(data, out, logs=(file,))
     if as_json:
-        files = [str(page), *(str(out / name) for name, _, _ in _PLOTS)]
+        files = [str(out / name) for name in report_files(data)]
         click.echo(json.dumps({"page": str(page), "files": files, "report": data.to_json()}))
         return
     click.echo(str(page))
