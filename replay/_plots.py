@@ -23,8 +23,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 PLOT_BINS = 64
-"""The most bins of steps a plot of rates over the steps draws: finer bins hold too few
-responses for a share to mean much."""
+"""The most bins a plot over the steps or over time draws: finer bins hold too few responses
+for a share (or a rate) to mean much."""
 
 LATENCY_BINS = 40
 """Bins of the latency histogram (on a log axis)."""
@@ -159,7 +159,7 @@ def latency_json(data: ReportData) -> dict[str, Any]:
 
 def throughput_json(data: ReportData) -> dict[str, Any]:
     """Steps decided per second, over the run."""
-    by = data.by_time
+    by = data.by_time.coarsened(PLOT_BINS)
     out = _binned(by, "decided")
     out["steps_per_second"] = [n / by.width for n in by.get("decided")]
     return out
@@ -167,7 +167,7 @@ def throughput_json(data: ReportData) -> dict[str, Any]:
 
 def incidents_json(data: ReportData) -> dict[str, Any]:
     """Retries, failures and scheduler waits over time, and the circuit-breaker changes."""
-    out = _binned(data.by_time, "retries", "failures", "waits", "waited_s")
+    out = _binned(data.by_time.coarsened(PLOT_BINS), "retries", "failures", "waits", "waited_s")
     out["breaker_changes"] = [
         {"t": t, "model": model, "state": state, "failures": failures}
         for t, model, state, failures in data.breaker_changes

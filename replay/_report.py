@@ -396,6 +396,8 @@ class ReportData:
     """The output-token cap the run recorded (0: none recorded)."""
     last_seq: int = -1
     """The seq of the last event folded: a live view follows the run's events from there."""
+    started_at: float = 0.0
+    """The timestamp of ``run_started``: the origin of the series over time."""
     calibration: ModelCalibration | None = None
     """A calibration run's figures (p judged against the task's oracle), as ``maker calibrate``
     reports them; None for a voting run."""
@@ -831,6 +833,7 @@ class _ReportFold:
             disagree=self.disagree,
             max_tokens=self.max_tokens,
             last_seq=self.last_seq,
+            started_at=self.started_at,
             calibration=self._calibration(summary),
             calibration_error=self.judge_error if self.calibrating else "",
         )
