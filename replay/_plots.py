@@ -320,7 +320,12 @@ def draw_samples(ax: Axes, json: dict[str, Any]) -> None:
             linestyle=":",
             label=f"Eq 16 = {json['eq16_votes']:.2f}",
         )
-    ax.set_ylim(bottom=0)
+    # Room above the curves for the legend.
+    highest = max(
+        (v for v in (*json["samples_per_step"], json["eq16_samples"] or 0) if v is not None),
+        default=1.0,
+    )
+    ax.set_ylim(0, 1.45 * highest)
     ax.legend(loc="upper right", fontsize="small", ncols=2)
     ax.grid(True, alpha=0.3)
 

@@ -245,7 +245,8 @@ class _Bins:
 
     def reach(self, x: float) -> None:
         """Extend the bins to ``x`` with nothing counted (the run went on until then)."""
-        self.top = max(self.top, self._index(x))
+        index = self._index(x)  # first: it may widen the bins, and so lower ``top``
+        self.top = max(self.top, index)
 
     def result(self, names: Iterable[str] = ()) -> Binned:
         bins = self.top + 1

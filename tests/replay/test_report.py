@@ -52,7 +52,7 @@ from maker.apps.cli._workflow_cli import report_command
 from maker.engine._calibrate import calibrate
 from maker.tasks import Hanoi
 from replay import load_events, render_html, report_data, report_files, write_report
-from replay._report import STEP_BINS, TIME_BINS, TOKEN_BINS
+from replay._report import STEP_BINS, TOKEN_BINS
 
 from ..maker._fakes import Count, Reply, ScriptedClient, correct
 from ._logs import load, record
@@ -227,7 +227,9 @@ def test_a_10_disk_report_shows_convergence_to_zero_beside_its_prediction(tmp_pa
     speed = _read(out, "throughput")
     width, bins = speed["width"], len(speed["start"])
     assert _power_of_two(width, 1 / 64)
-    assert bins <= TIME_BINS
+    assert bins <= 64
+    last = events[-1].ts - events[0].ts
+    assert (bins - 1) * width <= last < bins * width  # the bins end with the run
     assert speed["decided"] == rebin(c.decided_at, width, bins)
     assert speed["steps_per_second"] == [d / width for d in speed["decided"]]
 
@@ -483,6 +485,12 @@ def test_binned_series_keep_their_counts_as_bins_widen() -> None:
     assert result.width == 16
     assert result.bins == 7
     assert result.get("n") == (16.0,) * 6 + (4.0,)
+    # Reaching past the last bin widens the bins first, then extends them.
+    reached = _Bins(1, 8)
+    reached.add(7, "n")
+    reached.reach(9.5)
+    assert reached.result().width == 2
+    assert reached.result().get("n") == (0.0, 0.0, 0.0, 1.0, 0.0)
     wider = result.coarsened(3)
     assert wider.width == 64
     assert wider.get("n") == (64.0, 36.0)

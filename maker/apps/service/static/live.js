@@ -62,7 +62,8 @@
       this.top = Math.max(this.top, i);
     }
     reach(x) {
-      this.top = Math.max(this.top, this.index(x));
+      const i = this.index(x); // first: it may widen the bins, and so lower `top`
+      this.top = Math.max(this.top, i);
     }
     get(name) {
       const row = this.series[name] || [];
