@@ -228,8 +228,8 @@ def test_a_10_disk_report_shows_convergence_to_zero_beside_its_prediction(tmp_pa
     width, bins = speed["width"], len(speed["start"])
     assert _power_of_two(width, 1 / 64)
     assert bins <= 64
-    last = events[-1].ts - events[0].ts
-    assert (bins - 1) * width <= last < bins * width  # the bins end with the run
+    span = events[-1].ts - events[0].ts
+    assert (bins - 1) * width <= span < bins * width  # the bins end with the run
     assert speed["decided"] == rebin(c.decided_at, width, bins)
     assert speed["steps_per_second"] == [d / width for d in speed["decided"]]
 
