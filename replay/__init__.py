@@ -5,7 +5,13 @@ runs, and re-vote them offline under another policy. The integrity check belongs
 from events import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
 
 from ._fold import Fold, RunSummary, StepRecord, summarize, summarize_async
-from ._page import render_html, report_files, write_plots, write_report
+from ._page import (
+    render_html,
+    report_files,
+    write_calibration_report,
+    write_plots,
+    write_report,
+)
 from ._replayer import (
     RecordedModel,
     client_for,
@@ -56,6 +62,7 @@ __all__ = [
     "task_for",
     "verify_log",
     "verify_run",
+    "write_calibration_report",
     "write_plots",
     "write_report",
 ]

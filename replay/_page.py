@@ -10,12 +10,13 @@ from __future__ import annotations
 import html
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
 from events import AnyEvent, encode, open_output
+from maker.core import ConfigError
 
 from ._plots import Plot, new_figure, plots_for
 from ._report import HARDEST, ReportData, report_data
@@ -226,51 +227,94 @@ img { max-width: 100%; }
 """
 
 
-def _calibration_table(data: ReportData) -> list[str]:
+_CALIBRATION_HEAD = (
+    "model",
+    "p",
+    "95% interval",
+    "v",
+    "responses",
+    "valid",
+    "correct",
+    "red flags",
+    "cost per call",
+    "tokens per call",
+    "latency per call",
+)
+
+
+def _calibration_cells(data: ReportData) -> list[str]:
     cal = data.calibration
-    if cal is None:
-        return []
-    parts = [
-        "<h2>Calibration</h2>",
-        "<table>",
-        _row(
-            "model",
-            "p",
-            "95% interval",
-            "v",
-            "responses",
-            "valid",
-            "correct",
-            "red flags",
-            "cost per call",
-            "tokens per call",
-            "latency per call",
-            head=True,
-        ),
-    ]
+    assert cal is not None
     low, high = cal.interval
     flags = ", ".join(f"{n} {r}" for r, n in sorted(cal.red_flags.items())) or "none"
-    p = "unknown" if cal.p is None else f"{cal.p:.4f}"
     latency = cal.mean_latency_s
-    parts.append(
-        _row(
-            cal.model,
-            p,
-            f"{low:.4f} to {high:.4f}" if cal.p is not None else "",
-            "unknown" if cal.v is None else f"{cal.v:.4f}",
-            cal.n,
-            cal.valid,
-            cal.correct,
-            flags,
-            f"${cal.cost_per_call:.6f}" if cal.cost_usd else "unknown (no price known)",
-            f"{cal.mean_input_tokens:.0f} in, {cal.mean_output_tokens:.0f} out",
-            "" if latency is None else f"{latency:.3g} s",
-        )
-    )
-    parts.append("</table>")
+    return [
+        _esc(cal.model),
+        "unknown" if cal.p is None else f"{cal.p:.4f}",
+        f"{low:.4f} to {high:.4f}" if cal.p is not None else "",
+        "unknown" if cal.v is None else f"{cal.v:.4f}",
+        str(cal.n),
+        str(cal.valid),
+        str(cal.correct),
+        _esc(flags),
+        f"${cal.cost_per_call:.6f}" if cal.cost_usd else "unknown (no price known)",
+        f"{cal.mean_input_tokens:.0f} in, {cal.mean_output_tokens:.0f} out",
+        "" if latency is None else f"{latency:.3g} s",
+    ]
+
+
+def _calibration_table(data: ReportData) -> list[str]:
+    if data.calibration is None:
+        return []
+    cells = "".join(f"<td>{c}</td>" for c in _calibration_cells(data))
+    parts = ["<h2>Calibration</h2>", "<table>", _row(*_CALIBRATION_HEAD, head=True)]
+    parts += [f"<tr>{cells}</tr>", "</table>"]
     if data.calibration_error:
         parts.append(f"<p>The answers could not be judged: {_esc(data.calibration_error)}</p>")
     return parts
+
+
+def write_calibration_report(
+    models: Sequence[ReportData],
+    out_dir: str | os.PathLike[str],
+    *,
+    logs: Iterable[str | os.PathLike[str]] = (),
+) -> Path:
+    """The page of a calibration of several models (one calibration run each): ``index.html``
+    with a row per model (p with its interval, v, red flags, cost and tokens per call), each
+    linking to the model's own report, written by :func:`write_report` into ``out_dir/RUN_ID``.
+    Returns the page.
+
+    Raises :class:`maker.ConfigError` when a run is not a calibration, before writing anything.
+    """
+    for data in models:
+        if data.calibration is None:
+            raise ConfigError("runs", f"run {data.summary.run_id} is not a calibration run")
+    new_figure()
+    out = Path(out_dir)
+    logs = tuple(logs)
+    for data in models:
+        write_report(data, out / data.summary.run_id, logs=logs)
+    first = models[0].summary if models else None
+    task = "" if first is None else f"{first.task} {json.dumps(first.task_params, sort_keys=True)}"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        "<title>maker calibration</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        "<h1>Calibration</h1>",
+        f"<p>{_esc(task)}: {len(models)} model(s), each one run of the log.</p>",
+        "<table>",
+        _row(*_CALIBRATION_HEAD, "run", head=True),
+    ]
+    for data in models:
+        run = _esc(data.summary.run_id)
+        cells = "".join(f"<td>{c}</td>" for c in _calibration_cells(data))
+        parts.append(f'<tr>{cells}<td><a href="{run}/index.html">{run}</a></td></tr>')
+    parts += ["</table>", "</body></html>"]
+    with open_output(out / "index.html", logs=logs) as page:
+        page.write("\n".join(parts) + "\n")
+    return out / "index.html"
 
 
 def _figure(plot: Plot) -> str:

@@ -3,6 +3,7 @@ files, the calibration page, the command."""
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -52,6 +53,7 @@ from maker.apps.cli._workflow_cli import report_command
 from maker.engine._calibrate import calibrate
 from maker.tasks import Hanoi
 from replay import load_events, render_html, report_data, report_files, write_report
+from replay._plots import RUN_PLOTS
 from replay._report import STEP_BINS, TOKEN_BINS
 
 from ..maker._fakes import Count, Reply, ScriptedClient, correct
@@ -285,9 +287,8 @@ def test_retries_failures_waits_and_breaker_changes_are_counted_over_time(tmp_pa
     assert c.failures_at
     assert c.breakers
     data = report_data(events)
-    out = tmp_path / "report"
-    write_report(data, out)
-    incidents = _read(out, "incidents")
+    (plot,) = [p for p in RUN_PLOTS if p.name == "incidents"]
+    incidents = json.loads(json.dumps(plot.data(data)))
     width, bins = incidents["width"], len(incidents["start"])
     assert incidents["retries"] == rebin(c.retries_at, width, bins)
     assert incidents["failures"] == rebin(c.failures_at, width, bins)
@@ -296,7 +297,10 @@ def test_retries_failures_waits_and_breaker_changes_are_counted_over_time(tmp_pa
     ] == (c.breakers)
     waits = [e for e in events if type(e).__name__ == "SchedulerWaited"]
     assert sum(incidents["waits"]) == len(waits) > 0
-    assert "retries (" in (out / "incidents.svg").read_text(encoding="utf-8")
+    # The plot draws them: one line each, labelled with its count.
+    svg = io.StringIO()
+    plot.render(incidents).savefig(svg, format="svg")
+    assert f"retries ({len(c.retries_at)})" in svg.getvalue().replace("\u2009", " ")
 
 
 def test_an_undecided_step_stays_undecided_to_the_last_round(tmp_path: Path) -> None:
@@ -426,6 +430,28 @@ async def test_a_calibration_run_gets_its_own_page_with_p_and_its_interval(tmp_p
     tokens = _read(out, "tokens")
     assert tokens["reference"] == "oracle"
     assert sum(tokens["against"]) == data.calibration.valid - data.calibration.correct
+
+
+@pytest.mark.anyio
+async def test_a_log_of_one_calibration_gets_a_page_with_a_row_per_model(tmp_path: Path) -> None:
+    path = tmp_path / "cal.db"
+    models = [SimulatedModel(NOISY), SimulatedModel(SimConfig(p=0.99), name="sim-good")]
+    report = await calibrate(Hanoi(5), models, samples=40, seed=2, log=path)
+    out = tmp_path / "out"
+    result = await anyio.to_thread.run_sync(
+        lambda: CliRunner().invoke(report_command, [str(path), "--out", str(out), "--json"])
+    )
+    assert result.exit_code == 0, result.output
+    printed = json.loads(result.output)
+    assert printed["page"] == str(out / "index.html")
+    # Each model's figures are those `maker calibrate` reported, in the page and its JSON.
+    assert [m["calibration"] for m in printed["models"]] == [m.to_json() for m in report.models]
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for model in report.models:
+        low, high = model.interval
+        assert f"<td>{model.p:.4f}</td><td>{low:.4f} to {high:.4f}</td>" in page
+        assert f'href="{model.run_id}/index.html"' in page
+        assert (out / model.run_id / "flag_reasons.svg").exists()
 
 
 def test_report_data_covers_one_run(tmp_path: Path) -> None:
