@@ -805,7 +805,8 @@ class _ReportFold:
                 events=tuple(h.events or ()),
                 events_total=h.events_total,
             )
-            for h in self.top.best()
+            # A calibration's steps are single samples of unrelated states: none is hard.
+            for h in ([] if self.calibrating else self.top.best())
         )
         summary = self.fold.summary()
         rows = self.cost_over_time.rows()

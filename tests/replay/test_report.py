@@ -423,6 +423,7 @@ async def test_a_calibration_run_gets_its_own_page_with_p_and_its_interval(tmp_p
     assert f"{data.calibration.p:.4f}" in text
     assert f"{low:.4f} to {high:.4f}" in text
     assert not (out / "convergence.png").exists()
+    assert data.hardest == ()
     flags = _read(out, "flag_reasons")
     assert flags["red_flags"] == dict(
         sorted(Counter(e.reason for e in events if isinstance(e, RedFlagged)).items())
