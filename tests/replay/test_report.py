@@ -52,7 +52,14 @@ from maker import (
 from maker.apps.cli._workflow_cli import report_command
 from maker.engine._calibrate import calibrate
 from maker.tasks import Hanoi
-from replay import load_events, render_html, report_data, report_files, write_report
+from replay import (
+    ReportData,
+    load_events,
+    render_html,
+    report_data,
+    report_files,
+    write_report,
+)
 from replay._plots import RUN_PLOTS
 from replay._report import STEP_BINS, TOKEN_BINS
 
@@ -164,7 +171,8 @@ def test_a_10_disk_report_shows_convergence_to_zero_beside_its_prediction(tmp_pa
     assert result.ok
     events = load(path, result.run_id)
     out = tmp_path / "report"
-    write_report(events, out, logs=(path,))
+    data = report_data(events)
+    page = write_report(data, out, logs=(path,))
     c = count(events)
     n = len(c.started)
     assert n == 1023
@@ -258,6 +266,36 @@ def test_a_10_disk_report_shows_convergence_to_zero_beside_its_prediction(tmp_pa
         mine = [e for e in events if getattr(e, "step", None) == h["step"]]
         assert lines == [encode(e).decode() for e in mine]
         assert h["events_total"] == len(mine)
+    _check_page(page, data, result.run_id, result.samples)
+
+
+def _check_page(page: Path, data: ReportData, run_id: str, samples: int) -> None:
+    """The page references every plot as PNG, SVG and JSON, and nothing from elsewhere."""
+    out = page.parent
+    assert page.name == "index.html"
+    assert sorted(p.name for p in out.iterdir()) == sorted(report_files(data))
+    text = page.read_text(encoding="utf-8")
+    assert text.startswith("<!DOCTYPE html>")
+    sources = re.findall(r'<img src="([^"]+)\.png"', text)
+    assert sources[:3] == ["overview", "convergence", "votes"]
+    for source in sources:
+        assert (out / f"{source}.png").read_bytes().startswith(PNG)
+        assert (out / f"{source}.png").stat().st_size > 1000
+        assert (out / f"{source}.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
+        assert f'href="{source}.svg"' in text
+        assert f'href="{source}.json"' in text
+    # Self-contained: nothing is fetched from elsewhere, no script runs.
+    assert "<script" not in text
+    assert not re.search(r'(src|href)="(https?:)?//', text)
+    # The header holds the run's figures and the prediction; the hardest steps link their events.
+    assert run_id in text
+    assert f"{samples} (per decided step" in text
+    assert "Eq 16 / v" in text
+    assert "Hardest steps" in text
+    for h in data.hardest:
+        assert f'href="step-{h.step}.jsonl"' in text
+    # No date in the SVGs: the same data gives the same files.
+    assert "<dc:date>" not in (out / "convergence.svg").read_text(encoding="utf-8")
 
 
 def test_retries_failures_waits_and_breaker_changes_are_counted_over_time(tmp_path: Path) -> None:
@@ -367,39 +405,6 @@ def test_adaptive_k_changes_are_in_the_data_the_prediction_and_the_page(tmp_path
     assert data.prediction is not None
     assert data.prediction.undecided[0] == pytest.approx(data.steps_started)
     assert "k changes (adaptive)" in render_html(data)
-
-
-def test_the_page_references_every_plot_as_png_svg_and_json(tmp_path: Path) -> None:
-    path = tmp_path / "run.db"
-    (result,) = record(path, lambda: Hanoi(6), [2], policy=Policy(k=2), config=NOISY)
-    data = report_data(load(path, result.run_id))
-    out = tmp_path / "out" / "report"
-    page = write_report(data, out)
-    assert page == out / "index.html"
-    assert sorted(p.name for p in out.iterdir()) == sorted(report_files(data))
-    text = page.read_text(encoding="utf-8")
-    assert text.startswith("<!DOCTYPE html>")
-    sources = re.findall(r'<img src="([^"]+)\.png"', text)
-    assert sources[:3] == ["overview", "convergence", "votes"]
-    for source in sources:
-        assert (out / f"{source}.png").read_bytes().startswith(PNG)
-        assert (out / f"{source}.png").stat().st_size > 1000
-        assert (out / f"{source}.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
-        assert f'href="{source}.svg"' in text
-        assert f'href="{source}.json"' in text
-        json.loads((out / f"{source}.json").read_text(encoding="utf-8"))
-    # Self-contained: nothing is fetched from elsewhere, no script runs.
-    assert "<script" not in text
-    assert not re.search(r'(src|href)="(https?:)?//', text)
-    # The header holds the run's figures and the prediction; the hardest steps link their events.
-    assert result.run_id in text
-    assert f"{result.samples} (per decided step" in text
-    assert "Eq 16 / v" in text
-    assert "Hardest steps" in text
-    for h in data.hardest:
-        assert f'href="step-{h.step}.jsonl"' in text
-    # No date in the SVGs: the same data gives the same files.
-    assert "<dc:date>" not in (out / "convergence.svg").read_text(encoding="utf-8")
 
 
 @pytest.mark.anyio
