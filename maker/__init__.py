@@ -49,6 +49,7 @@ from .core import (
     p_step,
     plan,
     sample_cost,
+    undecided_share,
 )
 from .engine import (
     CALIBRATION_MODE,
@@ -214,5 +215,6 @@ __all__ = [
     "sample_seed",
     "serve",
     "tracer_provider_for",
+    "undecided_share",
     "wilson_interval",
 ]

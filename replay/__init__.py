@@ -5,6 +5,13 @@ runs, and re-vote them offline under another policy. The integrity check belongs
 from events import BrokenLogError, LogReport, RunIntegrity, check_run, verify_log
 
 from ._fold import Fold, RunSummary, StepRecord, summarize, summarize_async
+from ._page import (
+    render_html,
+    report_files,
+    write_calibration_report,
+    write_plots,
+    write_report,
+)
 from ._replayer import (
     RecordedModel,
     client_for,
@@ -14,23 +21,24 @@ from ._replayer import (
     verify_run,
 )
 from ._report import (
+    Binned,
     HardStep,
+    Prediction,
     ReportData,
     StepVotes,
-    render_html,
     report_data,
     report_data_async,
-    write_plots,
-    write_report,
 )
 from ._revote import UNCHANGED, RevoteReport, StepRevote, revote, revote_async
 
 __all__ = [
     "UNCHANGED",
+    "Binned",
     "BrokenLogError",
     "Fold",
     "HardStep",
     "LogReport",
+    "Prediction",
     "RecordedModel",
     "ReportData",
     "RevoteReport",
@@ -45,6 +53,7 @@ __all__ = [
     "render_html",
     "report_data",
     "report_data_async",
+    "report_files",
     "resume_run",
     "revote",
     "revote_async",
@@ -53,6 +62,7 @@ __all__ = [
     "task_for",
     "verify_log",
     "verify_run",
+    "write_calibration_report",
     "write_plots",
     "write_report",
 ]

@@ -265,6 +265,10 @@ class TopSteps(Generic[R]):
         elif entry[0] > self._heap[0][0]:
             heapq.heapreplace(self._heap, entry)
 
+    def admits(self, key: tuple[Any, ...]) -> bool:
+        """Whether an item of this ``key`` would be kept if it were added now."""
+        return self._n > 0 and (len(self._heap) < self._n or key > self._heap[0][0])
+
     def best(self) -> list[R]:
         """The kept items, best first."""
         return [item for _, _, item in sorted(self._heap, key=lambda e: e[0], reverse=True)]

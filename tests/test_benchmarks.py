@@ -78,3 +78,21 @@ def test_the_latency_benchmark_measures_both_modes_and_stragglers_in_one_run() -
         assert figures["straggler_wall_ratio"][mode] > 0
     assert figures["samples_per_step_ratio"] > 0
     assert 0.6 < figures["pipelined_bound"] < 0.8  # E[min of 3] / median at sigma 0.5: 0.70
+
+
+def test_the_report_figure_of_the_readme_is_drawn(tmp_path: Path) -> None:
+    out = tmp_path / "report.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.report_figure", "--disks", "4", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["status"] == "succeeded"
+    assert figures["steps"] == 15
+    assert figures["undecided_by_round"][0] == 15
+    assert figures["undecided_by_round"][-1] == 0
+    assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")

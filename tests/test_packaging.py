@@ -86,3 +86,10 @@ def test_the_wheel_carries_the_dated_price_table(wheel: zipfile.ZipFile) -> None
     packed = wheel.read("maker/core/prices.toml").decode()
     assert packed == (ROOT / "maker" / "core" / "prices.toml").read_text(encoding="utf-8")
     assert f"as_of = {PRICES_AS_OF.isoformat()}" in packed
+
+
+def test_the_wheel_carries_the_live_page(wheel: zipfile.ZipFile) -> None:
+    # `maker serve` serves these from the installed package: no build step, nothing fetched.
+    static = ROOT / "maker" / "apps" / "service" / "static"
+    for name in ("live.html", "live.js", "live.css"):
+        assert wheel.read(f"maker/apps/service/static/{name}") == (static / name).read_bytes()

@@ -26,6 +26,7 @@ from ._formulas import (
     p_run,
     p_step,
     sample_cost,
+    undecided_share,
 )
 from ._judge import judge
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
@@ -86,4 +87,5 @@ __all__ = [
     "plan",
     "recorded_policy",
     "sample_cost",
+    "undecided_share",
 ]

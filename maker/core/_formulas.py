@@ -210,3 +210,52 @@ def sample_cost(c_in: float, n_in: int, c_out: float, n_out: int) -> float:
     if n_out < 0:
         raise ConfigError("n_out", f"must not be negative, got {n_out}")
     return c_in * n_in + c_out * n_out
+
+
+def undecided_share(p: float, k: int, rounds: int) -> list[float]:
+    """The share of steps still undecided after each of ``rounds`` valid votes, with one rival.
+
+    Entry ``r`` (for r = 0, 1, ... ``rounds``) is the probability that a first-to-ahead-by-k
+    vote is still open after r votes: the survival function of the gambler's-ruin walk of the
+    correct answer's lead, which moves +1 with probability p and -1 otherwise and stops at +k
+    or -k (the walk behind Eq 9 and Eq 16). Its differences are the distribution of the votes a
+    step needs; its sum is their mean, Eq 16's ``expected_votes_per_step`` (as ``rounds`` grows).
+    Several rivals split the wrong votes, so this is the paper's worst case, as Eq 9 is.
+
+    Nothing decides before k votes; after that the share falls geometrically, the shape of the
+    paper's Fig. 8.
+
+    >>> undecided_share(1.0, 3, 4)  # every vote right: all decide at the third
+    [1.0, 1.0, 1.0, 0.0, 0.0]
+    >>> [round(x, 6) for x in undecided_share(0.75, 1, 2)]  # k = 1: the first vote decides
+    [1.0, 0.0, 0.0]
+    >>> [round(x, 6) for x in undecided_share(0.75, 2, 4)]  # 1 - p^2 - q^2 = 0.375 after 2
+    [1.0, 1.0, 0.375, 0.375, 0.140625]
+    """
+    _check_p(p)
+    _check_positive_int("k", k)
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 0:
+        raise ConfigError("rounds", f"must be an integer >= 0, got {rounds!r}")
+    q = 1.0 - p
+    # lead[i] is the probability of being open with a lead of i - (k - 1), for leads -(k-1)..k-1.
+    lead = [0.0] * (2 * k - 1)
+    lead[k - 1] = 1.0
+    # The open share is 1 minus what has stopped, not the sum of what is open: it is then exactly
+    # 1 before the k-th vote and never grows, whatever the rounding of p + (1 - p).
+    stopped = 0.0
+    out = [1.0]
+    for _ in range(rounds):
+        moved = [0.0] * (2 * k - 1)
+        for i, mass in enumerate(lead):
+            if mass:
+                if i + 1 < len(moved):
+                    moved[i + 1] += mass * p
+                else:
+                    stopped += mass * p
+                if i >= 1:
+                    moved[i - 1] += mass * q
+                else:
+                    stopped += mass * q
+        lead = moved
+        out.append(max(0.0, 1.0 - stopped))
+    return out

@@ -195,6 +195,13 @@ class RunHandle:
             sub.send.close()
         last = after_seq
         try:
+            if self._last_seq > last:
+                # Joined late: what was published before is handed over now, not when the next
+                # event comes (a run waiting for its model may publish nothing for long). What
+                # is published meanwhile queues in the subscription, and is skipped below.
+                async for missed in self._from_log(last):
+                    last = missed.seq
+                    yield missed
             while not (self.done and last >= self._last_seq):
                 if sub.behind:
                     # Drop what is queued and take live events again; the log has the rest.

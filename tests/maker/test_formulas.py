@@ -3,6 +3,7 @@ cross-checks, monotonicity properties and domain errors."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from fractions import Fraction
@@ -21,6 +22,7 @@ from maker.core._formulas import (
     p_run,
     p_step,
     sample_cost,
+    undecided_share,
 )
 
 MILLION_STEPS = 2**20 - 1
@@ -344,3 +346,43 @@ def test_p_error_message_is_the_documented_one() -> None:
     with pytest.raises(ConfigError) as info:
         p_step(0.4, 3)
     assert str(info.value) == "p: must be greater than 0.5 for voting to converge, got 0.4"
+
+
+# -- the distribution of votes per step (the convergence curve the report predicts) ----------
+
+
+@given(probabilities, st.integers(min_value=1, max_value=8))
+def test_the_undecided_shares_add_up_to_eq_16(p: float, k: int) -> None:
+    # E[T] = sum over r >= 0 of P(T > r): the survival function's sum is the mean number of
+    # votes, which Eq 16 gives in closed form. Enough rounds that the tail left is negligible.
+    rounds = 60 * k * k + 400
+    shares = undecided_share(p, k, rounds)
+    assert shares[rounds] < 1e-9
+    assert math.fsum(shares) == pytest.approx(expected_votes_per_step(p, k), rel=1e-6)
+    assert shares[:k] == [1.0] * k
+    assert all(a >= b for a, b in itertools.pairwise(shares))
+
+
+def test_the_undecided_shares_match_a_seeded_walk() -> None:
+    import random
+
+    p, k, walks = 0.8, 3, 20_000
+    rng = random.Random(17)
+    lengths = []
+    for _ in range(walks):
+        lead = votes = 0
+        while abs(lead) < k:
+            lead += 1 if rng.random() < p else -1
+            votes += 1
+        lengths.append(votes)
+    shares = undecided_share(p, k, 12)
+    for r in (3, 5, 7, 9):
+        measured = sum(n > r for n in lengths) / walks
+        # A binomial share of 20,000 walks: 4 standard errors at most (sd <= 0.0036).
+        assert abs(measured - shares[r]) < 4 * math.sqrt(shares[r] * (1 - shares[r]) / walks)
+
+
+@pytest.mark.parametrize("rounds", [-1, 1.5, True])
+def test_undecided_share_refuses_bad_rounds(rounds: object) -> None:
+    with pytest.raises(ConfigError, match="rounds"):
+        undecided_share(0.9, 2, rounds)  # type: ignore[arg-type]

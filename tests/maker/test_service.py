@@ -121,6 +121,7 @@ async def start(http: aiohttp.ClientSession, **body: Any) -> str:
         "run_id": run_id,
         "events": f"/runs/{run_id}/events",
         "state": f"/runs/{run_id}",
+        "live": f"/runs/{run_id}/live",
     }
     assert response.headers["Location"] == f"/runs/{run_id}"
     return str(run_id)
@@ -370,6 +371,74 @@ async def test_pipeline_and_hedge_of_a_request_are_the_runs_policy(tmp_path: Pat
     assert policies[waits]["hedge"]["quantile"] == AUTO_HEDGE_QUANTILE
     assert "pipeline" not in policies[at_once]
     assert "hedge" not in policies[at_once]
+
+
+async def test_the_report_is_the_log_folded_with_the_data_of_each_plot(tmp_path: Path) -> None:
+    from replay import report_data
+    from replay._plots import RUN_PLOTS
+
+    async with service(tmp_path / "log.db") as (engine, http):
+        run_id = await start(http, task="hanoi", params={"disks": 5}, k=2, seed=3)
+        handle = engine.handle(run_id)
+        assert handle is not None
+        await handle.result()
+        async with http.get(f"/runs/{run_id}/report") as response:
+            assert response.status == 200
+            answer = await response.json()
+        events = [event async for event in engine.log.read(run_id)]
+        async with http.get("/runs/nope/report") as response:
+            assert response.status == 404
+    data = report_data(events)
+    whole = json.loads(json.dumps(data.to_json()))
+    # The votes of every step grow with the run and the page draws none: left out.
+    del whole["votes_to_decide"]
+    assert answer["report"] == whole
+    assert answer["report"]["last_seq"] == events[-1].seq
+    assert answer["plots"] == json.loads(json.dumps({p.name: p.data(data) for p in RUN_PLOTS}))
+    assert (answer["run_id"], answer["status"], answer["max_steps"]) == (run_id, "succeeded", 31)
+
+
+def _static(name: str) -> bytes:
+    """A file of the live page, as the source tree has it."""
+    return (Path(__file__).resolve().parents[2] / "maker/apps/service/static" / name).read_bytes()
+
+
+async def test_the_live_page_is_served_without_the_token_and_holds_no_run_data(
+    tmp_path: Path,
+) -> None:
+    async with (
+        Engine(log=tmp_path / "log.db", client=SimulatedModel(LATENT)) as engine,
+        serve(engine, token=TOKEN) as server,
+        aiohttp.ClientSession(base_url=server.base_url, headers=AUTH) as http,
+        aiohttp.ClientSession(base_url=server.base_url) as anonymous,
+    ):
+        run_id = await start(http, task="hanoi", params={"disks": 3})
+        pages = []
+        for path in (f"/runs/{run_id}/live", "/runs/any-id-at-all/live"):
+            async with anonymous.get(path) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "text/html; charset=utf-8"
+                assert "script-src 'self'" in response.headers["Content-Security-Policy"]
+                assert response.headers["X-Content-Type-Options"] == "nosniff"
+                pages.append(await response.read())
+        # The same bytes whatever the id: the page tells nothing of any run.
+        assert pages == [_static("live.html")] * 2
+        for name, kind in (("live.js", "text/javascript"), ("live.css", "text/css")):
+            async with anonymous.get(f"/live/{name}") as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"].startswith(kind)
+                assert await response.read() == _static(name)
+        # Everything else still asks for the token, the run's report and events included.
+        for path in (f"/runs/{run_id}/report", f"/runs/{run_id}/events", "/live/other.js"):
+            async with anonymous.get(path) as response:
+                assert response.status == 401, path
+        async with anonymous.post(f"/runs/{run_id}/live") as response:
+            assert response.status == 401
+        # And a page of another site may not read them.
+        async with http.get(
+            f"/runs/{run_id}/live", headers={"Origin": "http://evil.example"}
+        ) as response:
+            assert response.status == 403
 
 
 async def test_unknown_runs_are_404_and_a_bad_resume_point_is_400(tmp_path: Path) -> None:

@@ -121,6 +121,31 @@ async def test_a_late_subscriber_gets_every_event_once_in_order(tmp_path: Path) 
     assert [e.seq for e in late] == list(range(len(logged)))
 
 
+async def test_a_late_subscriber_gets_the_events_so_far_while_the_run_waits(
+    tmp_path: Path,
+) -> None:
+    # A run waiting for its model publishes nothing: a subscriber joining then gets what was
+    # published before it joined at once, not when the model answers.
+    from ._fakes import Count, ScriptedClient
+
+    client = ScriptedClient(hold={"4:0"})
+    async with Engine(log=tmp_path / "held.db", client=client) as engine:
+        handle = engine.start(Count(8), policy=Policy(k=1), seed=1)
+        await client.all_held.wait()
+        published = handle.statistics().events
+        seen: list[AnyEvent] = []
+        with anyio.fail_after(10):  # a guard against hanging, not a timing check
+            async with aclosing(handle.events()) as stream:
+                async for event in stream:
+                    seen.append(event)
+                    if len(seen) == published:
+                        break
+        client.released.set()
+        assert (await handle.result()).ok
+    assert [e.seq for e in seen] == list(range(published))
+    assert seen == (await load_events(tmp_path / "held.db", handle.run_id))[:published]
+
+
 async def _both(handle: RunHandle) -> tuple[list[AnyEvent], list[AnyEvent]]:
     out: dict[str, list[AnyEvent]] = {}
 

@@ -141,7 +141,7 @@ def test_the_report_takes_each_step_from_its_decided_start() -> None:
 
 
 def test_the_report_page_names_the_price_of_speculating(tmp_path: Path) -> None:
-    from replay._report import render_html
+    from replay import render_html
 
     page = render_html(report_data(P.pipelined_events()))
     assert "misspeculated" in page

@@ -429,30 +429,55 @@ def plan_command(
     "--out",
     type=click.Path(file_okay=False, path_type=Path),
     required=True,
-    help="Directory to write index.html and its PNG plots into.",
+    help="Directory to write index.html, its plots (PNG, SVG and their data as JSON) and"
+    " report.json into.",
 )
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the page, its files and the run's figures."
 )
 def report_command(file: Path, run_id: str | None, out: Path, as_json: bool) -> None:
-    """Write an HTML report of a run: convergence, votes per step, red flags, cost, latency."""
+    """Write an HTML report of a run: convergence against its prediction, samples per step
+    against Eq 16 / v, red flags over steps and output tokens, latency, retries and waits,
+    throughput, cost, the hardest steps. A calibration run gets its own page; without --run, a
+    log of one calibration's runs gets a page with a row per model, each linking to its own."""
     # replay/ builds on maker's public API; importing it here, not at the top, keeps the
     # layers acyclic.
-    from events import open_run
-    from replay import ReportData, report_data_async
-    from replay._report import _PLOTS, _new_figure, write_report
+    from events import open_log, open_run
+    from replay import ReportData, report_data_async, report_files, write_report
+    from replay._page import write_calibration_report
+    from replay._plots import new_figure
 
-    async def load() -> ReportData:
+    from ...engine import is_calibration
+
+    async def load(run: str | None) -> ReportData:
         # A damaged run is refused before it is read: its figures could not be trusted. Folded
         # as it is read, in bounded memory (see replay.report_data).
-        async with open_run(file, run_id, check=True) as run:
-            return await report_data_async(run.events)
+        async with open_run(file, run, check=True) as opened:
+            return await report_data_async(opened.events)
 
-    _new_figure()  # a missing matplotlib is said before the whole log is read
-    data = anyio.run(load)
+    async def calibration_runs() -> list[str]:
+        """The runs of a log holding several runs, all of them calibrations; else none."""
+        async with open_log(file, mode="r") as log:
+            runs = await log.runs()
+        if len(runs) > 1 and all(is_calibration(info.started) for info in runs):
+            return [info.run_id for info in runs]
+        return []
+
+    new_figure()  # a missing matplotlib is said before the whole log is read
+    models = anyio.run(calibration_runs) if run_id is None else []
+    if models:
+        datas = [anyio.run(load, model) for model in models]
+        page = write_calibration_report(datas, out, logs=(file,))
+        if as_json:
+            reports = [data.to_json() for data in datas]
+            click.echo(json.dumps({"page": str(page), "models": reports}))
+            return
+        click.echo(str(page))
+        return
+    data = anyio.run(load, run_id)
     page = write_report(data, out, logs=(file,))
     if as_json:
-        files = [str(page), *(str(out / name) for name, _, _ in _PLOTS)]
+        files = [str(out / name) for name in report_files(data)]
         click.echo(json.dumps({"page": str(page), "files": files, "report": data.to_json()}))
         return
     click.echo(str(page))

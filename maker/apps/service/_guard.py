@@ -262,10 +262,17 @@ def allowed_hosts(host: str | None, extra: Collection[str] = ()) -> _Allowed:
 
 
 def middlewares(
-    token: str | None, allowed: _Allowed, error: Callable[..., web.Response]
+    token: str | None,
+    allowed: _Allowed,
+    error: Callable[..., web.Response],
+    public: Callable[[str], bool] = lambda path: False,
 ) -> list[Middleware]:
     """The checks, outermost first, as aiohttp middlewares. ``token`` None: no token asked
-    (``--no-auth``); ``error(status, message, headers=None)`` makes the error responses."""
+    (``--no-auth``); ``error(status, message, headers=None)`` makes the error responses.
+
+    A GET or HEAD of a path ``public`` admits needs no token (the live page's static files,
+    which hold no run's data: a browser opening a link cannot send the header); the Host and
+    Origin checks still apply."""
     from aiohttp import web
     from yarl import URL
 
@@ -297,7 +304,8 @@ def middlewares(
 
     @web.middleware
     async def bearer(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if expected is not None:
+        static = request.method in ("GET", "HEAD") and public(request.path)
+        if expected is not None and not static:
             scheme, _, given = request.headers.get("Authorization", "").partition(" ")
             # Constant time: how much of a guess matched must not show in the answer's timing.
             ok = hmac.compare_digest(given.strip().encode("utf-8", "replace"), expected)

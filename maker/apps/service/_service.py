@@ -9,7 +9,15 @@ An aiohttp application over one :class:`~maker.Engine` (and so one scheduler and
   ``id`` is its seq, ``event`` its type and ``data`` its JSON, byte for byte a line of
   ``maker export``. A ``Last-Event-ID`` header (or ``?after=SEQ``) resumes after that seq. The
   stream ends after the run's final ``run_finished``;
-- ``POST /runs/{id}/cancel`` cancels a run this engine started; it stays resumable.
+- ``POST /runs/{id}/cancel`` cancels a run this engine started; it stays resumable;
+- ``GET /runs/{id}/report`` gives its report's data, folded from the log as ``maker report``
+  folds it (:func:`replay.report_data`), with the data of each plot;
+- ``GET /runs/{id}/live`` is a page that follows the run: it loads the report, then the
+  events from its last seq on, and updates its figures and plots as they come; when the run
+  ends it shows the final report. A finished run opens the same page, from the log. The page
+  (``static/live.html`` with its script and style, no library, nothing fetched from elsewhere)
+  holds no run's data, so it is served without the token: it takes the token from the
+  address's fragment (``#token=TOKEN``, which a browser never sends) or asks for it.
 
 Every request carries the service's token (``Authorization: Bearer TOKEN``) and a Host the
 service answers for; bodies are JSON; requests and the service are bounded (see
@@ -46,6 +54,7 @@ from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping
 from contextlib import aclosing, asynccontextmanager, suppress
 from dataclasses import dataclass, field, replace
+from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -126,6 +135,34 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _KEEP_ALIVE = b": keep-alive\n\n"
+
+_PUBLIC = re.compile(r"/runs/[^/]+/live|/live/live\.(?:js|css)")
+"""The paths served without the token: the live page and its script and style, the same bytes
+for every run (the run's data comes from the API, with the token)."""
+
+_STATIC_TYPES = {
+    "live.html": "text/html; charset=utf-8",
+    "live.js": "text/javascript; charset=utf-8",
+    "live.css": "text/css; charset=utf-8",
+}
+
+_STATIC_HEADERS = {
+    # The page may load its own script and style and talk to this service, nothing else; no
+    # other site may frame it.
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+        "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def _static(name: str) -> bytes:
+    """A file of the live page, shipped in the package (``static/``)."""
+    return resources.files(__package__).joinpath("static", name).read_bytes()
+
 
 MAX_LATENCY_MS = 60_000.0
 """The slowest simulated model a request may ask for."""
@@ -255,10 +292,15 @@ class _Service:
         allow_prompts: bool,
         allow_plugins: Collection[str] = (),
     ) -> None:
-        from replay import summarize_async  # replay/ builds on maker's public API: lazily
+        # replay/ builds on maker's public API: imported lazily.
+        from replay import report_data_async, summarize_async
+        from replay._plots import plots_for
 
         self.engine = engine
         self.summarize = summarize_async
+        self.report = report_data_async
+        self.plots_for = plots_for
+        self.static = {name: _static(name) for name in _STATIC_TYPES}
         self.make_client = make_client
         self.heartbeat_s = heartbeat_s
         self.limits = limits
@@ -348,7 +390,12 @@ class _Service:
             self.queued[entry.run_id] = entry
         location = f"/runs/{entry.run_id}"
         return web.json_response(
-            {"run_id": entry.run_id, "events": f"{location}/events", "state": location},
+            {
+                "run_id": entry.run_id,
+                "events": f"{location}/events",
+                "state": location,
+                "live": f"{location}/live",
+            },
             status=201,
             headers={"Location": location},
         )
@@ -544,6 +591,64 @@ class _Service:
             state["status"] = status
         return web.json_response(state)
 
+    async def run_report(self, request: web.Request) -> web.StreamResponse:
+        """The report's data (without the votes of every step, which the page does not draw
+        and which grow with the run), the data of each plot, and the task's step budget."""
+        from aiohttp import web
+
+        run_id = request.match_info["run_id"]
+        await self._flush()
+        try:
+            async with aclosing(self.log.read(run_id)) as events:
+                data = await self.report(events, allow_plugins=self.allow_plugins)
+        except (UnknownRunError, ConfigError):  # not in the log, or no event recorded yet
+            if self.engine.handle(run_id) is None and run_id not in self.queued:
+                return _error(404, f"no run {prefix(run_id)}")
+            status = "queued" if run_id in self.queued else "running"
+            return web.json_response(
+                {
+                    "run_id": run_id,
+                    "status": status,
+                    "report": None,
+                    "plots": None,
+                    "max_steps": None,
+                }
+            )
+        report = data.to_json()
+        del report["votes_to_decide"]
+        return web.json_response(
+            {
+                "run_id": run_id,
+                "status": data.summary.status,
+                "report": report,
+                "plots": {plot.name: plot.data(data) for plot in self.plots_for(data)},
+                "max_steps": self._max_steps(data.summary.task, data.summary.task_params),
+            }
+        )
+
+    def _max_steps(self, name: str, params: dict[str, Any]) -> int | None:
+        try:
+            return make_task(name, params, allow_plugins=self.allow_plugins).max_steps()
+        except Exception:  # a task this service cannot rebuild: the page shows no bound
+            return None
+
+    async def live_page(self, request: web.Request) -> web.StreamResponse:
+        return self._serve_static("live.html")
+
+    async def live_file(self, request: web.Request) -> web.StreamResponse:
+        return self._serve_static(request.match_info["name"])
+
+    def _serve_static(self, name: str) -> web.StreamResponse:
+        from aiohttp import web
+
+        body = self.static.get(name)
+        if body is None:
+            return _error(404, f"no file {prefix(name)}")
+        return web.Response(
+            body=body,
+            headers={**_STATIC_HEADERS, "Content-Type": _STATIC_TYPES[name]},
+        )
+
     async def run_events(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
@@ -730,7 +835,12 @@ def create_service(
 
     service = _Service(engine, make_client, heartbeat_s, limits, allow_prompts, allow_plugins)
     app = web.Application(
-        middlewares=middlewares(token, allowed_hosts_of(host, allowed_hosts), _error),
+        middlewares=middlewares(
+            token,
+            allowed_hosts_of(host, allowed_hosts),
+            _error,
+            public=lambda path: _PUBLIC.fullmatch(path) is not None,
+        ),
         client_max_size=limits.max_body_bytes,
     )
     app.router.add_post("/runs", service.start_run)
@@ -738,6 +848,9 @@ def create_service(
     app.router.add_get("/runs/{run_id}", service.run_state)
     app.router.add_get("/runs/{run_id}/events", service.run_events)
     app.router.add_post("/runs/{run_id}/cancel", service.cancel_run)
+    app.router.add_get("/runs/{run_id}/report", service.run_report)
+    app.router.add_get("/runs/{run_id}/live", service.live_page)
+    app.router.add_get("/live/{name:live\\.(?:js|css)}", service.live_file)
     app.on_shutdown.append(service.on_shutdown)
     app.on_cleanup.append(service.on_cleanup)
     return app
@@ -848,9 +961,10 @@ def serve_command(
     """Serve runs over HTTP, their events as server-sent events, until interrupted.
 
     POST /runs {"task": "hanoi", "params": {"disks": 10}, "k": 3} starts a run; GET /runs/ID
-    gives its state; GET /runs/ID/events streams its events (Last-Event-ID resumes). Every
-    request sends Authorization: Bearer TOKEN (MAKER_TOKEN, --token-file, or the token printed
-    at start).
+    gives its state; GET /runs/ID/events streams its events (Last-Event-ID resumes); GET
+    /runs/ID/report gives its report's data. Every request sends Authorization: Bearer TOKEN
+    (MAKER_TOKEN, --token-file, or the token printed at start). A browser follows a run at
+    /runs/ID/live#token=TOKEN.
     """
     from ...clients import make_client
 
@@ -992,7 +1106,8 @@ async def _serve_forever(args: _ServeArgs) -> None:
             ):
                 click.echo(
                     f"maker serve: listening on {server.base_url} (log {args.log}); "
-                    f"POST /runs, GET /runs/ID, GET /runs/ID/events; Ctrl-C stops",
+                    f"POST /runs, GET /runs/ID, GET /runs/ID/events; a browser follows a run at "
+                    f"{server.base_url}/runs/ID/live#token=TOKEN; Ctrl-C stops",
                     err=True,
                 )
                 if args.generated:
