@@ -13,10 +13,11 @@ import math
 import os
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from typing import IO, Any, Final
 
+import anyio.from_thread
 import anyio.to_thread
 import msgspec
 from opentelemetry import trace
@@ -39,7 +40,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import IdGenerator, RandomIdGenerator
 from opentelemetry.trace import StatusCode
 
-from events import open_output, open_run
+from events import AnyEvent, open_output, open_run
 
 from ..core._errors import ConfigError
 from ._otel import (
@@ -56,6 +57,9 @@ from ._otel import (
 )
 
 _json = msgspec.json.Encoder()
+
+_READ_BATCH: Final = 4096
+"""Events a log's export reads from the loop at a time (its memory, whatever the run's length)."""
 
 _OTLP_MISSING: Final = (
     "the otlp exporter needs opentelemetry-exporter-otlp-proto-http: pip install 'maker[otlp]'"
@@ -521,9 +525,6 @@ async def _export_log(
                 raise ConfigError(
                     "out", f"cannot write {os.fspath(target)}: {exc.strerror}"
                 ) from exc
-        async with open_run(path, run_id) as run:
-            info = run.info
-            events = [event async for event in run.events]
         if stream is None:
             provider = tracer_provider_for(exporter, out)
         elif kind == "json":
@@ -531,9 +532,27 @@ async def _export_log(
         else:
             provider = _provider(ConsoleSpanExporter(out=stream), None, None)
         try:
-            count = await anyio.to_thread.run_sync(
-                lambda: export_run(events, provider, capture_content=capture_content)
-            )
+            async with open_run(path, run_id) as run:
+                info = run.info
+                reading = aiter(run.events)
+
+                async def next_batch() -> list[AnyEvent]:
+                    batch: list[AnyEvent] = []
+                    async for event in reading:
+                        batch.append(event)
+                        if len(batch) >= _READ_BATCH:
+                            break
+                    return batch
+
+                def streamed() -> Iterator[AnyEvent]:
+                    # The worker thread pulls the run from the loop a batch at a time: a
+                    # run of any length is exported in bounded memory.
+                    while batch := anyio.from_thread.run(next_batch):
+                        yield from batch
+
+                count = await anyio.to_thread.run_sync(
+                    lambda: export_run(streamed(), provider, capture_content=capture_content)
+                )
         finally:
             await anyio.to_thread.run_sync(provider.shutdown)
     return info.run_id, count
