@@ -252,7 +252,7 @@ def test_a_revote_is_its_fields_with_the_recorded_settings_nested(
     path, result = recorded
     report = revote(events_of(path, result.run_id), Hanoi(3), k=1, rule="first")
     assert isinstance(report, RevoteReport)
-    nested = {"recorded_k", "recorded_rule", "recorded_red_flags"}
+    nested = {"recorded_k", "recorded_rule", "recorded_red_flags", "recorded_matcher"}
     for steps in (False, True):
         out = report.to_json(steps=steps)
         check_keys(
@@ -267,6 +267,7 @@ def test_a_revote_is_its_fields_with_the_recorded_settings_nested(
             "k": report.recorded_k,
             "rule": report.recorded_rule,
             "red_flags": report.recorded_red_flags,
+            "matcher": report.recorded_matcher,
         }
     assert report.steps
     for step in report.steps:
