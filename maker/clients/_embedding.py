@@ -71,6 +71,9 @@ def load_embedder(model: str = DEFAULT_EMBEDDING_MODEL) -> SentenceEmbedder:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # No progress bars or notices on stderr: a CLI's failure must stay one line.
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         try:
             import importlib
 

@@ -318,8 +318,9 @@ class Number(Part):
     def _near(self, a: float, b: float) -> bool:
         if a == b:
             return True
-        if not (math.isfinite(a) and math.isfinite(b)):
-            return False
+        for x in (a, b):
+            if isinstance(x, float) and not math.isfinite(x):
+                return False
         try:
             diff = abs(a - b)
             return diff <= self.abs or diff <= self.rel * max(abs(a), abs(b))
