@@ -78,3 +78,22 @@ def test_the_latency_benchmark_measures_both_modes_and_stragglers_in_one_run() -
         assert figures["straggler_wall_ratio"][mode] > 0
     assert figures["samples_per_step_ratio"] > 0
     assert 0.6 < figures["pipelined_bound"] < 0.8  # E[min of 3] / median at sigma 0.5: 0.70
+
+
+def test_the_matchers_benchmark_measures_both_ways_on_the_same_seeds() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.matchers", "--steps", "60", "--seeds", "2", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    exact, number = figures["matchers"]["exact"], figures["matchers"]["number"]
+    assert exact["steps"] == number["steps"] == 120
+    assert exact["runs_ok"] == number["runs_ok"] == 2
+    assert number["samples_per_step"] < exact["samples_per_step"]
+    assert figures["ratio_number_to_exact"] == round(
+        number["samples_per_step"] / exact["samples_per_step"], 3
+    )
