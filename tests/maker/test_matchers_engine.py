@@ -9,6 +9,7 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from events import (
     AnyEvent,
     EventLog,
     RunStarted,
+    StateChanged,
     StepDecided,
     StepStarted,
     VoteCounted,
@@ -36,7 +38,7 @@ from maker import (
 )
 from maker.tasks import Arithmetic
 from maker.tasks._arithmetic_sim import ArithmeticSimulator, ArithQuestion, written_forms
-from replay import revote, verify_run
+from replay import resume_run, revote, verify_run
 
 from ._cli import maker, one_error_line
 
@@ -223,6 +225,43 @@ def test_a_pipelined_run_keys_each_start_afresh_and_replays(tmp_path: Path) -> N
         return (await verify_run(path, result.run_id)).ok
 
     assert anyio.run(go)
+
+
+def test_a_cancelled_run_resumes_under_its_matcher_to_the_uninterrupted_end(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "resumed.db"
+    latent = CLEAN.replace(latency_ms=1.0)
+    policy = Policy(k=K, matcher="number", pipeline=0, hedge=None)
+    task = free_task(80)
+
+    async def go() -> tuple[RunResult, RunResult, RunResult]:
+        async with Engine(log=path, client=SimulatedModel(latent)) as engine:
+            whole = await engine.run(task, policy=policy, seed=4)
+            handle = engine.start(task, policy=policy, seed=4)
+            async with aclosing(handle.events()) as stream:
+                async for event in stream:
+                    if isinstance(event, StateChanged) and event.step >= 20:
+                        break
+            cancelled = await handle.cancel()
+        resumed = await resume_run(path, handle.run_id, client=SimulatedModel(latent))
+        return whole, cancelled, resumed
+
+    whole, cancelled, resumed = anyio.run(go)
+    assert cancelled.status == "cancelled"
+    assert 20 <= cancelled.steps < 80
+    assert resumed.ok
+    assert resumed.final_state == whole.final_state
+    # The same values decided, by key. (Which form each step applied may differ: with latency
+    # the samples of a step arrive in their own order in each run, and the first counted for
+    # the winner is that run's.)
+    winners = [
+        [e.winner for e in events_of(path, r.run_id) if isinstance(e, StepDecided)]
+        for r in (whole, resumed)
+    ]
+    assert winners[0] == winners[1]
+    # The resumed run, prefix and all, replays exactly under the matcher its log records.
+    assert anyio.run(verify_run, path, resumed.run_id).ok
 
 
 def test_a_revote_changes_the_matcher(runs: tuple[Path, RunResult, RunResult]) -> None:
