@@ -48,6 +48,7 @@ at temperature 0 when that one voted for the winner.
 from __future__ import annotations
 
 import ast
+import json
 import math
 import re
 import unicodedata
@@ -416,13 +417,23 @@ def _json_in(text: str) -> Any:
     stripped = text.strip()
     if not stripped or stripped[0] not in "[{":
         return text
-    import json  # the stdlib reader: it keeps big ints and needs no schema
-
     try:
-        value = json.loads(stripped)
+        # The stdlib reader: it keeps big ints, and a bad text is just not JSON.
+        value = json.loads(stripped, parse_float=_finite, parse_constant=_no_constant)
     except (ValueError, RecursionError):
         return text
     return value if isinstance(value, dict | list) else text
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999: JSON holds no infinity
+        raise ValueError(text)
+    return value
+
+
+def _no_constant(text: str) -> Any:
+    raise ValueError(text)  # NaN, Infinity: not JSON
 
 
 class Python(Part):
