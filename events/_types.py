@@ -121,11 +121,17 @@ class RedFlagged(StepEvent, frozen=True, kw_only=True, tag="red_flagged"):
 
 
 class VoteCounted(StepEvent, frozen=True, kw_only=True, tag="vote_counted"):
-    """A valid sample voted for ``candidate`` (canonical JSON); ``tally`` is after this vote."""
+    """A valid sample voted for ``candidate`` (canonical JSON); ``tally`` is after this vote.
+
+    Under a matcher (the policy's ``matcher``) the candidate is the key the answer votes under,
+    and ``answer`` the answer's own canonical JSON when it differs from the key; unset (left
+    out, as before the field existed) when they are the same.
+    """
 
     sample_id: str
     candidate: str
     tally: dict[str, int]
+    answer: str | msgspec.UnsetType = msgspec.UNSET
 
 
 class StepDecided(StepEvent, frozen=True, kw_only=True, tag="step_decided"):
@@ -136,6 +142,9 @@ class StepDecided(StepEvent, frozen=True, kw_only=True, tag="step_decided"):
     votes: dict[str, int]
     samples: int
     red_flags: int = 0
+    answer: str | msgspec.UnsetType = msgspec.UNSET
+    """Under a matcher: the answer applied, the one parsed from the first sample counted for
+    ``winner`` (canonical JSON), when it differs from the key; unset when they are the same."""
 
 
 class SampleHedged(StepEvent, frozen=True, kw_only=True, tag="sample_hedged"):

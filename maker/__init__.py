@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from .clients import PRESETS, SimConfig, SimResponse, SimulatedModel
+from .clients import PRESETS, SimConfig, SimResponse, SimulatedModel, make_matcher
 from .core import (
     AdaptiveK,
     Client,
@@ -19,6 +19,7 @@ from .core import (
     ConfigError,
     Hedge,
     MakerError,
+    Matcher,
     ModelEstimate,
     ModelPlan,
     PEstimate,
@@ -149,6 +150,7 @@ __all__ = [
     "Hedge",
     "Limits",
     "MakerError",
+    "Matcher",
     "McpConfig",
     "McpTools",
     "ModelCalibration",
@@ -208,6 +210,7 @@ __all__ = [
     "is_calibration",
     "k_min",
     "load_mcp_config",
+    "make_matcher",
     "p_run",
     "p_step",
     "plan",

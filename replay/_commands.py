@@ -51,10 +51,13 @@ def revote_command_impl(
     red_flag_tokens: int | None,
     as_json: bool,
     allow_plugins: Collection[str] = (),
+    *,
+    matcher: str | None = None,
 ) -> int:
     """Re-vote one run of ``file`` offline and print what would have changed. Returns 0.
 
-    ``None`` keeps the recorded setting (k, rule, the red-flag token threshold). The run is
+    ``None`` keeps the recorded setting (k, rule, the red-flag token threshold, the matcher's
+    spec). The run is
     checked for integrity first; a broken log raises :class:`BrokenLogError`. A run of a task
     plugin is re-voted only when ``allow_plugins`` trusts it (see :func:`replay.task_for`).
     """
@@ -65,7 +68,7 @@ def revote_command_impl(
     if red_flag_tokens is not None and red_flag_tokens < 1:
         raise click.UsageError(f"--red-flag-tokens must be at least 1, got {red_flag_tokens}")
     report = anyio.run(
-        _revote, os.fspath(file), run_id, k, rule, red_flag_tokens, tuple(allow_plugins)
+        _revote, os.fspath(file), run_id, k, rule, red_flag_tokens, tuple(allow_plugins), matcher
     )
     if as_json:
         click.echo(json.dumps(report.to_json()))
@@ -82,6 +85,7 @@ async def _revote(
     rule: str | None,
     red_flag_tokens: int | None,
     allow_plugins: Collection[str],
+    matcher: str | None,
 ) -> RevoteReport:
     """Re-vote the run as it is read from the log: memory holds one step's responses."""
     # Refuse a damaged run before reading it: its samples could not be trusted.
@@ -97,6 +101,7 @@ async def _revote(
             k=recorded.k if k is None else k,
             rule=UNCHANGED if rule is None else ("first" if rule == "first" else "ahead"),
             max_output_tokens=UNCHANGED if red_flag_tokens is None else red_flag_tokens,
+            matcher=UNCHANGED if matcher is None else matcher,
             keep_steps=False,
         )
 
@@ -129,6 +134,15 @@ def describe(report: RevoteReport) -> list[str]:
     changes.append(
         f"red flags: {new_flags}" + (f" (recorded: {old_flags})" if new_flags != old_flags else "")
     )
+    if report.matcher != report.recorded_matcher or report.matcher != "exact":
+        changes.append(
+            f"matcher {report.matcher}"
+            + (
+                f" (recorded {report.recorded_matcher})"
+                if report.matcher != report.recorded_matcher
+                else ""
+            )
+        )
     lines = [
         f"run {report.run_id}: re-voted {report.revoted} decided steps offline, "
         + "; ".join(changes),

@@ -1,12 +1,15 @@
-"""Counterfactual re-vote: what another k, voting rule or red-flag rule would have decided,
-judged offline on the samples a run recorded. No model is called.
+"""Counterfactual re-vote: what another k, voting rule, red-flag rule or matcher would have
+decided, judged offline on the samples a run recorded. No model is called.
 
 For every step the run decided, the step's recorded responses are taken in the order they were
 received; on a pipelined run, only those of the start that decided it (an abandoned,
 misspeculated start's samples were drawn for another state). Hedged samples count like any
 other. Each is judged again, by the new red-flag rules and then the task's strict parser, and
-the valid ones vote into a fresh :class:`maker.Tally` until it decides. The step is then reported
-as decided or not, with its new winner and how many of its recorded samples the decision used.
+the valid ones vote, under the key the matcher gives them, into a fresh :class:`maker.Tally`
+until it decides. The step is then reported as decided or not, with its new winner and how many
+of its recorded samples the decision used. Under another matcher than the recorded one, a step
+has changed when the answer the run applied (the recorded winner's first answer) does not
+vote under the new winner's key.
 
 **Caveat.** Only the recorded samples exist. After a step that would have decided differently,
 the real run would have gone on from a different state; this re-vote keeps judging the later
@@ -23,6 +26,8 @@ from collections.abc import AsyncIterable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final, Literal
 
+import msgspec
+
 from events import (
     AnyEvent,
     RunStarted,
@@ -32,9 +37,11 @@ from events import (
     StepStarted,
     canonical_json,
 )
+from maker.clients import make_matcher
 from maker.core import (
     Completion,
     ConfigError,
+    Matcher,
     PolicyRecord,
     RedFlag,
     RedFlagCheck,
@@ -44,6 +51,7 @@ from maker.core import (
     Task,
     VoteRule,
     judge,
+    matcher_spec,
     recorded_policy,
 )
 from maker.core._serialise import fields_json
@@ -87,6 +95,9 @@ class StepRevote:
     """The new tally: at the decision, or after every recorded response when undecided."""
     more_votes_needed: int = 0
     """When undecided: the fewest further valid votes that could decide (k minus the lead)."""
+    recorded_as: str = ""
+    """Under another matcher: the key the new matcher gives the answer the run applied (""
+    when the matcher is the recorded one, whose key is ``recorded_winner``)."""
 
     @property
     def decided(self) -> bool:
@@ -96,7 +107,7 @@ class StepRevote:
     @property
     def changed(self) -> bool:
         """Whether the step decides, and for another answer than the recorded one."""
-        return self.winner is not None and self.winner != self.recorded_winner
+        return self.winner is not None and self.winner != (self.recorded_as or self.recorded_winner)
 
     @property
     def saved(self) -> int:
@@ -126,6 +137,9 @@ class RevoteReport:
     recorded_k: int
     recorded_rule: str
     recorded_red_flags: dict[str, Any]
+    matcher: str = "exact"
+    """The matcher's spec the steps were re-voted under."""
+    recorded_matcher: str = "exact"
     revoted: int = 0
     """How many decided steps were re-voted."""
     decided_steps: int = 0
@@ -145,9 +159,14 @@ class RevoteReport:
     changed_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
     short_steps_: array[int] = field(default_factory=lambda: array("I"), repr=False)
 
-    _RECORDED: ClassVar[tuple[str, ...]] = ("recorded_k", "recorded_rule", "recorded_red_flags")
+    _RECORDED: ClassVar[tuple[str, ...]] = (
+        "recorded_k",
+        "recorded_rule",
+        "recorded_red_flags",
+        "recorded_matcher",
+    )
     """The recorded settings, which the JSON nests as ``recorded`` (``k``, ``rule``,
-    ``red_flags``) beside the new ones."""
+    ``red_flags``, ``matcher``) beside the new ones."""
 
     @property
     def changed_steps(self) -> list[int]:
@@ -192,6 +211,7 @@ def revote(
     max_output_tokens: int | Unchanged | None = UNCHANGED,
     flag_truncated: bool | Unchanged = UNCHANGED,
     checks: tuple[RedFlagCheck, ...] | Unchanged = UNCHANGED,
+    matcher: str | Unchanged = UNCHANGED,
     keep_steps: bool = True,
     max_changed: int = MAX_CHANGED,
 ) -> RevoteReport:
@@ -203,8 +223,9 @@ def revote(
     report holds totals, the changed and short step numbers (4 bytes each) and the first
     ``max_changed`` changed steps in full: what ``maker replay --k`` prints.
 
-    ``rule``, ``max_output_tokens`` (None disables the length rule), ``flag_truncated`` and
-    ``checks`` default to what the run recorded. User checks are code, so the log keeps only
+    ``rule``, ``max_output_tokens`` (None disables the length rule), ``flag_truncated``,
+    ``checks`` and ``matcher`` (a spec, see :class:`maker.Matcher`) default to what the run
+    recorded. User checks are code, so the log keeps only
     their names: a run that used some needs them passed again (or a deliberate replacement).
     ``task`` parses the responses; build it with ``maker.tasks.make_task(started.task,
     started.task_params)`` for a built-in task. See the module's caveat about later steps.
@@ -236,6 +257,7 @@ def revote(
         max_output_tokens=max_output_tokens,
         flag_truncated=flag_truncated,
         checks=checks,
+        matcher=matcher,
         keep_steps=keep_steps,
         max_changed=max_changed,
     )
@@ -253,6 +275,7 @@ async def revote_async(
     max_output_tokens: int | Unchanged | None = UNCHANGED,
     flag_truncated: bool | Unchanged = UNCHANGED,
     checks: tuple[RedFlagCheck, ...] | Unchanged = UNCHANGED,
+    matcher: str | Unchanged = UNCHANGED,
     keep_steps: bool = True,
     max_changed: int = MAX_CHANGED,
 ) -> RevoteReport:
@@ -266,6 +289,7 @@ async def revote_async(
         max_output_tokens=max_output_tokens,
         flag_truncated=flag_truncated,
         checks=checks,
+        matcher=matcher,
         keep_steps=keep_steps,
         max_changed=max_changed,
     )
@@ -287,6 +311,7 @@ class _RevoteFold:
         max_output_tokens: int | Unchanged | None,
         flag_truncated: bool | Unchanged,
         checks: tuple[RedFlagCheck, ...] | Unchanged,
+        matcher: str | Unchanged,
         keep_steps: bool,
         max_changed: int,
     ) -> None:
@@ -306,6 +331,10 @@ class _RevoteFold:
         if not isinstance(k, int) or k < 1:
             raise ConfigError("k", f"must be at least 1, got {k}")
         self.rules = _rules(recorded.red_flags, max_output_tokens, flag_truncated, checks)
+        spec = recorded.matcher if matcher is UNCHANGED else matcher_spec(matcher)
+        self.matcher = make_matcher(spec)
+        # Keys are comparable with the recorded ones only under the recorded matcher.
+        self.rematched = self.matcher.spec != matcher_spec(recorded.matcher)
         self.rule: VoteRule = "first" if new_rule == "first" else "ahead"
         self.task, self.k = task, k
         self.keep_steps, self.max_changed = keep_steps, max(0, max_changed)
@@ -344,7 +373,18 @@ class _RevoteFold:
                     self.abandoned = step if self.abandoned is None else max(self.abandoned, step)
             received = self.pending.pop(event.step, [])
             self.branch.pop(event.step, None)
-            self._count(_revote_step(event, received, self.task, self.rules, self.k, self.rule))
+            self._count(
+                _revote_step(
+                    event,
+                    received,
+                    self.task,
+                    self.rules,
+                    self.k,
+                    self.rule,
+                    self.matcher,
+                    rematched=self.rematched,
+                )
+            )
 
     def _count(self, step: StepRevote) -> None:
         self.revoted += 1
@@ -394,6 +434,8 @@ class _RevoteFold:
             recorded_k=self.recorded_policy.k,
             recorded_rule=self.recorded_rule,
             recorded_red_flags=self.recorded_policy.red_flags.to_json(),
+            matcher=self.matcher.spec,
+            recorded_matcher=self.recorded_policy.matcher,
             steps=tuple(self.steps),
             notes=tuple(notes),
             revoted=self.revoted,
@@ -433,8 +475,12 @@ def _revote_step(
     rules: RedFlagRules,
     k: int,
     rule: VoteRule,
+    matcher: Matcher,
+    *,
+    rematched: bool,
 ) -> StepRevote:
     tally = Tally(k, rule)
+    grouping = None if matcher.exact else matcher.grouping()
     consumed = flagged = 0
     winner: str | None = None
     for sample in received:
@@ -453,9 +499,17 @@ def _revote_step(
         if isinstance(verdict, RedFlag):
             flagged += 1
             continue
-        winner = tally.add(canonical_json(task.answer_to_json(verdict)))
+        value = task.answer_to_json(verdict)
+        winner = tally.add(canonical_json(value) if grouping is None else grouping.key(value))
         if winner is not None:
             break
+    recorded_as = ""
+    if rematched:
+        # The answer the run applied, as the new matcher keys it beside the answers it counted.
+        applied = decided.answer if type(decided.answer) is str else decided.winner
+        recorded_as = (
+            applied if grouping is None else grouping.key(msgspec.json.decode(applied), applied)
+        )
     return StepRevote(
         step=decided.step,
         recorded_winner=decided.winner,
@@ -466,4 +520,5 @@ def _revote_step(
         red_flags=flagged,
         votes=tally.votes,
         more_votes_needed=tally.needed(),
+        recorded_as=recorded_as,
     )

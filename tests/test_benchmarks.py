@@ -96,3 +96,22 @@ def test_the_report_figure_of_the_readme_is_drawn(tmp_path: Path) -> None:
     assert figures["undecided_by_round"][0] == 15
     assert figures["undecided_by_round"][-1] == 0
     assert out.read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+
+
+def test_the_matchers_benchmark_measures_both_ways_on_the_same_seeds() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.matchers", "--steps", "60", "--seeds", "2", "--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    exact, number = figures["matchers"]["exact"], figures["matchers"]["number"]
+    assert exact["steps"] == number["steps"] == 120
+    assert exact["runs_ok"] == number["runs_ok"] == 2
+    assert number["samples_per_step"] < exact["samples_per_step"]
+    assert figures["ratio_number_to_exact"] == round(
+        number["samples_per_step"] / exact["samples_per_step"], 3
+    )

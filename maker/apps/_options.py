@@ -13,6 +13,7 @@ import click
 from events import is_database_url
 
 from ..core._errors import ConfigError
+from ..core._matchers import matcher_spec
 from ..core._policy import Hedge, Policy
 from ..core._task import Task
 from ..tasks import BUILTIN_TASKS, PromptTask, TaskFile, load_task_file, make_task
@@ -203,6 +204,33 @@ pipeline_options = stacked(
 overlaps steps and hedges stragglers; left out, on where calls wait (see
 :func:`pipelining_for`), and made into a policy's ``pipeline`` and ``hedge`` with
 :func:`hedge_from`."""
+
+
+# -- matchers ------------------------------------------------------------------------------------
+
+
+def _matcher(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A spec's canonical form, or one line saying what is wrong with it."""
+    if value is None:
+        return None
+    try:
+        return matcher_spec(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc).removeprefix(f"{exc.field}: ")) from None
+
+
+def matcher_option(help: str) -> Callable[[F], F]:
+    """``--matcher SPEC``: which answers vote together (see :class:`maker.Matcher`), checked
+    when the command line is read; ``help`` says for what."""
+    return click.option("--matcher", metavar="SPEC", callback=_matcher, help=help)
+
+
+MATCHER_HELP = (
+    "Answers that agree in meaning vote together: text, case, unicode, space, number[:rel=R,"
+    "abs=A], json[:sets=/PATH;...], python[:path=/PTR], embedding[:threshold=T]; join parts "
+    "with + (default exact: canonical JSON)."
+)
+"""The help of ``maker run --matcher``."""
 
 
 # -- servers and logs --------------------------------------------------------------------------

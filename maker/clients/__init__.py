@@ -4,7 +4,9 @@
   OpenAI-compatible server (vLLM, llama.cpp, LM Studio) through ``base_url``;
 - :class:`AnthropicClient`: Anthropic's Messages API through the official SDK;
 - :class:`OllamaClient`: Ollama's native chat API over aiohttp;
-- :func:`make_client`: the client for a spec such as ``"openai:gpt-4.1-mini"`` or ``"sim"``.
+- :func:`make_client`: the client for a spec such as ``"openai:gpt-4.1-mini"`` or ``"sim"``;
+- :func:`make_matcher`: the answer matcher for a spec such as ``"text"``, with the
+  ``embedding`` matcher's model loaded from its installed package (:func:`load_embedder`).
 
 The SDKs are optional (``pip install 'maker[providers]'``); a client whose SDK is missing raises
 :class:`maker.ConfigError` with the install line when it is built. Every transport failure is a
@@ -24,6 +26,7 @@ from __future__ import annotations
 from ._anthropic import AnthropicClient
 from ._closing import Closable, close_client
 from ._common import STATUS_KINDS, classify_status, parse_retry_after
+from ._embedding import EMBEDDING_MODELS, SentenceEmbedder, load_embedder, make_matcher
 from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
 from ._openai import OpenAIClient
 from ._sim import PRESETS, SimConfig, SimResponse, SimulatedModel
@@ -44,6 +47,7 @@ ERROR_KINDS = (
 
 __all__ = [
     "DEFAULT_OLLAMA_URL",
+    "EMBEDDING_MODELS",
     "ERROR_KINDS",
     "PRESETS",
     "PROVIDERS",
@@ -52,11 +56,14 @@ __all__ = [
     "Closable",
     "OllamaClient",
     "OpenAIClient",
+    "SentenceEmbedder",
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
     "classify_status",
     "close_client",
+    "load_embedder",
     "make_client",
+    "make_matcher",
     "parse_retry_after",
 ]

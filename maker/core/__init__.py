@@ -29,6 +29,7 @@ from ._formulas import (
     undecided_share,
 )
 from ._judge import judge
+from ._matchers import EXACT, Embedder, Grouping, Matcher, matcher_spec
 from ._plan import ModelEstimate, ModelPlan, Plan, estimates_from_calibration, plan
 from ._policy import (
     CalibrationRecord,
@@ -45,14 +46,18 @@ from ._task import Prompt, Task
 from ._version import __version__
 
 __all__ = [
+    "EXACT",
     "AdaptiveK",
     "CalibrationRecord",
     "Client",
     "ClientError",
     "Completion",
     "ConfigError",
+    "Embedder",
+    "Grouping",
     "Hedge",
     "MakerError",
+    "Matcher",
     "ModelEstimate",
     "ModelPlan",
     "PEstimate",
@@ -82,6 +87,7 @@ __all__ = [
     "expected_votes_per_step",
     "judge",
     "k_min",
+    "matcher_spec",
     "p_run",
     "p_step",
     "plan",

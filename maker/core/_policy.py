@@ -11,6 +11,7 @@ import msgspec
 
 from ._adaptive import AdaptiveK
 from ._errors import ConfigError
+from ._matchers import EXACT, matcher_spec
 from ._redflags import RedFlagCheck, RedFlagRules
 from ._tally import VoteRule
 
@@ -74,7 +75,10 @@ class Policy:
       sample sent beside it (see :class:`Hedge`);
     - ``red_flags``: which responses are discarded;
     - ``adaptive``: when set, k follows the run's own votes (see :class:`AdaptiveK`); ``k`` is
-      then only the value recorded before the first step.
+      then only the value recorded before the first step;
+    - ``matcher``: the spec of the matcher that decides which answers vote together
+      (``"exact"``, canonical JSON, by default; ``"text"``, ``"number:rel=1e-6"``, ...: see
+      :mod:`maker.core._matchers`); kept in its canonical form.
 
     >>> Policy(k=0)
     Traceback (most recent call last):
@@ -94,8 +98,11 @@ class Policy:
     hedge: Hedge | None = None
     red_flags: RedFlagRules = field(default_factory=RedFlagRules)
     adaptive: AdaptiveK | None = None
+    matcher: str = EXACT
 
     def __post_init__(self) -> None:
+        # The canonical spec, so that two spellings of one matcher record the same policy.
+        object.__setattr__(self, "matcher", matcher_spec(self.matcher))
         if not isinstance(self.k, int) or self.k < 1:
             raise ConfigError("k", f"must be at least 1, got {self.k}")
         if self.rule not in ("ahead", "first"):
@@ -228,10 +235,12 @@ class PolicyRecord(msgspec.Struct, frozen=True, kw_only=True):
     hedge: Hedge | None = None
     red_flags: RedFlagRecord = RedFlagRecord()
     adaptive: AdaptiveK | None = None
+    matcher: str = EXACT
+    """The matcher's spec; a run recorded before matchers voted by canonical JSON."""
 
     def to_json(self) -> dict[str, Any]:
-        """As recorded: ``pipeline``, ``hedge`` and ``adaptive`` only when set, so runs
-        recorded before they existed still replay exactly."""
+        """As recorded: ``pipeline``, ``hedge``, ``adaptive`` and ``matcher`` only when set, so
+        runs recorded before they existed still replay exactly."""
         out = _as_recorded(self)
         for name, off in _OMITTED_WHEN_OFF:
             if out[name] == off:
@@ -252,6 +261,7 @@ _OMITTED_WHEN_OFF: tuple[tuple[str, Any], ...] = (
     ("pipeline", 0),
     ("hedge", None),
     ("adaptive", None),
+    ("matcher", EXACT),
 )
 """The record's fields that a run without them leaves out (runs recorded before they existed
 had none), with the value that means off."""

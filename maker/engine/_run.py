@@ -35,9 +35,11 @@ from events import (
     canonical_json,
 )
 
+from ..clients._embedding import make_matcher
 from ..core._adaptive import PEstimate
 from ..core._client import Client
 from ..core._errors import ConfigError
+from ..core._matchers import Grouping, Matcher
 from ..core._policy import Policy
 from ..core._pricing import PriceTable
 from ..core._tally import Tally
@@ -117,6 +119,10 @@ class _Run(Generic[S, A]):
         self.resumed = False
         self.result: RunResult | None = None
         self.k = policy.k
+        # Built before run_started is recorded: a matcher that cannot be built (its extra
+        # missing) fails the run before it begins. None is the exact matcher's fast path.
+        matcher = make_matcher(policy.matcher)
+        self.matcher: Matcher | None = None if matcher.exact else matcher
         self.estimate = PEstimate(policy.adaptive) if policy.adaptive is not None else None
         if self.estimate is not None and task.max_steps() is None:
             raise ConfigError(
@@ -357,11 +363,15 @@ class _Run(Generic[S, A]):
             )
         )
         tally = Tally(self.k, policy.rule)
+        grouping = self.matcher.grouping() if self.matcher is not None else None
         answers: dict[str, A] = {}
+        # Under a matcher: each key's first answer as parsed, when it differs from the key.
+        written: dict[str, str | msgspec.UnsetType] = {}
         ordinal = 0
         red_flags = 0
         last_answer: A | None = None
         candidate = ""
+        raw: str | msgspec.UnsetType = msgspec.UNSET
         winner: str | None = None
         failure: _StepFailed | None = None
         try:
@@ -388,8 +398,13 @@ class _Run(Generic[S, A]):
                             # sample (Hanoi does when the answer lines repeat): its key is the
                             # same too.
                             last_answer = answer
-                            candidate = canonical_json(task.answer_to_json(answer))
-                        answers.setdefault(candidate, answer)
+                            if grouping is None:
+                                candidate = canonical_json(task.answer_to_json(answer))
+                            else:
+                                candidate, raw = _keyed(grouping, task.answer_to_json(answer))
+                        if candidate not in answers:
+                            answers[candidate] = answer
+                            written[candidate] = raw
                         winner = tally.add(candidate)
                         self.counters.votes += 1
                         await self.emit(
@@ -401,6 +416,7 @@ class _Run(Generic[S, A]):
                                 sample_id=request.sample_id,
                                 candidate=candidate,
                                 tally=tally.votes,
+                                answer=raw,
                             )
                         )
                 except _StepFailed as exc:
@@ -419,6 +435,7 @@ class _Run(Generic[S, A]):
                             votes=votes,
                             samples=ordinal,
                             red_flags=red_flags,
+                            answer=written[winner],
                         )
                     )
                     self.counters.max_in_step = max(self.counters.max_in_step, ordinal)
@@ -497,12 +514,14 @@ class _Start(Generic[S, A]):
         "assumed",
         "branch",
         "candidate",
+        "grouping",
         "hedged",
         "hedges",
         "in_flight",
         "last_answer",
         "overdue",
         "prompt",
+        "raw",
         "red_flags",
         "requested",
         "state",
@@ -510,6 +529,7 @@ class _Start(Generic[S, A]):
         "step",
         "stuck_on",
         "tally",
+        "written",
     )
 
     def __init__(
@@ -521,6 +541,7 @@ class _Start(Generic[S, A]):
         prompt: Prompt,
         tally: Tally,
         assumed: str | None,
+        grouping: Grouping | None = None,
     ) -> None:
         self.step = step
         self.branch = branch
@@ -538,6 +559,9 @@ class _Start(Generic[S, A]):
         self.overdue: list[str] = []  # stragglers passed over while this start was ahead
         self.last_answer: object = None
         self.candidate = ""
+        self.grouping = grouping
+        self.raw: str | msgspec.UnsetType = msgspec.UNSET
+        self.written: dict[str, str | msgspec.UnsetType] = {}
         self.stuck_on: str | None = None  # a leader whose answer the task cannot apply
 
     def leader(self) -> str | None:
@@ -603,6 +627,7 @@ class _Chain(Generic[S, A]):
             self.task.prompt(state),
             Tally(run.k, self.policy.rule),
             assumed,
+            run.matcher.grouping() if run.matcher is not None else None,
         )
         await run.emit(
             StepStarted(
@@ -669,9 +694,15 @@ class _Chain(Generic[S, A]):
             # A task may hand back the very answer it read for an earlier sample: its key is
             # the same too.
             start.last_answer = answer
-            start.candidate = canonical_json(self.task.answer_to_json(answer))
+            grouping = start.grouping
+            if grouping is None:
+                start.candidate = canonical_json(self.task.answer_to_json(answer))
+            else:
+                start.candidate, start.raw = _keyed(grouping, self.task.answer_to_json(answer))
         candidate = start.candidate
-        start.answers.setdefault(candidate, answer)
+        if candidate not in start.answers:
+            start.answers[candidate] = answer
+            start.written[candidate] = start.raw
         tally = start.tally
         winner = tally.add(candidate)
         self.counters.votes += 1
@@ -684,6 +715,7 @@ class _Chain(Generic[S, A]):
                 sample_id=sample_id,
                 candidate=candidate,
                 tally=tally.votes,
+                answer=start.raw,
             )
         )
         opened = self.opened
@@ -712,6 +744,7 @@ class _Chain(Generic[S, A]):
                     votes=votes,
                     samples=head.requested,
                     red_flags=head.red_flags,
+                    answer=head.written[winner],
                 )
             )
             self.counters.max_in_step = max(self.counters.max_in_step, head.requested)
@@ -825,6 +858,13 @@ class _Chain(Generic[S, A]):
         start.hedged.add(straggler)
         counters.hedged += 1
         await self._request(start)
+
+
+def _keyed(grouping: Grouping, value: Any) -> tuple[str, str | msgspec.UnsetType]:
+    """The key an answer's JSON votes under, and its own canonical JSON when that differs."""
+    raw = canonical_json(value)
+    key = grouping.key(value, raw)
+    return key, (msgspec.UNSET if raw == key else raw)
 
 
 def _undecided(step: int, samples: int, policy: Policy, tally: Tally) -> str:

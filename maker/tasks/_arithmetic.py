@@ -3,12 +3,18 @@
 Each step applies one operation (add, subtract, multiply, floor-divide) to the running value.
 The operations are drawn once from ``seed`` so that the running value of the correct chain
 stays in ``[0, 10**(2*digits))``.
+
+With ``free_form=True`` the prompt lets the model write the result in any usual way (``1234``,
+``1234.0``, ``1.234e3``) and the parser keeps what it wrote: answers that agree in value come in
+several surface forms, as free-form answers of real models do, and split the vote unless a
+matcher (``number``) lets them vote together.
 """
 
 from __future__ import annotations
 
 import random
 import re
+from decimal import Decimal, InvalidOperation
 from typing import Any, ClassVar, Literal
 
 import msgspec
@@ -111,9 +117,26 @@ SYSTEM_PROMPT = (
 
 _RESULT = re.compile(r"(?i)\bresult\s*=\s*(-?\d+)\b")
 
+FREE_FORM_SYSTEM_PROMPT = (
+    "You are a careful calculator working one step of a long calculation.\n"
+    "You are given the current value and exactly one operation. Apply exactly that one "
+    "operation to the current value. Division is floor division: divide and round down to a "
+    "whole number.\n"
+    "You may show brief working, then end your answer with one line in this format:\n"
+    "result = N\n"
+    "where N is the whole-number result, written as you like: digits, a decimal point or an "
+    "exponent are all fine."
+)
 
-class Arithmetic(Task[ArithState, int]):
+_FREE_RESULT = re.compile(r"(?im)^[ \t]*result[ \t]*=[ \t]*(\S+)[ \t]*$")
+_FREE_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+class Arithmetic(Task[ArithState, Any]):
     """A chain of ``steps`` operations on numbers of about ``digits`` digits.
+
+    The answer is the result, an int; with ``free_form`` it is the result as the model wrote
+    it (a string such as ``"1234.0"``), whose value becomes the next state's.
 
     >>> task = Arithmetic(steps=3, digits=2, seed=1)
     >>> state = task.initial_state()
@@ -125,16 +148,22 @@ class Arithmetic(Task[ArithState, int]):
 
     name: ClassVar[str] = "arithmetic"
 
-    def __init__(self, steps: int = 50, digits: int = 6, seed: int = 0) -> None:
+    def __init__(
+        self, steps: int = 50, digits: int = 6, seed: int = 0, free_form: bool = False
+    ) -> None:
         self.steps = _check_int("steps", steps, 1, MAX_STEPS)
         self.digits = _check_int("digits", digits, 1, MAX_DIGITS)
         self.seed = _check_int("seed", seed, 0, MAX_SEED)
+        if not isinstance(free_form, bool):
+            raise ConfigError("free_form", f"must be true or false, got {free_form!r}")
+        self.free_form = free_form
         self.initial_value, self.operations = generate_operations(
             self.steps, self.digits, self.seed
         )
 
     def __repr__(self) -> str:
-        return f"Arithmetic(steps={self.steps}, digits={self.digits}, seed={self.seed})"
+        free = ", free_form=True" if self.free_form else ""
+        return f"Arithmetic(steps={self.steps}, digits={self.digits}, seed={self.seed}{free})"
 
     @property
     def limit(self) -> int:
@@ -142,8 +171,12 @@ class Arithmetic(Task[ArithState, int]):
         return int(10 ** (2 * self.digits))
 
     def params(self) -> dict[str, Any]:
-        """``{"steps", "digits", "seed"}``."""
-        return {"steps": self.steps, "digits": self.digits, "seed": self.seed}
+        """``{"steps", "digits", "seed"}``, and ``"free_form"`` when set (a run recorded before
+        it existed records none)."""
+        params: dict[str, Any] = {"steps": self.steps, "digits": self.digits, "seed": self.seed}
+        if self.free_form:
+            params["free_form"] = True
+        return params
 
     def initial_state(self) -> ArithState:
         """The seeded ``digits``-digit start value, no operation applied."""
@@ -170,14 +203,21 @@ class Arithmetic(Task[ArithState, int]):
             f"Operation: {self.operation(state).describe()}\n"
             "Apply the operation to the current value and give the result."
         )
-        return Prompt(system=SYSTEM_PROMPT, user=user)
+        system = FREE_FORM_SYSTEM_PROMPT if self.free_form else SYSTEM_PROMPT
+        return Prompt(system=system, user=user)
 
-    def parse(self, text: str) -> int:
+    def parse(self, text: str) -> Any:
         """The last ``result = N``; ``RedFlag("malformed", ...)`` if none or absurdly long.
+        With ``free_form``, N as written (a whole number in digits, with a decimal point or an
+        exponent), red-flagged when it is not a whole number.
 
         >>> Arithmetic(digits=2).parse("12 * 3 = 36\\nresult = 36")
         36
+        >>> Arithmetic(digits=2, free_form=True).parse("result = 3.6e1")
+        '3.6e1'
         """
+        if self.free_form:
+            return self._parse_free(text)
         matches = _RESULT.findall(text)
         if not matches:
             raise RedFlag("malformed", "no result line")
@@ -186,8 +226,26 @@ class Arithmetic(Task[ArithState, int]):
             raise RedFlag("malformed", f"result has {len(number.lstrip('-'))} digits")
         return int(number)
 
-    def apply(self, state: ArithState, answer: int) -> ArithState:
+    def _parse_free(self, text: str) -> str:
+        matches = _FREE_RESULT.findall(text)
+        if not matches:
+            raise RedFlag("malformed", "no result line")
+        written = matches[-1]
+        if len(written) > 4 * self.digits + 12 or _FREE_NUMBER.fullmatch(written) is None:
+            raise RedFlag("malformed", f"result {written[:40]!r} is not a number")
+        value = Decimal(written)
+        if abs(value.adjusted()) > 4 * self.digits + 4 or value != value.to_integral_value():
+            raise RedFlag("malformed", f"result {written!r} is not a whole number")
+        return str(written)
+
+    def apply(self, state: ArithState, answer: Any) -> ArithState:
         """The voted result becomes the value; one more operation is done."""
+        if self.free_form:
+            try:
+                value = int(Decimal(answer))
+            except (InvalidOperation, TypeError, ValueError):
+                raise StateError(f"result {answer!r} is not a number") from None
+            return ArithState(value=value, index=state.index + 1)
         return ArithState(value=answer, index=state.index + 1)
 
     def state_to_json(self, state: ArithState) -> Any:
@@ -205,12 +263,14 @@ class Arithmetic(Task[ArithState, int]):
             raise StateError(f"'index' must be an integer in 0..{self.steps}, got {index!r}")
         return ArithState(value=value, index=index)
 
-    def answer_to_json(self, answer: int) -> Any:
-        """``{"result": N}``."""
+    def answer_to_json(self, answer: Any) -> Any:
+        """``{"result": N}`` (N as written with ``free_form``)."""
         return {"result": answer}
 
-    def oracle(self, state: ArithState) -> int | None:
-        """The operation's correct result; None once the chain is done."""
+    def oracle(self, state: ArithState) -> Any:
+        """The operation's correct result (in digits, a string, with ``free_form``); None once
+        the chain is done."""
         if not 0 <= state.index < self.steps:
             return None
-        return self.operations[state.index].apply(state.value)
+        right = self.operations[state.index].apply(state.value)
+        return str(right) if self.free_form else right

@@ -1,4 +1,10 @@
-"""The simulated model's hooks for the arithmetic chain: read a prompt, answer right or wrong."""
+"""The simulated model's hooks for the arithmetic chain: read a prompt, answer right or wrong.
+
+A free-form prompt (``Arithmetic(free_form=True)``) is answered like a strict one, right with
+the same probability, but the result is written in one of several forms that agree in value:
+digits (half of the answers), ``N.0`` (a quarter), an exact exponent form such as ``1.234e3``
+(an eighth) and ``N.00`` (an eighth), each drawn per sample.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import re
 import msgspec
 
 from ..core._simulator import randbelow
-from ._arithmetic import ArithOp, OpName
+from ._arithmetic import FREE_FORM_SYSTEM_PROMPT, ArithOp, OpName
 
 _VALUE = re.compile(r"(?m)^Current value:[ \t]*(-?[0-9]+)[ \t]*$")
 _OPERATION = re.compile(
@@ -33,10 +39,39 @@ _WORKING = (
 
 
 class ArithQuestion(msgspec.Struct, frozen=True):
-    """What one arithmetic prompt asks: ``operation`` applied to ``value``."""
+    """What one arithmetic prompt asks: ``operation`` applied to ``value`` (``free``: with the
+    result written as the model likes)."""
 
     value: int
     operation: ArithOp
+    free: bool = False
+
+
+class FreeResult(int):
+    """The answer to a free-form prompt: a result the model writes in a form of its choice.
+
+    An int (it is the result), marked so that :meth:`ArithmeticSimulator.render` writes it
+    freely: the simulated model hands answers from the oracle to the renderer untouched.
+    """
+
+    __slots__ = ()
+
+
+def written_forms(value: int) -> tuple[str, str, str, str]:
+    """The forms a free-form result is written in: digits, ``N.0``, exponent, ``N.00``.
+
+    >>> written_forms(1230)
+    ('1230', '1230.0', '1.23e3', '1230.00')
+    """
+    digits = str(abs(value))
+    sign = "-" if value < 0 else ""
+    tail = digits[1:].rstrip("0")
+    mantissa = digits[0] + (f".{tail}" if tail else "")
+    return str(value), f"{value}.0", f"{sign}{mantissa}e{len(digits) - 1}", f"{value}.00"
+
+
+# Of eight draws: four in digits, two N.0, one exponent, one N.00.
+_FORM_OF_DRAW = (0, 0, 0, 0, 1, 1, 2, 3)
 
 
 class ArithmeticSimulator:
@@ -63,20 +98,30 @@ class ArithmeticSimulator:
         operand = int(operation.group(2))
         if op == "divide" and operand == 0:
             return None
-        return ArithQuestion(value=int(value.group(1)), operation=ArithOp(op, operand))
+        return ArithQuestion(
+            value=int(value.group(1)),
+            operation=ArithOp(op, operand),
+            free=system == FREE_FORM_SYSTEM_PROMPT,
+        )
 
     def state_key(self, state: ArithQuestion) -> str:
         """``"<value> <operation>"``."""
         return f"{state.value} {state.operation.describe()}"
 
     def oracle(self, state: ArithQuestion) -> int:
-        """The operation's correct result."""
-        return state.operation.apply(state.value)
+        """The operation's correct result (to be written freely, for a free-form prompt)."""
+        right = state.operation.apply(state.value)
+        return FreeResult(right) if state.free else right
 
     def wrong_answers(self, state: ArithQuestion, rng: random.Random, count: int) -> list[int]:
+        """:meth:`slips`, each to be written freely for a free-form prompt."""
+        slips = self.slips(state, rng, count)
+        return [FreeResult(n) for n in slips] if state.free else slips
+
+    def slips(self, state: ArithQuestion, rng: random.Random, count: int) -> list[int]:
         """Up to ``count`` distinct non-negative slips: off by one, one digit off by one (a
         dropped or doubled carry), two neighbouring digits swapped. Ordered by ``rng``."""
-        right = self.oracle(state)
+        right = state.operation.apply(state.value)
         size = len(str(abs(right)))
         candidates = [right + 1, right - 1]
         for i in range(1, size + 1):
@@ -91,13 +136,18 @@ class ArithmeticSimulator:
         return unique[: max(count, 0)]
 
     def render(self, answer: int, rng: random.Random) -> str:
-        """A line of working, then ``result = N``."""
+        """A line of working, then ``result = N`` (N in a form drawn from ``rng`` when free)."""
+        if type(answer) is FreeResult:
+            value = int(answer)
+            working = _WORKING[randbelow(rng, len(_WORKING))].format(n=value)
+            form = written_forms(value)[_FORM_OF_DRAW[randbelow(rng, 8)]]
+            return f"{working}\nresult = {form}"
         working = _WORKING[randbelow(rng, len(_WORKING))].format(n=answer)
         return f"{working}\nresult = {answer}"
 
     def render_malformed(self, state: ArithQuestion, rng: random.Random) -> str:
         """A response the strict parser rejects: no ``result = N`` line it can read."""
-        right = self.oracle(state)
+        right = state.operation.apply(state.value)
         return rng.choice(
             (
                 f"The answer is {right}.",

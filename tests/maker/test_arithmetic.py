@@ -46,9 +46,10 @@ def run_oracle(task: Arithmetic, steps: int) -> ArithState:
 def parse_or_flag(task: Arithmetic, text: str) -> int | RedFlag:
     """The parsed answer or the red flag; any other exception fails the test."""
     try:
-        return task.parse(text)
+        answer: int = task.parse(text)  # a strict task's answer is the int it read
     except RedFlag as flag:
         return flag
+    return answer
 
 
 # --- the task ------------------------------------------------------------------------------------

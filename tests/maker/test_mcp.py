@@ -278,6 +278,40 @@ async def test_run_takes_pipeline_and_hedge_into_the_runs_policy(tmp_path: Path)
     assert "hedge" not in plain.policy
 
 
+async def test_vote_and_run_take_a_matcher_into_the_policy(tmp_path: Path) -> None:
+    free = make_task("arithmetic", {"steps": 5, "digits": 4, "seed": 3, "free_form": True})
+    state = free.initial_state()
+    prompt = free.prompt(state)
+    oracle = free.oracle(state)
+    assert oracle is not None
+    right = int(oracle)
+    vote_args = {"system": prompt.system, "user": prompt.user, "k": 3, "seed": 5}
+    written = r"(?m)^result = (\S+)$"
+    async with stdio_server(tmp_path, "--log", "mcp.db") as client:
+        out = structured(
+            await client.call_tool("vote", {**vote_args, "pattern": written, "matcher": "number"})
+        )
+        run = structured(
+            await client.call_tool(
+                "run",
+                {"task": "arithmetic", "params": {"steps": 5, "free_form": True},
+                 "matcher": "number", "wait": True},
+            )
+        )  # fmt: skip
+        bad = error_text(await client.call_tool("vote", {**vote_args, "matcher": "nope"}))
+    assert out["status"] == "succeeded"
+    # The key is the value; the answer is the first winning vote's, as it was written.
+    assert json.loads(out["winner"]["candidate"]) == right
+    assert float(out["winner"]["answer"]) == right
+    assert f"result = {out['winner']['answer']}" in out["winner"]["text"]
+    assert run["status"] == "succeeded"
+    for run_id in (out["run_id"], run["run_id"]):
+        started = (await read_run(tmp_path / "mcp.db", run_id))[0]
+        assert started.policy["matcher"] == "number"
+    assert "matcher: unknown matcher 'nope'" in bad
+    assert "\n" not in bad
+
+
 async def test_a_background_run_is_followed_by_run_status_and_cancelled_resumably(
     tmp_path: Path,
 ) -> None:

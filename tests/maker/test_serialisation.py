@@ -232,10 +232,35 @@ def test_a_report_is_its_fields_with_the_plots_series_summed_up(
     check_keys(
         data,
         out,
-        omitted={"undecided", "cost_over_time", "red_flags_step_width", "votes_histogram"},
-        shaped={"summary", "votes_to_decide", "hardest", "red_flags_by_step", "latencies"},
-        derived={"convergence", "cost_usd"},
+        omitted={
+            "undecided",
+            "cost_over_time",
+            "tokens_over_time",
+            "red_flags_step_width",
+            "votes_histogram",
+        },
+        shaped={
+            "summary",
+            "votes_to_decide",
+            "hardest",
+            "red_flags_by_step",
+            "latencies",
+            "by_step",
+            "by_time",
+            "by_tokens",
+        },
+        derived={
+            "convergence",
+            "cost_usd",
+            "tokens",
+            "p_estimate",
+            "v_estimate",
+            "prediction",
+            "latency_quantiles",
+        },
     )
+    for binned in ("by_step", "by_time", "by_tokens"):
+        assert out[binned] == getattr(data, binned).to_json()
     assert out["summary"] == data.summary.to_json()
     assert out["latencies"] == len(data.latencies)
     assert out["votes_to_decide"] == {str(s): v for s, v in sorted(data.votes_to_decide.items())}
@@ -252,7 +277,7 @@ def test_a_revote_is_its_fields_with_the_recorded_settings_nested(
     path, result = recorded
     report = revote(events_of(path, result.run_id), Hanoi(3), k=1, rule="first")
     assert isinstance(report, RevoteReport)
-    nested = {"recorded_k", "recorded_rule", "recorded_red_flags"}
+    nested = {"recorded_k", "recorded_rule", "recorded_red_flags", "recorded_matcher"}
     for steps in (False, True):
         out = report.to_json(steps=steps)
         check_keys(
@@ -267,6 +292,7 @@ def test_a_revote_is_its_fields_with_the_recorded_settings_nested(
             "k": report.recorded_k,
             "rule": report.recorded_rule,
             "red_flags": report.recorded_red_flags,
+            "matcher": report.recorded_matcher,
         }
     assert report.steps
     for step in report.steps:

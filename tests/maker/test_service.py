@@ -288,6 +288,10 @@ BAD_REQUESTS: list[tuple[bytes, str]] = [
         "max_samples_per_step: must be at least k",
     ),
     (b'{"task": "hanoi", "params": {"disks": 3}, "speculative": -1}', "speculative: must be >= 0"),
+    (
+        b'{"task": "hanoi", "params": {"disks": 3}, "matcher": "nope"}',
+        "matcher: unknown matcher 'nope'",
+    ),
     (b'{"task": "hanoi", "params": {"disks": 3}, "pipeline": -1}', "pipeline: must be >= 0"),
     (
         b'{"task": "hanoi", "params": {"disks": 3}, "pipeline": 65}',
@@ -439,6 +443,24 @@ async def test_the_live_page_is_served_without_the_token_and_holds_no_run_data(
             f"/runs/{run_id}/live", headers={"Origin": "http://evil.example"}
         ) as response:
             assert response.status == 403
+
+
+async def test_the_matcher_of_a_request_is_the_runs_policy(tmp_path: Path) -> None:
+    params = {"steps": 20, "digits": 4, "free_form": True}
+    async with service(tmp_path / "log.db") as (_, http):
+        matched = await start(http, task="arithmetic", params=params, matcher="text + number")
+        plain = await start(http, task="arithmetic", params=params)
+        policies = {}
+        for run_id in (matched, plain):
+            async with http.get(f"/runs/{run_id}/events") as response:
+                stream = await read_sse(response)
+            first, last = decode(stream.messages[0].data), decode(stream.messages[-1].data)
+            assert isinstance(first, RunStarted)
+            assert isinstance(last, RunFinished)
+            assert last.status == "succeeded"
+            policies[run_id] = first.policy
+    assert policies[matched]["matcher"] == "text+number"
+    assert "matcher" not in policies[plain]  # exact: recorded as before matchers existed
 
 
 async def test_unknown_runs_are_404_and_a_bad_resume_point_is_400(tmp_path: Path) -> None:

@@ -28,6 +28,7 @@ from events import (
     EventLog,
     RedFlagged,
     RunResumed,
+    RunStarted,
     SampleCancelled,
     SampleFailed,
     SampleHedged,
@@ -35,6 +36,7 @@ from events import (
     StepAbandoned,
     StepDecided,
     StepStarted,
+    VoteCounted,
 )
 from maker import (
     ClientError,
@@ -159,7 +161,23 @@ async def _provider_log(version: str) -> Path:
     return path
 
 
-_EXTRAS = {"provider": _provider_log}
+async def _matched_log(version: str) -> Path:
+    """A run under a matcher, on answers written in several forms: its policy records the
+    matcher, and its votes and decisions the answers beside their keys (added to schema
+    version 3 after its first golden logs, as ``matched``)."""
+    path = GOLDEN / f"{version}-matched.db"
+    fast = Scheduler(Limits(backoff_base_s=0.001, backoff_cap_s=0.002))
+    async with Engine(log=path, client=SimulatedModel(NOISY), scheduler=fast) as engine:
+        await engine.run(
+            Arithmetic(steps=6, digits=4, seed=3, free_form=True),
+            policy=Policy(k=2, matcher="text+number"),
+            seed=18,
+            run_id="golden-matched",
+        )
+    return path
+
+
+_EXTRAS = {"provider": _provider_log, "matched": _matched_log}
 """Logs added to a version's golden set after it was first written, each by its own command
 (``python -m tests.replay.test_golden vN NAME``), which leaves the set's other files alone."""
 
@@ -245,6 +263,8 @@ async def test_golden_logs_decode_verify_and_replay(
 
 
 def _task_for(name: str) -> Any:
+    if "matched" in name:
+        return Arithmetic(steps=6, digits=4, seed=3, free_form=True)
     if "arithmetic" in name:
         return Arithmetic(steps=6, digits=4, seed=3)
     return Hanoi(9) if "long" in name else Hanoi(3)
@@ -293,6 +313,12 @@ async def test_golden_logs_hold_what_they_are_meant_to_exercise(tmp_path: Path) 
     assert answers
     assert all(str(e.response_id).startswith("chatcmpl-sim") for e in answers)
     assert any(isinstance(e, SampleFailed) for e in provider)
+    matched = await load_events(_copy(f"v{SCHEMA_VERSION}-matched.db", tmp_path))
+    started = matched[0]
+    assert isinstance(started, RunStarted)
+    assert started.policy["matcher"] == "text+number"
+    assert any(isinstance(e, VoteCounted) and type(e.answer) is str for e in matched)
+    assert any(isinstance(e, StepDecided) and type(e.answer) is str for e in matched)
 
 
 @pytest.mark.anyio

@@ -45,6 +45,7 @@ from ...core._adaptive import AdaptiveK
 from ...core._client import Client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
+from ...core._matchers import EXACT
 from ...core._policy import Hedge, Policy
 from ...core._pricing import PriceTable
 from ...core._task import Task
@@ -54,6 +55,7 @@ from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
 from .._options import (
+    MATCHER_HELP,
     allow_plugin_option,
     base_url_option,
     build_task,
@@ -62,6 +64,7 @@ from .._options import (
     latency_ms_option,
     log_option,
     log_run_arguments,
+    matcher_option,
     model_option,
     pipeline_options,
     pipelining_for,
@@ -178,6 +181,7 @@ engine here (``maker run``, ``maker resume``) writes its log and reports."""
     help="Samples kept in flight beyond those that could still matter.",
 )
 @pipeline_options
+@matcher_option(MATCHER_HELP)
 @click.option(
     "--max-samples",
     type=click.IntRange(1),
@@ -216,6 +220,7 @@ def run(
     pipeline: int | None,
     hedge: float | None,
     hedge_min_s: float | None,
+    matcher: str | None,
     max_samples: int,
     seed: int,
     otel: str | None,
@@ -268,6 +273,7 @@ def run(
         pipeline=pipeline,
         hedge=_hedge(hedge, hedge_min_s),
         adaptive=adapt,
+        matcher=matcher or EXACT,
     )
     from .._telemetry import otel_sink_for, otel_sink_from_env
 
@@ -712,6 +718,7 @@ def resume(
     type=click.IntRange(1),
     help="Re-vote with this output-token red-flag threshold.",
 )
+@matcher_option("Re-vote with this matcher (see maker run --help).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @allow_plugin_option
 def replay(
@@ -721,17 +728,23 @@ def replay(
     k: int | None,
     rule: str | None,
     red_flag_tokens: int | None,
+    matcher: str | None,
     as_json: bool,
     allow_plugins: tuple[str, ...],
 ) -> None:
-    """Re-execute a run from its log (--verify), or re-vote it offline (--k, --red-flag-tokens)."""
-    revoting = k is not None or rule is not None or red_flag_tokens is not None
+    """Re-execute a run from its log (--verify), or re-vote it offline (--k, --rule,
+    --red-flag-tokens, --matcher)."""
+    revoting = any(v is not None for v in (k, rule, red_flag_tokens, matcher))
     if verify_ == revoting:
-        raise UsageProblem("give --verify, or re-vote options (--k, --rule, --red-flag-tokens)")
+        raise UsageProblem(
+            "give --verify, or re-vote options (--k, --rule, --red-flag-tokens, --matcher)"
+        )
     if revoting:
         from replay._commands import revote_command_impl
 
-        code = revote_command_impl(file, run_id, k, rule, red_flag_tokens, as_json, allow_plugins)
+        code = revote_command_impl(
+            file, run_id, k, rule, red_flag_tokens, as_json, allow_plugins, matcher=matcher
+        )
         raise SystemExit(code)
     from replay import verify_run
 

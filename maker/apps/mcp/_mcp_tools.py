@@ -125,6 +125,18 @@ class _Args(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     pass
 
 
+MatcherSpec = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=500,
+        description="Which answers vote together: exact (canonical JSON, the default), text, "
+        "case, unicode, space, number[:rel=R,abs=A], json[:sets=/PATH;...], "
+        "python[:path=/PTR], embedding[:threshold=T]; parts joined with +.",
+    ),
+]
+
+
 class VoteArgs(_Args, frozen=True):
     """One error-corrected decision: sample the model until one parsed answer leads by k."""
 
@@ -156,6 +168,7 @@ class VoteArgs(_Args, frozen=True):
     max_samples: Annotated[
         int, Meta(ge=1, le=1000, description="Give up after this many samples (1-1000).")
     ] = 50
+    matcher: MatcherSpec = "exact"
     seed: (
         Annotated[
             int,
@@ -339,6 +352,7 @@ class RunArgs(_Args, frozen=True):
         ]
         | None
     ) = None
+    matcher: MatcherSpec = "exact"
     wait: Annotated[
         bool,
         Meta(
@@ -743,6 +757,7 @@ class McpTools:
             max_tokens=max_tokens,
             max_samples_per_step=max(args.max_samples, k),
             red_flags=_rules(args.max_output_tokens, args.flag_truncated),
+            matcher=args.matcher,
         )
         seed = args.seed if args.seed is not None else secrets.randbits(62)
         self._check_cost(
@@ -923,6 +938,7 @@ class McpTools:
             max_samples_per_step=max(args.max_samples, k),
             pipeline=pipeline,
             hedge=hedge_from(hedge, args.hedge_min_s),
+            matcher=args.matcher,
         )
         first = task.prompt(task.initial_state())
         self._check_cost(
@@ -1213,8 +1229,10 @@ def _vote_summary(
     votes: dict[str, int] = {}
     if decided is not None:
         votes = dict(decided.votes)
+        # Under a matcher the winner is a key; the answer is the one its first vote parsed.
+        applied = decided.answer if type(decided.answer) is str else decided.winner
         winner = {
-            "answer": msgspec.json.decode(decided.winner),
+            "answer": msgspec.json.decode(applied),
             "text": texts.get(first_vote.get(decided.winner, ""), ""),
             "candidate": decided.winner,
         }

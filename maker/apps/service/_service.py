@@ -178,7 +178,8 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     latencies past which a straggler gets a hedge (0 or null: off), and ``hedge_min_s`` its
     floor in seconds, as ``maker run --pipeline --hedge --hedge-min-s`` take them. Left out,
     they are on where the run's model waits for its answers, as for ``maker run`` (see
-    :func:`maker.apps._options.pipelining_for`). ``model`` defaults to
+    :func:`maker.apps._options.pipelining_for`). ``matcher`` is the spec of the policy's
+    matcher (``"exact"`` unless given; see :class:`maker.Matcher`). ``model`` defaults to
     the engine's client (the simulated model unless the service was set up otherwise); ``p``
     and ``latency_ms`` adjust the simulated model for this run only.
     """
@@ -195,6 +196,7 @@ class RunRequest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_field
     pipeline: int | msgspec.UnsetType = msgspec.UNSET
     hedge: float | msgspec.UnsetType | None = msgspec.UNSET
     hedge_min_s: float | None = None
+    matcher: str = "exact"
 
 
 _decode_request = msgspec.json.Decoder(RunRequest).decode
@@ -357,6 +359,7 @@ class _Service:
                 speculative=body.speculative,
                 pipeline=pipeline,
                 hedge=hedge_from(hedge, body.hedge_min_s),
+                matcher=body.matcher,
             )
             self._check_budget(task, policy, client)
         except _BadRequest as exc:
