@@ -63,7 +63,7 @@ from .._options import (
     task_argument,
     task_options,
 )
-from ._settings import RunSettings, UsageProblem, make_model_client, model_options, run_options
+from .._settings import RunSettings, UsageProblem, make_model_client, model_options, run_options
 from ._table import cost_text, counts_text, echo_table
 
 EXIT_FAILED = 1

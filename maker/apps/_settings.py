@@ -15,14 +15,14 @@ from typing import Any
 import click
 import msgspec
 
-from ...clients._sim import PRESETS, SimulatedModel, sim_config
-from ...core._adaptive import AdaptiveK
-from ...core._client import Client
-from ...core._errors import ConfigError
-from ...core._formulas import k_min
-from ...core._policy import Hedge, Policy
-from ...core._task import Task
-from .._options import (
+from ..clients._sim import PRESETS, SimulatedModel, sim_config
+from ..core._adaptive import AdaptiveK
+from ..core._client import Client
+from ..core._errors import ConfigError
+from ..core._formulas import k_min
+from ..core._policy import Hedge, Policy
+from ..core._task import Task
+from ._options import (
     base_url_option,
     hedge_from,
     latency_ms_option,
