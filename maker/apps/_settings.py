@@ -201,6 +201,6 @@ def make_model_client(
     given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
     if given:
         raise UsageProblem(f"{', '.join(given)} applies only to the simulated model (--model sim)")
-    from ...clients import make_client
+    from ..clients import make_client
 
     return make_client(model, base_url=base_url, timeout=timeout), p
