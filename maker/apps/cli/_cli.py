@@ -668,6 +668,7 @@ def _register_commands() -> None:
     from ..service._service import serve_command
     from ._otel_cli import export_otel_command
     from ._runs_cli import runs_command
+    from ._worker_cli import submit_command, worker_command
     from ._workflow_cli import WORKFLOW_COMMANDS
 
     app.add_command(serve_sim_command, "serve-sim")
@@ -676,6 +677,8 @@ def _register_commands() -> None:
     app.add_command(export_otel_command, "export-otel")
     app.add_command(mcp_command, "mcp")
     app.add_command(runs_command, "runs")
+    app.add_command(submit_command, "submit")
+    app.add_command(worker_command, "worker")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 
