@@ -100,17 +100,17 @@ async def _database_lines(url: str) -> list[dict[str, Any]]:
     from ..worker import RunQueue
     from ..worker._queue import missing
 
+    # The queue first, then the log: a run that leaves the queue between the two readings is
+    # finished in the log; the other way round, it would show as interrupted.
+    async with RunQueue(url, create=False) as queue:
+        claims = await queue.claims() if queue.exists else []
     infos: list[RunInfo] = []
-    has_log = True
     try:
         async with open_log(url, mode="r") as log:
             infos = await log.runs()
     except NotALogError:
-        has_log = False  # no run written yet; the queue may hold some
-    async with RunQueue(url, create=False) as queue:
-        claims = await queue.claims() if queue.exists else []
-        if not has_log and not queue.exists:
-            raise missing(url)
+        if not queue.exists:
+            raise missing(url) from None
     by_run = {claim.run_id: claim for claim in claims}
     lines = [run_line(url, info) for info in infos]
     known = {line["run_id"] for line in lines}
