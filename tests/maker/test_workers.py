@@ -28,11 +28,12 @@ from maker import Engine, Policy, SimulatedModel
 from maker.apps._settings import RunSettings
 from maker.apps.worker import QueuedRun, RunQueue
 from maker.tasks import make_task
-from tests._postgres import run_async
+from tests._postgres import PASSWORD, PASSWORD_ROLE, run_async
 from tests.events.test_store_contract import sql
 
 from ._cli import MAKER, maker, one_error_line
 from ._plugin import write_counting
+from .test_postgres_cli import as_user
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -263,6 +264,16 @@ def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     ):
         line = one_error_line(maker(tmp_path, *args))
         assert f"cannot open {url}" in line, line
+
+
+def test_wrong_credentials_are_one_line_and_not_shown(tmp_path: Path, postgres_url: str) -> None:
+    url = as_user(postgres_url, PASSWORD_ROLE, "wrong")
+    for args in (("submit", "hanoi", "--log", url), ("worker", "--log", url), ("runs", url)):
+        line = one_error_line(maker(tmp_path, *args))
+        assert "password authentication failed" in line, line
+        assert "wrong" not in line
+        assert PASSWORD not in line
+    assert sql(postgres_url, "SELECT to_regclass('pgqueuer') IS NULL") == [(True,)]
 
 
 def test_a_database_without_log_or_queue_is_one_line_and_nothing_is_written(
