@@ -45,10 +45,12 @@ RUNS = 20
 PIPELINE, HEDGE = 0, 0.0
 
 
-def _worker(url: str, *extra: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+def _worker(
+    url: str, *extra: str, env: dict[str, str] | None = None, latency_ms: str = LATENCY_MS
+) -> subprocess.Popen[str]:
     """``maker worker --drain`` on ``url``, its stdout a pipe read line by line."""
     return subprocess.Popen(
-        [*MAKER, "worker", "--log", url, "--latency-ms", LATENCY_MS, "--concurrency", "2",
+        [*MAKER, "worker", "--log", url, "--latency-ms", latency_ms, "--concurrency", "2",
          "--lease", "1", "--drain", *extra],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -186,6 +188,43 @@ def test_a_killed_workers_runs_finish_elsewhere_with_the_same_decisions(
     assert sorted(line["run_id"] for line in listed) == sorted(ids.values())
     assert {line["status"] for line in listed} == {"succeeded"}
     assert all(line["owner"] is None for line in listed)
+
+
+def test_runs_names_the_owner_and_a_dead_workers_run_waits_for_the_next_worker(
+    tmp_path: Path, postgres_url: str, workers: list[subprocess.Popen[str]]
+) -> None:
+    # 63 steps a step at a time at 60 ms: seconds, long enough to be listed while under way.
+    done = maker(
+        tmp_path, "submit", "hanoi", "--disks", "6", "--pipeline", "0", "--hedge", "0",
+        "--log", postgres_url,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    run_id = done.stdout.strip()
+    workers.append(_worker(postgres_url, latency_ms="60"))
+    owner = _owner(workers[0])
+    while True:
+        (line,) = _runs(tmp_path, postgres_url)
+        if line["events"]:  # under way in the log, not only claimed
+            break
+    assert (line["run_id"], line["status"], line["owner"]) == (run_id, "running", owner)
+    assert line["lease_s"] >= 0
+    os.kill(workers[0].pid, signal.SIGKILL)
+    workers[0].wait(timeout=30)
+    # No other worker: the claim stays the dead worker's, whatever its lease's age. The next
+    # worker has another latency: it resumes the run with the model the log records.
+    (line,) = _runs(tmp_path, postgres_url)
+    assert (line["status"], line["owner"]) == ("running", owner)
+
+    workers.append(_worker(postgres_url))
+    out, err = workers[1].communicate(timeout=120)
+    assert workers[1].returncode == 0, err
+    assert f"run {run_id}: resumed, succeeded in 63 steps" in out, err
+    (line,) = _runs(tmp_path, postgres_url)
+    assert (line["status"], line["owner"], line["steps"]) == ("succeeded", None, 63)
+    events = _events(postgres_url, run_id)
+    requested = [e.sample_id for e in events if isinstance(e, SampleRequested)]
+    assert len(requested) == len(set(requested))
+    assert sum(isinstance(e, RunResumed) for e in events) == 1
 
 
 def test_submit_prints_the_run_id_and_runs_lists_it_queued_then_done(

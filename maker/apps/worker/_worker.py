@@ -3,11 +3,14 @@
 A worker that dies (``kill -9``, a lost machine) stops renewing; once a run's lease is older
 than the lease time, any other worker's claim takes it, and that worker resumes the run from
 the log: the recorded prefix is replayed (every recorded sample served again, none requested
-again) and the run goes on live, appending to the same run. The log's own guard makes a late
-claim harmless: a writer holds a session advisory lock on each run it writes, so a worker
-whose lease ran out while it was still writing (a stalled machine, not a dead one) keeps the
-run, and the claimant is refused (:class:`events.RunBusyError`) and puts the run back in the
-queue for later. Two workers never interleave a run.
+again) and the run goes on live, appending to the same run, with the model its log records
+(as ``maker resume`` does), whichever model the claiming worker was given.
+
+The log's own guard makes a late claim harmless: a writer holds a session advisory lock on
+each run it writes, so a worker whose lease ran out while it was still writing (a stalled
+machine, not a dead one) keeps the run, and the claimant is refused
+(:class:`events.RunBusyError`) and puts the run back in the queue for later. Two workers never
+interleave a run.
 """
 
 from __future__ import annotations
@@ -171,11 +174,12 @@ async def _execute(config: WorkerConfig, run: QueuedRun) -> tuple[RunResult, boo
     if await _recorded(config.url, run.run_id):
         from replay import resume_run
 
+        # With the model the log records, as 'maker resume' does: the replayed run_started
+        # must reproduce, so a worker configured otherwise still continues the run as begun.
         result = await resume_run(
             config.url,
             run.run_id,
             task=task,
-            client=config.client,
             scheduler=config.scheduler,
             allow_plugins=config.allow_plugins,
         )
