@@ -193,19 +193,18 @@ def test_a_killed_workers_runs_finish_elsewhere_with_the_same_decisions(
 def test_runs_names_the_owner_and_a_dead_workers_run_waits_for_the_next_worker(
     tmp_path: Path, postgres_url: str, workers: list[subprocess.Popen[str]]
 ) -> None:
-    # 63 steps a step at a time at 60 ms: seconds, long enough to be listed while under way.
+    # 63 steps a step at a time at 40 ms: seconds, long enough to be listed while under way.
     done = maker(
         tmp_path, "submit", "hanoi", "--disks", "6", "--pipeline", "0", "--hedge", "0",
         "--log", postgres_url,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     run_id = done.stdout.strip()
-    workers.append(_worker(postgres_url, latency_ms="60"))
+    workers.append(_worker(postgres_url, latency_ms="40"))
     owner = _owner(workers[0])
-    while True:
-        (line,) = _runs(tmp_path, postgres_url)
-        if line["events"]:  # under way in the log, not only claimed
-            break
+    while not _under_way(postgres_url, owner):  # in the log, not only claimed
+        assert workers[0].poll() is None
+    (line,) = _runs(tmp_path, postgres_url)
     assert (line["run_id"], line["status"], line["owner"]) == (run_id, "running", owner)
     assert line["lease_s"] >= 0
     os.kill(workers[0].pid, signal.SIGKILL)
