@@ -10,6 +10,7 @@ import os
 import random
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,7 +25,7 @@ from events import (
     StepDecided,
     open_run,
 )
-from maker import Engine, Policy, SimulatedModel
+from maker import Engine, Policy, SimConfig, SimulatedModel
 from maker.apps._settings import RunSettings
 from maker.apps.worker import QueuedRun, RunQueue
 from maker.tasks import make_task
@@ -224,6 +225,55 @@ def test_runs_names_the_owner_and_a_dead_workers_run_waits_for_the_next_worker(
     requested = [e.sample_id for e in events if isinstance(e, SampleRequested)]
     assert len(requested) == len(set(requested))
     assert sum(isinstance(e, RunResumed) for e in events) == 1
+
+
+def test_a_run_whose_writer_is_alive_stays_with_it(
+    tmp_path: Path, postgres_url: str, workers: list[subprocess.Popen[str]]
+) -> None:
+    # The writer of a worker whose lease ran out while it still writes (a stalled machine):
+    # here an engine of this process, writing the run that the queue then hands to a worker.
+    async def write() -> None:
+        model = SimulatedModel(SimConfig(latency_ms=150))  # seconds: the worker starts meanwhile
+        async with Engine(log=postgres_url, client=model) as engine:
+            task = make_task("hanoi", {"disks": DISKS})
+            result = await engine.run(
+                task, policy=Policy(pipeline=0, hedge=None), seed=1, run_id="held"
+            )
+            assert result.ok
+
+    writer = threading.Thread(target=run_async, args=(write,))
+    writer.start()
+    try:
+        while sql(postgres_url, "SELECT to_regclass('runs') IS NULL") == [(True,)] or not sql(
+            postgres_url, "SELECT 1 FROM runs WHERE run_id = 'held' AND head_seq > 5"
+        ):
+            assert writer.is_alive()
+        run = QueuedRun(
+            run_id="held",
+            task="hanoi",
+            task_params={"disks": DISKS},
+            settings=RunSettings(seed=1, pipeline=PIPELINE, hedge=HEDGE),
+        )
+
+        async def queue_it() -> None:
+            async with RunQueue(postgres_url, create=True) as queue:
+                await queue.submit(run)
+
+        run_async(queue_it)
+        workers.append(_worker(postgres_url))
+        out, err = workers[0].communicate(timeout=120)
+    finally:
+        writer.join(timeout=120)
+    assert workers[0].returncode == 0, err
+    # Refused by the log's lock on the run, put back, and found finished once its writer was
+    # done: the worker appended nothing to it.
+    assert "run held: held by another writer; back in the queue" in out
+    assert "run held: had finished, succeeded in 31 steps" in out
+    events = _events(postgres_url, "held")
+    assert not any(isinstance(e, RunResumed) for e in events)
+    assert [type(e) for e in events].count(RunFinished) == 1
+    requested = [e.sample_id for e in events if isinstance(e, SampleRequested)]
+    assert len(requested) == len(set(requested))
 
 
 def test_submit_prints_the_run_id_and_runs_lists_it_queued_then_done(

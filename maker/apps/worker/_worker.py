@@ -29,6 +29,7 @@ from events import (
     LogWriteError,
     NotALogError,
     RunBusyError,
+    RunInfo,
     UnknownRunError,
     open_run,
     redact_url,
@@ -39,7 +40,6 @@ from ...core._client import Client
 from ...core._errors import MakerError
 from ...core._pricing import PriceTable
 from ...engine._engine import Engine
-from ...engine._results import RunResult
 from ...engine._scheduler import Scheduler
 from ...tasks import make_task
 from .._settings import UsageProblem
@@ -134,7 +134,7 @@ async def _one(
 ) -> bool:
     """Run or resume one claimed run; whether it finished here."""
     try:
-        result, resumed = await _execute(config, run)
+        how, status, steps = await _execute(config, run)
     except RunBusyError as exc:
         # Its writer is alive: the lease was late, not lost. Back in the queue, for later.
         say(f"run {run.run_id}: held by another writer; back in the queue")
@@ -152,26 +152,30 @@ async def _one(
         await queue.release(job, "failed", exc)
         return False
     await queue.release(job, "successful")
-    how = "resumed" if resumed else "ran"
-    say(f"run {run.run_id}: {how}, {result.status} in {result.steps} steps")
+    say(f"run {run.run_id}: {how}, {status} in {steps} steps")
     return True
 
 
-async def _recorded(url: str, run_id: str) -> bool:
-    """Whether the log holds ``run_id`` already (a previous claimant started it)."""
+async def _recorded(url: str, run_id: str) -> RunInfo | None:
+    """What the log holds of ``run_id`` (a previous claimant started it), or None."""
     try:
-        async with open_run(url, run_id):
-            return True
+        async with open_run(url, run_id) as found:
+            return found.info
     except UnknownRunError:
-        return False
+        return None
     except NotALogError:
-        return False  # no run has been written to the database yet
+        return None  # no run has been written to the database yet
 
 
-async def _execute(config: WorkerConfig, run: QueuedRun) -> tuple[RunResult, bool]:
-    """The run's result, and whether it was resumed from the log."""
+async def _execute(config: WorkerConfig, run: QueuedRun) -> tuple[str, str, int]:
+    """Run, resume or report the run: how (``ran``, ``resumed`` or ``had finished``, when its
+    worker finished it but died before it could release the job), its status and steps."""
     task = make_task(run.task, run.task_params, allow_plugins=config.allow_plugins)
-    if await _recorded(config.url, run.run_id):
+    info = await _recorded(config.url, run.run_id)
+    if info is not None:
+        end = info.finished
+        if end is not None and end.seq == info.last_seq and end.status != "cancelled":
+            return "had finished", end.status, end.steps
         from replay import resume_run
 
         # With the model the log records, as 'maker resume' does: the replayed run_started
@@ -183,10 +187,10 @@ async def _execute(config: WorkerConfig, run: QueuedRun) -> tuple[RunResult, boo
             scheduler=config.scheduler,
             allow_plugins=config.allow_plugins,
         )
-        return result, True
+        return "resumed", result.status, result.steps
     policy = run.settings.policy(task, config.client, config.model_p, config.model)
     async with Engine(
         log=config.url, client=config.client, scheduler=config.scheduler, prices=config.prices
     ) as engine:
         result = await engine.run(task, policy=policy, seed=run.settings.seed, run_id=run.run_id)
-    return result, False
+    return "ran", result.status, result.steps
