@@ -17,6 +17,7 @@ PACKAGES = (
     "maker.apps.mcp",
     "maker.apps.serve_sim",
     "maker.apps.service",
+    "maker.apps.worker",
     "maker.clients",
     "maker.core",
     "maker.engine",

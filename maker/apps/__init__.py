@@ -1,3 +1,3 @@
 """The applications built on the library: the CLI, the HTTP service, the simulated model's
-servers and the MCP server. ``import maker`` never imports them; their names on :mod:`maker`
-load on first use."""
+servers, the MCP server and the workers. ``import maker`` never imports them; their names on
+:mod:`maker` load on first use."""

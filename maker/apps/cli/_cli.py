@@ -40,13 +40,10 @@ from events import (
 )
 
 from ...clients import close_client
-from ...clients._sim import PRESETS, SimulatedModel, sim_config
-from ...core._adaptive import AdaptiveK
 from ...core._client import Client
 from ...core._errors import ConfigError, MakerError
 from ...core._formulas import k_min, p_run
-from ...core._matchers import EXACT
-from ...core._policy import Hedge, Policy
+from ...core._policy import Policy
 from ...core._pricing import PriceTable
 from ...core._task import Task
 from ...core._version import __version__
@@ -55,25 +52,19 @@ from ...engine._results import RunResult, VerifyResult
 from ...engine._scheduler import Limits, Scheduler
 from ...tasks import make_task
 from .._options import (
-    MATCHER_HELP,
     allow_plugin_option,
-    base_url_option,
     build_task,
     concurrency_option,
-    hedge_from,
-    latency_ms_option,
     log_option,
     log_run_arguments,
     matcher_option,
-    model_option,
-    pipeline_options,
-    pipelining_for,
     prices_option,
     rate_limit_options,
     stacked,
     task_argument,
     task_options,
 )
+from .._settings import RunSettings, UsageProblem, make_model_client, model_options, run_options
 from ._table import cost_text, counts_text, echo_table
 
 EXIT_FAILED = 1
@@ -84,17 +75,11 @@ _err = Console(stderr=True, highlight=False)
 _out = Console(highlight=False)
 
 
-class UsageProblem(Exception):
-    """Bad input the user can fix; printed as one line, exit 2."""
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="maker")
 def app() -> None:
     """Run long sequential tasks with language models at near-zero error (MAKER)."""
 
-
-_probability = click.FloatRange(0.0, 1.0)
 
 _live_run_options = stacked(
     # A run at full speed spends a third of its main thread on the log; in a process of its own
@@ -131,65 +116,11 @@ engine here (``maker run``, ``maker resume``) writes its log and reports."""
 @task_argument
 @log_option("Event log to append the run to: a SQLite file, or a postgresql:// URL.")
 @task_options
-@model_option("sim, openai:NAME, anthropic:NAME or ollama:NAME.")
-@base_url_option
-@click.option(
-    "--preset",
-    type=click.Choice(sorted(PRESETS)),
-    help="Simulated model preset (default paper).",
-)
-@click.option(
-    "--p",
-    "p",
-    type=_probability,
-    help="sim: P(a valid answer is correct); other models: the assumed p for --target.",
-)
-@latency_ms_option
+@model_options
 @concurrency_option
 @rate_limit_options
 @prices_option
-@click.option("--k", "k", type=click.IntRange(1), help="Vote margin (default 3).")
-@click.option(
-    "--target",
-    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
-    help="Choose k_min for this probability that the whole run succeeds.",
-)
-@click.option(
-    "--adaptive",
-    is_flag=True,
-    help="Adapt k to the run's own votes so that --target holds (a Beta posterior over p).",
-)
-@click.option(
-    "--prior-p",
-    type=click.FloatRange(0.5, 1.0, min_open=True, max_open=True),
-    default=0.9,
-    show_default=True,
-    help="--adaptive: the initial guess of p.",
-)
-@click.option(
-    "--k-max",
-    type=click.IntRange(1),
-    default=25,
-    show_default=True,
-    help="--adaptive: the largest k it may choose.",
-)
-@click.option(
-    "--speculative",
-    type=click.IntRange(0),
-    default=0,
-    show_default=True,
-    help="Samples kept in flight beyond those that could still matter.",
-)
-@pipeline_options
-@matcher_option(MATCHER_HELP)
-@click.option(
-    "--max-samples",
-    type=click.IntRange(1),
-    default=100,
-    show_default=True,
-    help="Samples a step may request before the run fails.",
-)
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the run.")
+@run_options
 @_live_run_options
 def run(
     task: str | None,
@@ -244,37 +175,26 @@ def run(
         params_json=params_json,
         task_file=task_file,
     )
-    client, model_p = _make_client(model, base_url, preset, p, latency_ms, timeout)
-    pipeline, hedge = pipelining_for(client, pipeline, hedge)
-    if k is not None and target is not None:
-        raise UsageProblem("give --k or --target, not both")
-    budget = the_task.max_steps()
-    adapt: AdaptiveK | None = None
-    if adaptive:
-        if target is None:
-            raise UsageProblem("--adaptive needs --target, the success probability to keep")
-        if k is not None:
-            raise UsageProblem("--adaptive chooses k itself; leave out --k")
-        adapt = AdaptiveK(target=target, prior_p=prior_p, k_max=k_max)
-    elif target is not None:
-        if budget is None:
-            raise UsageProblem(
-                f"--target needs a task with a known number of steps; {the_task.name} has none"
-            )
-        if model_p is None:
-            raise UsageProblem(f"--target needs --p, the per-step success rate of {model}")
-        k = k_min(model_p, target, budget)
-    scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
-    price_table = PriceTable.load(prices) if prices is not None else PriceTable()
-    policy = Policy(
-        k=3 if k is None else k,
-        max_samples_per_step=max(max_samples, k_max) if adapt else max_samples,
+    client, model_p = make_model_client(model, base_url, preset, p, latency_ms, timeout)
+    settings = RunSettings(
+        k=k,
+        target=target,
+        adaptive=adaptive,
+        prior_p=prior_p,
+        k_max=k_max,
         speculative=speculative,
         pipeline=pipeline,
-        hedge=_hedge(hedge, hedge_min_s),
-        adaptive=adapt,
-        matcher=matcher or EXACT,
+        hedge=hedge,
+        hedge_min_s=hedge_min_s,
+        max_samples=max_samples,
+        seed=seed,
+        matcher=matcher,
     )
+    policy = settings.policy(the_task, client, model_p, model)
+    budget = the_task.max_steps()
+    adapt = policy.adaptive
+    scheduler = Scheduler(Limits(concurrency=concurrency, rpm=rpm, tpm=tpm, timeout_s=timeout))
+    price_table = PriceTable.load(prices) if prices is not None else PriceTable()
     from .._telemetry import otel_sink_for, otel_sink_from_env
 
     # Set up before the run, so a bad exporter or a missing package is one line, not a lost run.
@@ -315,39 +235,6 @@ def run(
         _print_result(result, log, [client.model], price_table)
     if not result.ok:
         raise SystemExit(EXIT_FAILED)
-
-
-def _hedge(quantile: float, min_s: float | None) -> Hedge | None:
-    """The policy's hedge from ``--hedge`` and ``--hedge-min-s``, bad values named as flags."""
-    if min_s is not None and not quantile:
-        raise UsageProblem("--hedge-min-s needs --hedge, the quantile past which to hedge")
-    try:
-        return hedge_from(quantile, min_s)
-    except ConfigError as exc:  # NaN, which click's ranges let through
-        flag = "--" + exc.field.replace("_", "-")
-        raise UsageProblem(f"{flag}{str(exc).removeprefix(exc.field)}") from None
-
-
-def _make_client(
-    model: str,
-    base_url: str | None,
-    preset: str | None,
-    p: float | None,
-    latency_ms: float | None,
-    timeout: float,
-) -> tuple[Client, float | None]:
-    """The client, and the p that --target plans with (None when unknown)."""
-    if model == "sim":
-        if base_url is not None:
-            raise UsageProblem("--base-url does not apply to the simulated model")
-        sim = SimulatedModel(sim_config(preset, p=p, latency_ms=latency_ms))
-        return sim, sim.config.p
-    given = [name for name, v in (("--preset", preset), ("--latency-ms", latency_ms)) if v]
-    if given:
-        raise UsageProblem(f"{', '.join(given)} applies only to the simulated model (--model sim)")
-    from ...clients import make_client
-
-    return make_client(model, base_url=base_url, timeout=timeout), p
 
 
 class _EngineArgs(NamedTuple):
@@ -792,6 +679,7 @@ def _register_commands() -> None:
     from ..service._service import serve_command
     from ._otel_cli import export_otel_command
     from ._runs_cli import runs_command
+    from ._worker_cli import submit_command, worker_command
     from ._workflow_cli import WORKFLOW_COMMANDS
 
     app.add_command(serve_sim_command, "serve-sim")
@@ -800,6 +688,8 @@ def _register_commands() -> None:
     app.add_command(export_otel_command, "export-otel")
     app.add_command(mcp_command, "mcp")
     app.add_command(runs_command, "runs")
+    app.add_command(submit_command, "submit")
+    app.add_command(worker_command, "worker")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 
