@@ -285,7 +285,8 @@ def test_submit_prints_the_run_id_and_runs_lists_it_queued_then_done(
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     run_id = json.loads(done.stdout)["run_id"]
-    plain = maker(tmp_path, "submit", "arithmetic", "--steps", "4", "--log", postgres_url)
+    plain = maker(tmp_path, "submit", "arithmetic", "--steps", "4", "--matcher", "number",
+                  "--log", postgres_url)  # fmt: skip
     assert plain.returncode == 0, plain.stderr
     other = plain.stdout.strip()
     queued = {line["run_id"]: line for line in _runs(tmp_path, postgres_url)}
@@ -304,6 +305,8 @@ def test_submit_prints_the_run_id_and_runs_lists_it_queued_then_done(
     started = _events(postgres_url, run_id)[0]
     assert started.seed == 7
     assert started.policy["k"] == 2
+    assert "matcher" not in started.policy  # exact, recorded as before matchers
+    assert _events(postgres_url, other)[0].policy["matcher"] == "number"
 
 
 def test_a_task_plugin_needs_the_workers_trust(
