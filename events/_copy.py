@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ._codec import encode
 from ._errors import CopyConflictError, EventLogError
@@ -41,6 +42,7 @@ from ._types import AnyEvent, RunFinished
 __all__ = ["CopiedRun", "copy_runs"]
 
 _CHUNK = 1024  # events handed from the reading thread at a time
+_AHEAD = 4  # chunks read ahead of the destination's writer, at most
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -124,8 +126,17 @@ def same_target(source: str, dest: str) -> bool:
         return os.path.abspath(source) == os.path.abspath(dest)
 
 
-async def _pull(events: Generator[AnyEvent, None, None]) -> list[AnyEvent]:
-    return await anyio.to_thread.run_sync(lambda: list(itertools.islice(events, _CHUNK)))
+async def _read_ahead(src: str, run_id: str, send: MemoryObjectSendStream[list[AnyEvent]]) -> None:
+    events = _checked(src, run_id)
+    try:
+        async with send:
+            while chunk := await anyio.to_thread.run_sync(
+                lambda: list(itertools.islice(events, _CHUNK))
+            ):
+                await send.send(chunk)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(events.close)
 
 
 async def copy_runs(
@@ -226,16 +237,17 @@ async def _copy_run(
             )
     exported = _Exported()
     last: AnyEvent | None = None
-    events = _checked(src, run_id)
-    try:
-        while chunk := await _pull(events):
-            for last in chunk:
-                exported.add(last)
-                if last.seq > done:
-                    await to.put(last)
-    finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(events.close)
+    send, receive = anyio.create_memory_object_stream[list[AnyEvent]](_AHEAD)
+    async with anyio.create_task_group() as tg:
+        # The source is read (and checked) on a worker thread while this one encodes what it
+        # read before: a few chunks ahead at most.
+        tg.start_soon(_read_ahead, src, run_id, send)
+        async with receive:
+            async for chunk in receive:
+                for last in chunk:
+                    exported.add(last)
+                    if last.seq > done:
+                        await to.put(last)
     await to.flush()
     ours = exported.hash.hexdigest()
     theirs, count = await anyio.to_thread.run_sync(_exported, to.path, run_id, exported.events - 1)
