@@ -30,7 +30,7 @@ async def test_the_mcp_server_runs_into_a_database(tmp_path: Path, postgres_url:
     assert shown["log"] == postgres_url
     assert replayed["ok"] is True
     assert health["config"]["log"] == postgres_url
-    assert not list(tmp_path.glob("*.db"))  # nothing went to a file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stderr.txt"]  # noqa: ASYNC240 (no file)
     report = verify_log(postgres_url)
     assert report.ok, report
     assert [run.run_id for run in report.runs] == [out["run_id"]]
