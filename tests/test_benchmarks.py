@@ -78,3 +78,22 @@ def test_the_latency_benchmark_measures_both_modes_and_stragglers_in_one_run() -
         assert figures["straggler_wall_ratio"][mode] > 0
     assert figures["samples_per_step_ratio"] > 0
     assert 0.6 < figures["pipelined_bound"] < 0.8  # E[min of 3] / median at sigma 0.5: 0.70
+
+
+def test_the_copy_benchmark_copies_one_run_each_way(postgres_url: str) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.copy_speed", "--disks", "3", "--postgres", postgres_url]
+        + ["--json"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["steps"] == 7
+    assert figures["events"] > 7
+    for name in ("sqlite_to_postgres", "sqlite_to_sqlite", "postgres_to_sqlite"):
+        assert figures[f"{name}_events_per_s"] > 0
+        assert figures[f"{name}_peak_rss_mib"] > 0
+    assert figures["postgres_vs_sqlite_ratio"] > 0
