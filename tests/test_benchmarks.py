@@ -81,9 +81,9 @@ def test_the_latency_benchmark_measures_both_modes_and_stragglers_in_one_run() -
 
 
 def test_the_copy_benchmark_copies_one_run_each_way(postgres_url: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.copy_speed", "--disks", "3", "--json"]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.copy_speed", "--disks", "3", "--postgres", postgres_url]
-        + ["--json"],
+        [*command, "--postgres", postgres_url],
         cwd=ROOT,
         capture_output=True,
         text=True,
