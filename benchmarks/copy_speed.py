@@ -11,8 +11,9 @@ simulated model into a SQLite file, then times, each in its own process:
 and then ``maker verify`` of the database. Every copy reads the source through its integrity
 checks, appends through the destination store's own writer and reads the destination back to
 prove it exports as the source does, so its events per second are the run's events over the
-whole command. The peak RSS of each copy is the ``ru_maxrss`` of its process (``os.wait4``):
-a copy streams, so it stays flat whatever the run's length.
+whole command. The peak RSS of each copy is the ``ru_maxrss`` that ``os.wait4`` gives of its
+process: the larger of that process and its reaped children (into a file, the writer process).
+A copy streams, so it stays flat whatever the run's length.
 
     python -m benchmarks.copy_speed [--disks 17] [--postgres URL] [--json]
 
