@@ -238,16 +238,23 @@ async def _copy_run(
     exported = _Exported()
     last: AnyEvent | None = None
     send, receive = anyio.create_memory_object_stream[list[AnyEvent]](_AHEAD)
-    async with anyio.create_task_group() as tg:
-        # The source is read (and checked) on a worker thread while this one encodes what it
-        # read before: a few chunks ahead at most.
-        tg.start_soon(_read_ahead, src, run_id, send)
-        async with receive:
-            async for chunk in receive:
-                for last in chunk:
-                    exported.add(last)
-                    if last.seq > done:
-                        await to.put(last)
+    try:
+        async with anyio.create_task_group() as tg:
+            # The source is read (and checked) on a worker thread while this one encodes what
+            # it read before: a few chunks ahead at most.
+            tg.start_soon(_read_ahead, src, run_id, send)
+            async with receive:
+                async for chunk in receive:
+                    for last in chunk:
+                        exported.add(last)
+                        if last.seq > done:
+                            await to.put(last)
+    except BaseExceptionGroup as group:
+        # One of the two failed (the source's check, or the destination's writer) and the
+        # other was cancelled: raise what went wrong, as a call without a task group would.
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
     await to.flush()
     ours = exported.hash.hexdigest()
     theirs, count = await anyio.to_thread.run_sync(_exported, to.path, run_id, exported.events - 1)

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 
 from events import (
+    BrokenLogError,
     CopyConflictError,
     EventLog,
     EventLogError,
@@ -23,7 +24,7 @@ from events import (
 )
 
 from ._factory import run_events
-from .test_store_contract import GOLDEN, write
+from .test_store_contract import GOLDEN, drop_append_only, of_run, sql, write
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +174,22 @@ async def test_a_log_is_not_copied_onto_itself(tmp_path: Path) -> None:
     await write(source, run_events("self", 2))
     with pytest.raises(EventLogError, match="both the source and the destination"):
         await copy_runs(source, str(tmp_path / "." / "a.db"))
+
+
+async def test_a_broken_source_run_is_refused_at_its_first_bad_seq(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """What the source's check finds stops the copy; what was copied before it is the run's
+    intact prefix, which verifies."""
+    source = str(tmp_path / "a.db")
+    await write(source, run_events("bent", 10))
+    sql(
+        source,
+        *drop_append_only(source),
+        f"UPDATE events SET ts = ts + 1 WHERE {of_run('bent')} AND seq = 30",
+    )
+    with pytest.raises(BrokenLogError, match="at seq 30"):
+        await copy_runs(source, postgres_url)
+    report = verify_log(postgres_url)
+    assert report.ok, report
+    assert all(run.events <= 30 for run in report.runs)
