@@ -5,9 +5,11 @@ This package is the bottom layer: it imports nothing from :mod:`maker` or :mod:`
 """
 
 from ._codec import canonical_json, decode, encode, to_dict
+from ._copy import CopiedRun, copy_runs
 from ._errors import (
     AmbiguousRunError,
     BrokenLogError,
+    CopyConflictError,
     CorruptEventError,
     DamagedLogError,
     EventLogError,
@@ -69,6 +71,8 @@ __all__ = [
     "BreakerChanged",
     "BrokenLogError",
     "CheckedRun",
+    "CopiedRun",
+    "CopyConflictError",
     "CorruptEventError",
     "DamagedLogError",
     "Event",
@@ -116,6 +120,7 @@ __all__ = [
     "canonical_json",
     "chain_hash",
     "check_run",
+    "copy_runs",
     "decode",
     "encode",
     "event_tag",

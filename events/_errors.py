@@ -190,3 +190,14 @@ class RunBusyError(EventLogError):
 
 class LogClosedError(EventLogError):
     """The log is closed, or its writer has failed."""
+
+
+class CopyConflictError(EventLogError):
+    """The destination of a copy already holds a run of that id that is not a prefix of the
+    source's run (another run, or a diverging one): nothing of any run was copied."""
+
+    def __init__(self, path: str, run_id: str, detail: str) -> None:
+        super().__init__(f"{path} already holds a run {run_id} that {detail}; nothing was copied")
+        self.path = path
+        self.run_id = run_id
+        self.detail = detail

@@ -115,3 +115,22 @@ def test_the_matchers_benchmark_measures_both_ways_on_the_same_seeds() -> None:
     assert figures["ratio_number_to_exact"] == round(
         number["samples_per_step"] / exact["samples_per_step"], 3
     )
+
+
+def test_the_copy_benchmark_copies_one_run_each_way(postgres_url: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.copy_speed", "--disks", "3", "--json"]
+    done = subprocess.run(
+        [*command, "--postgres", postgres_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert figures["steps"] == 7
+    assert figures["events"] > 7
+    for name in ("sqlite_to_postgres", "sqlite_to_sqlite", "postgres_to_sqlite"):
+        assert figures[f"{name}_events_per_s"] > 0
+        assert figures[f"{name}_peak_rss_mib"] > 0
+    assert figures["postgres_vs_sqlite_ratio"] > 0

@@ -677,6 +677,7 @@ def _register_commands() -> None:
     from ..mcp._mcp import mcp_command
     from ..serve_sim._serve_sim import serve_sim_command
     from ..service._service import serve_command
+    from ._copy_cli import copy_command
     from ._otel_cli import export_otel_command
     from ._runs_cli import runs_command
     from ._worker_cli import submit_command, worker_command
@@ -690,6 +691,7 @@ def _register_commands() -> None:
     app.add_command(runs_command, "runs")
     app.add_command(submit_command, "submit")
     app.add_command(worker_command, "worker")
+    app.add_command(copy_command, "copy")
     for name, command in WORKFLOW_COMMANDS.items():
         app.add_command(command, name)
 

@@ -401,7 +401,7 @@ async def serve_stdio(
 
     async with McpTools(config, limits, allow_plugins, sinks) as tools:
         server = create_mcp_server(tools)
-        logger.info("maker mcp: serving on stdio (log %s)", config.log)
+        logger.info("maker mcp: serving on stdio (log %s)", config.shown)
         async with stdio_server() as (read, write):
             await server.run(read, write, server.create_initialization_options())
 
@@ -609,7 +609,8 @@ class BearerToken:
     type=click.Path(dir_okay=False),
     envvar="MAKER_MCP_LOG",
     show_envvar=True,
-    help="The event log every tool call is recorded in (default maker-mcp.db).",
+    help="The event log every tool call is recorded in: a SQLite file (default maker-mcp.db)"
+    " or a postgresql:// URL.",
 )
 @click.option(
     "--model",
@@ -727,7 +728,7 @@ def mcp_command(
             if http:
 
                 def ready(url: str) -> None:
-                    click.echo(f"maker mcp: listening on {url} (log {config.log})", err=True)
+                    click.echo(f"maker mcp: listening on {url} (log {config.shown})", err=True)
                     if generated:
                         # Shown this once, and nowhere else: keep it, or set MAKER_TOKEN.
                         click.echo(

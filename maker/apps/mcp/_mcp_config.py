@@ -36,6 +36,8 @@ from typing import Any
 
 import msgspec
 
+from events import is_database_url, redact_url
+
 from ...clients._sim import PRESETS, sim_config
 from ...core._client import Client
 from ...core._errors import ConfigError
@@ -159,7 +161,8 @@ class McpConfig:
     ``"cli"``), which ``health`` reports.
     """
 
-    log: Path
+    log: Path | str
+    """A SQLite file's path, or a PostgreSQL database's URL (a ``str``)."""
     models: tuple[ModelConfig, ...]
     prices: Mapping[str, Mapping[str, float]]
     config_file: Path | None
@@ -174,6 +177,11 @@ class McpConfig:
             if model.spec in seen:
                 raise ConfigError(f"models[{index}].spec", f"{model.spec} is configured twice")
             seen.add(model.spec)
+
+    @property
+    def shown(self) -> str:
+        """The log as messages name it: a URL without its password."""
+        return redact_url(str(self.log))
 
     @property
     def default_model(self) -> str:
@@ -197,7 +205,7 @@ class McpConfig:
     def report(self) -> dict[str, Any]:
         """What ``health`` says of the configuration."""
         return {
-            "log": str(self.log),
+            "log": self.shown,
             "config_file": str(self.config_file) if self.config_file else None,
             "default_model": self.default_model,
             "models": [m.report() for m in self.models],
@@ -287,10 +295,14 @@ def load_mcp_config(
         log_path, sources["log"] = file.log, "file"
     else:
         log_path, sources["log"] = DEFAULT_LOG, "default"
-    path = Path(log_path).expanduser()
-    if config_file is not None and not path.is_absolute() and sources["log"] == "file":
-        # A path in the file is read relative to the file, as one would expect of a config.
-        path = config_file.parent / path
+    path: Path | str
+    if is_database_url(log_path):
+        path = str(log_path)
+    else:
+        path = Path(log_path).expanduser()
+        if config_file is not None and not path.is_absolute() and sources["log"] == "file":
+            # A path in the file is read relative to the file, as one would expect of a config.
+            path = config_file.parent / path
     prices = file.prices or {}
     if prices:
         PriceTable(prices)  # validates now, naming the model, rather than at the first call

@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import AsyncExitStack, aclosing, contextmanager, suppress
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Annotated, Any, Final
 
 import anyio
@@ -26,7 +27,6 @@ from msgspec import Meta
 
 from events import (
     AnyEvent,
-    EventLog,
     RedFlagged,
     RunFinished,
     RunInfo,
@@ -36,6 +36,7 @@ from events import (
     Store,
     UnknownRunError,
     VoteCounted,
+    open_log,
 )
 
 from ...clients import close_client
@@ -544,8 +545,9 @@ class McpTools:
         try:
             for model in self.config.models:
                 self.clients[model.spec] = model.client()
-            self.config.log.parent.mkdir(parents=True, exist_ok=True)
-            log = await self._stack.enter_async_context(EventLog(self.config.log))
+            if isinstance(self.config.log, Path):
+                self.config.log.parent.mkdir(parents=True, exist_ok=True)
+            log = await self._stack.enter_async_context(open_log(self.config.log))
             self._engine = await self._stack.enter_async_context(
                 Engine(
                     log=log,
@@ -961,7 +963,7 @@ class McpTools:
                 "steps": total,
                 "k": k,
                 "model": client.model,
-                "log": str(self.config.log),
+                "log": self.config.shown,
             }
         await self._follow(handle, total, progress, math.inf)
         return await self._status(handle.run_id)
@@ -1068,7 +1070,7 @@ class McpTools:
         out = await self._status(run_id)
         if note is not None:
             out["note"] = note
-        out["resume"] = f"maker resume {self.config.log} --run {run_id}"
+        out["resume"] = f"maker resume {self.config.shown} --run {run_id}"
         return out
 
     async def resume(self, args: ResumeArgs, progress: Progress | None = None) -> dict[str, Any]:
@@ -1129,7 +1131,7 @@ class McpTools:
                     "events": info.last_seq + 1,
                 }
             )
-        return {"log": str(self.config.log), "runs": runs}
+        return {"log": self.config.shown, "runs": runs}
 
     async def replay_verify(
         self, args: ReplayVerifyArgs, progress: Progress | None = None
@@ -1157,7 +1159,7 @@ class McpTools:
         try:
             return await self.log.run(run_id)
         except UnknownRunError as exc:
-            raise ToolError(f"no run {run_id} in {self.config.log}") from exc
+            raise ToolError(f"no run {run_id} in {self.config.shown}") from exc
 
     # -- health ------------------------------------------------------------------------
 
@@ -1181,7 +1183,7 @@ class McpTools:
             "bounds": {**self.limits.to_json(), "running": self.running()},
             "scheduler": self.scheduler.statistics()._asdict(),
             "engine": self.engine.statistics()._asdict(),
-            "log": {"path": str(self.config.log), **self.log.statistics()._asdict()},
+            "log": {"path": self.config.shown, **self.log.statistics()._asdict()},
         }
 
 
