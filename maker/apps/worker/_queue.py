@@ -18,11 +18,16 @@ import uuid
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Self
 
-import anyio
 import msgspec
 
 from events import EventLogError, NotALogError, redact_url
-from events._postgres import StoreUnavailableError, connect, database_errors, identify
+from events._postgres import (
+    StoreUnavailableError,
+    connect,
+    database_errors,
+    identify,
+)
+from events._postgres import _close_quietly as _close
 
 from .._settings import RunSettings
 
@@ -266,16 +271,6 @@ class RunQueue:
 def _detail(exc: BaseException) -> str:
     text = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     return " ".join(str(text).split()) or type(exc).__name__
-
-
-async def _close(conn: Any) -> None:
-    if conn is None:
-        return
-    with anyio.CancelScope(shield=True):
-        try:
-            await conn.close(timeout=5)
-        except (*database_errors(), RuntimeError):  # type: ignore[misc]
-            conn.terminate()
 
 
 def missing(url: str) -> NotALogError:
