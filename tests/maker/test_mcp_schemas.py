@@ -327,7 +327,8 @@ async def test_cancelling_a_resume_at_once_is_no_error(tmp_path: Path) -> None:
     from maker.apps.mcp._mcp_tools import CancelArgs, ResumeArgs, RunArgs, RunStatusArgs
 
     async with McpTools(load_mcp_config(log=str(tmp_path / "mcp.db"))) as tools:
-        started = await tools.run(RunArgs(task="hanoi", params={"disks": 10}, k=2))
+        # 16,383 steps: far more than are done when the cancel comes after 200, at any speed.
+        started = await tools.run(RunArgs(task="hanoi", params={"disks": 14}, k=2))
         with anyio.fail_after(30):
             args = RunStatusArgs(run_id=started["run_id"])
             while (await tools.run_status(args))["steps"] < 200:  # noqa: ASYNC110
