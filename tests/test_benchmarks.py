@@ -134,3 +134,22 @@ def test_the_copy_benchmark_copies_one_run_each_way(postgres_url: str) -> None:
         assert figures[f"{name}_events_per_s"] > 0
         assert figures[f"{name}_peak_rss_mib"] > 0
     assert figures["postgres_vs_sqlite_ratio"] > 0
+
+
+def test_the_store_benchmark_runs_one_run_into_each_store(postgres_url: str) -> None:
+    command = [sys.executable, "-m", "benchmarks.store_speed", "--disks", "3", "--json"]
+    done = subprocess.run(
+        [*command, "--postgres", postgres_url],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout)
+    assert [r["store"] for r in figures["runs"]] == ["sqlite", "postgres"]
+    # The same run, the same events, in either store.
+    assert {(r["status"], r["steps"], r["events"]) for r in figures["runs"]} == {
+        ("succeeded", 7, figures["runs"][0]["events"])
+    }
+    assert figures["postgres_vs_sqlite_ratio"] > 0

@@ -386,8 +386,11 @@ class _Service:
         entry = _Queued(uuid.uuid4().hex, task, policy, body.seed, client)
         if self.running < self.limits.max_running:
             self._launch(entry)
-            # One turn of the loop lets the run record run_started before anyone asks about it.
+            # One turn of the loop lets the run record run_started, and the flush commits it,
+            # before the id is handed out: whoever asks about it next, this process or another
+            # sharing the store, finds it in the log.
             await anyio.lowlevel.checkpoint()
+            await self._flush()
         else:
             self.queue.append(entry)
             self.queued[entry.run_id] = entry
