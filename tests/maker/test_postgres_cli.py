@@ -55,6 +55,16 @@ def test_a_run_and_every_reader_on_a_database(tmp_path: Path, postgres_url: str)
     assert json.loads(resumed.stdout)["resumed"] is False
     assert verified(tmp_path, postgres_url) == events
 
+    # The report and a calibration read and write the database as they do a file.
+    reported = maker(tmp_path, "report", postgres_url, "--out", "report", "--json")
+    assert reported.returncode == 0, reported.stderr
+    report = json.loads((tmp_path / "report" / "report.json").read_text())
+    assert report["last_seq"] == events[run_id] - 1
+    calibrated = maker(tmp_path, "calibrate", "hanoi", "--disks", "4", "--model", "sim",
+                       "--samples", "20", "--log", postgres_url, "--json")  # fmt: skip
+    assert calibrated.returncode == 0, calibrated.stderr
+    assert len(verified(tmp_path, postgres_url)) == 2  # the run and the calibration's model
+
 
 def test_an_unreachable_server_is_one_line(tmp_path: Path) -> None:
     url = "postgresql://maker@127.0.0.1:1/maker"
