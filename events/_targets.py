@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["DATABASE_SCHEMES", "is_database_url", "redact_url"]
+__all__ = ["DATABASE_SCHEMES", "is_database_url", "redact_url", "without_password"]
 
 DATABASE_SCHEMES = ("postgresql://", "postgres://")
 """How a target that names a PostgreSQL database begins."""
@@ -21,8 +21,15 @@ def is_database_url(target: object) -> bool:
 
 def redact_url(url: str) -> str:
     """``url`` without its password, for messages (a path is returned as it is)."""
-    if not is_database_url(url):
-        return url
+    return without_password(url) if is_database_url(url) else url
+
+
+def without_password(url: str) -> str:
+    """Any URL with its password, if it has one, shown as ``***``.
+
+    >>> without_password("http://collector:s3cret@127.0.0.1:4318")
+    'http://collector:***@127.0.0.1:4318'
+    """
     parts = urlsplit(url)
     if not parts.password:
         return url

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import urllib.parse
 from pathlib import Path
 
 import anyio
 import click
+
+from events._targets import without_password
 
 from ...otel._otel import trace_id_for
 from .._options import log_run_arguments
@@ -22,13 +23,7 @@ from .._telemetry import needs_sdk
 def _shown(spec: str) -> str:
     """An exporter spec for output, with a password in an endpoint URL masked."""
     kind, sep, url = spec.partition(":")
-    parts = urllib.parse.urlsplit(url) if kind == "otlp" and sep else None
-    if parts is None or not parts.password:
-        return spec
-    host = parts.netloc.rpartition("@")[2]
-    return f"{kind}:" + urllib.parse.urlunsplit(
-        parts._replace(netloc=f"{parts.username or ''}:***@{host}")
-    )
+    return f"{kind}:{without_password(url)}" if kind == "otlp" and sep else spec
 
 
 @click.command("export-otel")
