@@ -60,7 +60,7 @@ from maker import (
     expected_samples_per_step,
 )
 from maker.apps.serve_sim._serve_sim import serve_sim
-from maker.clients import make_client
+from maker.clients import TRANSPORTS, Transport, make_client
 from maker.tasks import Hanoi
 
 from ._sim_server import config_of
@@ -123,6 +123,7 @@ async def _bench(
     stragglers: float = 0.0,
     straggler_s: float = 30.0,
     server: str = "process",
+    transport: Transport = "aiohttp",
 ) -> dict[str, Any]:
     spec = {
         "latency_ms": latency_ms,
@@ -138,7 +139,13 @@ async def _bench(
     async with _server(spec, server) as (url, late_count):
         base = url + ("/v1" if fmt == "openai" else "")
         key = None if fmt == "ollama" else "sk-benchmark-not-a-secret"
-        client = make_client(f"{fmt}:sim-bench", base_url=base, api_key=key, timeout=timeout)
+        client = make_client(
+            f"{fmt}:sim-bench",
+            base_url=base,
+            api_key=key,
+            timeout=timeout,
+            transport=None if fmt == "ollama" else transport,
+        )
         limits = Limits(timeout_s=timeout)
         with tempfile.TemporaryDirectory() as tmp:
             try:
@@ -163,6 +170,7 @@ async def _bench(
     expected = expected_samples_per_step(used.p, policy.k, v)
     return {
         "format": fmt,
+        "transport": transport if fmt != "ollama" else None,
         "disks": disks,
         "k": policy.k,
         "p": used.p,
@@ -287,6 +295,12 @@ def main() -> None:
         default="process",
         help="serve-sim in its own process (as a remote provider), or on this event loop",
     )
+    parser.add_argument(
+        "--transport",
+        choices=list(TRANSPORTS),
+        default="aiohttp",
+        help="the HTTP transport under the openai and anthropic SDKs",
+    )
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -314,6 +328,7 @@ def main() -> None:
                     stragglers=stragglers,
                     straggler_s=args.straggler_s,
                     server=args.server,
+                    transport=args.transport,
                 )
                 figures = anyio.run(run)
                 figures["mode"] = mode
@@ -335,6 +350,7 @@ def main() -> None:
         "stragglers": args.stragglers,
         "straggler_s": args.straggler_s,
         "format": args.format,
+        "transport": args.transport,
         "runs": runs,
     }
     if not args.json:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ._anthropic import AnthropicClient
 from ._closing import Closable, close_client
-from ._common import STATUS_KINDS, classify_status, parse_retry_after
+from ._common import STATUS_KINDS, TRANSPORTS, Transport, classify_status, parse_retry_after
 from ._embedding import EMBEDDING_MODELS, SentenceEmbedder, load_embedder, make_matcher
 from ._ollama import DEFAULT_OLLAMA_URL, OllamaClient
 from ._openai import OpenAIClient
@@ -52,6 +52,7 @@ __all__ = [
     "PRESETS",
     "PROVIDERS",
     "STATUS_KINDS",
+    "TRANSPORTS",
     "AnthropicClient",
     "Closable",
     "OllamaClient",
@@ -60,6 +61,7 @@ __all__ = [
     "SimConfig",
     "SimResponse",
     "SimulatedModel",
+    "Transport",
     "classify_status",
     "close_client",
     "load_embedder",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..core._client import Completion, SampleRequest
-from ._common import SDKArgs, SDKClient
+from ._common import SDKArgs, SDKClient, Transport
 
 if TYPE_CHECKING:
     import anthropic
@@ -59,8 +59,11 @@ class AnthropicClient(SDKClient["anthropic.AsyncAnthropic"]):
         base_url: str | None = None,
         timeout: float = 60.0,
         send_temperature: bool = False,
+        transport: Transport | None = None,
     ) -> None:
-        super().__init__(model, api_key=api_key, base_url=base_url, timeout=timeout)
+        super().__init__(
+            model, api_key=api_key, base_url=base_url, timeout=timeout, transport=transport
+        )
         self._send_temperature = send_temperature
 
     def _connect(self, args: SDKArgs) -> anthropic.AsyncAnthropic:

@@ -3,15 +3,17 @@ Retry-After, key hygiene."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import math
 import os
 import re
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from email.utils import parsedate_to_datetime
 from types import TracebackType
-from typing import Any, ClassVar, Generic, Protocol, Self, TypedDict, TypeVar
+from typing import Any, ClassVar, Generic, Literal, NotRequired, Protocol, Self, TypedDict, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ..core._errors import ClientError, ConfigError
@@ -278,8 +280,10 @@ class ProviderClient:
         """
         if isinstance(exc, sdk.APIStatusError):
             return self._status_error(exc.status_code, api_message(exc), exc.response.headers)
-        if isinstance(exc, sdk.APITimeoutError):
+        if isinstance(exc, sdk.APITimeoutError) and not _disconnected(exc):
             return self._timeout_error()
+        if isinstance(exc, sdk.APITimeoutError):
+            return self._connection_error(_disconnected(exc) or exc)
         if isinstance(exc, sdk.APIConnectionError):
             return self._connection_error(exc)
         if isinstance(exc, sdk.APIError):  # e.g. APIResponseValidationError
@@ -306,6 +310,27 @@ class ProviderClient:
         return f"{self.provider}:{served}" if isinstance(served, str) and served else self.model
 
 
+def _disconnected(exc: BaseException) -> BaseException | None:
+    """The aiohttp connection error under an SDK's timeout error, if that is what it was.
+
+    The SDKs' aiohttp transport maps every ``aiohttp.ClientConnectionError`` it does not know
+    better, a server that closed the connection among them, to httpx's ``ConnectTimeout``, so
+    the SDK reports a disconnect as a timeout. The cause chain still holds the truth.
+    """
+    aiohttp = sys.modules.get("aiohttp")
+    if aiohttp is None:
+        return None
+    connection_error: type[BaseException] = aiohttp.ClientConnectionError
+    cause = exc.__cause__ or exc.__context__
+    seen = 0
+    while cause is not None and seen < 8:  # a chain of a few links: guard against a cycle
+        if isinstance(cause, connection_error) and not isinstance(cause, TimeoutError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+        seen += 1
+    return None
+
+
 class SDKArgs(TypedDict):
     """What an official SDK's async client (openai's, anthropic's) is built from."""
 
@@ -313,6 +338,7 @@ class SDKArgs(TypedDict):
     base_url: str | None
     timeout: float
     max_retries: int
+    http_client: NotRequired[Any]
 
 
 class _AsyncSDKClient(Protocol):
@@ -324,12 +350,34 @@ class _AsyncSDKClient(Protocol):
 
 S = TypeVar("S", bound=_AsyncSDKClient)
 
+Transport = Literal["aiohttp", "httpx"]
+"""The HTTP transport under an official SDK's client."""
+
+TRANSPORTS: tuple[Transport, ...] = ("aiohttp", "httpx")
+
+
+def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop, or None outside one (no loop, or another async library)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
 
 class SDKClient(ProviderClient, Generic[S]):
     """A provider client over an official SDK: the key from the argument or the provider's
     variable, the SDK's client built by :meth:`_connect`, its connection pool closed by
     :meth:`aclose`. The key is kept only by the SDK's client and in the secrets redacted
     from errors: never in ``describe()`` or ``repr``.
+
+    ``transport="aiohttp"`` (the default where the SDK offers it and aiohttp is installed)
+    sends the SDK's requests through aiohttp instead of its own httpx pool: the SDK still
+    builds every request, maps every error and applies the timeout, but aiohttp's C parser
+    and single-write sends cost the client's process about a fifth less CPU per request, which
+    is the floor of a pipelined run's wall time against a fast model. An aiohttp session
+    belongs to the event loop it was opened on, so the client opens one per loop it is used
+    in (a CLI may use a client in two ``anyio.run`` calls) and :meth:`aclose` closes the
+    current loop's. Outside asyncio, or with ``transport="httpx"``, the SDK's own pool serves.
     """
 
     title: ClassVar[str]
@@ -338,21 +386,73 @@ class SDKClient(ProviderClient, Generic[S]):
     """Appended to the message of a missing key."""
 
     def __init__(
-        self, model: str, *, api_key: str | None, base_url: str | None, timeout: float
+        self,
+        model: str,
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout: float,
+        transport: Transport | None = None,
     ) -> None:
         name, seconds = self._checked(model, timeout)
+        if transport is not None and transport not in TRANSPORTS:
+            raise ConfigError(
+                "transport", f"must be one of {', '.join(TRANSPORTS)}, got {transport!r}"
+            )
         key = resolve_key(api_key, self.provider, self.title, self.key_hint)
         # The SDK's own retries are off: the engine retries, so that every attempt is recorded.
-        self._client = self._connect(
-            SDKArgs(api_key=key, base_url=base_url, timeout=seconds, max_retries=0)
-        )
-        super().__init__(name, str(self._client.base_url), seconds)
+        self._args = SDKArgs(api_key=key, base_url=base_url, timeout=seconds, max_retries=0)
+        self._httpx = self._connect(self._args)
+        self._aiohttp_class = self._aiohttp_client_class() if transport != "httpx" else None
+        if transport == "aiohttp" and self._aiohttp_class is None:
+            raise ConfigError(
+                "transport",
+                f"the aiohttp transport needs aiohttp and a {self.package} SDK that offers it: "
+                f"pip install 'maker[{self.provider}]'",
+            )
+        self._on_loop: tuple[asyncio.AbstractEventLoop, S] | None = None
+        super().__init__(name, str(self._httpx.base_url), seconds)
         self._secrets = (key,)
+
+    def _aiohttp_client_class(self) -> Callable[[], Any] | None:
+        """The SDK's aiohttp-backed HTTP client class, or None where it cannot serve."""
+        try:
+            importlib.import_module("aiohttp")
+        except ImportError:
+            return None
+        sdk = importlib.import_module(self.package)
+        found: Callable[[], Any] | None = getattr(sdk, "DefaultAioHttpClient", None)
+        return found
+
+    @property
+    def transport(self) -> Transport:
+        """The transport requests take inside an asyncio loop."""
+        return "aiohttp" if self._aiohttp_class is not None else "httpx"
+
+    @property
+    def _client(self) -> S:
+        """The SDK's client for the running event loop."""
+        loop = _running_asyncio_loop()
+        if self._aiohttp_class is None or loop is None:
+            return self._httpx
+        here = self._on_loop
+        if here is None or here[0] is not loop:
+            # A loop that ended took its session's connections with it; nothing to close there.
+            args = SDKArgs(**self._args, http_client=self._aiohttp_class())
+            here = self._on_loop = (loop, self._connect(args))
+        return here[1]
+
+    def describe(self) -> dict[str, Any]:
+        """Provider, model, base URL, timeout and transport. Never a key."""
+        return {**super().describe(), "transport": self.transport}
 
     def _connect(self, args: SDKArgs) -> S:
         """The SDK's async client, built from ``args`` (the SDK is installed by now)."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
-        """Close the SDK's connection pool."""
-        await self._client.close()
+        """Close the SDK's connection pools: the running loop's aiohttp session and httpx's."""
+        here, self._on_loop = self._on_loop, None
+        if here is not None and here[0] is _running_asyncio_loop():
+            await here[1].close()
+        await self._httpx.close()

@@ -37,6 +37,7 @@ from maker.clients import (
     AnthropicClient,
     OllamaClient,
     OpenAIClient,
+    Transport,
     classify_status,
     make_client,
     parse_retry_after,
@@ -85,16 +86,29 @@ def request(seed: int = 7, *, temperature: float = 0.1, max_tokens: int = 1000) 
 
 
 def client_for(
-    fmt: str, base_url: str, *, model: str | None = None, timeout: float = 10.0
+    fmt: str,
+    base_url: str,
+    *,
+    model: str | None = None,
+    timeout: float = 10.0,
+    transport: Transport | None = None,
 ) -> AnyClient:
-    """A real client of ``fmt`` pointed at a server's root URL."""
+    """A real client of ``fmt`` pointed at a server's root URL; ``transport`` for the SDKs'."""
     if fmt == "openai":
         return OpenAIClient(
-            model or "gpt-4.1-mini", api_key=KEY, base_url=base_url + "/v1", timeout=timeout
+            model or "gpt-4.1-mini",
+            api_key=KEY,
+            base_url=base_url + "/v1",
+            timeout=timeout,
+            transport=transport,
         )
     if fmt == "anthropic":
         return AnthropicClient(
-            model or "claude-haiku-4-5", api_key=KEY, base_url=base_url, timeout=timeout
+            model or "claude-haiku-4-5",
+            api_key=KEY,
+            base_url=base_url,
+            timeout=timeout,
+            transport=transport,
         )
     return OllamaClient(model or "llama3.1:8b", base_url=base_url, timeout=timeout)
 
@@ -192,12 +206,22 @@ def test_every_fault_kind_but_slow_and_late_has_an_expected_mapping() -> None:
     assert {kind for kind, _ in EXPECTED.values()} | {"timeout"} <= set(ERROR_KINDS)
 
 
+# Each SDK under both of its transports: aiohttp (the default) and its own httpx pool.
+TRANSPORT_CASES = [
+    pytest.param(fmt, transport, id=f"{fmt}-{transport}" if transport else fmt)
+    for fmt in FORMATS
+    for transport in (("aiohttp", "httpx") if fmt != "ollama" else (None,))
+]
+
+
 @pytest.mark.anyio
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("fmt", "transport"), TRANSPORT_CASES)
 @pytest.mark.parametrize("fault", sorted(EXPECTED))
-async def test_each_injected_fault_becomes_its_retryable_client_error(fmt: str, fault: str) -> None:
+async def test_each_injected_fault_becomes_its_retryable_client_error(
+    fmt: str, transport: Transport | None, fault: str
+) -> None:
     config = SimServerConfig(sim="ideal", fault_rate=1.0, faults=(fault,), retry_after_s=2.5)
-    async with served(fmt, config) as (server, client):
+    async with served(fmt, config, transport=transport) as (server, client):
         with pytest.raises(ClientError) as info:
             await client.complete(request())
         stats = server.stats
@@ -386,7 +410,8 @@ async def test_a_key_never_appears_in_describe_repr_or_errors(fmt: str) -> None:
     assert (info.value.kind, info.value.retryable) == ("auth", False)
     assert "401" in str(info.value)
     assert_no_key(info.value, repr(client), json.dumps(described))
-    assert set(described) == {"provider", "model", "base_url", "timeout"}
+    assert set(described) == {"provider", "model", "base_url", "timeout", "transport"}
+    assert described["transport"] == "aiohttp"
     assert described["provider"] == fmt
     assert described["base_url"].startswith(base)
 
@@ -706,13 +731,13 @@ async def test_a_compatible_server_without_model_lookup_is_probed_through_its_li
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize(("fmt", "transport"), TRANSPORT_CASES)
 @pytest.mark.parametrize("fault", sorted(EXPECTED))
 async def test_an_injected_fault_fails_a_probe_as_it_fails_a_generation(
-    fmt: str, fault: str
+    fmt: str, transport: Transport | None, fault: str
 ) -> None:
     config = SimServerConfig(sim="ideal", fault_rate=1.0, faults=(fault,), retry_after_s=2.5)
-    async with served(fmt, config) as (server, client):
+    async with served(fmt, config, transport=transport) as (server, client):
         with pytest.raises(ClientError) as info:
             await client.probe()
         stats = server.stats
@@ -720,7 +745,10 @@ async def test_an_injected_fault_fails_a_probe_as_it_fails_a_generation(
     kind, retry_after = EXPECTED[fault]
     assert (error.kind, error.retryable, error.retry_after) == (kind, True, retry_after)
     assert_no_key(error, repr(error))
-    assert [(r.fault, r.probe) for r in stats.requests] == [(fault, True)]
+    # aiohttp sends an idempotent request (the probe's GET) once more when the server closes
+    # the connection without answering (RFC 9112, 9.3.1); a generation is a POST, sent once.
+    sent = 2 if fault == "disconnect" and transport == "aiohttp" else 1
+    assert [(r.fault, r.probe) for r in stats.requests] == [(fault, True)] * sent
 
 
 @pytest.mark.anyio
