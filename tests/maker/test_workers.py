@@ -227,6 +227,50 @@ def test_runs_names_the_owner_and_a_dead_workers_run_waits_for_the_next_worker(
     assert sum(isinstance(e, RunResumed) for e in events) == 1
 
 
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_a_stopped_worker_puts_its_runs_back_for_the_next_worker_at_once(
+    tmp_path: Path, postgres_url: str, workers: list[subprocess.Popen[str]], stop: signal.Signals
+) -> None:
+    seeds = range(2)
+    ids = _submit(postgres_url, seeds)
+    reference = _reference(tmp_path, seeds)
+    # A lease far longer than the test: only a release can let another worker take the runs.
+    workers.append(_worker(postgres_url, "--lease", "600", latency_ms="40"))
+    owner = _owner(workers[0])
+    while not _under_way(postgres_url, owner):
+        assert workers[0].poll() is None
+    os.kill(workers[0].pid, stop)
+    out, err = workers[0].communicate(timeout=60)
+    assert workers[0].returncode == (0 if stop == signal.SIGTERM else 130), err
+    assert "Traceback" not in err, err
+    assert f"worker {owner} stopped; its unfinished runs are back in the queue" in out
+    back = [line for line in out.splitlines() if "stopped with the worker" in line]
+    assert back, out  # not vacuous: a run was under way when the signal came
+    listed = {line["run_id"]: line for line in _runs(tmp_path, postgres_url)}
+    logged = {row[0] for row in sql(postgres_url, "SELECT run_id FROM runs")}
+    for line in back:
+        run_id = line.split()[1].rstrip(":")
+        assert listed[run_id]["owner"] is None, listed[run_id]
+        if run_id in logged:  # a run claimed in the signal's instant may have no event yet
+            events = _events(postgres_url, run_id)
+            assert isinstance(events[-1], RunFinished)
+            assert events[-1].status == "cancelled"
+    assert logged & {line.split()[1].rstrip(":") for line in back}, out
+
+    workers.append(_worker(postgres_url, "--lease", "600"))
+    out, err = workers[1].communicate(timeout=120)
+    assert workers[1].returncode == 0, err
+    for seed, run_id in ids.items():
+        events = _events(postgres_url, run_id)
+        assert isinstance(events[-1], RunFinished)
+        assert events[-1].status == "succeeded"
+        assert _decisions(events) == reference[seed], run_id
+        requested = [e.sample_id for e in events if isinstance(e, SampleRequested)]
+        assert len(requested) == len(set(requested)), f"{run_id} asked for a sample twice"
+    resumed = {run_id for run_id in ids.values() if f"run {run_id}: resumed" in out}
+    assert resumed == logged & {line.split()[1].rstrip(":") for line in back}, out
+
+
 def test_a_run_whose_writer_is_alive_stays_with_it(
     tmp_path: Path, postgres_url: str, workers: list[subprocess.Popen[str]]
 ) -> None:

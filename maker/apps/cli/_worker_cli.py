@@ -16,6 +16,7 @@ from events import is_database_url, redact_url
 from ...clients import close_client
 from ...core._pricing import PriceTable
 from ...engine._scheduler import Limits, Scheduler
+from .._http import cancelled_on_sigterm
 from .._options import (
     allow_plugin_option,
     build_task,
@@ -172,8 +173,10 @@ def worker_command(
 ) -> None:
     """Claim queued runs of a database and run them; resume those a dead worker held.
 
-    Prints a line when it starts and one per run it finishes. Stopped (Ctrl-C, SIGTERM, kill -9),
-    its runs go on in another worker once their lease runs out.
+    Prints a line when it starts and one per run it finishes. Stopped by Ctrl-C or SIGTERM, it
+    cancels its runs, puts them back in the queue for another worker to resume at once, and
+    exits (0 after SIGTERM, 130 after Ctrl-C). Killed (kill -9, a lost machine), its runs go on
+    in another worker once their lease runs out.
     """
     from ..worker import WorkerConfig, work
 
@@ -195,8 +198,22 @@ def worker_command(
 
     async def go() -> None:
         try:
-            await work(config)
+            # SIGTERM (a supervisor's stop) leaves as Ctrl-C does: the runs in flight record
+            # that they were cancelled and go back in the queue, and the worker exits 0.
+            with cancelled_on_sigterm() as stopping:
+                await work(config)
+            if stopping.cancel_called:
+                _say_stopped(config.owner)
         finally:
             await close_client(client)
 
-    anyio.run(go)
+    try:
+        anyio.run(go)
+    except KeyboardInterrupt:
+        _say_stopped(config.owner)
+        raise SystemExit(130) from None
+
+
+def _say_stopped(owner: object) -> None:
+    sys.stdout.write(f"worker {owner} stopped; its unfinished runs are back in the queue\n")
+    sys.stdout.flush()

@@ -2,7 +2,7 @@
 and runs them, and a dead worker's runs are resumed from the log by the others."""
 
 from ._queue import ENTRYPOINT, Claim, QueuedRun, QueueMissingError, RunQueue
-from ._worker import WorkerConfig, work
+from ._worker import WorkerConfig, WorkerStopped, work
 
 __all__ = [
     "ENTRYPOINT",
@@ -11,5 +11,6 @@ __all__ = [
     "QueuedRun",
     "RunQueue",
     "WorkerConfig",
+    "WorkerStopped",
     "work",
 ]

@@ -1,6 +1,9 @@
 """A worker: claims queued runs and runs them, N at a time, renewing its lease on each.
 
-A worker that dies (``kill -9``, a lost machine) stops renewing; once a run's lease is older
+A worker that is stopped (SIGTERM, Ctrl-C, or its caller's cancellation) cancels its runs,
+each of which records ``run_finished`` "cancelled", puts their jobs back in the queue at once and
+exits: another worker resumes them from the log straight away. A worker that dies (``kill -9``,
+a lost machine) stops renewing; once a run's lease is older
 than the lease time, any other worker's claim takes it, and that worker resumes the run from
 the log: the recorded prefix is replayed (every recorded sample served again, none requested
 again) and the run goes on live, appending to the same run, with the model its log records
@@ -48,7 +51,7 @@ from ._queue import QueuedRun, RunQueue
 if TYPE_CHECKING:
     from pgqueuer.models import Job
 
-__all__ = ["WorkerConfig", "work"]
+__all__ = ["WorkerConfig", "WorkerStopped", "work"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -68,6 +71,13 @@ class WorkerConfig:
     """Stop once the queue holds no run, waiting or held (the claims of a dead worker
     included: they are resumed first)."""
     owner: uuid.UUID = dataclasses.field(default_factory=uuid.uuid4)
+
+
+class WorkerStopped(Exception):
+    """Why a run went back in the queue: its worker stopped before the run ended."""
+
+    def __init__(self, owner: uuid.UUID) -> None:
+        super().__init__(f"worker {owner} stopped before the run ended; it resumes from the log")
 
 
 def _say(line: str) -> None:
@@ -104,6 +114,15 @@ async def work(config: WorkerConfig, say: Callable[[str], None] = _say) -> int:
                 try:
                     if await _one(config, queue, job, run, say):
                         finished += 1
+                except anyio.get_cancelled_exc_class():
+                    # The worker is stopping (SIGTERM, Ctrl-C, a caller's cancellation): the
+                    # run recorded run_finished "cancelled" on its way out, and the job goes
+                    # back in the queue at once, for another worker to resume from the log
+                    # without waiting for this worker's lease to run out.
+                    with anyio.CancelScope(shield=True):
+                        await queue.retry(job, 0.0, WorkerStopped(config.owner))
+                    say(f"run {run.run_id}: stopped with the worker; back in the queue")
+                    raise
                 finally:
                     held.pop(job.id, None)
                     poke()
